@@ -1,0 +1,446 @@
+//! Feature-set definitions: the `feature_sets` section of `fathom.yaml`, and the compiled
+//! [`FeatureSetPlan`] the engine runs.
+//!
+//! The YAML shape stays close to what users write (strings for durations and function names) so
+//! validation can report *every* bad element with its path; [`FeatureSetConfig::compile`] turns a
+//! checked definition into a plan with bucket specs shared between functions and windows.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::duration::Span;
+
+/// One feature set: aggregations and latest values of one source, per entity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureSetConfig {
+    /// Entity (a name under `entities`) whose key groups the events.
+    pub entity: String,
+    /// Source (a name under `sources`) whose events feed this feature set.
+    pub source: String,
+    /// Values whose newest event is older than this are returned as `OUTSIDE_MAX_AGE`; also the
+    /// Redis key TTL, refreshed on write. Default: no limit.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// Extra event-time slack, beyond the longest window, before an event counts as late.
+    /// Default: `0s`.
+    #[serde(default)]
+    pub allowed_lateness: Option<String>,
+    /// Latest-value features: the newest (by event time) value of each listed field.
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// Window aggregations, each named `{column}_{function}_{window}`.
+    #[serde(default)]
+    pub aggregations: Vec<AggregationConfig>,
+}
+
+/// Aggregations of one column over one or more windows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationConfig {
+    /// Event field aggregated.
+    pub column: String,
+    /// Any of count, sum, mean, min, max, first, last, variance, stddev, distinct_count.
+    pub functions: Vec<String>,
+    /// Window lengths, e.g. `[10m, 1h, 24h]`.
+    pub windows: Vec<String>,
+    /// `sliding` (default) or `tumbling` (aligned to the epoch).
+    #[serde(default)]
+    pub kind: WindowKind,
+    /// Sliding windows only: bucket width; must divide every window. Default: the shortest
+    /// window divided by 10.
+    #[serde(default)]
+    pub period: Option<String>,
+}
+
+/// How a window moves with the read time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    /// `(t − window, t]` in buckets of `period`.
+    #[default]
+    Sliding,
+    /// The epoch-aligned window containing `t`.
+    Tumbling,
+}
+
+/// An aggregation function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Function {
+    /// Number of non-null values.
+    Count,
+    /// Sum of values.
+    Sum,
+    /// Arithmetic mean.
+    Mean,
+    /// Smallest value.
+    Min,
+    /// Largest value.
+    Max,
+    /// Value with the earliest event time.
+    First,
+    /// Value with the latest event time.
+    Last,
+    /// Sample variance (n − 1); null below two values.
+    Variance,
+    /// Sample standard deviation; null below two values.
+    Stddev,
+    /// Approximate number of distinct values (HyperLogLog, ~0.8% error).
+    DistinctCount,
+}
+
+impl Function {
+    /// Every function, in the order the docs list them.
+    pub const ALL: [Function; 10] = [
+        Function::Count,
+        Function::Sum,
+        Function::Mean,
+        Function::Min,
+        Function::Max,
+        Function::First,
+        Function::Last,
+        Function::Variance,
+        Function::Stddev,
+        Function::DistinctCount,
+    ];
+
+    /// The name used in configs and feature names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Function::Count => "count",
+            Function::Sum => "sum",
+            Function::Mean => "mean",
+            Function::Min => "min",
+            Function::Max => "max",
+            Function::First => "first",
+            Function::Last => "last",
+            Function::Variance => "variance",
+            Function::Stddev => "stddev",
+            Function::DistinctCount => "distinct_count",
+        }
+    }
+
+    /// Parses a configured name.
+    pub fn parse(name: &str) -> Option<Function> {
+        Function::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// Whether the function needs numeric input (count and distinct_count take any value).
+    pub fn is_numeric(self) -> bool {
+        !matches!(self, Function::Count | Function::DistinctCount)
+    }
+}
+
+/// One problem found while checking a definition, with the path of the offending element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path into the project file, e.g. `feature_sets.cards.aggregations[0].windows[2]`.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// State kept per (column, period): one ring of buckets shared by every function and window
+/// that reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketSpec {
+    /// Index into [`FeatureSetPlan::columns`].
+    pub column: usize,
+    /// Bucket width in milliseconds.
+    pub period_ms: i64,
+    /// Buckets kept: the longest window of this spec, in periods.
+    pub horizon: i64,
+    /// Whether buckets keep a distinct-count sketch.
+    pub distinct: bool,
+}
+
+/// One aggregated feature: which spec it reads, with which function, over how many buckets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggFeature {
+    /// `{column}_{function}_{window}`.
+    pub name: String,
+    /// Index into [`FeatureSetPlan::specs`].
+    pub spec: usize,
+    /// The function.
+    pub function: Function,
+    /// Window length in buckets.
+    pub buckets: i64,
+}
+
+/// A checked feature set, ready for the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureSetPlan {
+    /// Feature-set name.
+    pub name: String,
+    /// Source name.
+    pub source: String,
+    /// Event field holding the entity key.
+    pub key_column: String,
+    /// TTL in milliseconds, if any.
+    pub ttl_ms: Option<i64>,
+    /// An event this far (ms) behind the entity's newest event is late.
+    pub late_after_ms: i64,
+    /// Aggregated columns.
+    pub columns: Vec<String>,
+    /// Bucket rings.
+    pub specs: Vec<BucketSpec>,
+    /// Aggregated features, in config order.
+    pub aggregations: Vec<AggFeature>,
+    /// Latest-value features (field names).
+    pub latest: Vec<String>,
+}
+
+impl FeatureSetPlan {
+    /// Columns that must hold numbers (or null) in every event.
+    pub fn numeric_columns(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .aggregations
+            .iter()
+            .filter(|a| a.function.is_numeric())
+            .map(|a| self.columns[self.specs[a.spec].column].clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Every feature name this set serves: aggregations first, then latest values.
+    pub fn feature_names(&self) -> impl Iterator<Item = &str> {
+        self.aggregations
+            .iter()
+            .map(|a| a.name.as_str())
+            .chain(self.latest.iter().map(String::as_str))
+    }
+}
+
+fn span(text: &str, path: String, problems: &mut Vec<Problem>) -> Option<Span> {
+    Span::parse(text)
+        .map_err(|e| problems.push(Problem { path, message: e.to_string() }))
+        .ok()
+}
+
+impl FeatureSetConfig {
+    /// Checks the definition and builds its plan; every problem is pushed with its path.
+    /// `key_column` is the entity's key field (resolved by the caller).
+    pub fn compile(
+        &self,
+        name: &str,
+        key_column: &str,
+        path: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<FeatureSetPlan> {
+        let before = problems.len();
+        let ttl_ms = self
+            .ttl
+            .as_deref()
+            .and_then(|t| span(t, format!("{path}.ttl"), problems))
+            .map(Span::millis);
+        let lateness = self
+            .allowed_lateness
+            .as_deref()
+            .and_then(|t| span(t, format!("{path}.allowed_lateness"), problems))
+            .map_or(0, Span::millis);
+        let mut plan = FeatureSetPlan {
+            name: name.to_string(),
+            source: self.source.clone(),
+            key_column: key_column.to_string(),
+            ttl_ms,
+            late_after_ms: 0,
+            columns: Vec::new(),
+            specs: Vec::new(),
+            aggregations: Vec::new(),
+            latest: self.features.clone(),
+        };
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
+        for (i, feature) in self.features.iter().enumerate() {
+            let p = format!("{path}.features[{i}]");
+            if feature.is_empty() {
+                problems.push(Problem { path: p.clone(), message: "feature name is empty".into() });
+            }
+            if let Some(first) = names.insert(feature.clone(), p.clone()) {
+                problems.push(Problem { path: p, message: format!("duplicate feature {feature:?} (also at {first})") });
+            }
+        }
+        for (i, agg) in self.aggregations.iter().enumerate() {
+            agg.compile(&mut plan, &mut names, &format!("{path}.aggregations[{i}]"), problems);
+        }
+        let longest = plan.specs.iter().map(|s| s.horizon * s.period_ms).max().unwrap_or(0);
+        plan.late_after_ms = longest + lateness;
+        if self.features.is_empty() && self.aggregations.is_empty() {
+            problems.push(Problem {
+                path: path.to_string(),
+                message: "defines no features (add `features` or `aggregations`)".into(),
+            });
+        }
+        (problems.len() == before).then_some(plan)
+    }
+}
+
+impl AggregationConfig {
+    fn compile(
+        &self,
+        plan: &mut FeatureSetPlan,
+        names: &mut BTreeMap<String, String>,
+        path: &str,
+        problems: &mut Vec<Problem>,
+    ) {
+        let functions: Vec<Function> = self
+            .functions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                Function::parse(f).or_else(|| {
+                    let known: Vec<_> = Function::ALL.iter().map(|f| f.name()).collect();
+                    problems.push(Problem {
+                        path: format!("{path}.functions[{i}]"),
+                        message: format!("unknown function {f:?} (use one of {})", known.join(", ")),
+                    });
+                    None
+                })
+            })
+            .collect();
+        if self.functions.is_empty() {
+            problems.push(Problem { path: format!("{path}.functions"), message: "list at least one function".into() });
+        }
+        if self.windows.is_empty() {
+            problems.push(Problem { path: format!("{path}.windows"), message: "list at least one window".into() });
+        }
+        let windows: Vec<(usize, Span)> = self
+            .windows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| span(w, format!("{path}.windows[{i}]"), problems).map(|s| (i, s)))
+            .collect();
+        if windows.len() != self.windows.len() {
+            return;
+        }
+        let period = match (self.kind, &self.period) {
+            (WindowKind::Tumbling, Some(_)) => {
+                problems.push(Problem {
+                    path: format!("{path}.period"),
+                    message: "tumbling windows have no period (each window is its own bucket); remove it or use kind: sliding".into(),
+                });
+                return;
+            }
+            (WindowKind::Tumbling, None) => None,
+            (WindowKind::Sliding, Some(p)) => match span(p, format!("{path}.period"), problems) {
+                Some(p) => Some(p),
+                None => return,
+            },
+            (WindowKind::Sliding, None) => {
+                let shortest = windows.iter().map(|(_, w)| w.millis()).min().unwrap_or(0);
+                if shortest % 10 != 0 {
+                    problems.push(Problem {
+                        path: format!("{path}.period"),
+                        message: "cannot default the period to the shortest window / 10; set `period`".into(),
+                    });
+                    return;
+                }
+                Some(Span(shortest / 10))
+            }
+        };
+        let column = match plan.columns.iter().position(|c| *c == self.column) {
+            Some(i) => i,
+            None => {
+                plan.columns.push(self.column.clone());
+                plan.columns.len() - 1
+            }
+        };
+        let distinct = functions.contains(&Function::DistinctCount);
+        for (i, window) in &windows {
+            let period_ms = period.map_or(window.millis(), Span::millis);
+            if window.millis() % period_ms != 0 {
+                problems.push(Problem {
+                    path: format!("{path}.windows[{i}]"),
+                    message: format!("window {window} is not a multiple of the period {}", Span(period_ms)),
+                });
+                continue;
+            }
+            let buckets = window.millis() / period_ms;
+            let spec = plan.spec_for(column, period_ms, buckets, distinct);
+            for f in &functions {
+                let name = format!("{}_{}_{}", self.column, f.name(), self.windows[*i].trim());
+                let here = format!("{path}.windows[{i}]");
+                if let Some(first) = names.insert(name.clone(), here.clone()) {
+                    problems.push(Problem { path: here, message: format!("duplicate feature {name:?} (also at {first})") });
+                    continue;
+                }
+                plan.aggregations.push(AggFeature { name, spec, function: *f, buckets });
+            }
+        }
+    }
+}
+
+impl FeatureSetPlan {
+    /// The ring for (column, period), created or widened to cover `buckets`.
+    fn spec_for(&mut self, column: usize, period_ms: i64, buckets: i64, distinct: bool) -> usize {
+        if let Some(i) = self.specs.iter().position(|s| s.column == column && s.period_ms == period_ms) {
+            let spec = &mut self.specs[i];
+            spec.horizon = spec.horizon.max(buckets);
+            spec.distinct |= distinct;
+            return i;
+        }
+        self.specs.push(BucketSpec { column, period_ms, horizon: buckets, distinct });
+        self.specs.len() - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(yaml: &str) -> Result<FeatureSetPlan, Vec<String>> {
+        let config: FeatureSetConfig = serde_yaml_ng::from_str(yaml).unwrap();
+        let mut problems = Vec::new();
+        config
+            .compile("cards", "card_id", "feature_sets.cards", &mut problems)
+            .ok_or_else(|| problems.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn shares_one_ring_per_column_and_period() {
+        let plan = compile(
+            "entity: card\nsource: tx\nttl: 7d\nfeatures: [merchant]\naggregations:\n  - { column: amount, functions: [count, sum, mean, max, stddev], windows: [10m, 1h, 24h], period: 1m }\n  - { column: merchant, functions: [distinct_count], windows: [24h], period: 10m }\n",
+        )
+        .unwrap();
+        assert_eq!(plan.specs.len(), 2);
+        assert_eq!(plan.specs[0], BucketSpec { column: 0, period_ms: 60_000, horizon: 1440, distinct: false });
+        assert_eq!(plan.aggregations.len(), 16);
+        assert_eq!(plan.aggregations[0].name, "amount_count_10m");
+        assert_eq!(plan.aggregations[14].name, "amount_stddev_24h");
+        assert_eq!(plan.late_after_ms, 86_400_000);
+        assert_eq!(plan.numeric_columns(), vec!["amount".to_string()]);
+    }
+
+    #[test]
+    fn tumbling_windows_are_one_bucket_each() {
+        let plan = compile("entity: card\nsource: tx\naggregations:\n  - { column: amount, functions: [sum], windows: [1h, 1d], kind: tumbling }\n").unwrap();
+        assert_eq!(plan.aggregations[1].name, "amount_sum_1d");
+        assert!(plan.aggregations.iter().all(|a| a.buckets == 1));
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_path() {
+        let errors = compile(
+            "entity: card\nsource: tx\nttl: 7y\naggregations:\n  - { column: amount, functions: [sum, median], windows: [10m, 24x, 7m], period: 2m }\n",
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(errors[0].starts_with("feature_sets.cards.ttl: \"7y\" is not a duration"));
+        assert!(errors[1].starts_with("feature_sets.cards.aggregations[0].functions[1]: unknown function \"median\""));
+        assert!(errors[2].starts_with("feature_sets.cards.aggregations[0].windows[1]: \"24x\" is not a duration"));
+    }
+
+    #[test]
+    fn period_must_divide_windows() {
+        let errors = compile("entity: card\nsource: tx\naggregations:\n  - { column: amount, functions: [sum], windows: [10m, 7m], period: 2m }\n").unwrap_err();
+        assert_eq!(errors, vec!["feature_sets.cards.aggregations[0].windows[1]: window 7m is not a multiple of the period 2m".to_string()]);
+    }
+}

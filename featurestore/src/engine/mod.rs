@@ -1,0 +1,229 @@
+//! The window aggregation engine: per-entity bucket rings updated by events and read as of any
+//! instant.
+//!
+//! State is buckets, never finished numbers: [`apply`] folds an event into the bucket of its
+//! event time, and [`read`] merges the buckets inside each window *at read time*, so a
+//! `count_1h` read an hour after an entity's last event is 0. The same two functions serve the
+//! online path and offline point-in-time retrieval, which is what keeps them consistent.
+//!
+//! Rings are sparse (only buckets that saw events), sorted by bucket index and trimmed to the
+//! longest window of their spec, so an entity costs memory in proportion to its recent activity.
+
+mod bucket;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use bucket::{Bucket, Distinct};
+
+use crate::definition::{FeatureSetPlan, Function};
+
+/// All state of one entity in one feature set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EntityState {
+    /// One ring per [`crate::definition::BucketSpec`], buckets sorted by index.
+    pub rings: Vec<VecDeque<Bucket>>,
+    /// Per latest-value feature: event time and the value as JSON text.
+    pub latest: Vec<Option<(i64, String)>>,
+    /// Newest event time applied, ms (`i64::MIN` before the first event).
+    pub newest_ms: i64,
+    /// Highest applied offset per source partition: replays at or below it are skipped.
+    pub offsets: Vec<(i32, i64)>,
+}
+
+/// What [`apply`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Folded into the state.
+    Applied,
+    /// Older than the entity's newest event by more than the longest window plus the allowed
+    /// lateness: not applied; the caller dead-letters it.
+    Late,
+    /// At or below the applied offset of its partition: already in the state.
+    Duplicate,
+}
+
+/// Where an event came from, for exactly-once application of replayed records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Source partition.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+}
+
+impl EntityState {
+    /// Empty state shaped for `plan`.
+    pub fn new(plan: &FeatureSetPlan) -> EntityState {
+        EntityState {
+            rings: vec![VecDeque::new(); plan.specs.len()],
+            latest: vec![None; plan.latest.len()],
+            newest_ms: i64::MIN,
+            offsets: Vec::new(),
+        }
+    }
+
+    /// Whether no event was ever applied.
+    pub fn is_empty(&self) -> bool {
+        self.newest_ms == i64::MIN
+    }
+
+    fn seen(&self, pos: Position) -> bool {
+        self.offsets.iter().any(|&(p, o)| p == pos.partition && pos.offset <= o)
+    }
+
+    fn record(&mut self, pos: Position) {
+        match self.offsets.iter_mut().find(|(p, _)| *p == pos.partition) {
+            Some(entry) => entry.1 = pos.offset,
+            None => self.offsets.push((pos.partition, pos.offset)),
+        }
+    }
+}
+
+/// Folds one event into `state`.
+///
+/// `columns[i]` is the event's value for `plan.columns[i]` and `latest[i]` its value for
+/// `plan.latest[i]` (`None` when absent or null). Numbers feed numeric functions; any value
+/// feeds count and distinct_count.
+pub fn apply(
+    plan: &FeatureSetPlan,
+    state: &mut EntityState,
+    ts: i64,
+    columns: &[Option<&Value>],
+    latest: &[Option<&Value>],
+    position: Option<Position>,
+) -> Applied {
+    if let Some(pos) = position {
+        if state.seen(pos) {
+            return Applied::Duplicate;
+        }
+    }
+    if !state.is_empty() && ts <= state.newest_ms.saturating_sub(plan.late_after_ms) {
+        return Applied::Late;
+    }
+    if let Some(pos) = position {
+        state.record(pos);
+    }
+    state.newest_ms = state.newest_ms.max(ts);
+    for (spec, ring) in plan.specs.iter().zip(state.rings.iter_mut()) {
+        let Some(value) = columns[spec.column] else { continue };
+        let index = ts.div_euclid(spec.period_ms);
+        let newest = state.newest_ms.div_euclid(spec.period_ms);
+        if index <= newest - spec.horizon {
+            continue; // outside every window of this ring for any read at or after `newest`
+        }
+        let bucket = bucket_for(ring, index, spec.distinct);
+        bucket.count += 1;
+        if let Some(x) = value.as_f64() {
+            bucket.add_number(ts, x);
+        }
+        if let Some(sketch) = &mut bucket.distinct {
+            match value {
+                Value::String(s) => sketch.insert(s),
+                other => sketch.insert(&other.to_string()),
+            }
+        }
+        while ring.front().is_some_and(|b| b.index <= newest - spec.horizon) {
+            ring.pop_front();
+        }
+    }
+    for (slot, value) in state.latest.iter_mut().zip(latest) {
+        if let Some(value) = value {
+            if slot.as_ref().is_none_or(|(t, _)| ts >= *t) {
+                *slot = Some((ts, value.to_string()));
+            }
+        }
+    }
+    Applied::Applied
+}
+
+/// The bucket with `index`, inserted in order if missing. Events mostly arrive in order, so
+/// the common case is the back of the ring.
+#[inline]
+fn bucket_for(ring: &mut VecDeque<Bucket>, index: i64, distinct: bool) -> &mut Bucket {
+    let at = match ring.back() {
+        Some(b) if b.index == index => ring.len() - 1,
+        Some(b) if b.index < index => {
+            ring.push_back(Bucket::new(index, distinct));
+            ring.len() - 1
+        }
+        None => {
+            ring.push_back(Bucket::new(index, distinct));
+            0
+        }
+        Some(_) => match ring.binary_search_by_key(&index, |b| b.index) {
+            Ok(i) => i,
+            Err(i) => {
+                ring.insert(i, Bucket::new(index, distinct));
+                i
+            }
+        },
+    };
+    &mut ring[at]
+}
+
+/// One aggregated value as of a read time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AggValue {
+    /// count and distinct_count.
+    Int(u64),
+    /// A number.
+    Float(f64),
+    /// No value in the window (mean, min, … of nothing).
+    Null,
+}
+
+impl AggValue {
+    /// As JSON (`null` for [`AggValue::Null`] and non-finite floats).
+    pub fn to_json(&self) -> Value {
+        match self {
+            AggValue::Int(n) => Value::from(*n),
+            AggValue::Float(x) => serde_json::Number::from_f64(*x).map_or(Value::Null, Value::Number),
+            AggValue::Null => Value::Null,
+        }
+    }
+}
+
+/// Every aggregated feature of `plan` as of `at_ms`, in plan order.
+pub fn read(plan: &FeatureSetPlan, state: &EntityState, at_ms: i64) -> Vec<AggValue> {
+    plan.aggregations
+        .iter()
+        .map(|agg| {
+            let spec = &plan.specs[agg.spec];
+            let ring = &state.rings[agg.spec];
+            let end = at_ms.div_euclid(spec.period_ms);
+            let merged = merge_range(ring, end - agg.buckets, end, spec.distinct);
+            finish(agg.function, &merged)
+        })
+        .collect()
+}
+
+/// Merges the buckets with index in `(after, upto]`.
+fn merge_range(ring: &VecDeque<Bucket>, after: i64, upto: i64, distinct: bool) -> Bucket {
+    let mut acc = Bucket::new(after + 1, distinct);
+    let start = ring.partition_point(|b| b.index <= after);
+    for b in ring.range(start..).take_while(|b| b.index <= upto) {
+        acc.merge(b);
+    }
+    acc
+}
+
+fn finish(function: Function, b: &Bucket) -> AggValue {
+    let numeric = |x: f64| if b.n == 0 { AggValue::Null } else { AggValue::Float(x) };
+    match function {
+        Function::Count => AggValue::Int(b.count),
+        Function::Sum => AggValue::Float(b.sum),
+        Function::Mean => numeric(b.mean),
+        Function::Min => numeric(b.min),
+        Function::Max => numeric(b.max),
+        Function::First => numeric(b.first.1),
+        Function::Last => numeric(b.last.1),
+        Function::Variance => b.variance().map_or(AggValue::Null, AggValue::Float),
+        Function::Stddev => b.variance().map_or(AggValue::Null, |v| AggValue::Float(v.sqrt())),
+        Function::DistinctCount => AggValue::Int(b.distinct.as_ref().map_or(0, |d| d.estimate() as u64)),
+    }
+}
