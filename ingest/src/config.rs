@@ -1,0 +1,86 @@
+//! The `sources` section and the Kafka connection of `fathom.yaml`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// A stream of events: a Kafka topic, or HTTP push / file replay only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Kafka topic to consume; without it the source takes HTTP push and replay only.
+    #[serde(default)]
+    pub kafka: Option<TopicConfig>,
+    /// Record format. Default: `json` (one JSON object per record).
+    #[serde(default)]
+    pub format: Format,
+    /// Field holding the entity key (a string or an integer).
+    pub key: String,
+    /// Field holding the event time. Default: the Kafka record timestamp, else the time of
+    /// arrival.
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    /// How to read the timestamp field. Default: `auto` (RFC 3339 strings; numbers as epoch
+    /// seconds, milliseconds, microseconds or nanoseconds by magnitude).
+    #[serde(default)]
+    pub timestamp_format: TimestampFormat,
+    /// Records larger than this many bytes are dead-lettered. Default: 1048576 (1 MiB).
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+}
+
+fn default_max_record_bytes() -> usize {
+    1 << 20
+}
+
+/// Where a source's records come from in Kafka.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Topic name. Dead letters go to `<topic>.dlq`.
+    pub topic: String,
+}
+
+/// Record encodings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// One JSON object per record.
+    #[default]
+    Json,
+}
+
+/// Timestamp encodings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampFormat {
+    /// RFC 3339 strings; numbers by magnitude.
+    #[default]
+    Auto,
+    /// RFC 3339 / ISO 8601 strings with an offset.
+    Rfc3339,
+    /// Epoch seconds (may be fractional).
+    Seconds,
+    /// Epoch milliseconds.
+    Millis,
+    /// Epoch microseconds.
+    Micros,
+    /// Epoch nanoseconds.
+    Nanos,
+}
+
+/// The Kafka connection shared by every Kafka source and the dead-letter producer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]`.
+    pub bootstrap_servers: String,
+    /// Consumer group. Default: `fathom-<project>`.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// Any librdkafka property, passed through as is (`security.protocol`, `sasl.mechanism`,
+    /// `sasl.username`, `ssl.ca.location`, …). Values of keys containing `password` or
+    /// `secret` may be written `env:NAME` or `file:/path` to keep them out of the file.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}

@@ -1,0 +1,239 @@
+//! JSON records to [`Event`]s: key, event time and field types checked, so nothing malformed
+//! reaches the engine; every refusal carries a [`Reason`] and a message naming the field.
+
+use chrono::DateTime;
+use serde_json::{Map, Value};
+
+use crate::config::{SourceConfig, TimestampFormat};
+use crate::event::Event;
+use crate::record::Record;
+
+/// Why a record became a dead letter. The text form is the `reason` label and field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Not valid JSON, or not a JSON object.
+    MalformedJson,
+    /// The key field is absent or null.
+    MissingKey,
+    /// The timestamp field is absent or null.
+    MissingTimestamp,
+    /// A field has the wrong type (key not string/integer, timestamp unreadable, aggregated
+    /// column not a number).
+    WrongType,
+    /// Larger than the source's `max_record_bytes`.
+    Oversized,
+    /// Older than its entity's newest event by more than the longest window plus allowed
+    /// lateness.
+    Late,
+}
+
+impl Reason {
+    /// Every reason, for metrics initialisation and docs.
+    pub const ALL: [Reason; 6] = [
+        Reason::MalformedJson,
+        Reason::MissingKey,
+        Reason::MissingTimestamp,
+        Reason::WrongType,
+        Reason::Oversized,
+        Reason::Late,
+    ];
+
+    /// Stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MalformedJson => "malformed_json",
+            Reason::MissingKey => "missing_key",
+            Reason::MissingTimestamp => "missing_timestamp",
+            Reason::WrongType => "wrong_type",
+            Reason::Oversized => "oversized",
+            Reason::Late => "late",
+        }
+    }
+}
+
+/// A refusal: the reason and a human message naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Category.
+    pub reason: Reason,
+    /// What exactly was wrong.
+    pub message: String,
+}
+
+fn refuse(reason: Reason, message: impl Into<String>) -> Refusal {
+    Refusal { reason, message: message.into() }
+}
+
+/// Decodes the records of one source.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    key: String,
+    timestamp: Option<String>,
+    format: TimestampFormat,
+    max_bytes: usize,
+    numeric: Vec<String>,
+}
+
+impl Decoder {
+    /// A decoder for `source`; `numeric` lists the fields that must be numbers (or null)
+    /// because a numeric aggregation reads them.
+    pub fn new(source: &SourceConfig, numeric: Vec<String>) -> Decoder {
+        Decoder {
+            key: source.key.clone(),
+            timestamp: source.timestamp.clone(),
+            format: source.timestamp_format,
+            max_bytes: source.max_record_bytes,
+            numeric,
+        }
+    }
+
+    /// Decodes one record; `now_ms` is the event time of last resort.
+    pub fn decode(&self, record: Record, now_ms: i64) -> Result<Event, (Record, Refusal)> {
+        match self.fields(&record, now_ms) {
+            Ok((key, time_ms, fields)) => Ok(Event {
+                source: record.source,
+                key,
+                time_ms,
+                fields,
+                at: record.at,
+                raw: record.payload,
+            }),
+            Err(refusal) => Err((record, refusal)),
+        }
+    }
+
+    fn fields(&self, record: &Record, now_ms: i64) -> Result<(String, i64, Map<String, Value>), Refusal> {
+        if record.payload.len() > self.max_bytes {
+            return Err(refuse(
+                Reason::Oversized,
+                format!("record is {} bytes, over the limit of {}", record.payload.len(), self.max_bytes),
+            ));
+        }
+        let value: Value = serde_json::from_slice(&record.payload)
+            .map_err(|e| refuse(Reason::MalformedJson, format!("not valid JSON: {e}")))?;
+        let Value::Object(fields) = value else {
+            return Err(refuse(Reason::MalformedJson, "record is JSON but not an object"));
+        };
+        let key = match fields.get(&self.key) {
+            None | Some(Value::Null) => {
+                return Err(refuse(Reason::MissingKey, format!("key field {:?} is missing", self.key)))
+            }
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+            Some(other) => {
+                return Err(refuse(
+                    Reason::WrongType,
+                    format!("key field {:?} must be a non-empty string or an integer, got {other}", self.key),
+                ))
+            }
+        };
+        let time_ms = match &self.timestamp {
+            None => record.transport_time_ms.unwrap_or(now_ms),
+            Some(name) => match fields.get(name) {
+                None | Some(Value::Null) => {
+                    return Err(refuse(Reason::MissingTimestamp, format!("timestamp field {name:?} is missing")))
+                }
+                Some(v) => parse_time(v, self.format)
+                    .map_err(|why| refuse(Reason::WrongType, format!("timestamp field {name:?}: {why}")))?,
+            },
+        };
+        for name in &self.numeric {
+            match fields.get(name) {
+                None | Some(Value::Null) | Some(Value::Number(_)) => {}
+                Some(other) => {
+                    return Err(refuse(Reason::WrongType, format!("field {name:?} must be a number, got {other}")))
+                }
+            }
+        }
+        Ok((key, time_ms, fields))
+    }
+}
+
+/// Reads an event time in ms since the epoch.
+pub fn parse_time(value: &Value, format: TimestampFormat) -> Result<i64, String> {
+    match (value, format) {
+        (Value::String(s), TimestampFormat::Auto | TimestampFormat::Rfc3339) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.timestamp_millis())
+            .map_err(|e| format!("{s:?} is not an RFC 3339 time with an offset ({e})")),
+        (Value::Number(n), format) if format != TimestampFormat::Rfc3339 => {
+            let x = n.as_f64().ok_or("not a finite number")?;
+            let scale = match format {
+                TimestampFormat::Seconds => 1e3,
+                TimestampFormat::Millis => 1.0,
+                TimestampFormat::Micros => 1e-3,
+                TimestampFormat::Nanos => 1e-6,
+                _ => magnitude_scale(x),
+            };
+            let ms = x * scale;
+            if ms.is_finite() && ms.abs() < 1e16 {
+                Ok(ms.floor() as i64)
+            } else {
+                Err(format!("{n} is out of range"))
+            }
+        }
+        (other, format) => Err(format!("{other} cannot be read as {format:?}")),
+    }
+}
+
+/// Epoch numbers by magnitude: below 1e11 seconds (until year 5138), below 1e14 milliseconds,
+/// below 1e17 microseconds, else nanoseconds.
+fn magnitude_scale(x: f64) -> f64 {
+    match x.abs() {
+        v if v < 1e11 => 1e3,
+        v if v < 1e14 => 1.0,
+        v if v < 1e17 => 1e-3,
+        _ => 1e-6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::record::Coordinates;
+
+    fn decoder() -> Decoder {
+        let source: SourceConfig = serde_json::from_value(json!({"key": "card_id", "timestamp": "ts", "max_record_bytes": 200})).unwrap();
+        Decoder::new(&source, vec!["amount".into()])
+    }
+
+    fn record(payload: &str) -> Record {
+        Record { source: 0, at: Coordinates { partition: Some(1), offset: 7 }, transport_time_ms: None, payload: payload.as_bytes().to_vec() }
+    }
+
+    fn reason(payload: &str) -> (Reason, String) {
+        let (_, r) = decoder().decode(record(payload), 0).unwrap_err();
+        (r.reason, r.message)
+    }
+
+    #[test]
+    fn decodes_key_time_and_fields() {
+        let e = decoder().decode(record(r#"{"card_id": 42, "ts": "2026-01-02T03:04:05.678Z", "amount": 9.5}"#), 0).unwrap();
+        assert_eq!(e.key, "42");
+        assert_eq!(e.time_ms, 1_767_323_045_678);
+        assert_eq!(e.fields["amount"], json!(9.5));
+    }
+
+    #[test]
+    fn epoch_numbers_by_magnitude() {
+        for v in [json!(1_767_323_045), json!(1_767_323_045_000i64), json!(1_767_323_045_000_000i64), json!(1_767_323_045_000_000_000i64)] {
+            assert_eq!(parse_time(&v, TimestampFormat::Auto), Ok(1_767_323_045_000), "{v}");
+        }
+        assert_eq!(parse_time(&json!(1.5), TimestampFormat::Seconds), Ok(1500));
+    }
+
+    #[test]
+    fn each_refusal_names_its_reason_and_field() {
+        assert_eq!(reason("{not json").0, Reason::MalformedJson);
+        assert_eq!(reason("[1,2]").0, Reason::MalformedJson);
+        assert_eq!(reason(r#"{"ts": 1}"#), (Reason::MissingKey, "key field \"card_id\" is missing".into()));
+        assert_eq!(reason(r#"{"card_id": "a"}"#), (Reason::MissingTimestamp, "timestamp field \"ts\" is missing".into()));
+        assert_eq!(reason(r#"{"card_id": [1], "ts": 1}"#).0, Reason::WrongType);
+        let (why, message) = reason(r#"{"card_id": "a", "ts": "yesterday"}"#);
+        assert_eq!(why, Reason::WrongType);
+        assert!(message.starts_with("timestamp field \"ts\": \"yesterday\" is not an RFC 3339 time"), "{message}");
+        assert_eq!(reason(r#"{"card_id": "a", "ts": 1, "amount": "12"}"#), (Reason::WrongType, "field \"amount\" must be a number, got \"12\"".into()));
+        assert_eq!(reason(&format!(r#"{{"card_id": "a", "ts": 1, "pad": "{}"}}"#, "x".repeat(300))).0, Reason::Oversized);
+    }
+}

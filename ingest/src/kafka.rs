@@ -1,0 +1,157 @@
+//! The Kafka source: one consumer-group member for every Kafka-backed source, batches of raw
+//! records out, offsets committed only when the caller says the work they cover is durable.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::KafkaConfig;
+use crate::record::{Coordinates, Record};
+
+/// Failures of the Kafka source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// librdkafka refused the configuration or the operation.
+    #[error("kafka {what}")]
+    Kafka {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: KafkaError,
+    },
+    /// A secret option (`env:` / `file:`) could not be resolved.
+    #[error("kafka option {key}: {message}")]
+    Secret {
+        /// The option key.
+        key: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// librdkafka settings from the project file; `env:NAME` and `file:/path` values are resolved so
+/// secrets never sit in the config.
+pub fn client_config(config: &KafkaConfig) -> Result<ClientConfig, SourceError> {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.bootstrap_servers);
+    for (key, value) in &config.options {
+        client.set(key, resolve_secret(key, value)?);
+    }
+    Ok(client)
+}
+
+fn resolve_secret(key: &str, value: &str) -> Result<String, SourceError> {
+    let fail = |message: String| SourceError::Secret { key: key.to_string(), message };
+    if let Some(name) = value.strip_prefix("env:") {
+        std::env::var(name).map_err(|_| fail(format!("environment variable {name} is not set")))
+    } else if let Some(path) = value.strip_prefix("file:") {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim_end().to_string())
+            .map_err(|e| fail(format!("reading {path}: {e}")))
+    } else {
+        Ok(value.to_string())
+    }
+}
+
+/// A producer on the same connection settings (dead letters).
+pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, SourceError> {
+    let mut client = client_config(config)?;
+    client.set("enable.idempotence", "true");
+    client.set("linger.ms", "20");
+    client.create().map_err(|source| SourceError::Kafka { what: "creating the producer", source })
+}
+
+/// The consumer of every Kafka-backed source.
+pub struct KafkaSource {
+    consumer: StreamConsumer,
+    /// topic → source index.
+    topics: HashMap<String, usize>,
+    /// Next offset per (topic, partition) for records handed out since the last commit.
+    handed_out: BTreeMap<(String, i32), i64>,
+}
+
+impl KafkaSource {
+    /// Joins `group` and subscribes to `topics` (topic, source index).
+    pub fn new(config: &KafkaConfig, group: &str, topics: &[(String, usize)]) -> Result<KafkaSource, SourceError> {
+        let mut client = client_config(config)?;
+        client
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        if !config.options.contains_key("auto.offset.reset") {
+            client.set("auto.offset.reset", "earliest");
+        }
+        let consumer: StreamConsumer =
+            client.create().map_err(|source| SourceError::Kafka { what: "creating the consumer", source })?;
+        let names: Vec<&str> = topics.iter().map(|(t, _)| t.as_str()).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|source| SourceError::Kafka { what: "subscribing", source })?;
+        Ok(KafkaSource { consumer, topics: topics.iter().cloned().collect(), handed_out: BTreeMap::new() })
+    }
+
+    /// Up to `max` records: waits for the first one, then takes what arrives within `linger`.
+    pub async fn batch(&mut self, max: usize, linger: Duration) -> Result<Vec<Record>, SourceError> {
+        let mut out = Vec::with_capacity(max.min(4096));
+        let deadline = tokio::time::Instant::now() + linger;
+        while out.len() < max {
+            let message = if out.is_empty() {
+                self.consumer.recv().await
+            } else {
+                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                    Ok(m) => m,
+                    Err(_) => break,
+                }
+            };
+            let message = message.map_err(|source| SourceError::Kafka { what: "receiving", source })?;
+            let Some(&source) = self.topics.get(message.topic()) else { continue };
+            self.handed_out.insert((message.topic().to_string(), message.partition()), message.offset() + 1);
+            out.push(Record {
+                source,
+                at: Coordinates { partition: Some(message.partition()), offset: message.offset() },
+                transport_time_ms: message.timestamp().to_millis(),
+                payload: message.payload().unwrap_or_default().to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Commits every record handed out so far. Call only once the work covering them is durable.
+    pub fn commit(&mut self) -> Result<(), SourceError> {
+        if self.handed_out.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.handed_out {
+            list.add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .map_err(|source| SourceError::Kafka { what: "building the commit", source })?;
+        }
+        self.consumer
+            .commit(&list, CommitMode::Sync)
+            .map_err(|source| SourceError::Kafka { what: "committing offsets", source })?;
+        self.handed_out.clear();
+        Ok(())
+    }
+
+    /// Consumer lag per (topic, partition): high watermark minus the next offset to read. Asks
+    /// the broker (blocking, at most a second per partition): call it off the hot path.
+    pub fn lag(&self) -> Vec<(String, i32, i64)> {
+        let Ok(assignment) = self.consumer.position() else { return Vec::new() };
+        assignment
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let Offset::Offset(next) = e.offset() else { return None };
+                let (_, high) = self.consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1)).ok()?;
+                Some((e.topic().to_string(), e.partition(), (high - next).max(0)))
+            })
+            .collect()
+    }
+}
