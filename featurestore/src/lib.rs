@@ -6,3 +6,5 @@
 pub mod definition;
 pub mod duration;
 pub mod engine;
+pub mod offline;
+pub mod online;

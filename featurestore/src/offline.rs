@@ -1,0 +1,360 @@
+//! The offline store: raw decoded events as Parquet, per source, partitioned by event date.
+//!
+//! `<root>/<source>/date=YYYY-MM-DD/part-<first event ms>-<pid>-<seq>.parquet`, zstd, with
+//! `_partition` (Int32, null for push/replay), `_offset` (Int64), `_event_time` and
+//! `_ingest_time` (Timestamp µs, UTC), the key column (Utf8), one typed column per field the
+//! feature sets read (Float64 for numeric aggregations, Utf8 otherwise: strings as is, other JSON
+//! values as JSON text) and `_raw` (the original record). A file is written to a `.tmp` name,
+//! fsync'd and renamed, so readers never see a partial file; after a crash a record may appear in
+//! two files, and readers de-duplicate by (`_partition`, `_offset`).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use chrono::{DateTime, Utc};
+use fathom_ingest::event::Event;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The `stores.offline.parquet` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetConfig {
+    /// Root directory. Default: `./data/offline`.
+    #[serde(default = "default_path")]
+    pub path: PathBuf,
+}
+
+fn default_path() -> PathBuf {
+    PathBuf::from("data/offline")
+}
+
+impl Default for ParquetConfig {
+    fn default() -> Self {
+        ParquetConfig { path: default_path() }
+    }
+}
+
+/// Failures writing Parquet.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    /// Filesystem failure.
+    #[error("writing {path}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Parquet encoding failure.
+    #[error("encoding {path}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+}
+
+/// Arrow type of a stored field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    /// Float64 (numbers; anything else stored as null).
+    Float,
+    /// Utf8: strings as is, other JSON values as JSON text.
+    Text,
+}
+
+/// What the offline store keeps of one source.
+#[derive(Debug, Clone)]
+pub struct SourceSchema {
+    /// Source name (the directory).
+    pub name: String,
+    /// Key field.
+    pub key: String,
+    /// Typed fields besides the key.
+    pub columns: Vec<(String, ColumnType)>,
+}
+
+impl SourceSchema {
+    /// The Arrow schema of this source's files.
+    pub fn arrow_schema(&self) -> Arc<Schema> {
+        let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let mut fields = vec![
+            Field::new("_partition", DataType::Int32, true),
+            Field::new("_offset", DataType::Int64, false),
+            Field::new("_event_time", ts(), false),
+            Field::new("_ingest_time", ts(), false),
+            Field::new(&self.key, DataType::Utf8, false),
+        ];
+        for (name, ty) in &self.columns {
+            let dt = match ty {
+                ColumnType::Float => DataType::Float64,
+                ColumnType::Text => DataType::Utf8,
+            };
+            fields.push(Field::new(name, dt, true));
+        }
+        fields.push(Field::new("_raw", DataType::Utf8, false));
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// Rows of one (source, date) waiting for the next commit.
+struct Pending {
+    first_ms: i64,
+    partition: Int32Builder,
+    offset: Int64Builder,
+    event_time: TimestampMicrosecondBuilder,
+    ingest_time: TimestampMicrosecondBuilder,
+    key: StringBuilder,
+    columns: Vec<Column>,
+    raw: StringBuilder,
+    rows: usize,
+}
+
+enum Column {
+    Float(Float64Builder),
+    Text(StringBuilder),
+}
+
+impl Pending {
+    fn new(schema: &SourceSchema, first_ms: i64) -> Pending {
+        Pending {
+            first_ms,
+            partition: Int32Builder::new(),
+            offset: Int64Builder::new(),
+            event_time: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            ingest_time: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            key: StringBuilder::new(),
+            columns: schema
+                .columns
+                .iter()
+                .map(|(_, ty)| match ty {
+                    ColumnType::Float => Column::Float(Float64Builder::new()),
+                    ColumnType::Text => Column::Text(StringBuilder::new()),
+                })
+                .collect(),
+            raw: StringBuilder::new(),
+            rows: 0,
+        }
+    }
+
+    fn push(&mut self, schema: &SourceSchema, event: &Event, ingest_us: i64) {
+        self.partition.append_option(event.at.partition);
+        self.offset.append_value(event.at.offset);
+        self.event_time.append_value(event.time_ms * 1000);
+        self.ingest_time.append_value(ingest_us);
+        self.key.append_value(&event.key);
+        for ((name, _), column) in schema.columns.iter().zip(&mut self.columns) {
+            let value = event.fields.get(name).filter(|v| !v.is_null());
+            match column {
+                Column::Float(b) => b.append_option(value.and_then(Value::as_f64)),
+                Column::Text(b) => match value {
+                    Some(Value::String(s)) => b.append_value(s),
+                    Some(other) => b.append_value(other.to_string()),
+                    None => b.append_null(),
+                },
+            }
+        }
+        self.raw.append_value(String::from_utf8_lossy(&event.raw));
+        self.rows += 1;
+    }
+
+    fn finish(mut self, schema: Arc<Schema>) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        let mut arrays: Vec<ArrayRef> = vec![
+            Arc::new(self.partition.finish()),
+            Arc::new(self.offset.finish()),
+            Arc::new(self.event_time.finish()),
+            Arc::new(self.ingest_time.finish()),
+            Arc::new(self.key.finish()),
+        ];
+        for column in &mut self.columns {
+            arrays.push(match column {
+                Column::Float(b) => Arc::new(b.finish()),
+                Column::Text(b) => Arc::new(b.finish()),
+            });
+        }
+        arrays.push(Arc::new(self.raw.finish()));
+        RecordBatch::try_new(schema, arrays)
+    }
+}
+
+/// Buffers events and writes them as Parquet files on [`OfflineWriter::commit`].
+pub struct OfflineWriter {
+    root: PathBuf,
+    schemas: Vec<SourceSchema>,
+    pending: BTreeMap<(usize, String), Pending>,
+    seq: u64,
+}
+
+impl OfflineWriter {
+    /// A writer under `root` for the given sources (indexed like the project's sources).
+    /// Leftover `.tmp` files of a crashed run are removed: their rows will be replayed.
+    pub fn new(root: &Path, schemas: Vec<SourceSchema>) -> Result<OfflineWriter, OfflineError> {
+        for schema in &schemas {
+            remove_tmp_files(&root.join(&schema.name))?;
+        }
+        Ok(OfflineWriter { root: root.to_path_buf(), schemas, pending: BTreeMap::new(), seq: 0 })
+    }
+
+    /// Buffers events (their source must be one of the writer's).
+    pub fn append(&mut self, events: &[Event]) {
+        let ingest_us = Utc::now().timestamp_micros();
+        for event in events {
+            let Some(schema) = self.schemas.get(event.source) else { continue };
+            let date = DateTime::from_timestamp_millis(event.time_ms)
+                .unwrap_or_default()
+                .format("%Y-%m-%d")
+                .to_string();
+            self.pending
+                .entry((event.source, date))
+                .or_insert_with(|| Pending::new(schema, event.time_ms))
+                .push(schema, event, ingest_us);
+        }
+    }
+
+    /// Rows buffered and not yet committed.
+    pub fn buffered(&self) -> usize {
+        self.pending.values().map(|p| p.rows).sum()
+    }
+
+    /// Writes every buffered row to new files, durably; returns the files written.
+    pub fn commit(&mut self) -> Result<Vec<PathBuf>, OfflineError> {
+        let mut written = Vec::new();
+        for ((source, date), pending) in std::mem::take(&mut self.pending) {
+            let schema = &self.schemas[source];
+            let dir = self.root.join(&schema.name).join(format!("date={date}"));
+            self.seq += 1;
+            let name = format!("part-{}-{}-{}.parquet", pending.first_ms, std::process::id(), self.seq);
+            let path = dir.join(&name);
+            write_file(&dir, &path, pending, schema.arrow_schema())?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+}
+
+fn write_file(dir: &Path, path: &Path, pending: Pending, schema: Arc<Schema>) -> Result<(), OfflineError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| OfflineError::Io { path: p, source }
+    };
+    let pq = |source| OfflineError::Parquet { path: path.to_path_buf(), source };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = path.with_extension("parquet.tmp");
+    let batch = pending.finish(schema.clone()).map_err(|e| pq(e.into()))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_created_by(format!("fathom {}", env!("CARGO_PKG_VERSION")))
+        .build();
+    let file = File::create(&tmp).map_err(io(&tmp))?;
+    let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(pq)?;
+    writer.write(&batch).map_err(pq)?;
+    let file = writer.into_inner().map_err(pq)?;
+    file.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    Ok(())
+}
+
+fn remove_tmp_files(dir: &Path) -> Result<(), OfflineError> {
+    let Ok(dates) = std::fs::read_dir(dir) else { return Ok(()) };
+    for date in dates.flatten() {
+        let Ok(files) = std::fs::read_dir(date.path()) else { continue };
+        for file in files.flatten() {
+            let path = file.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                std::fs::remove_file(&path).map_err(|source| OfflineError::Io { path, source })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
+    use fathom_ingest::record::Coordinates;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(offset: i64, time_ms: i64, fields: Value) -> Event {
+        Event {
+            source: 0,
+            key: "c1".into(),
+            time_ms,
+            raw: fields.to_string().into_bytes(),
+            fields: fields.as_object().unwrap().clone(),
+            at: Coordinates { partition: Some(2), offset },
+        }
+    }
+
+    #[test]
+    fn round_trips_events_partitioned_by_event_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = SourceSchema {
+            name: "tx".into(),
+            key: "card".into(),
+            columns: vec![("amount".into(), ColumnType::Float), ("merchant".into(), ColumnType::Text)],
+        };
+        let mut writer = OfflineWriter::new(dir.path(), vec![schema]).unwrap();
+        let day1 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+        writer.append(&[
+            event(10, day1 + 5, json!({"amount": 1.5, "merchant": "m1"})),
+            event(11, day1 - 1, json!({"amount": null, "merchant": 7})),
+            event(12, day1 + 9, json!({"merchant": "m2"})),
+        ]);
+        assert_eq!(writer.buffered(), 3);
+        let files = writer.commit().unwrap();
+        assert_eq!(writer.buffered(), 0);
+        assert_eq!(files.len(), 2);
+        assert!(files[0].to_string_lossy().contains("/tx/date=2025-12-31/"), "{files:?}");
+        assert!(files[1].to_string_lossy().contains("/tx/date=2026-01-01/"), "{files:?}");
+
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&files[1]).unwrap()).unwrap();
+        let metadata = reader.metadata().clone();
+        let batch = reader.build().unwrap().next().unwrap().unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        let column = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
+        assert_eq!(column("_offset").as_primitive::<Int64Type>().values(), &[10, 12]);
+        let times = column("_event_time");
+        assert_eq!(times.data_type(), &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())));
+        assert_eq!(times.as_primitive::<TimestampMicrosecondType>().value(1), (day1 + 9) * 1000);
+        let amount = column("amount");
+        assert_eq!(amount.as_primitive::<Float64Type>().value(0), 1.5);
+        assert!(amount.is_null(1));
+        assert_eq!(column("merchant").as_string::<i32>().value(1), "m2");
+        assert_eq!(column("_raw").as_string::<i32>().value(0), r#"{"amount":1.5,"merchant":"m1"}"#);
+        let compression = metadata.row_group(0).column(0).compression();
+        assert!(matches!(compression, Compression::ZSTD(_)), "{compression:?}");
+        let other = ParquetRecordBatchReaderBuilder::try_new(File::open(&files[0]).unwrap()).unwrap().build().unwrap().next().unwrap().unwrap();
+        let merchant = other.column(other.schema().index_of("merchant").unwrap());
+        assert_eq!(merchant.as_string::<i32>().value(0), "7", "non-string values kept as JSON text");
+    }
+
+    #[test]
+    fn leftover_tmp_files_are_removed_on_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let date = dir.path().join("tx/date=2026-01-01");
+        std::fs::create_dir_all(&date).unwrap();
+        std::fs::write(date.join("part-1.parquet.tmp"), b"partial").unwrap();
+        std::fs::write(date.join("part-0.parquet"), b"kept").unwrap();
+        let schema = SourceSchema { name: "tx".into(), key: "k".into(), columns: vec![] };
+        OfflineWriter::new(dir.path(), vec![schema]).unwrap();
+        assert!(!date.join("part-1.parquet.tmp").exists());
+        assert!(date.join("part-0.parquet").exists());
+    }
+}

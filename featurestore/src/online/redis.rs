@@ -1,0 +1,102 @@
+//! The Redis online store, single node or cluster, through pipelines.
+
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+
+use super::{OnlineError, Write};
+
+/// Commands per pipeline: large enough to amortise round trips, small enough to keep replies
+/// and Redis's output buffers modest.
+const CHUNK: usize = 2_000;
+
+/// How the Redis deployment is shaped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One server (`redis://` or `rediss://`).
+    Single(String),
+    /// Redis Cluster seed nodes.
+    Cluster(Vec<String>),
+}
+
+/// A connected Redis store.
+#[derive(Clone)]
+pub enum RedisStore {
+    /// One server; flushes are MULTI/EXEC transactions.
+    Single(ConnectionManager),
+    /// A cluster; each entity's write is a single (atomic) command in its slot.
+    Cluster(ClusterConnection),
+}
+
+fn err(what: &'static str) -> impl Fn(redis::RedisError) -> OnlineError {
+    move |source| OnlineError::Redis { what, source }
+}
+
+impl RedisStore {
+    /// Connects.
+    pub async fn connect(topology: &RedisTopology) -> Result<RedisStore, OnlineError> {
+        match topology {
+            RedisTopology::Single(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(err("parsing the URL"))?;
+                let manager = client.get_connection_manager().await.map_err(err("connecting"))?;
+                Ok(RedisStore::Single(manager))
+            }
+            RedisTopology::Cluster(nodes) => {
+                let client = redis::cluster::ClusterClient::new(nodes.clone()).map_err(err("parsing cluster URLs"))?;
+                let connection = client.get_async_connection().await.map_err(err("connecting to the cluster"))?;
+                Ok(RedisStore::Cluster(connection))
+            }
+        }
+    }
+
+    pub(super) async fn load(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, OnlineError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(CHUNK) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.hget(key, "state");
+            }
+            let values: Vec<Option<Vec<u8>>> = self.query(&pipe, "loading state").await?;
+            out.extend(values);
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn write(&self, writes: &[Write], offsets: &[(String, i64)]) -> Result<(), OnlineError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let chunks: Vec<&[Write]> = if writes.is_empty() { vec![&[]] } else { writes.chunks(CHUNK / 2).collect() };
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let mut pipe = redis::pipe();
+            if matches!(self, RedisStore::Single(_)) {
+                pipe.atomic();
+            }
+            for w in chunk {
+                pipe.hset_multiple(&w.key, &[("state", w.state.as_slice()), ("updated_ms", now.to_string().as_bytes())])
+                    .ignore();
+                if let Some(ttl) = w.ttl_ms {
+                    pipe.pexpire(&w.key, ttl).ignore();
+                }
+            }
+            if i == last {
+                // the offsets ride with the last chunk: once they are written, so is everything
+                for (key, offset) in offsets {
+                    pipe.set(key, offset).ignore();
+                }
+            }
+            let () = self.query(&pipe, "writing state").await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), OnlineError> {
+        let () = self.query(redis::pipe().cmd("PING").ignore(), "ping").await?;
+        Ok(())
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline, what: &'static str) -> Result<T, OnlineError> {
+        match self {
+            RedisStore::Single(c) => pipe.query_async(&mut c.clone()).await.map_err(err(what)),
+            RedisStore::Cluster(c) => pipe.query_async(&mut c.clone()).await.map_err(err(what)),
+        }
+    }
+}
