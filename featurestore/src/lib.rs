@@ -8,3 +8,5 @@ pub mod duration;
 pub mod engine;
 pub mod offline;
 pub mod online;
+pub mod lookup;
+pub mod processor;
