@@ -1,1 +1,180 @@
-fn main() {}
+//! The `fathom` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use fathom::config::{self, ConfigError};
+use fathom::{bench, demo, replay, serve};
+
+/// Fathom: streaming feature store and model monitoring in one binary.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "FATHOM_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline and the HTTP API (embedded demo project without -c).
+    Serve {
+        /// Project file.
+        #[arg(short, long, env = "FATHOM_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check a project file; prints every problem with its path and exits 1 if any.
+    Validate {
+        /// Project file.
+        #[arg(short, long, env = "FATHOM_CONFIG")]
+        config: PathBuf,
+    },
+    /// Feed an NDJSON or Parquet file into a source through the same pipeline.
+    Replay {
+        /// The file (`.parquet` for Parquet, anything else NDJSON).
+        file: PathBuf,
+        /// Source to feed.
+        #[arg(short, long)]
+        source: String,
+        /// Project file (default: the embedded demo project).
+        #[arg(short, long, env = "FATHOM_CONFIG")]
+        config: Option<PathBuf>,
+        /// Keep serving the API afterwards.
+        #[arg(long)]
+        serve: bool,
+    },
+    /// A card-transaction stream through the embedded pipeline, lookups printed as they change.
+    Demo {
+        /// Cards.
+        #[arg(long, default_value_t = 1000)]
+        cards: usize,
+        /// Transactions of history.
+        #[arg(long, default_value_t = 200_000)]
+        history: usize,
+        /// Live rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Keep serving the API afterwards.
+        #[arg(long)]
+        serve: bool,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Aggregation engine throughput and memory (one core), optionally against storey.
+    Engine {
+        /// Events.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Keys.
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        /// Python with storey installed (see bench/README.md).
+        #[arg(long)]
+        storey_python: Option<PathBuf>,
+        /// Events given to storey.
+        #[arg(long, default_value_t = 20_000)]
+        storey_events: usize,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FATHOM_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(path: Option<&PathBuf>) -> anyhow::Result<Arc<config::Project>> {
+    let project = match path {
+        Some(path) => config::load(path)?,
+        None => config::parse(demo::CONFIG).map_err(|e| anyhow::anyhow!("embedded demo config: {e:?}"))?,
+    };
+    Ok(Arc::new(project))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    if let Command::Validate { config } = &cli.command {
+        return validate(config);
+    }
+    if let Command::Bench { which: BenchCommand::Engine { events, keys, storey_python, storey_events } } = cli.command {
+        let options = bench::Options { events, keys, storey_python, storey_events };
+        return report(bench::run(&options));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return report(Err(e.into())),
+    };
+    report(runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { config } => {
+                let project = load(config.as_ref())?;
+                let running = serve::start(project.clone()).await?;
+                serve::serve_until_signal(project, running).await
+            }
+            Command::Replay { file, source, config, serve } => {
+                replay::run(load(config.as_ref())?, &file, &source, serve).await.map(|_| ())
+            }
+            Command::Demo { cards, history, rounds, serve } => {
+                let options = demo::Options { cards: cards.max(43), history, rounds, pause: Duration::from_secs(2), serve };
+                demo::run(options).await
+            }
+            Command::Validate { .. } | Command::Bench { .. } => unreachable!("handled above"),
+        }
+    }))
+}
+
+fn validate(path: &PathBuf) -> ExitCode {
+    match config::load(path) {
+        Ok(project) => {
+            let features: usize = project.plans.iter().map(|p| p.feature_names().count()).sum();
+            println!(
+                "{}: ok — project {:?}, {} sources, {} feature sets, {features} features",
+                path.display(),
+                project.name,
+                project.sources.len(),
+                project.plans.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(ConfigError::Invalid { path, problems }) => {
+            eprintln!("{}: {} problem(s)", path.display(), problems.len());
+            for p in problems {
+                eprintln!("  {p}");
+            }
+            ExitCode::from(1)
+        }
+        Err(e) => report(Err(e.into())),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -163,6 +163,11 @@ impl Processor {
         self.cache.iter_mut().for_each(FxHashMap::clear);
     }
 
+    /// The online store written to.
+    pub fn store(&self) -> &OnlineStore {
+        &self.store
+    }
+
     /// Entities held in the cache.
     pub fn cached(&self) -> usize {
         self.cache.iter().map(FxHashMap::len).sum()

@@ -2,6 +2,7 @@
 //! records out, offsets committed only when the caller says the work they cover is durable.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -70,16 +71,23 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, SourceError> {
 
 /// The consumer of every Kafka-backed source.
 pub struct KafkaSource {
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer>,
     /// topic → source index.
     topics: HashMap<String, usize>,
-    /// Next offset per (topic, partition) for records handed out since the last commit.
-    handed_out: BTreeMap<(String, i32), i64>,
 }
+
+/// Commits offsets and reads lag for a [`KafkaSource`], from another task.
+#[derive(Clone)]
+pub struct Committer {
+    consumer: Arc<StreamConsumer>,
+}
+
+/// Next offset to read per (topic, partition).
+pub type Offsets = BTreeMap<(String, i32), i64>;
 
 impl KafkaSource {
     /// Joins `group` and subscribes to `topics` (topic, source index).
-    pub fn new(config: &KafkaConfig, group: &str, topics: &[(String, usize)]) -> Result<KafkaSource, SourceError> {
+    pub fn new(config: &KafkaConfig, group: &str, topics: &[(String, usize)]) -> Result<(KafkaSource, Committer), SourceError> {
         let mut client = client_config(config)?;
         client
             .set("group.id", group)
@@ -94,11 +102,15 @@ impl KafkaSource {
         consumer
             .subscribe(&names)
             .map_err(|source| SourceError::Kafka { what: "subscribing", source })?;
-        Ok(KafkaSource { consumer, topics: topics.iter().cloned().collect(), handed_out: BTreeMap::new() })
+        let consumer = Arc::new(consumer);
+        let source = KafkaSource { consumer: consumer.clone(), topics: topics.iter().cloned().collect() };
+        Ok((source, Committer { consumer }))
     }
 
     /// Up to `max` records: waits for the first one, then takes what arrives within `linger`.
-    pub async fn batch(&mut self, max: usize, linger: Duration) -> Result<Vec<Record>, SourceError> {
+    /// Not cancel-safe (records received before cancellation are lost to this batch): run it
+    /// in a task of its own.
+    pub async fn batch(&self, max: usize, linger: Duration) -> Result<Vec<Record>, SourceError> {
         let mut out = Vec::with_capacity(max.min(4096));
         let deadline = tokio::time::Instant::now() + linger;
         while out.len() < max {
@@ -112,7 +124,6 @@ impl KafkaSource {
             };
             let message = message.map_err(|source| SourceError::Kafka { what: "receiving", source })?;
             let Some(&source) = self.topics.get(message.topic()) else { continue };
-            self.handed_out.insert((message.topic().to_string(), message.partition()), message.offset() + 1);
             out.push(Record {
                 source,
                 at: Coordinates { partition: Some(message.partition()), offset: message.offset() },
@@ -122,26 +133,27 @@ impl KafkaSource {
         }
         Ok(out)
     }
+}
 
-    /// Commits every record handed out so far. Call only once the work covering them is durable.
-    pub fn commit(&mut self) -> Result<(), SourceError> {
-        if self.handed_out.is_empty() {
+impl Committer {
+    /// Commits `next` offsets. Call only once the work covering the records below them is
+    /// durable.
+    pub fn commit(&self, next: &Offsets) -> Result<(), SourceError> {
+        if next.is_empty() {
             return Ok(());
         }
         let mut list = TopicPartitionList::new();
-        for ((topic, partition), next) in &self.handed_out {
-            list.add_partition_offset(topic, *partition, Offset::Offset(*next))
+        for ((topic, partition), offset) in next {
+            list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
                 .map_err(|source| SourceError::Kafka { what: "building the commit", source })?;
         }
         self.consumer
             .commit(&list, CommitMode::Sync)
-            .map_err(|source| SourceError::Kafka { what: "committing offsets", source })?;
-        self.handed_out.clear();
-        Ok(())
+            .map_err(|source| SourceError::Kafka { what: "committing offsets", source })
     }
 
     /// Consumer lag per (topic, partition): high watermark minus the next offset to read. Asks
-    /// the broker (blocking, at most a second per partition): call it off the hot path.
+    /// the broker (blocking, at most a second per partition): call it off the async threads.
     pub fn lag(&self) -> Vec<(String, i32, i64)> {
         let Ok(assignment) = self.consumer.position() else { return Vec::new() };
         assignment

@@ -76,6 +76,14 @@ impl OnlineStore {
         }
     }
 
+    /// Keys in the store (`DBSIZE` on a single Redis node; `None` for a cluster).
+    pub async fn key_count(&self) -> Result<Option<u64>, OnlineError> {
+        match self {
+            OnlineStore::Embedded(store) => Ok(Some(store.len() as u64)),
+            OnlineStore::Redis(store) => store.key_count().await,
+        }
+    }
+
     /// Whether the store answers.
     pub async fn ping(&self) -> Result<(), OnlineError> {
         match self {

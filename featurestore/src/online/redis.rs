@@ -88,6 +88,16 @@ impl RedisStore {
         Ok(())
     }
 
+    pub(super) async fn key_count(&self) -> Result<Option<u64>, OnlineError> {
+        match self {
+            RedisStore::Single(_) => {
+                let (n,): (u64,) = self.query(redis::pipe().cmd("DBSIZE"), "counting keys").await?;
+                Ok(Some(n))
+            }
+            RedisStore::Cluster(_) => Ok(None),
+        }
+    }
+
     pub(super) async fn ping(&self) -> Result<(), OnlineError> {
         let () = self.query(redis::pipe().cmd("PING").ignore(), "ping").await?;
         Ok(())

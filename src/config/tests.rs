@@ -1,0 +1,83 @@
+use super::*;
+
+fn problems(yaml: &str) -> Vec<String> {
+    match parse(yaml) {
+        Ok(_) => Vec::new(),
+        Err(Parsed::Invalid(p)) => p.iter().map(ToString::to_string).collect(),
+        Err(Parsed::Syntax(e)) => vec![format!("syntax: {e}")],
+    }
+}
+
+#[test]
+fn every_example_config_in_the_repo_parses() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut seen = 0;
+    for dir in ["examples", "deploy"] {
+        let Ok(files) = std::fs::read_dir(root.join(dir)) else { continue };
+        for file in files.flatten() {
+            let path = file.path();
+            if path.extension().is_some_and(|e| e == "yaml") && path.to_string_lossy().contains("fathom") {
+                load(&path).unwrap_or_else(|e| panic!("{}: {e:#?}", path.display()));
+                seen += 1;
+            }
+        }
+    }
+    parse(crate::demo::CONFIG).expect("the embedded demo config parses");
+    assert!(seen >= 1, "no example configs found");
+}
+
+#[test]
+fn reports_every_problem_at_once_with_paths() {
+    let found = problems(
+        r#"
+project: payments
+colour: blue
+stores:
+  online: { redis: {} }
+sources:
+  tx: { kafka: { topic: tx }, key: card_id, timestamp: ts, extra: 1 }
+  ok: { key: card_id }
+entities:
+  card: { key: card_id }
+feature_sets:
+  a:
+    entity: cardd
+    source: ok
+    aggregations:
+      - { column: amount, functions: [sum, median], windows: [10m, 24x] }
+  b:
+    entity: card
+    source: nope
+    features: [x]
+"#,
+    );
+    let expected = [
+        "colour: unknown key",
+        "stores.online.redis: set exactly one of `url`",
+        "sources.tx.extra: unknown field `extra`",
+        "feature_sets.a.entity: unknown entity \"cardd\" (declared: card)",
+        "feature_sets.a.aggregations[0].functions[1]: unknown function \"median\"",
+        "feature_sets.a.aggregations[0].windows[1]: \"24x\" is not a duration (use",
+        "feature_sets.b.source: unknown source \"nope\" (declared: ok)",
+    ];
+    for e in expected {
+        assert!(found.iter().any(|f| f.starts_with(e)), "missing {e:?} in {found:#?}");
+    }
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+}
+
+#[test]
+fn kafka_sources_need_a_broker_and_keys_must_match() {
+    let found = problems(
+        "project: p\nsources:\n  tx: { kafka: { topic: tx }, key: card_id }\nentities:\n  acct: { key: account_id }\nfeature_sets:\n  f: { entity: acct, source: tx, features: [a] }\n",
+    );
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(found[0].starts_with("sources.tx.kafka: a Kafka source needs"));
+    assert!(found[1].starts_with("feature_sets.f.entity: entity \"acct\" is keyed by \"account_id\" but source \"tx\" by \"card_id\""));
+}
+
+#[test]
+fn syntax_errors_carry_a_line() {
+    let Err(Parsed::Syntax(e)) = parse("project: [unclosed\n") else { panic!("expected a syntax error") };
+    assert!(e.to_string().contains("line"), "{e}");
+}

@@ -1,0 +1,205 @@
+//! The HTTP API: push ingest, the per-entity read path, health and metrics.
+//!
+//! `app(state)` builds the router so tests can drive it without a socket. Every error is one
+//! JSON shape, `{"error": {"code": "...", "message": "..."}}`, with a stable `code`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use fathom_featurestore::lookup::{self, FeatureValue};
+use fathom_featurestore::online::{self, OnlineStore};
+use fathom_ingest::record::{Coordinates, Record};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Project;
+use crate::pipeline::{Health, Push, PushSummary};
+
+/// Largest push body, bytes.
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+/// Most records in one push.
+pub const MAX_PUSH_RECORDS: usize = 100_000;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The project.
+    pub project: Arc<Project>,
+    /// Where lookups read.
+    pub store: OnlineStore,
+    /// Push input of the pipeline.
+    pub push: mpsc::Sender<Push>,
+    /// Pipeline readiness.
+    pub health: Arc<Health>,
+    /// Prometheus rendering.
+    pub metrics: PrometheusHandle,
+}
+
+/// Every API error.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request is malformed.
+    BadRequest(&'static str, String),
+    /// 404: the named thing does not exist.
+    NotFound(&'static str, String),
+    /// 413: over a size limit.
+    TooLarge(String),
+    /// 503: a dependency is down; retry later.
+    Unavailable(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            ApiError::BadRequest(code, m) => (StatusCode::BAD_REQUEST, code, m),
+            ApiError::NotFound(code, m) => (StatusCode::NOT_FOUND, code, m),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
+            ApiError::Unavailable(m) => {
+                tracing::warn!(message = %m, "request failed: dependency unavailable");
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "a dependency is unavailable; retry later".to_string())
+            }
+        };
+        (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+    }
+}
+
+/// The router.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/push/{source}", post(push))
+        .route("/v1/features/{feature_set}/{key}", get(features))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Splits a push body into records: a JSON array (each element one record, kept byte for
+/// byte) or NDJSON (each non-blank line one record; malformed lines become dead letters).
+pub fn split_body(body: &[u8], source: usize) -> Result<Vec<Record>, ApiError> {
+    let record = |offset: usize, payload: Vec<u8>| Record {
+        source,
+        at: Coordinates { partition: None, offset: offset as i64 },
+        transport_time_ms: None,
+        payload,
+    };
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let records: Vec<Record> = if first == Some(&b'[') {
+        let items: Vec<&RawValue> = serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest("malformed_body", format!("body starts like a JSON array but is not one: {e}")))?;
+        items.into_iter().enumerate().map(|(i, raw)| record(i, raw.get().as_bytes().to_vec())).collect()
+    } else {
+        body.split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+            .map(|(i, line)| record(i + 1, line.to_vec()))
+            .collect()
+    };
+    if records.len() > MAX_PUSH_RECORDS {
+        return Err(ApiError::TooLarge(format!("{} records in one push; the limit is {MAX_PUSH_RECORDS}", records.len())));
+    }
+    Ok(records)
+}
+
+async fn push(State(state): State<AppState>, Path(source): Path<String>, body: Bytes) -> Result<Json<PushSummary>, ApiError> {
+    let index = state
+        .project
+        .source_index(&source)
+        .ok_or_else(|| ApiError::NotFound("unknown_source", format!("no source named {source:?}")))?;
+    let records = split_body(&body, index)?;
+    let (done, answer) = oneshot::channel();
+    state
+        .push
+        .send(Push { source: index, records, done })
+        .await
+        .map_err(|_| ApiError::Unavailable("the pipeline has stopped".into()))?;
+    let summary = answer.await.map_err(|_| ApiError::Unavailable("the pipeline stopped before answering".into()))?;
+    Ok(Json(summary))
+}
+
+/// `GET /v1/features/{feature_set}/{key}` answer.
+#[derive(Debug, Serialize)]
+pub struct EntityFeatures {
+    /// Feature set.
+    pub feature_set: String,
+    /// Entity key.
+    pub key: String,
+    /// Read time, RFC 3339.
+    pub read_time: String,
+    /// Every feature of the set.
+    pub features: Vec<Feature>,
+}
+
+/// One feature in an answer.
+#[derive(Debug, Serialize)]
+pub struct Feature {
+    /// Name.
+    pub name: String,
+    /// Value.
+    pub value: serde_json::Value,
+    /// `PRESENT`, `NOT_FOUND`, `NULL_VALUE` or `OUTSIDE_MAX_AGE`.
+    pub status: lookup::Status,
+    /// Event time of the newest event behind the value, RFC 3339.
+    pub event_timestamp: Option<String>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl From<FeatureValue> for Feature {
+    fn from(v: FeatureValue) -> Feature {
+        Feature { name: v.name, value: v.value, status: v.status, event_timestamp: v.event_time_ms.map(rfc3339) }
+    }
+}
+
+async fn features(State(state): State<AppState>, Path((set, key)): Path<(String, String)>) -> Result<Json<EntityFeatures>, ApiError> {
+    let plan = state
+        .project
+        .plan(&set)
+        .ok_or_else(|| ApiError::NotFound("unknown_feature_set", format!("no feature set named {set:?}")))?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let stored = state
+        .store
+        .load(&[online::entity_key(&state.project.name, &set, &key)])
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("{:#}", anyhow::Error::from(e))))?;
+    let entity = stored[0].as_deref().and_then(|b| online::decode(plan, b));
+    let features = lookup::feature_values(plan, entity.as_ref(), now).into_iter().map(Feature::from).collect();
+    Ok(Json(EntityFeatures { feature_set: set, key, read_time: rfc3339(now), features }))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let store = state.store.ping().await;
+    let pipeline_ok = state.health.ready.load(Ordering::Relaxed);
+    let problem = state.health.problem.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match (store, pipeline_ok) {
+        (Ok(()), true) => Json(json!({"status": "ready"})).into_response(),
+        (store, _) => {
+            let store = store.err().map(|e| format!("{:#}", anyhow::Error::from(e)));
+            let body = json!({"status": "degraded", "online_store": store, "pipeline": problem});
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.run_upkeep();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}

@@ -1,0 +1,13 @@
+//! The `fathom` binary's library: the project file, the processing loop, the HTTP API and the
+//! commands that wire them.
+//!
+//! In flow order: [`config`] (what the project declares) → [`pipeline`] (records to stores) →
+//! [`http`] (push in, features out) → [`demo`], [`replay`] and [`bench`] (commands built on them).
+
+pub mod bench;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod pipeline;
+pub mod replay;
+pub mod serve;

@@ -1,0 +1,385 @@
+//! The processing loop: records from Kafka and HTTP push → decode → featurestore → online and
+//! offline stores, with dead letters for everything refused.
+//!
+//! One task owns the processor and the writers, so batches are applied in order without locks.
+//! Every batch ends with an online flush (state and applied offsets, atomically per entity);
+//! every `checkpoint_interval` the Parquet files are committed, dead letters made durable, and
+//! only then Kafka offsets committed. A crash between two checkpoints replays records the online
+//! store already holds; each entity's applied offsets make those replays no-ops.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use fathom_featurestore::offline::{ColumnType, OfflineWriter, SourceSchema};
+use fathom_featurestore::online::{self, EmbeddedStore, OnlineStore, RedisStore};
+use fathom_featurestore::processor::Processor;
+use fathom_ingest::deadletter::{DeadLetter, DeadLetters};
+use fathom_ingest::decode::{Decoder, Reason};
+use fathom_ingest::kafka::{self, Committer, KafkaSource, Offsets};
+use fathom_ingest::record::Record;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+
+use crate::config::Project;
+
+/// Records pushed over HTTP (or by replay), answered once applied and flushed online.
+pub struct Push {
+    /// Source index.
+    pub source: usize,
+    /// The records.
+    pub records: Vec<Record>,
+    /// Where the summary goes.
+    pub done: oneshot::Sender<PushSummary>,
+}
+
+/// What happened to pushed records.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct PushSummary {
+    /// Records decoded and applied (or already applied).
+    pub accepted: usize,
+    /// Records sent to the dead letters (malformed, or late for a feature set).
+    pub dead_lettered: usize,
+}
+
+/// Readiness as the HTTP layer reports it.
+#[derive(Default)]
+pub struct Health {
+    /// The loop has started and its last store operation succeeded.
+    pub ready: AtomicBool,
+    /// Why it is not ready, if it says so.
+    pub problem: Mutex<Option<String>>,
+    /// Records taken in, for summaries.
+    pub records: AtomicU64,
+}
+
+impl Health {
+    fn degraded(&self, what: &str, error: &anyhow::Error) {
+        tracing::warn!(error = format!("{error:#}"), "{what}; retrying");
+        self.ready.store(false, Ordering::Relaxed);
+        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{what}: {error:#}"));
+    }
+
+    fn recovered(&self) {
+        if !self.ready.swap(true, Ordering::Relaxed) {
+            *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+}
+
+/// Handles to a running pipeline.
+pub struct Running {
+    /// The online store the pipeline writes (and lookups read).
+    pub store: OnlineStore,
+    /// Push input.
+    pub push: mpsc::Sender<Push>,
+    /// Readiness.
+    pub health: Arc<Health>,
+    /// Stops the loop after a final checkpoint.
+    pub shutdown: watch::Sender<bool>,
+    /// The loop.
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Connects the stores and starts the loop (and the Kafka consumer when configured).
+pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
+    let store = match project.redis()? {
+        Some(topology) => OnlineStore::Redis(RedisStore::connect(&topology).await.context("connecting to Redis")?),
+        None => OnlineStore::Embedded(Arc::new(EmbeddedStore::new())),
+    };
+    let offline = OfflineWriter::new(&project.stores.offline.parquet.path, schemas(&project))
+        .context("opening the offline store")?;
+    let kafka_sources: Vec<(String, usize)> = project
+        .sources
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, s))| s.kafka.as_ref().map(|k| (k.topic.clone(), i)))
+        .collect();
+    let (dead, consumer) = match &project.stores.kafka {
+        Some(config) => {
+            let dead = DeadLetters::kafka(kafka::producer(config)?);
+            let consumer = if kafka_sources.is_empty() {
+                None
+            } else {
+                Some(KafkaSource::new(config, &project.group_id(), &kafka_sources)?)
+            };
+            (dead, consumer)
+        }
+        None => (DeadLetters::files(project.stores.dead_letters.path.clone()), None),
+    };
+    let decoders = project
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, (_, source))| {
+            let numeric = project
+                .plans
+                .iter()
+                .zip(&project.plan_sources)
+                .filter(|(_, s)| **s == i)
+                .flat_map(|(p, _)| p.numeric_columns())
+                .collect();
+            Decoder::new(source, numeric)
+        })
+        .collect();
+    let processor = Processor::new(
+        &project.name,
+        project.plans.clone(),
+        &project.plan_sources,
+        project.sources.len(),
+        store.clone(),
+        project.processing.max_cached_entities,
+    );
+    let health = Arc::new(Health::default());
+    let (push_tx, push_rx) = mpsc::channel(16);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (kafka_rx, committer) = match consumer {
+        Some((source, committer)) => (Some(spawn_consumer(source, &project)), Some(committer)),
+        None => (None, None),
+    };
+    let pipeline = Pipeline {
+        project: project.clone(),
+        decoders,
+        processor,
+        offline,
+        dead,
+        committer,
+        processed: Offsets::new(),
+        last_checkpoint: Instant::now(),
+        health: health.clone(),
+    };
+    let task = tokio::spawn(pipeline.run(kafka_rx, push_rx, shutdown_rx));
+    health.ready.store(true, Ordering::Relaxed);
+    Ok(Running { store, push: push_tx, health, shutdown: shutdown_tx, task })
+}
+
+/// The offline schema of each source: key, plus every column its feature sets read (numeric
+/// when a numeric aggregation reads it).
+fn schemas(project: &Project) -> Vec<SourceSchema> {
+    project
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, (name, source))| {
+            let mut columns: BTreeMap<String, ColumnType> = BTreeMap::new();
+            for (plan, _) in project.plans.iter().zip(&project.plan_sources).filter(|(_, s)| **s == i) {
+                let numeric = plan.numeric_columns();
+                for column in plan.columns.iter().chain(&plan.latest) {
+                    let ty = if numeric.contains(column) { ColumnType::Float } else { ColumnType::Text };
+                    let entry = columns.entry(column.clone()).or_insert(ty);
+                    if ty == ColumnType::Float {
+                        *entry = ColumnType::Float;
+                    }
+                }
+            }
+            columns.remove(&source.key);
+            if let Some(ts) = &source.timestamp {
+                columns.remove(ts);
+            }
+            SourceSchema { name: name.clone(), key: source.key.clone(), columns: columns.into_iter().collect() }
+        })
+        .collect()
+}
+
+fn spawn_consumer(source: KafkaSource, project: &Project) -> mpsc::Receiver<Vec<Record>> {
+    let (tx, rx) = mpsc::channel(4);
+    let max = project.processing.batch_size;
+    let linger = Duration::from_millis(project.processing.linger_ms as u64);
+    tokio::spawn(async move {
+        loop {
+            match source.batch(max, linger).await {
+                Ok(batch) if batch.is_empty() => {}
+                Ok(batch) => {
+                    if tx.send(batch).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), "kafka consumer; retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    rx
+}
+
+struct Pipeline {
+    project: Arc<Project>,
+    decoders: Vec<Decoder>,
+    processor: Processor,
+    offline: OfflineWriter,
+    dead: DeadLetters,
+    committer: Option<Committer>,
+    /// Next offsets of records processed since the last checkpoint.
+    processed: Offsets,
+    last_checkpoint: Instant,
+    health: Arc<Health>,
+}
+
+const RETRY: Duration = Duration::from_millis(500);
+
+impl Pipeline {
+    async fn run(
+        mut self,
+        mut kafka: Option<mpsc::Receiver<Vec<Record>>>,
+        mut push: mpsc::Receiver<Push>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(batch) = async { kafka.as_mut()?.recv().await } => {
+                    let span = tracing::debug_span!("batch", records = batch.len(), from = "kafka");
+                    self.handle(batch).instrument(span).await?;
+                }
+                Some(request) = push.recv() => {
+                    let span = tracing::debug_span!("batch", records = request.records.len(), from = "push");
+                    let summary = self.handle(request.records).instrument(span).await?;
+                    let _ = request.done.send(summary);
+                }
+                _ = tick.tick() => {}
+            }
+            let due = self.last_checkpoint.elapsed() >= Duration::from_millis(self.project.processing.checkpoint_ms as u64)
+                || self.offline.buffered() >= self.project.processing.max_buffered_rows;
+            if due {
+                self.checkpoint().await?;
+            }
+        }
+        self.checkpoint().await
+    }
+
+    /// Decodes, applies and flushes one batch; refused records become dead letters.
+    async fn handle(&mut self, records: Vec<Record>) -> anyhow::Result<PushSummary> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut events = Vec::with_capacity(records.len());
+        let mut summary = PushSummary::default();
+        let mut flushed_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for record in records {
+            let source = record.source;
+            if let Some(partition) = record.at.partition {
+                let topic = self.project.stream_name(source).to_string();
+                self.processed.insert((topic.clone(), partition), record.at.offset + 1);
+                flushed_offsets.insert((topic, partition), record.at.offset);
+            }
+            metrics::counter!("fathom_records_in_total", "source" => self.project.sources[source].0.clone()).increment(1);
+            match self.decoders[source].decode(record, now) {
+                Ok(event) => events.push(event),
+                Err((record, refusal)) => {
+                    summary.dead_lettered += 1;
+                    self.dead.send(self.letter(&record.payload, source, record.at, refusal.reason, refusal.message))?;
+                }
+            }
+        }
+        self.health.records.fetch_add((events.len() + summary.dead_lettered) as u64, Ordering::Relaxed);
+        let outcome = loop {
+            match self.processor.process(&events).await {
+                Ok(outcome) => break outcome,
+                Err(e) => self.health.degraded("loading state from the online store", &e.into()),
+            }
+            tokio::time::sleep(RETRY).await;
+        };
+        metrics::counter!("fathom_events_applied_total").increment(outcome.applied);
+        metrics::counter!("fathom_replayed_records_skipped_total").increment(outcome.duplicates);
+        let mut late_events = vec![false; events.len()];
+        for &(i, plan) in &outcome.late {
+            let event = &events[i];
+            let plan = &self.processor.plans()[plan];
+            let message = format!(
+                "event time {} is more than {} ms behind entity {:?}'s newest event in feature set {:?}",
+                event.time_ms, plan.late_after_ms, event.key, plan.name
+            );
+            late_events[i] = true;
+            let letter = self.letter(&event.raw, event.source, event.at, Reason::Late, message);
+            self.dead.send(letter)?;
+        }
+        summary.dead_lettered += late_events.iter().filter(|l| **l).count();
+        summary.accepted += events.len() - late_events.iter().filter(|l| **l).count();
+        self.offline.append(&events);
+        self.flush(&flushed_offsets).await;
+        Ok(summary)
+    }
+
+    fn letter(&self, payload: &[u8], source: usize, at: fathom_ingest::record::Coordinates, reason: Reason, message: String) -> DeadLetter {
+        DeadLetter {
+            source: self.project.sources[source].0.clone(),
+            topic: self.project.stream_name(source).to_string(),
+            partition: at.partition,
+            offset: at.offset,
+            reason,
+            message,
+            payload: payload.to_vec(),
+        }
+    }
+
+    /// Writes changed states until the store takes them.
+    async fn flush(&mut self, applied: &BTreeMap<(String, i32), i64>) {
+        let group = self.project.group_id();
+        let offsets: Vec<(String, i64)> = applied
+            .iter()
+            .map(|((topic, partition), offset)| (online::offsets_key(&group, topic, *partition), *offset))
+            .collect();
+        loop {
+            let started = Instant::now();
+            match self.processor.flush(&offsets).await {
+                Ok(written) => {
+                    metrics::histogram!("fathom_flush_seconds").record(started.elapsed().as_secs_f64());
+                    metrics::counter!("fathom_entities_written_total").increment(written as u64);
+                    metrics::gauge!("fathom_cached_entities").set(self.processor.cached() as f64);
+                    self.health.recovered();
+                    return;
+                }
+                Err(e) => self.health.degraded("flushing to the online store", &e.into()),
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// Parquet files, then dead letters, then Kafka offsets: each step only after the previous
+    /// one is durable.
+    async fn checkpoint(&mut self) -> anyhow::Result<()> {
+        let rows = self.offline.buffered();
+        let files = loop {
+            match self.offline.commit() {
+                Ok(files) => break files,
+                Err(e) => self.health.degraded("writing the offline store", &e.into()),
+            }
+            tokio::time::sleep(RETRY).await;
+        };
+        metrics::counter!("fathom_offline_rows_total").increment(rows as u64);
+        metrics::counter!("fathom_offline_files_total").increment(files.len() as u64);
+        loop {
+            match self.dead.flush().await {
+                Ok(()) => break,
+                Err(e) => self.health.degraded("flushing dead letters", &e.into()),
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+        if let Some(committer) = &self.committer {
+            let offsets = self.processed.clone();
+            let committer = committer.clone();
+            let lag = tokio::task::spawn_blocking(move || committer.commit(&offsets).map(|()| committer.lag())).await?;
+            match lag {
+                Ok(lag) => {
+                    self.processed.clear();
+                    for (topic, partition, lag) in lag {
+                        metrics::gauge!("fathom_consumer_lag", "topic" => topic, "partition" => partition.to_string()).set(lag as f64);
+                    }
+                }
+                // a failed commit only means a longer replay after a crash; the next one retries
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "committing Kafka offsets"),
+            }
+        }
+        if let Ok(Some(keys)) = self.processor.store().key_count().await {
+            metrics::gauge!("fathom_online_keys").set(keys as f64);
+        }
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+}

@@ -1,0 +1,73 @@
+//! `fathom serve`: the pipeline plus the HTTP API until SIGINT/SIGTERM, then a final checkpoint.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::config::Project;
+use crate::http::{self, AppState};
+use crate::pipeline::{self, Running};
+
+/// Installs the Prometheus recorder (once per process) and returns its handle.
+pub fn metrics() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // a second recorder (tests running several servers) keeps the first one
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// The router's state for a running pipeline.
+pub fn state(project: Arc<Project>, running: &Running) -> AppState {
+    AppState {
+        project,
+        store: running.store.clone(),
+        push: running.push.clone(),
+        health: running.health.clone(),
+        metrics: metrics(),
+    }
+}
+
+/// Serves the API on the configured address until a shutdown signal.
+pub async fn serve_until_signal(project: Arc<Project>, running: Running) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(project.server.listen)
+        .await
+        .with_context(|| format!("binding {}", project.server.listen))?;
+    tracing::info!(address = %listener.local_addr()?, project = %project.name, "serving");
+    let app = http::app(state(project.clone(), &running));
+    axum::serve(listener, app).with_graceful_shutdown(signal()).await.context("serving HTTP")?;
+    stop(running).await
+}
+
+/// Stops the pipeline after its final checkpoint.
+pub async fn stop(running: Running) -> anyhow::Result<()> {
+    let _ = running.shutdown.send(true);
+    running.task.await.context("pipeline task")?.context("pipeline")
+}
+
+async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+/// Starts the pipeline for `project`.
+pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
+    pipeline::start(project).await
+}
