@@ -93,9 +93,17 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let read_secs = started.elapsed().as_secs_f64();
     let encoded: usize = states.values().map(|s| online::encode(&plan, s).len()).sum();
     let rate = options.events as f64 / apply_secs;
-    println!("fathom engine: {} events, {} keys, {} features (5 functions × 3 windows, 1m buckets), one core", options.events, states.len(), plan.aggregations.len());
+    println!(
+        "fathom engine: {} events, {} keys, {} features (5 functions × 3 windows, 1m buckets), one core",
+        options.events,
+        states.len(),
+        plan.aggregations.len()
+    );
     println!("  apply: {apply_secs:.3}s = {:.2}M events/s", rate / 1e6);
-    println!("  read all features of every key: {read_secs:.3}s = {:.0} keys/s (checksum {checksum:.1})", states.len() as f64 / read_secs);
+    println!(
+        "  read all features of every key: {read_secs:.3}s = {:.0} keys/s (checksum {checksum:.1})",
+        states.len() as f64 / read_secs
+    );
     println!(
         "  memory: {:.1} MiB resident for {} keys = {:.1} MiB per 100k keys; encoded state {:.0} bytes/key",
         state_bytes as f64 / 1048576.0,

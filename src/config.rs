@@ -280,7 +280,10 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
     let root: Value = serde_yaml_ng::from_str(text).map_err(Parsed::Syntax)?;
     let mut problems = Vec::new();
     let Value::Mapping(root) = root else {
-        return Err(Parsed::Invalid(vec![Problem { path: "(root)".into(), message: "the project file must be a mapping with `project`, `sources`, `entities`, `feature_sets`".into() }]));
+        return Err(Parsed::Invalid(vec![Problem {
+            path: "(root)".into(),
+            message: "the project file must be a mapping with `project`, `sources`, `entities`, `feature_sets`".into(),
+        }]));
     };
     for key in root.keys() {
         let name = key.as_str().unwrap_or("?");
@@ -301,7 +304,11 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
     let stores: Stores = root.get("stores").and_then(|v| typed(v, "stores", &mut problems)).unwrap_or_default();
     if let Some(redis) = &stores.online.redis {
         if redis.url.is_some() == redis.cluster.is_some() {
-            problem(&mut problems, "stores.online.redis", "set exactly one of `url` (single node) and `cluster` (seed node URLs)");
+            problem(
+                &mut problems,
+                "stores.online.redis",
+                "set exactly one of `url` (single node) and `cluster` (seed node URLs)",
+            );
         }
     }
     let server: ServerConfig = root.get("server").and_then(|v| typed(v, "server", &mut problems)).unwrap_or_default();
@@ -313,7 +320,11 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
         check_name("source", &source, &path, &mut problems);
         if let Some(config) = typed::<SourceConfig>(&value, &path, &mut problems) {
             if config.kafka.is_some() && stores.kafka.is_none() {
-                problem(&mut problems, format!("{path}.kafka"), "a Kafka source needs `stores.kafka.bootstrap_servers`");
+                problem(
+                    &mut problems,
+                    format!("{path}.kafka"),
+                    "a Kafka source needs `stores.kafka.bootstrap_servers`",
+                );
             }
             if config.key.is_empty() {
                 problem(&mut problems, format!("{path}.key"), "must name the event field holding the entity key");
@@ -334,22 +345,35 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
     for (set, value) in entries(&root, "feature_sets", &mut problems) {
         let path = format!("feature_sets.{set}");
         check_name("feature set", &set, &path, &mut problems);
-        let Some(config) = typed::<FeatureSetConfig>(&value, &path, &mut problems) else { continue };
+        let Some(config) = typed::<FeatureSetConfig>(&value, &path, &mut problems) else {
+            continue;
+        };
         let entity = entities.get(&config.entity);
         if entity.is_none() {
             let known: Vec<_> = entities.keys().cloned().collect();
-            problem(&mut problems, format!("{path}.entity"), format!("unknown entity {:?} (declared: {})", config.entity, known.join(", ")));
+            problem(
+                &mut problems,
+                format!("{path}.entity"),
+                format!("unknown entity {:?} (declared: {})", config.entity, known.join(", ")),
+            );
         }
         let source = sources.iter().position(|(n, _)| *n == config.source);
         match (source, entity) {
             (None, _) => {
                 let known: Vec<_> = sources.iter().map(|(n, _)| n.clone()).collect();
-                problem(&mut problems, format!("{path}.source"), format!("unknown source {:?} (declared: {})", config.source, known.join(", ")));
+                problem(
+                    &mut problems,
+                    format!("{path}.source"),
+                    format!("unknown source {:?} (declared: {})", config.source, known.join(", ")),
+                );
             }
             (Some(s), Some(e)) if sources[s].1.key != e.key => problem(
                 &mut problems,
                 format!("{path}.entity"),
-                format!("entity {:?} is keyed by {:?} but source {:?} by {:?}; they must match", config.entity, e.key, config.source, sources[s].1.key),
+                format!(
+                    "entity {:?} is keyed by {:?} but source {:?} by {:?}; they must match",
+                    config.entity, e.key, config.source, sources[s].1.key
+                ),
             ),
             _ => {}
         }
@@ -367,7 +391,8 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
 }
 
 fn processing(root: &serde_yaml_ng::Mapping, problems: &mut Vec<Problem>) -> Processing {
-    let raw: ProcessingConfig = root.get("processing").and_then(|v| typed(v, "processing", problems)).unwrap_or_default();
+    let raw: ProcessingConfig =
+        root.get("processing").and_then(|v| typed(v, "processing", problems)).unwrap_or_default();
     Processing {
         batch_size: raw.batch_size.unwrap_or(10_000).max(1),
         linger_ms: span_or(&raw.linger, 50, "processing.linger", problems),
@@ -380,10 +405,13 @@ fn processing(root: &serde_yaml_ng::Mapping, problems: &mut Vec<Problem>) -> Pro
 impl Project {
     /// The Redis deployment, if configured (`env:NAME` URLs resolved).
     pub fn redis(&self) -> anyhow::Result<Option<RedisTopology>> {
-        let Some(redis) = &self.stores.online.redis else { return Ok(None) };
+        let Some(redis) = &self.stores.online.redis else {
+            return Ok(None);
+        };
         let resolve = |url: &String| -> anyhow::Result<String> {
             match url.strip_prefix("env:") {
-                Some(name) => std::env::var(name).map_err(|_| anyhow::anyhow!("stores.online.redis: environment variable {name} is not set")),
+                Some(name) => std::env::var(name)
+                    .map_err(|_| anyhow::anyhow!("stores.online.redis: environment variable {name} is not set")),
                 None => Ok(url.clone()),
             }
         };
@@ -396,11 +424,7 @@ impl Project {
 
     /// Kafka consumer group.
     pub fn group_id(&self) -> String {
-        self.stores
-            .kafka
-            .as_ref()
-            .and_then(|k| k.group_id.clone())
-            .unwrap_or_else(|| format!("fathom-{}", self.name))
+        self.stores.kafka.as_ref().and_then(|k| k.group_id.clone()).unwrap_or_else(|| format!("fathom-{}", self.name))
     }
 
     /// Index of a source by name.

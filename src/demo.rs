@@ -43,7 +43,9 @@ fn transaction(rng: &mut SmallRng, card: usize, ts_ms: i64, n: usize) -> Vec<u8>
     if n % 997 == 996 {
         return match n % 3 {
             0 => b"{\"card_id\": \"card-0001\", \"amount\": 12.5".to_vec(),
-            1 => json!({"card_id": format!("card-{card:04}"), "amount": "twelve", "ts": ts_ms}).to_string().into_bytes(),
+            1 => {
+                json!({"card_id": format!("card-{card:04}"), "amount": "twelve", "ts": ts_ms}).to_string().into_bytes()
+            }
             _ => json!({"amount": 3.0, "ts": ts_ms}).to_string().into_bytes(),
         };
     }
@@ -88,7 +90,14 @@ async fn show(project: &Project, running: &Running, card: &str) -> anyhow::Resul
     let state = stored[0].as_deref().and_then(|b| online::decode(plan, b));
     let now = chrono::Utc::now().timestamp_millis();
     let values = lookup::feature_values(plan, state.as_ref(), now);
-    let pick = ["amount_count_10m", "amount_count_1h", "amount_sum_1h", "amount_max_24h", "merchant_id_distinct_count_24h", "merchant_category"];
+    let pick = [
+        "amount_count_10m",
+        "amount_count_1h",
+        "amount_sum_1h",
+        "amount_max_24h",
+        "merchant_id_distinct_count_24h",
+        "merchant_category",
+    ];
     let cells: Vec<String> = pick
         .iter()
         .filter_map(|name| values.iter().find(|v| v.name == *name))
@@ -158,7 +167,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         project.stores.offline.parquet.path.display()
     );
     if options.serve {
-        println!("serving on http://{} — try: curl http://{}/v1/features/card_activity/card-0042", project.server.listen, project.server.listen);
+        println!(
+            "serving on http://{} — try: curl http://{}/v1/features/card_activity/card-0042",
+            project.server.listen, project.server.listen
+        );
         serve::serve_until_signal(project, running).await
     } else {
         serve::stop(running).await

@@ -95,8 +95,9 @@ pub fn split_body(body: &[u8], source: usize) -> Result<Vec<Record>, ApiError> {
     };
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let records: Vec<Record> = if first == Some(&b'[') {
-        let items: Vec<&RawValue> = serde_json::from_slice(body)
-            .map_err(|e| ApiError::BadRequest("malformed_body", format!("body starts like a JSON array but is not one: {e}")))?;
+        let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+            ApiError::BadRequest("malformed_body", format!("body starts like a JSON array but is not one: {e}"))
+        })?;
         items.into_iter().enumerate().map(|(i, raw)| record(i, raw.get().as_bytes().to_vec())).collect()
     } else {
         body.split(|b| *b == b'\n')
@@ -106,12 +107,19 @@ pub fn split_body(body: &[u8], source: usize) -> Result<Vec<Record>, ApiError> {
             .collect()
     };
     if records.len() > MAX_PUSH_RECORDS {
-        return Err(ApiError::TooLarge(format!("{} records in one push; the limit is {MAX_PUSH_RECORDS}", records.len())));
+        return Err(ApiError::TooLarge(format!(
+            "{} records in one push; the limit is {MAX_PUSH_RECORDS}",
+            records.len()
+        )));
     }
     Ok(records)
 }
 
-async fn push(State(state): State<AppState>, Path(source): Path<String>, body: Bytes) -> Result<Json<PushSummary>, ApiError> {
+async fn push(
+    State(state): State<AppState>,
+    Path(source): Path<String>,
+    body: Bytes,
+) -> Result<Json<PushSummary>, ApiError> {
     let index = state
         .project
         .source_index(&source)
@@ -154,9 +162,7 @@ pub struct Feature {
 }
 
 fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl From<FeatureValue> for Feature {
@@ -165,7 +171,10 @@ impl From<FeatureValue> for Feature {
     }
 }
 
-async fn features(State(state): State<AppState>, Path((set, key)): Path<(String, String)>) -> Result<Json<EntityFeatures>, ApiError> {
+async fn features(
+    State(state): State<AppState>,
+    Path((set, key)): Path<(String, String)>,
+) -> Result<Json<EntityFeatures>, ApiError> {
     let plan = state
         .project
         .plan(&set)

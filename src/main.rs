@@ -137,7 +137,8 @@ fn main() -> ExitCode {
                 replay::run(load(config.as_ref())?, &file, &source, serve).await.map(|_| ())
             }
             Command::Demo { cards, history, rounds, serve } => {
-                let options = demo::Options { cards: cards.max(43), history, rounds, pause: Duration::from_secs(2), serve };
+                let options =
+                    demo::Options { cards: cards.max(43), history, rounds, pause: Duration::from_secs(2), serve };
                 demo::run(options).await
             }
             Command::Validate { .. } | Command::Bench { .. } => unreachable!("handled above"),
@@ -145,7 +146,7 @@ fn main() -> ExitCode {
     }))
 }
 
-fn validate(path: &PathBuf) -> ExitCode {
+fn validate(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(project) => {
             let features: usize = project.plans.iter().map(|p| p.feature_names().count()).sum();

@@ -246,7 +246,8 @@ impl Pipeline {
                 }
                 _ = tick.tick() => {}
             }
-            let due = self.last_checkpoint.elapsed() >= Duration::from_millis(self.project.processing.checkpoint_ms as u64)
+            let due = self.last_checkpoint.elapsed()
+                >= Duration::from_millis(self.project.processing.checkpoint_ms as u64)
                 || self.offline.buffered() >= self.project.processing.max_buffered_rows;
             if due {
                 self.checkpoint().await?;
@@ -268,7 +269,8 @@ impl Pipeline {
                 self.processed.insert((topic.clone(), partition), record.at.offset + 1);
                 flushed_offsets.insert((topic, partition), record.at.offset);
             }
-            metrics::counter!("fathom_records_in_total", "source" => self.project.sources[source].0.clone()).increment(1);
+            metrics::counter!("fathom_records_in_total", "source" => self.project.sources[source].0.clone())
+                .increment(1);
             match self.decoders[source].decode(record, now) {
                 Ok(event) => events.push(event),
                 Err((record, refusal)) => {
@@ -306,7 +308,14 @@ impl Pipeline {
         Ok(summary)
     }
 
-    fn letter(&self, payload: &[u8], source: usize, at: fathom_ingest::record::Coordinates, reason: Reason, message: String) -> DeadLetter {
+    fn letter(
+        &self,
+        payload: &[u8],
+        source: usize,
+        at: fathom_ingest::record::Coordinates,
+        reason: Reason,
+        message: String,
+    ) -> DeadLetter {
         DeadLetter {
             source: self.project.sources[source].0.clone(),
             topic: self.project.stream_name(source).to_string(),
@@ -369,7 +378,8 @@ impl Pipeline {
                 Ok(lag) => {
                     self.processed.clear();
                     for (topic, partition, lag) in lag {
-                        metrics::gauge!("fathom_consumer_lag", "topic" => topic, "partition" => partition.to_string()).set(lag as f64);
+                        metrics::gauge!("fathom_consumer_lag", "topic" => topic, "partition" => partition.to_string())
+                            .set(lag as f64);
                     }
                 }
                 // a failed commit only means a longer replay after a crash; the next one retries

@@ -22,8 +22,10 @@ pub async fn run(project: Arc<Project>, file: &Path, source: &str, then_serve: b
     let total = fathom_ingest::replay::count(file)?;
     let running = serve::start(project.clone()).await?;
     let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} records, {per_sec}, ETA {eta}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} records, {per_sec}, ETA {eta}",
+        )
+        .expect("valid template"),
     );
     let started = Instant::now();
     let mut summary = PushSummary::default();

@@ -213,17 +213,12 @@ impl FeatureSetPlan {
 
     /// Every feature name this set serves: aggregations first, then latest values.
     pub fn feature_names(&self) -> impl Iterator<Item = &str> {
-        self.aggregations
-            .iter()
-            .map(|a| a.name.as_str())
-            .chain(self.latest.iter().map(String::as_str))
+        self.aggregations.iter().map(|a| a.name.as_str()).chain(self.latest.iter().map(String::as_str))
     }
 }
 
 fn span(text: &str, path: String, problems: &mut Vec<Problem>) -> Option<Span> {
-    Span::parse(text)
-        .map_err(|e| problems.push(Problem { path, message: e.to_string() }))
-        .ok()
+    Span::parse(text).map_err(|e| problems.push(Problem { path, message: e.to_string() })).ok()
 }
 
 impl FeatureSetConfig {
@@ -237,11 +232,7 @@ impl FeatureSetConfig {
         problems: &mut Vec<Problem>,
     ) -> Option<FeatureSetPlan> {
         let before = problems.len();
-        let ttl_ms = self
-            .ttl
-            .as_deref()
-            .and_then(|t| span(t, format!("{path}.ttl"), problems))
-            .map(Span::millis);
+        let ttl_ms = self.ttl.as_deref().and_then(|t| span(t, format!("{path}.ttl"), problems)).map(Span::millis);
         let lateness = self
             .allowed_lateness
             .as_deref()
@@ -369,7 +360,8 @@ impl AggregationConfig {
                 let name = format!("{}_{}_{}", self.column, f.name(), self.windows[*i].trim());
                 let here = format!("{path}.windows[{i}]");
                 if let Some(first) = names.insert(name.clone(), here.clone()) {
-                    problems.push(Problem { path: here, message: format!("duplicate feature {name:?} (also at {first})") });
+                    problems
+                        .push(Problem { path: here, message: format!("duplicate feature {name:?} (also at {first})") });
                     continue;
                 }
                 plan.aggregations.push(AggFeature { name, spec, function: *f, buckets });
@@ -441,6 +433,10 @@ mod tests {
     #[test]
     fn period_must_divide_windows() {
         let errors = compile("entity: card\nsource: tx\naggregations:\n  - { column: amount, functions: [sum], windows: [10m, 7m], period: 2m }\n").unwrap_err();
-        assert_eq!(errors, vec!["feature_sets.cards.aggregations[0].windows[1]: window 7m is not a multiple of the period 2m".to_string()]);
+        assert_eq!(
+            errors,
+            vec!["feature_sets.cards.aggregations[0].windows[1]: window 7m is not a multiple of the period 2m"
+                .to_string()]
+        );
     }
 }

@@ -14,22 +14,14 @@ pub struct Span(pub i64);
 #[error("{0:?} is not a duration (use a positive whole number with ms, s, m, h or d, e.g. 10m)")]
 pub struct SpanError(pub String);
 
-const UNITS: [(&str, i64); 5] = [
-    ("d", 86_400_000),
-    ("h", 3_600_000),
-    ("m", 60_000),
-    ("s", 1_000),
-    ("ms", 1),
-];
+const UNITS: [(&str, i64); 5] = [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)];
 
 impl Span {
     /// Parses `10m`, `1h`, `7d`, `30s`, `250ms`.
     pub fn parse(text: &str) -> Result<Span, SpanError> {
         let err = || SpanError(text.to_string());
         let trimmed = text.trim();
-        let split = trimmed
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(err)?;
+        let split = trimmed.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
         let (digits, unit) = trimmed.split_at(split);
         let n: i64 = digits.parse().map_err(|_| err())?;
         let (_, factor) = UNITS.iter().find(|(u, _)| *u == unit).ok_or_else(err)?;

@@ -6,7 +6,7 @@
 pub mod definition;
 pub mod duration;
 pub mod engine;
+pub mod lookup;
 pub mod offline;
 pub mod online;
-pub mod lookup;
 pub mod processor;

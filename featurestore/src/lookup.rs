@@ -39,7 +39,12 @@ pub fn feature_values(plan: &FeatureSetPlan, state: Option<&EntityState>, at_ms:
     let Some(state) = state.filter(|s| !s.is_empty()) else {
         return plan
             .feature_names()
-            .map(|name| FeatureValue { name: name.to_string(), value: Value::Null, status: Status::NotFound, event_time_ms: None })
+            .map(|name| FeatureValue {
+                name: name.to_string(),
+                value: Value::Null,
+                status: Status::NotFound,
+                event_time_ms: None,
+            })
             .collect();
     };
     let expired = |ts: i64| plan.ttl_ms.is_some_and(|ttl| at_ms.saturating_sub(ts) > ttl);
@@ -103,6 +108,9 @@ mod tests {
         let mean = later.iter().find(|v| v.name == "amount_mean_10m").unwrap();
         assert_eq!((mean.status, &mean.value), (Status::NullValue, &Value::Null), "window emptied");
         let stale = feature_values(&plan, Some(&state), 1_000 + 3_600_001);
-        assert!(stale.iter().filter(|v| v.name != "note").all(|v| v.status == Status::OutsideMaxAge && v.value.is_null()));
+        assert!(stale
+            .iter()
+            .filter(|v| v.name != "note")
+            .all(|v| v.status == Status::OutsideMaxAge && v.value.is_null()));
     }
 }

@@ -211,11 +211,11 @@ impl OfflineWriter {
     pub fn append(&mut self, events: &[Event]) {
         let ingest_us = Utc::now().timestamp_micros();
         for event in events {
-            let Some(schema) = self.schemas.get(event.source) else { continue };
-            let date = DateTime::from_timestamp_millis(event.time_ms)
-                .unwrap_or_default()
-                .format("%Y-%m-%d")
-                .to_string();
+            let Some(schema) = self.schemas.get(event.source) else {
+                continue;
+            };
+            let date =
+                DateTime::from_timestamp_millis(event.time_ms).unwrap_or_default().format("%Y-%m-%d").to_string();
             self.pending
                 .entry((event.source, date))
                 .or_insert_with(|| Pending::new(schema, event.time_ms))
@@ -268,9 +268,13 @@ fn write_file(dir: &Path, path: &Path, pending: Pending, schema: Arc<Schema>) ->
 }
 
 fn remove_tmp_files(dir: &Path) -> Result<(), OfflineError> {
-    let Ok(dates) = std::fs::read_dir(dir) else { return Ok(()) };
+    let Ok(dates) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
     for date in dates.flatten() {
-        let Ok(files) = std::fs::read_dir(date.path()) else { continue };
+        let Ok(files) = std::fs::read_dir(date.path()) else {
+            continue;
+        };
         for file in files.flatten() {
             let path = file.path();
             if path.extension().is_some_and(|e| e == "tmp") {
@@ -340,7 +344,13 @@ mod tests {
         assert_eq!(column("_raw").as_string::<i32>().value(0), r#"{"amount":1.5,"merchant":"m1"}"#);
         let compression = metadata.row_group(0).column(0).compression();
         assert!(matches!(compression, Compression::ZSTD(_)), "{compression:?}");
-        let other = ParquetRecordBatchReaderBuilder::try_new(File::open(&files[0]).unwrap()).unwrap().build().unwrap().next().unwrap().unwrap();
+        let other = ParquetRecordBatchReaderBuilder::try_new(File::open(&files[0]).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
         let merchant = other.column(other.schema().index_of("merchant").unwrap());
         assert_eq!(merchant.as_string::<i32>().value(0), "7", "non-string values kept as JSON text");
     }

@@ -109,10 +109,8 @@ impl Processor {
         }
         wanted.sort_unstable();
         wanted.dedup();
-        let keys: Vec<String> = wanted
-            .iter()
-            .map(|(p, key)| online::entity_key(&self.project, &self.plans[*p].name, key))
-            .collect();
+        let keys: Vec<String> =
+            wanted.iter().map(|(p, key)| online::entity_key(&self.project, &self.plans[*p].name, key)).collect();
         let stored = self.store.load(&keys).await?;
         for ((p, key), bytes) in wanted.into_iter().zip(stored) {
             let plan = &self.plans[p];

@@ -90,14 +90,9 @@ impl Decoder {
     /// Decodes one record; `now_ms` is the event time of last resort.
     pub fn decode(&self, record: Record, now_ms: i64) -> Result<Event, (Record, Refusal)> {
         match self.fields(&record, now_ms) {
-            Ok((key, time_ms, fields)) => Ok(Event {
-                source: record.source,
-                key,
-                time_ms,
-                fields,
-                at: record.at,
-                raw: record.payload,
-            }),
+            Ok((key, time_ms, fields)) => {
+                Ok(Event { source: record.source, key, time_ms, fields, at: record.at, raw: record.payload })
+            }
             Err(refusal) => Err((record, refusal)),
         }
     }
@@ -194,12 +189,18 @@ mod tests {
     use crate::record::Coordinates;
 
     fn decoder() -> Decoder {
-        let source: SourceConfig = serde_json::from_value(json!({"key": "card_id", "timestamp": "ts", "max_record_bytes": 200})).unwrap();
+        let source: SourceConfig =
+            serde_json::from_value(json!({"key": "card_id", "timestamp": "ts", "max_record_bytes": 200})).unwrap();
         Decoder::new(&source, vec!["amount".into()])
     }
 
     fn record(payload: &str) -> Record {
-        Record { source: 0, at: Coordinates { partition: Some(1), offset: 7 }, transport_time_ms: None, payload: payload.as_bytes().to_vec() }
+        Record {
+            source: 0,
+            at: Coordinates { partition: Some(1), offset: 7 },
+            transport_time_ms: None,
+            payload: payload.as_bytes().to_vec(),
+        }
     }
 
     fn reason(payload: &str) -> (Reason, String) {
@@ -209,7 +210,8 @@ mod tests {
 
     #[test]
     fn decodes_key_time_and_fields() {
-        let e = decoder().decode(record(r#"{"card_id": 42, "ts": "2026-01-02T03:04:05.678Z", "amount": 9.5}"#), 0).unwrap();
+        let e =
+            decoder().decode(record(r#"{"card_id": 42, "ts": "2026-01-02T03:04:05.678Z", "amount": 9.5}"#), 0).unwrap();
         assert_eq!(e.key, "42");
         assert_eq!(e.time_ms, 1_767_323_045_678);
         assert_eq!(e.fields["amount"], json!(9.5));
@@ -217,7 +219,12 @@ mod tests {
 
     #[test]
     fn epoch_numbers_by_magnitude() {
-        for v in [json!(1_767_323_045), json!(1_767_323_045_000i64), json!(1_767_323_045_000_000i64), json!(1_767_323_045_000_000_000i64)] {
+        for v in [
+            json!(1_767_323_045),
+            json!(1_767_323_045_000i64),
+            json!(1_767_323_045_000_000i64),
+            json!(1_767_323_045_000_000_000i64),
+        ] {
             assert_eq!(parse_time(&v, TimestampFormat::Auto), Ok(1_767_323_045_000), "{v}");
         }
         assert_eq!(parse_time(&json!(1.5), TimestampFormat::Seconds), Ok(1500));
@@ -228,12 +235,21 @@ mod tests {
         assert_eq!(reason("{not json").0, Reason::MalformedJson);
         assert_eq!(reason("[1,2]").0, Reason::MalformedJson);
         assert_eq!(reason(r#"{"ts": 1}"#), (Reason::MissingKey, "key field \"card_id\" is missing".into()));
-        assert_eq!(reason(r#"{"card_id": "a"}"#), (Reason::MissingTimestamp, "timestamp field \"ts\" is missing".into()));
+        assert_eq!(
+            reason(r#"{"card_id": "a"}"#),
+            (Reason::MissingTimestamp, "timestamp field \"ts\" is missing".into())
+        );
         assert_eq!(reason(r#"{"card_id": [1], "ts": 1}"#).0, Reason::WrongType);
         let (why, message) = reason(r#"{"card_id": "a", "ts": "yesterday"}"#);
         assert_eq!(why, Reason::WrongType);
         assert!(message.starts_with("timestamp field \"ts\": \"yesterday\" is not an RFC 3339 time"), "{message}");
-        assert_eq!(reason(r#"{"card_id": "a", "ts": 1, "amount": "12"}"#), (Reason::WrongType, "field \"amount\" must be a number, got \"12\"".into()));
-        assert_eq!(reason(&format!(r#"{{"card_id": "a", "ts": 1, "pad": "{}"}}"#, "x".repeat(300))).0, Reason::Oversized);
+        assert_eq!(
+            reason(r#"{"card_id": "a", "ts": 1, "amount": "12"}"#),
+            (Reason::WrongType, "field \"amount\" must be a number, got \"12\"".into())
+        );
+        assert_eq!(
+            reason(&format!(r#"{{"card_id": "a", "ts": 1, "pad": "{}"}}"#, "x".repeat(300))).0,
+            Reason::Oversized
+        );
     }
 }

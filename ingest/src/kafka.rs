@@ -87,21 +87,20 @@ pub type Offsets = BTreeMap<(String, i32), i64>;
 
 impl KafkaSource {
     /// Joins `group` and subscribes to `topics` (topic, source index).
-    pub fn new(config: &KafkaConfig, group: &str, topics: &[(String, usize)]) -> Result<(KafkaSource, Committer), SourceError> {
+    pub fn new(
+        config: &KafkaConfig,
+        group: &str,
+        topics: &[(String, usize)],
+    ) -> Result<(KafkaSource, Committer), SourceError> {
         let mut client = client_config(config)?;
-        client
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
+        client.set("group.id", group).set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
         if !config.options.contains_key("auto.offset.reset") {
             client.set("auto.offset.reset", "earliest");
         }
         let consumer: StreamConsumer =
             client.create().map_err(|source| SourceError::Kafka { what: "creating the consumer", source })?;
         let names: Vec<&str> = topics.iter().map(|(t, _)| t.as_str()).collect();
-        consumer
-            .subscribe(&names)
-            .map_err(|source| SourceError::Kafka { what: "subscribing", source })?;
+        consumer.subscribe(&names).map_err(|source| SourceError::Kafka { what: "subscribing", source })?;
         let consumer = Arc::new(consumer);
         let source = KafkaSource { consumer: consumer.clone(), topics: topics.iter().cloned().collect() };
         Ok((source, Committer { consumer }))
@@ -123,7 +122,9 @@ impl KafkaSource {
                 }
             };
             let message = message.map_err(|source| SourceError::Kafka { what: "receiving", source })?;
-            let Some(&source) = self.topics.get(message.topic()) else { continue };
+            let Some(&source) = self.topics.get(message.topic()) else {
+                continue;
+            };
             out.push(Record {
                 source,
                 at: Coordinates { partition: Some(message.partition()), offset: message.offset() },
@@ -155,13 +156,18 @@ impl Committer {
     /// Consumer lag per (topic, partition): high watermark minus the next offset to read. Asks
     /// the broker (blocking, at most a second per partition): call it off the async threads.
     pub fn lag(&self) -> Vec<(String, i32, i64)> {
-        let Ok(assignment) = self.consumer.position() else { return Vec::new() };
+        let Ok(assignment) = self.consumer.position() else {
+            return Vec::new();
+        };
         assignment
             .elements()
             .iter()
             .filter_map(|e| {
-                let Offset::Offset(next) = e.offset() else { return None };
-                let (_, high) = self.consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1)).ok()?;
+                let Offset::Offset(next) = e.offset() else {
+                    return None;
+                };
+                let (_, high) =
+                    self.consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1)).ok()?;
                 Some((e.topic().to_string(), e.partition(), (high - next).max(0)))
             })
             .collect()

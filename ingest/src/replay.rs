@@ -31,7 +31,10 @@ pub enum ReplayError {
 }
 
 /// Records of a replay file, in file order, each numbered by its line or row.
-pub fn records(path: &Path, source: usize) -> Result<Box<dyn Iterator<Item = Result<Record, ReplayError>>>, ReplayError> {
+pub fn records(
+    path: &Path,
+    source: usize,
+) -> Result<Box<dyn Iterator<Item = Result<Record, ReplayError>>>, ReplayError> {
     let io = |source| ReplayError::Io { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(io)?;
     let record = move |offset: usize, payload: Vec<u8>| Record {
@@ -43,7 +46,8 @@ pub fn records(path: &Path, source: usize) -> Result<Box<dyn Iterator<Item = Res
     if path.extension().is_some_and(|e| e == "parquet") {
         use parquet::file::reader::SerializedFileReader;
         let owned = path.to_path_buf();
-        let reader = SerializedFileReader::new(file).map_err(|source| ReplayError::Parquet { path: owned.clone(), source })?;
+        let reader =
+            SerializedFileReader::new(file).map_err(|source| ReplayError::Parquet { path: owned.clone(), source })?;
         let rows = reader.into_iter().enumerate().map(move |(i, row)| {
             let row = row.map_err(|source| ReplayError::Parquet { path: owned.clone(), source })?;
             Ok(record(i, row.to_json_value().to_string().into_bytes()))
@@ -56,8 +60,7 @@ pub fn records(path: &Path, source: usize) -> Result<Box<dyn Iterator<Item = Res
         .enumerate()
         .filter(|(_, line)| !matches!(line, Ok(l) if l.iter().all(u8::is_ascii_whitespace)))
         .map(move |(i, line)| {
-            line.map(|bytes| record(i + 1, bytes))
-                .map_err(|source| ReplayError::Io { path: owned.clone(), source })
+            line.map(|bytes| record(i + 1, bytes)).map_err(|source| ReplayError::Io { path: owned.clone(), source })
         });
     Ok(Box::new(lines))
 }

@@ -13,7 +13,9 @@ fn every_example_config_in_the_repo_parses() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut seen = 0;
     for dir in ["examples", "deploy"] {
-        let Ok(files) = std::fs::read_dir(root.join(dir)) else { continue };
+        let Ok(files) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
         for file in files.flatten() {
             let path = file.path();
             if path.extension().is_some_and(|e| e == "yaml") && path.to_string_lossy().contains("fathom") {
@@ -73,7 +75,9 @@ fn kafka_sources_need_a_broker_and_keys_must_match() {
     );
     assert_eq!(found.len(), 2, "{found:#?}");
     assert!(found[0].starts_with("sources.tx.kafka: a Kafka source needs"));
-    assert!(found[1].starts_with("feature_sets.f.entity: entity \"acct\" is keyed by \"account_id\" but source \"tx\" by \"card_id\""));
+    assert!(found[1].starts_with(
+        "feature_sets.f.entity: entity \"acct\" is keyed by \"account_id\" but source \"tx\" by \"card_id\""
+    ));
 }
 
 #[test]

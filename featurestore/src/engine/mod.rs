@@ -110,7 +110,9 @@ pub fn apply(
     }
     state.newest_ms = state.newest_ms.max(ts);
     for (spec, ring) in plan.specs.iter().zip(state.rings.iter_mut()) {
-        let Some(value) = columns[spec.column] else { continue };
+        let Some(value) = columns[spec.column] else {
+            continue;
+        };
         let index = ts.div_euclid(spec.period_ms);
         let newest = state.newest_ms.div_euclid(spec.period_ms);
         if index <= newest - spec.horizon {
@@ -213,7 +215,13 @@ fn merge_range(ring: &VecDeque<Bucket>, after: i64, upto: i64, distinct: bool) -
 }
 
 fn finish(function: Function, b: &Bucket) -> AggValue {
-    let numeric = |x: f64| if b.n == 0 { AggValue::Null } else { AggValue::Float(x) };
+    let numeric = |x: f64| {
+        if b.n == 0 {
+            AggValue::Null
+        } else {
+            AggValue::Float(x)
+        }
+    };
     match function {
         Function::Count => AggValue::Int(b.count),
         Function::Sum => AggValue::Float(b.sum),

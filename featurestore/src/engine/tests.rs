@@ -31,11 +31,8 @@ fn feed(plan: &FeatureSetPlan, input: &[(i64, Option<f64>, Option<String>)]) -> 
     for (ts, amount, merchant) in input {
         let a = amount.map(|x| json!(x));
         let m = merchant.as_ref().map(|s| json!(s));
-        let columns: Vec<Option<&Value>> = plan
-            .columns
-            .iter()
-            .map(|c| if c == "amount" { a.as_ref() } else { m.as_ref() })
-            .collect();
+        let columns: Vec<Option<&Value>> =
+            plan.columns.iter().map(|c| if c == "amount" { a.as_ref() } else { m.as_ref() }).collect();
         let outcome = apply(plan, &mut state, *ts, &columns, &[a.as_ref()], None);
         let late = newest != i64::MIN && *ts <= newest - plan.late_after_ms;
         assert_eq!(outcome == Applied::Late, late, "late decision for ts {ts}");
@@ -57,15 +54,20 @@ fn reference(plan: &FeatureSetPlan, agg: &crate::definition::AggFeature, events:
     };
     let column = &plan.columns[spec.column];
     let picked: Vec<_> = events.iter().filter(|e| inside(e.0)).collect();
-    let present: Vec<_> = picked
-        .iter()
-        .filter(|e| if column == "amount" { e.1.is_some() } else { e.2.is_some() })
-        .collect();
-    let nums: Vec<(i64, f64)> = if column == "amount" { present.iter().map(|e| (e.0, e.1.unwrap())).collect() } else { vec![] };
+    let present: Vec<_> =
+        picked.iter().filter(|e| if column == "amount" { e.1.is_some() } else { e.2.is_some() }).collect();
+    let nums: Vec<(i64, f64)> =
+        if column == "amount" { present.iter().map(|e| (e.0, e.1.unwrap())).collect() } else { vec![] };
     let n = nums.len() as f64;
     let mean = nums.iter().map(|x| x.1).sum::<f64>() / n;
     let var = nums.iter().map(|x| (x.1 - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    let opt = |x: f64| if nums.is_empty() { AggValue::Null } else { AggValue::Float(x) };
+    let opt = |x: f64| {
+        if nums.is_empty() {
+            AggValue::Null
+        } else {
+            AggValue::Float(x)
+        }
+    };
     match agg.function {
         Function::Count => AggValue::Int(present.len() as u64),
         Function::Sum => AggValue::Float(nums.iter().map(|x| x.1).sum()),
@@ -76,8 +78,20 @@ fn reference(plan: &FeatureSetPlan, agg: &crate::definition::AggFeature, events:
         Function::First => opt(nums.iter().fold((i64::MAX, f64::NAN), |acc, x| if x.0 < acc.0 { *x } else { acc }).1),
         // latest time, latest arrival on ties
         Function::Last => opt(nums.iter().fold((i64::MIN, f64::NAN), |acc, x| if x.0 >= acc.0 { *x } else { acc }).1),
-        Function::Variance => if nums.len() < 2 { AggValue::Null } else { AggValue::Float(var) },
-        Function::Stddev => if nums.len() < 2 { AggValue::Null } else { AggValue::Float(var.sqrt()) },
+        Function::Variance => {
+            if nums.len() < 2 {
+                AggValue::Null
+            } else {
+                AggValue::Float(var)
+            }
+        }
+        Function::Stddev => {
+            if nums.len() < 2 {
+                AggValue::Null
+            } else {
+                AggValue::Float(var.sqrt())
+            }
+        }
         Function::DistinctCount => {
             let mut set: Vec<_> = present.iter().map(|e| e.2.clone().unwrap()).collect();
             set.sort();
@@ -95,11 +109,7 @@ fn close(a: &AggValue, b: &AggValue) -> bool {
 }
 
 fn event() -> impl Strategy<Value = (i64, Option<f64>, Option<String>)> {
-    (
-        0i64..(3 * 3_600_000),
-        prop::option::weighted(0.9, -1000.0f64..1000.0),
-        prop::option::weighted(0.8, "[a-e]"),
-    )
+    (0i64..(3 * 3_600_000), prop::option::weighted(0.9, -1000.0f64..1000.0), prop::option::weighted(0.8, "[a-e]"))
 }
 
 proptest! {
@@ -185,7 +195,10 @@ fn replayed_positions_are_applied_once() {
     assert_eq!(apply(&plan, &mut state, 1000, &cols, &[None], at(10)), Applied::Applied);
     assert_eq!(apply(&plan, &mut state, 1000, &cols, &[None], at(10)), Applied::Duplicate);
     assert_eq!(apply(&plan, &mut state, 1000, &cols, &[None], at(9)), Applied::Duplicate);
-    assert_eq!(apply(&plan, &mut state, 1000, &cols, &[None], Some(Position { partition: 4, offset: 1 })), Applied::Applied);
+    assert_eq!(
+        apply(&plan, &mut state, 1000, &cols, &[None], Some(Position { partition: 4, offset: 1 })),
+        Applied::Applied
+    );
     let count_10m = plan.aggregations.iter().position(|a| a.name == "amount_count_10m").unwrap();
     assert_eq!(read(&plan, &state, 1000)[count_10m], AggValue::Int(2));
 }

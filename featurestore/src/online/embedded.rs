@@ -7,11 +7,14 @@ use std::time::{Duration, Instant};
 
 use super::Write;
 
+/// An encoded state and when it expires.
+type Entry = (Vec<u8>, Option<Instant>);
+
 /// Keys to encoded states with optional expiry.
 #[derive(Default)]
 pub struct EmbeddedStore {
     // A std lock, not a tokio one: nothing awaits while it is held.
-    map: RwLock<HashMap<String, (Vec<u8>, Option<Instant>)>>,
+    map: RwLock<HashMap<String, Entry>>,
 }
 
 impl EmbeddedStore {
@@ -24,11 +27,7 @@ impl EmbeddedStore {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         keys.iter()
-            .map(|k| {
-                map.get(k)
-                    .filter(|(_, expiry)| expiry.is_none_or(|e| e > now))
-                    .map(|(v, _)| v.clone())
-            })
+            .map(|k| map.get(k).filter(|(_, expiry)| expiry.is_none_or(|e| e > now)).map(|(v, _)| v.clone()))
             .collect()
     }
 

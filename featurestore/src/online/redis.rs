@@ -71,8 +71,11 @@ impl RedisStore {
                 pipe.atomic();
             }
             for w in chunk {
-                pipe.hset_multiple(&w.key, &[("state", w.state.as_slice()), ("updated_ms", now.to_string().as_bytes())])
-                    .ignore();
+                pipe.hset_multiple(
+                    &w.key,
+                    &[("state", w.state.as_slice()), ("updated_ms", now.to_string().as_bytes())],
+                )
+                .ignore();
                 if let Some(ttl) = w.ttl_ms {
                     pipe.pexpire(&w.key, ttl).ignore();
                 }
@@ -103,7 +106,11 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline, what: &'static str) -> Result<T, OnlineError> {
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+        what: &'static str,
+    ) -> Result<T, OnlineError> {
         match self {
             RedisStore::Single(c) => pipe.query_async(&mut c.clone()).await.map_err(err(what)),
             RedisStore::Cluster(c) => pipe.query_async(&mut c.clone()).await.map_err(err(what)),
