@@ -1,0 +1,162 @@
+//! Helpers shared by the integration tests: the real services (addresses from the test command's
+//! environment, 127.0.0.1 defaults), unique names, and the `fathom` binary as a child process.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+pub fn kafka() -> String {
+    std::env::var("FATHOM_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("FATHOM_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn redis_cluster() -> Vec<String> {
+    std::env::var("FATHOM_TEST_REDIS_CLUSTER")
+        .unwrap_or_else(|_| "redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002".into())
+        .split(',')
+        .map(String::from)
+        .collect()
+}
+
+pub fn python() -> String {
+    std::env::var("FATHOM_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// A name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub async fn create_topics(names: &[&str], partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", kafka()).create().expect("admin client");
+    let topics: Vec<NewTopic> =
+        names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
+    let results = admin.create_topics(&topics, &AdminOptions::new()).await.expect("create topics");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// Produces (key, payload) records; returns the highest offset per partition.
+pub async fn produce(topic: &str, records: &[(String, Vec<u8>)]) -> std::collections::BTreeMap<i32, i64> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    let mut last = std::collections::BTreeMap::new();
+    for chunk in records.chunks(5_000) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for (key, payload) in chunk {
+            let record = FutureRecord::to(topic).key(key.as_str()).payload(payload.as_slice());
+            pending.push(producer.send_result(record).map_err(|(e, _)| e).expect("queued"));
+        }
+        for delivery in pending {
+            let delivered = delivery.await.expect("not cancelled").map_err(|(e, _)| e).expect("delivered");
+            let e = last.entry(delivered.partition).or_insert(-1);
+            *e = (*e).max(delivered.offset);
+        }
+    }
+    last
+}
+
+/// A running `fathom` process; killed on drop.
+pub struct Fathom {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Fathom {
+    pub fn start(args: &[&str], port: u16, log: &Path) -> Fathom {
+        let file = std::fs::File::create(log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_fathom"))
+            .args(args)
+            .env("FATHOM_LOG", "warn,fathom=info")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn fathom");
+        Fathom { child, port, log: log.to_path_buf() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&mut self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("fathom exited with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            if let Ok(r) = client.get(self.url("/readyz")).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("fathom not ready: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+    }
+
+    pub fn sigkill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let status = self.child.wait().expect("wait");
+        assert!(
+            status.success(),
+            "fathom exited with {status}: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Fathom {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns true or `secs` pass.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}

@@ -1,0 +1,319 @@
+//! The feature pipeline end to end against the real broker (tansu) and Redis: every event
+//! applied exactly once, bad records dead-lettered with their reason, and a SIGKILL mid-stream
+//! followed by a restart ending in the same online state as an uninterrupted run.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use common::{create_topics, free_port, produce, unique, Fathom};
+use fathom::config;
+use fathom_featurestore::definition::FeatureSetPlan;
+use fathom_featurestore::engine::{self, EntityState};
+use fathom_featurestore::lookup;
+use fathom_featurestore::online;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use serde_json::{json, Value};
+
+fn project_yaml(project: &str, topic: &str, port: u16, dir: &std::path::Path) -> String {
+    format!(
+        r#"
+project: {project}
+stores:
+  online: {{ redis: {{ url: "{redis}" }} }}
+  offline: {{ parquet: {{ path: "{dir}/offline" }} }}
+  kafka: {{ bootstrap_servers: "{kafka}", group_id: "{project}" }}
+sources:
+  tx: {{ kafka: {{ topic: "{topic}" }}, key: card_id, timestamp: ts, max_record_bytes: 512 }}
+entities:
+  card: {{ key: card_id }}
+feature_sets:
+  cards:
+    entity: card
+    source: tx
+    features: [merchant]
+    aggregations:
+      - {{ column: amount, functions: [count, sum, mean, min, max, last, stddev], windows: [10m, 1h], period: 1m }}
+      - {{ column: merchant, functions: [distinct_count], windows: [1h], period: 10m }}
+server: {{ listen: "127.0.0.1:{port}" }}
+processing: {{ checkpoint_interval: 1s, batch_size: 2000 }}
+"#,
+        redis = common::redis_url(),
+        kafka = common::kafka(),
+        dir = dir.display(),
+    )
+}
+
+/// A record as produced, and the event it carries when it is well-formed.
+struct Produced {
+    key: String,
+    payload: Vec<u8>,
+    good: Option<(String, i64, Value)>,
+}
+
+/// `n` events over `cards` cards in the last 50 minutes, 2% up to 5 minutes out of order; plus
+/// `bad` records of each refusal reason, and `bad` events late by three hours.
+fn stream(n: usize, cards: usize, bad: usize, seed: u64) -> Vec<Produced> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let now = chrono::Utc::now().timestamp_millis();
+    let start = now - 50 * 60_000;
+    let mut out = Vec::with_capacity(n + 6 * bad);
+    for i in 0..n {
+        let card = format!("card-{:05}", rng.random_range(0..cards));
+        let mut ts = start + (i as i64 * 50 * 60_000) / n as i64;
+        if rng.random_ratio(1, 50) {
+            ts -= rng.random_range(0..300_000);
+        }
+        let amount = (rng.random::<f64>() * 300.0 * 100.0).round() / 100.0;
+        let event =
+            json!({"card_id": card, "ts": ts, "amount": amount, "merchant": format!("m{}", rng.random_range(0..40))});
+        out.push(Produced {
+            key: card.clone(),
+            payload: event.to_string().into_bytes(),
+            good: Some((card, ts, event)),
+        });
+        if i % (n / bad.max(1)).max(1) == 0 && out.len() < n + 6 * bad {
+            let k = format!("card-{:05}", rng.random_range(0..cards));
+            let bads: [&[u8]; 5] = [
+                b"{\"card_id\": \"x\", \"amount\": ",
+                br#"{"ts": 1, "amount": 1}"#,
+                br#"{"card_id": "card-00001", "amount": 1}"#,
+                br#"{"card_id": "card-00001", "ts": 1, "amount": "1"}"#,
+                &[b' '; 600],
+            ];
+            for b in bads {
+                out.push(Produced { key: k.clone(), payload: b.to_vec(), good: None });
+            }
+            // late: three hours behind this card's newest event, if it has one by then
+            let late = json!({"card_id": card_of(&out), "ts": ts - 3 * 3_600_000, "amount": 1.0, "merchant": "late"});
+            out.push(Produced {
+                key: card_of(&out),
+                payload: late.to_string().into_bytes(),
+                good: Some((card_of(&out), ts - 3 * 3_600_000, late)),
+            });
+        }
+    }
+    out
+}
+
+fn card_of(out: &[Produced]) -> String {
+    out.iter().rev().find_map(|p| p.good.as_ref().map(|g| g.0.clone())).unwrap()
+}
+
+/// Entity states computed in-process, events in production order per entity.
+fn reference(plan: &FeatureSetPlan, produced: &[Produced]) -> (HashMap<String, EntityState>, usize) {
+    let mut states: HashMap<String, EntityState> = HashMap::new();
+    let mut late = 0;
+    for (key, ts, event) in produced.iter().filter_map(|p| p.good.as_ref()) {
+        let state = states.entry(key.clone()).or_insert_with(|| EntityState::new(plan));
+        let columns: Vec<Option<&Value>> = plan.columns.iter().map(|c| event.get(c)).collect();
+        let latest: Vec<Option<&Value>> = plan.latest.iter().map(|c| event.get(c)).collect();
+        if engine::apply(plan, state, *ts, &columns, &latest, None) == engine::Applied::Late {
+            late += 1;
+        }
+    }
+    (states, late)
+}
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(common::redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+async fn stored_states(project: &str, plan: &FeatureSetPlan, keys: &[String]) -> Vec<Option<EntityState>> {
+    let mut con = redis().await;
+    let mut pipe = redis::pipe();
+    for k in keys {
+        pipe.hget(online::entity_key(project, &plan.name, k), "state");
+    }
+    let raw: Vec<Option<Vec<u8>>> = pipe.query_async(&mut con).await.unwrap();
+    raw.into_iter().map(|b| b.map(|b| online::decode(plan, &b).expect("decodes with this plan"))).collect()
+}
+
+/// Waits until the applied-record count satisfies `done`.
+async fn wait_applied(group: &str, topic: &str, what: &str, done: impl Fn(i64) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let n = applied(group, topic, 4).await;
+        if done(n) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what} ({n} applied)");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Records applied so far, from the offsets the pipeline stores with each flush.
+async fn applied(group: &str, topic: &str, partitions: i32) -> i64 {
+    let mut con = redis().await;
+    let mut total = 0;
+    for p in 0..partitions {
+        let v: Option<i64> =
+            redis::cmd("GET").arg(online::offsets_key(group, topic, p)).query_async(&mut con).await.unwrap();
+        total += v.map_or(0, |o| o + 1);
+    }
+    total
+}
+
+fn values(plan: &FeatureSetPlan, state: Option<&EntityState>, at: i64) -> Vec<(String, Value)> {
+    lookup::feature_values(plan, state, at).into_iter().map(|v| (v.name, v.value)).collect()
+}
+
+struct Run {
+    project: String,
+    dir: tempfile::TempDir,
+    port: u16,
+    plan: FeatureSetPlan,
+}
+
+fn run_for(topic: &str, tag: &str) -> Run {
+    let project = unique(tag);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let yaml = project_yaml(&project, topic, port, dir.path());
+    std::fs::write(dir.path().join("fathom.yaml"), &yaml).unwrap();
+    let plan = config::parse(&yaml).unwrap().plans[0].clone();
+    Run { project, dir, port, plan }
+}
+
+impl Run {
+    fn start(&self, log: &str) -> Fathom {
+        let config = self.dir.path().join("fathom.yaml");
+        Fathom::start(&["serve", "-c", config.to_str().unwrap()], self.port, &self.dir.path().join(log))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_to_redis_applies_every_event_once_and_dead_letters_the_rest() {
+    let topic = unique("tx");
+    let dlq = format!("{topic}.dlq");
+    create_topics(&[&topic, &dlq], 4).await;
+    let produced = stream(20_000, 300, 10, 1);
+    let records: Vec<_> = produced.iter().map(|p| (p.key.clone(), p.payload.clone())).collect();
+    produce(&topic, &records).await;
+    let run = run_for(&topic, "e2e");
+    let mut fathom = run.start("fathom.log");
+    fathom.wait_ready().await;
+    let total = records.len() as i64;
+    wait_applied(&run.project, &topic, "every record applied", |n| n == total).await;
+
+    let (expected, late) = reference(&run.plan, &produced);
+    assert!(late >= 5, "the stream must exercise lateness, got {late} late events");
+    let keys: Vec<String> = expected.keys().cloned().collect();
+    let stored = stored_states(&run.project, &run.plan, &keys).await;
+    let at = chrono::Utc::now().timestamp_millis();
+    for (key, state) in keys.iter().zip(&stored) {
+        assert_eq!(values(&run.plan, state.as_ref(), at), values(&run.plan, expected.get(key), at), "entity {key}");
+    }
+
+    // the read path serves the same values
+    let body: Value =
+        reqwest::get(fathom.url(&format!("/v1/features/cards/{}", keys[0]))).await.unwrap().json().await.unwrap();
+    let count = body["features"].as_array().unwrap().iter().find(|f| f["name"] == "amount_count_1h").unwrap();
+    assert_eq!(count["status"], "PRESENT");
+    let want = values(&run.plan, expected.get(&keys[0]), chrono::Utc::now().timestamp_millis());
+    assert_eq!(count["value"], want.iter().find(|(n, _)| n == "amount_count_1h").unwrap().1);
+
+    // every refused record is on <topic>.dlq with its reason and coordinates
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::kafka())
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&dlq]).unwrap();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let bad = produced.iter().filter(|p| p.good.is_none()).count() + late;
+    while reasons.values().sum::<usize>() < bad {
+        let m =
+            tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("dead letters arrive").unwrap();
+        let headers = m.headers().expect("headers");
+        let header = |name: &str| {
+            headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).to_string())
+        };
+        assert!(header("fathom.offset").is_some() && header("fathom.partition").is_some());
+        assert_eq!(header("fathom.topic").as_deref(), Some(topic.as_str()));
+        *reasons.entry(header("fathom.reason").unwrap()).or_default() += 1;
+    }
+    let each = produced.iter().filter(|p| p.good.is_none()).count() / 5;
+    assert!(each >= 5, "the stream must exercise every refusal");
+    let want: BTreeMap<String, usize> = [
+        ("late", late),
+        ("malformed_json", each),
+        ("missing_key", each),
+        ("missing_timestamp", each),
+        ("wrong_type", each),
+        ("oversized", each),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(reasons, want);
+
+    let metrics = reqwest::get(fathom.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(&format!("fathom_dead_letters_total{{source=\"tx\",reason=\"oversized\"}} {each}")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("fathom_records_in_total{source=\"tx\"}"), "{metrics}");
+    fathom.stop();
+
+    // the offline store holds every decoded event exactly once
+    let rows = parquet_rows(&run.dir.path().join("offline/tx"));
+    assert_eq!(rows, produced.iter().filter(|p| p.good.is_some()).count());
+}
+
+fn parquet_rows(dir: &std::path::Path) -> usize {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut rows = 0;
+    for date in std::fs::read_dir(dir).unwrap().flatten() {
+        for file in std::fs::read_dir(date.path()).unwrap().flatten() {
+            assert!(file.path().extension().is_some_and(|e| e == "parquet"), "{:?}", file.path());
+            let reader = SerializedFileReader::new(std::fs::File::open(file.path()).unwrap()).unwrap();
+            rows += reader.metadata().file_metadata().num_rows() as usize;
+        }
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_then_restart_matches_an_uninterrupted_run() {
+    let topic = unique("crash");
+    create_topics(&[&topic, &format!("{topic}.dlq")], 4).await;
+    let produced = stream(120_000, 2_000, 20, 2);
+    let records: Vec<_> = produced.iter().map(|p| (p.key.clone(), p.payload.clone())).collect();
+    produce(&topic, &records).await;
+    let total = records.len() as i64;
+
+    let steady = run_for(&topic, "steady");
+    let mut fathom = steady.start("steady.log");
+    fathom.wait_ready().await;
+    wait_applied(&steady.project, &topic, "uninterrupted run done", |n| n == total).await;
+    fathom.stop();
+
+    let crashed = run_for(&topic, "crashed");
+    let mut first = crashed.start("first.log");
+    first.wait_ready().await;
+    wait_applied(&crashed.project, &topic, "a quarter applied", |n| n > total / 4).await;
+    first.sigkill();
+    let at_kill = applied(&crashed.project, &topic, 4).await;
+    assert!(at_kill < total, "killed too late to test anything ({at_kill} of {total})");
+    let mut second = crashed.start("second.log");
+    second.wait_ready().await;
+    wait_applied(&crashed.project, &topic, "restarted run done", |n| n == total).await;
+    second.stop();
+
+    let (expected, _) = reference(&steady.plan, &produced);
+    let keys: Vec<String> = expected.keys().cloned().collect();
+    let a = stored_states(&steady.project, &steady.plan, &keys).await;
+    let b = stored_states(&crashed.project, &crashed.plan, &keys).await;
+    let at = chrono::Utc::now().timestamp_millis();
+    for ((key, a), b) in keys.iter().zip(&a).zip(&b) {
+        let want = values(&steady.plan, expected.get(key), at);
+        assert_eq!(values(&steady.plan, a.as_ref(), at), want, "uninterrupted run, entity {key}");
+        assert_eq!(values(&crashed.plan, b.as_ref(), at), want, "killed and restarted run, entity {key}");
+    }
+}
