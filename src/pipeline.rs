@@ -242,6 +242,10 @@ impl Pipeline {
                 Some(request) = push.recv() => {
                     let span = tracing::debug_span!("batch", records = request.records.len(), from = "push");
                     let summary = self.handle(request.records).instrument(span).await?;
+                    if summary.dead_lettered > 0 {
+                        // the answer reports them: make them durable first
+                        self.flush_dead_letters().await;
+                    }
                     let _ = request.done.send(summary);
                 }
                 _ = tick.tick() => {}
@@ -350,6 +354,16 @@ impl Pipeline {
         }
     }
 
+    async fn flush_dead_letters(&mut self) {
+        loop {
+            match self.dead.flush().await {
+                Ok(()) => return,
+                Err(e) => self.health.degraded("flushing dead letters", &e.into()),
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
     /// Parquet files, then dead letters, then Kafka offsets: each step only after the previous
     /// one is durable.
     async fn checkpoint(&mut self) -> anyhow::Result<()> {
@@ -363,13 +377,7 @@ impl Pipeline {
         };
         metrics::counter!("fathom_offline_rows_total").increment(rows as u64);
         metrics::counter!("fathom_offline_files_total").increment(files.len() as u64);
-        loop {
-            match self.dead.flush().await {
-                Ok(()) => break,
-                Err(e) => self.health.degraded("flushing dead letters", &e.into()),
-            }
-            tokio::time::sleep(RETRY).await;
-        }
+        self.flush_dead_letters().await;
         if let Some(committer) = &self.committer {
             let offsets = self.processed.clone();
             let committer = committer.clone();

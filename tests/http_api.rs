@@ -1,0 +1,170 @@
+//! The HTTP API in-process on 127.0.0.1: push (JSON array and NDJSON), the read path with
+//! statuses and windows that expire at read time (real Redis), dead letters per reason, JSON
+//! errors, health and metrics.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fathom::config::{self, Project};
+use fathom::{http, serve};
+use serde_json::{json, Value};
+
+struct Server {
+    base: String,
+    running: Option<fathom::pipeline::Running>,
+    _dir: tempfile::TempDir,
+    project: Arc<Project>,
+}
+
+async fn server(online: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"
+project: {project}
+stores:
+  online: {online}
+  offline: {{ parquet: {{ path: "{dir}/offline" }} }}
+  dead_letters: {{ path: "{dir}/dlq" }}
+sources:
+  tx: {{ key: card_id, timestamp: ts, max_record_bytes: 300 }}
+entities:
+  card: {{ key: card_id }}
+feature_sets:
+  cards:
+    entity: card
+    source: tx
+    ttl: 2h
+    features: [merchant]
+    aggregations:
+      - {{ column: amount, functions: [count, sum, mean], windows: [1h], period: 1s }}
+"#,
+        project = common::unique("api"),
+        dir = dir.path().display(),
+    );
+    let project = Arc::new(config::parse(&yaml).unwrap());
+    let running = serve::start(project.clone()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = http::app(serve::state(project.clone(), &running));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Server { base, running: Some(running), _dir: dir, project }
+}
+
+impl Server {
+    async fn push(&self, body: &str) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/push/tx", self.base))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = reqwest::get(format!("{}{path}", self.base)).await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn feature(&self, key: &str, name: &str) -> Value {
+        let (status, body) = self.get(&format!("/v1/features/cards/{key}")).await;
+        assert_eq!(status, 200, "{body}");
+        body["features"].as_array().unwrap().iter().find(|f| f["name"] == name).unwrap().clone()
+    }
+
+    async fn stop(mut self) {
+        serve::stop(self.running.take().unwrap()).await.unwrap();
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_expire_at_read_time_through_redis() {
+    let s = server(&format!("{{ redis: {{ url: \"{}\" }} }}", common::redis_url())).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    // one event that leaves the 1h window about three seconds from now, one well inside it
+    let old = now - 3_600_000 + 3_000;
+    let body = format!(
+        "{}\n{}\n",
+        json!({"card_id": "c1", "ts": rfc3339(old), "amount": 10.0, "merchant": "m1"}),
+        json!({"card_id": "c1", "ts": rfc3339(now - 60_000), "amount": 30.0})
+    );
+    assert_eq!(s.push(&body).await, (200, json!({"accepted": 2, "dead_lettered": 0})));
+    let count = s.feature("c1", "amount_count_1h").await;
+    assert_eq!((count["value"].clone(), count["status"].clone()), (json!(2), json!("PRESENT")));
+    assert_eq!(s.feature("c1", "amount_mean_1h").await["value"], json!(20.0));
+    let merchant = s.feature("c1", "merchant").await;
+    assert_eq!(merchant["value"], json!("m1"), "the newer event has no merchant: the latest value stays");
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    assert_eq!(s.feature("c1", "amount_count_1h").await["value"], json!(1), "the old event left the window");
+    assert_eq!(s.feature("c1", "amount_sum_1h").await["value"], json!(30.0));
+    // unknown entity
+    let missing = s.feature("nobody", "amount_count_1h").await;
+    assert_eq!((missing["value"].clone(), missing["status"].clone()), (Value::Null, json!("NOT_FOUND")));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_older_than_the_ttl_are_outside_max_age() {
+    let s = server("{}").await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let body =
+        json!([{"card_id": "c2", "ts": rfc3339(now - 3 * 3_600_000), "merchant": "m9", "amount": 1}]).to_string();
+    assert_eq!(s.push(&body).await, (200, json!({"accepted": 1, "dead_lettered": 0})));
+    let merchant = s.feature("c2", "merchant").await;
+    assert_eq!((merchant["value"].clone(), merchant["status"].clone()), (Value::Null, json!("OUTSIDE_MAX_AGE")));
+    assert_eq!(merchant["event_timestamp"].as_str().map(|t| t.len() > 10), Some(true));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bad_record_lands_in_the_dead_letter_file_and_the_stream_keeps_flowing() {
+    let s = server("{}").await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let good = |amount: f64| json!({"card_id": "c3", "ts": now, "amount": amount}).to_string();
+    let body = [
+        good(1.0),
+        "{\"card_id\": \"c3\", \"ts\": ".to_string(),
+        json!({"ts": now, "amount": 1}).to_string(),
+        json!({"card_id": "c3", "amount": 1}).to_string(),
+        json!({"card_id": "c3", "ts": now, "amount": "1"}).to_string(),
+        json!({"card_id": "c3", "ts": now, "pad": "x".repeat(400)}).to_string(),
+        json!({"card_id": "c3", "ts": now - 2 * 3_600_000, "amount": 5}).to_string(),
+        good(2.0),
+    ]
+    .join("\n");
+    assert_eq!(s.push(&body).await, (200, json!({"accepted": 2, "dead_lettered": 6})));
+    assert_eq!(s.feature("c3", "amount_sum_1h").await["value"], json!(3.0));
+    let dlq = s.project.stores.dead_letters.path.join("tx.dlq");
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&dlq).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let reasons: Vec<&str> = lines.iter().map(|l| l["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["malformed_json", "missing_key", "missing_timestamp", "wrong_type", "oversized", "late"]);
+    assert_eq!(lines[0]["payload"], json!("{\"card_id\": \"c3\", \"ts\": "), "original bytes kept");
+    assert_eq!(lines[0]["offset"], json!(2), "NDJSON line number");
+    assert!(lines[3]["message"].as_str().unwrap().contains("\"amount\" must be a number"));
+    let metrics = reqwest::get(format!("{}/metrics", s.base)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("fathom_dead_letters_total{source=\"tx\",reason=\"late\"}"), "{metrics}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_json_with_stable_codes_and_health_is_open() {
+    let s = server("{}").await;
+    let (status, body) = s.get("/v1/features/nope/k").await;
+    assert_eq!((status, body["error"]["code"].clone()), (404, json!("unknown_feature_set")));
+    let r = reqwest::Client::new().post(format!("{}/v1/push/nope", s.base)).body("{}").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], json!("unknown_source"));
+    let (status, body) = s.push("[{\"card_id\": 1},").await;
+    assert_eq!((status, body["error"]["code"].clone()), (400, json!("malformed_body")));
+    assert!(body["error"]["message"].as_str().unwrap().contains("line 1"), "{body}");
+    assert_eq!(s.get("/healthz").await, (200, json!({"status": "ok"})));
+    assert_eq!(s.get("/readyz").await, (200, json!({"status": "ready"})));
+    s.stop().await;
+}
