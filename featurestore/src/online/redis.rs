@@ -3,11 +3,16 @@
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
+use futures_util::future::try_join_all;
+
 use super::{OnlineError, Write};
 
 /// Commands per pipeline: large enough to amortise round trips, small enough to keep replies
 /// and Redis's output buffers modest.
 const CHUNK: usize = 2_000;
+
+/// Single-key commands in flight at once on a cluster.
+const IN_FLIGHT: usize = 256;
 
 /// How the Redis deployment is shaped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +54,21 @@ impl RedisStore {
     }
 
     pub(super) async fn load(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, OnlineError> {
+        if let RedisStore::Cluster(c) = self {
+            // a cluster pipeline may not cross slots: one command per key, many in flight on
+            // the multiplexed connections
+            let mut out = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(IN_FLIGHT) {
+                let reads = chunk.iter().map(|key| {
+                    let mut c = c.clone();
+                    let mut cmd = redis::cmd("HGET");
+                    cmd.arg(key).arg("state");
+                    async move { cmd.query_async::<Option<Vec<u8>>>(&mut c).await }
+                });
+                out.extend(try_join_all(reads).await.map_err(err("loading state"))?);
+            }
+            return Ok(out);
+        }
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(CHUNK) {
             let mut pipe = redis::pipe();
@@ -62,20 +82,17 @@ impl RedisStore {
     }
 
     pub(super) async fn write(&self, writes: &[Write], offsets: &[(String, i64)]) -> Result<(), OnlineError> {
-        let now = chrono::Utc::now().timestamp_millis();
+        if let RedisStore::Cluster(c) = self {
+            return write_cluster(c, writes, offsets).await;
+        }
+        let now = chrono::Utc::now().timestamp_millis().to_string();
         let chunks: Vec<&[Write]> = if writes.is_empty() { vec![&[]] } else { writes.chunks(CHUNK / 2).collect() };
         let last = chunks.len() - 1;
         for (i, chunk) in chunks.into_iter().enumerate() {
             let mut pipe = redis::pipe();
-            if matches!(self, RedisStore::Single(_)) {
-                pipe.atomic();
-            }
+            pipe.atomic();
             for w in chunk {
-                pipe.hset_multiple(
-                    &w.key,
-                    &[("state", w.state.as_slice()), ("updated_ms", now.to_string().as_bytes())],
-                )
-                .ignore();
+                pipe.hset_multiple(&w.key, &[("state", w.state.as_slice()), ("updated_ms", now.as_bytes())]).ignore();
                 if let Some(ttl) = w.ttl_ms {
                     pipe.pexpire(&w.key, ttl).ignore();
                 }
@@ -102,8 +119,12 @@ impl RedisStore {
     }
 
     pub(super) async fn ping(&self) -> Result<(), OnlineError> {
-        let () = self.query(redis::pipe().cmd("PING").ignore(), "ping").await?;
-        Ok(())
+        let ping = redis::cmd("PING");
+        let pong: Result<String, _> = match self {
+            RedisStore::Single(c) => ping.query_async(&mut c.clone()).await,
+            RedisStore::Cluster(c) => ping.query_async(&mut c.clone()).await,
+        };
+        pong.map(drop).map_err(err("ping"))
     }
 
     async fn query<T: redis::FromRedisValue>(
@@ -116,4 +137,29 @@ impl RedisStore {
             RedisStore::Cluster(c) => pipe.query_async(&mut c.clone()).await.map_err(err(what)),
         }
     }
+}
+
+/// Cluster writes: each entity's state and TTL as one MULTI/EXEC in its own slot, many in
+/// flight; the offsets after every entity write succeeded.
+async fn write_cluster(c: &ClusterConnection, writes: &[Write], offsets: &[(String, i64)]) -> Result<(), OnlineError> {
+    let now = chrono::Utc::now().timestamp_millis().to_string();
+    for chunk in writes.chunks(IN_FLIGHT) {
+        let sends = chunk.iter().map(|w| {
+            let mut c = c.clone();
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .hset_multiple(&w.key, &[("state", w.state.as_slice()), ("updated_ms", now.as_bytes())])
+                .ignore();
+            if let Some(ttl) = w.ttl_ms {
+                pipe.pexpire(&w.key, ttl).ignore();
+            }
+            async move { pipe.query_async::<()>(&mut c).await }
+        });
+        try_join_all(sends).await.map_err(err("writing state"))?;
+    }
+    for (key, offset) in offsets {
+        let () =
+            redis::cmd("SET").arg(key).arg(offset).query_async(&mut c.clone()).await.map_err(err("writing offsets"))?;
+    }
+    Ok(())
 }
