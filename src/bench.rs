@@ -150,3 +150,103 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+/// Options of the end-to-end benchmark.
+#[derive(Debug, Clone)]
+pub struct E2eOptions {
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// Redis URL.
+    pub redis: String,
+    /// Events.
+    pub events: usize,
+    /// Keys.
+    pub keys: usize,
+    /// Topic partitions.
+    pub partitions: i32,
+}
+
+/// Broker → decode → aggregate → Redis: produces `events` to a fresh topic, then times the
+/// pipeline from start until every record is applied in Redis.
+pub async fn e2e(options: &E2eOptions) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let run = format!("bench-{}", chrono::Utc::now().timestamp_millis());
+    let topic = format!("{run}-tx");
+    let mut client = rdkafka::ClientConfig::new();
+    client.set("bootstrap.servers", &options.brokers);
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = client.create()?;
+    let dlq = format!("{topic}.dlq");
+    let topics = [
+        NewTopic::new(&topic, options.partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+    ];
+    for result in admin.create_topics(&topics, &AdminOptions::new()).await? {
+        result.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    let producer: FutureProducer = client.clone().set("linger.ms", "20").set("batch.num.messages", "10000").create()?;
+    let stream = events(options.events, options.keys);
+    let started = Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    for (key, ts, amount) in &stream {
+        let card = format!("card-{key:06}");
+        let payload = format!(r#"{{"card_id":"{card}","ts":{ts},"amount":{amount}}}"#);
+        let delivery = loop {
+            match producer.send_result(FutureRecord::to(&topic).key(&card).payload(&payload)) {
+                Ok(d) => break d,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    _,
+                )) => {
+                    if let Some(d) = pending.pop_front() {
+                        let _ = d.await;
+                    }
+                }
+                Err((e, _)) => anyhow::bail!("producing: {e}"),
+            }
+        };
+        pending.push_back(delivery);
+    }
+    for d in pending {
+        d.await?.map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
+    }
+    let produce_secs = started.elapsed().as_secs_f64();
+    println!("produced {} events to {topic} ({} partitions) in {produce_secs:.2}s", options.events, options.partitions);
+
+    let yaml = format!(
+        "project: {run}\nstores:\n  online: {{ redis: {{ url: \"{redis}\" }} }}\n  offline: {{ parquet: {{ path: \"{dir}/offline\" }} }}\n  kafka: {{ bootstrap_servers: \"{brokers}\", group_id: {run} }}\nsources:\n  tx: {{ kafka: {{ topic: \"{topic}\" }}, key: card_id, timestamp: ts }}\nentities:\n  card: {{ key: card_id }}\nfeature_sets:\n  cards:\n    entity: card\n    source: tx\n{features}server: {{ listen: \"127.0.0.1:0\" }}\n",
+        redis = options.redis,
+        brokers = options.brokers,
+        dir = tempfile_dir()?.display(),
+        features = FEATURES.lines().skip(2).map(|l| format!("    {l}\n")).collect::<String>(),
+    );
+    let project = std::sync::Arc::new(crate::config::parse(&yaml).map_err(|e| anyhow::anyhow!("bench config: {e:?}"))?);
+    let redis = redis::Client::open(options.redis.as_str())?;
+    let mut con = redis.get_multiplexed_async_connection().await?;
+    let started = Instant::now();
+    let running = crate::serve::start(project.clone()).await?;
+    let offsets: Vec<String> = (0..options.partitions).map(|p| online::offsets_key(&run, &topic, p)).collect();
+    loop {
+        let applied: Vec<Option<i64>> = redis::cmd("MGET").arg(&offsets).query_async(&mut con).await?;
+        let done: i64 = applied.iter().map(|o| o.map_or(0, |o| o + 1)).sum();
+        if done as usize >= options.events {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    crate::serve::stop(running).await?;
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_string()))
+        .unwrap_or_default();
+    println!(
+        "broker → decode → 15 features → Redis: {} events, {} keys in {secs:.2}s = {:.0} events/s (process peak RSS {peak}, events held by the bench included)",
+        options.events,
+        options.keys,
+        options.events as f64 / secs
+    );
+    Ok(())
+}

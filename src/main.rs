@@ -78,6 +78,24 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Broker → Redis throughput of the whole pipeline (needs a broker and Redis).
+    E2e {
+        /// Kafka bootstrap servers.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Redis URL.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// Events.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Keys.
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        /// Topic partitions.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
     /// Aggregation engine throughput and memory (one core), optionally against storey.
     Engine {
         /// Events.
@@ -140,6 +158,9 @@ fn main() -> ExitCode {
                 let options =
                     demo::Options { cards: cards.max(43), history, rounds, pause: Duration::from_secs(2), serve };
                 demo::run(options).await
+            }
+            Command::Bench { which: BenchCommand::E2e { brokers, redis, events, keys, partitions } } => {
+                bench::e2e(&bench::E2eOptions { brokers, redis, events, keys, partitions }).await
             }
             Command::Validate { .. } | Command::Bench { .. } => unreachable!("handled above"),
         }
