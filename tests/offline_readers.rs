@@ -79,3 +79,40 @@ print(json.dumps({"schema": schema, "rows": rows, "total": total, "dates": dates
     assert_eq!(schema["merchant"], "string");
     assert_eq!(schema["_raw"], "string");
 }
+
+#[test]
+fn a_parquet_file_written_by_pyarrow_replays_like_ndjson() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let script = r#"
+import sys, datetime as dt, pyarrow as pa, pyarrow.parquet as pq
+base = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+rows = 300
+pq.write_table(pa.table({
+    "card_id": [f"c{i % 7}" for i in range(rows)],
+    "ts": pa.array([base + dt.timedelta(seconds=i) for i in range(rows)], type=pa.timestamp("us", tz="UTC")),
+    "amount": [float(i % 5) for i in range(rows)],
+}), sys.argv[1])
+"#;
+    let file = root.join("events.parquet");
+    let out = Command::new(common::python()).args(["-c", script]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        root.join("fathom.yaml"),
+        format!(
+            "project: p\nstores:\n  offline: {{ parquet: {{ path: \"{d}/offline\" }} }}\n  dead_letters: {{ path: \"{d}/dlq\" }}\nsources:\n  tx: {{ key: card_id, timestamp: ts }}\nentities:\n  card: {{ key: card_id }}\nfeature_sets:\n  cards:\n    entity: card\n    source: tx\n    aggregations:\n      - {{ column: amount, functions: [sum], windows: [1h], period: 1m }}\n",
+            d = root.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
+        .args(["replay", "events.parquet", "--source", "tx", "-c", "fathom.yaml"])
+        .current_dir(root)
+        .env("FATHOM_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("replayed 300 records") && stdout.contains("300 accepted, 0 dead-lettered"), "{stdout}");
+    assert!(root.join("offline/tx/date=2026-03-01").is_dir(), "event time kept from the Parquet timestamp");
+}

@@ -50,7 +50,7 @@ pub fn records(
             SerializedFileReader::new(file).map_err(|source| ReplayError::Parquet { path: owned.clone(), source })?;
         let rows = reader.into_iter().enumerate().map(move |(i, row)| {
             let row = row.map_err(|source| ReplayError::Parquet { path: owned.clone(), source })?;
-            Ok(record(i, row.to_json_value().to_string().into_bytes()))
+            Ok(record(i, row_json(&row).to_string().into_bytes()))
         });
         return Ok(Box::new(rows));
     }
@@ -63,6 +63,21 @@ pub fn records(
             line.map(|bytes| record(i + 1, bytes)).map_err(|source| ReplayError::Io { path: owned.clone(), source })
         });
     Ok(Box::new(lines))
+}
+
+/// A Parquet row as a JSON object; timestamps become epoch milliseconds (Parquet's own text form
+/// of a timestamp is not RFC 3339).
+fn row_json(row: &parquet::record::Row) -> serde_json::Value {
+    use parquet::record::Field;
+    let fields = row.get_column_iter().map(|(name, field)| {
+        let value = match field {
+            Field::TimestampMillis(ms) => serde_json::Value::from(*ms),
+            Field::TimestampMicros(us) => serde_json::Value::from(us.div_euclid(1000)),
+            other => other.to_json_value(),
+        };
+        (name.clone(), value)
+    });
+    serde_json::Value::Object(fields.collect())
 }
 
 /// Rows in a replay file, for a progress bar's length (lines for NDJSON, row count for Parquet).
