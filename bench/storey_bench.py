@@ -22,7 +22,7 @@ def main(path):
             events.append(e)
     controller = build_flow(
         [
-            SyncEmitSource(key_field="card", time_field="ts"),
+            SyncEmitSource(key_field="card"),
             AggregateByKey(
                 [
                     FieldAggregator(
@@ -40,7 +40,7 @@ def main(path):
     ).run()
     started = time.perf_counter()
     for e in events:
-        controller.emit(e, key=e["card"], event_time=e["ts"])
+        controller.emit(e, key=e["card"])
     controller.terminate()
     emitted = controller.await_termination()
     elapsed = time.perf_counter() - started

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use compact_str::CompactString;
 use fathom_featurestore::definition::{FeatureSetConfig, FeatureSetPlan};
 use fathom_featurestore::engine::{self, EntityState};
 use fathom_featurestore::online;
@@ -66,12 +67,13 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let plan = plan();
     let stream = events(options.events, options.keys);
     let names: Vec<String> = (0..options.keys).map(|k| format!("card-{k:06}")).collect();
-    let amounts: Vec<Value> = stream.iter().map(|e| Value::from(e.2)).collect();
+    // what a decoded batch holds: each event's key and value next to it, as the processor sees them
+    let decoded: Vec<(CompactString, Value)> =
+        stream.iter().map(|e| (CompactString::from(&names[e.0 as usize]), Value::from(e.2))).collect();
     let before = rss_bytes();
-    let mut states: FxHashMap<String, EntityState> = FxHashMap::default();
+    let mut states: FxHashMap<CompactString, EntityState> = FxHashMap::default();
     let started = Instant::now();
-    for ((key, ts, _), amount) in stream.iter().zip(&amounts) {
-        let name = &names[*key as usize];
+    for ((_, ts, _), (name, amount)) in stream.iter().zip(&decoded) {
         let state = match states.get_mut(name.as_str()) {
             Some(s) => s,
             None => states.entry(name.clone()).or_insert_with(|| EntityState::new(&plan)),

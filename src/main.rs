@@ -107,8 +107,8 @@ enum BenchCommand {
         /// Python with storey installed (see bench/README.md).
         #[arg(long)]
         storey_python: Option<PathBuf>,
-        /// Events given to storey.
-        #[arg(long, default_value_t = 20_000)]
+        /// Events given to storey (the first of the same stream; storey is slow).
+        #[arg(long, default_value_t = 2_000)]
         storey_events: usize,
     },
 }

@@ -6,6 +6,7 @@
 //! the states that changed. The applied offsets travel inside each entity's state, so replayed
 //! records after a crash are recognised per entity and never counted twice.
 
+use compact_str::CompactString;
 use rustc_hash::FxHashMap;
 use serde_json::Value;
 
@@ -36,7 +37,8 @@ pub struct Processor {
     project: String,
     plans: Vec<FeatureSetPlan>,
     by_source: Vec<Vec<usize>>,
-    cache: Vec<FxHashMap<String, Slot>>,
+    /// Per plan: entity key → state. Keys are inline strings: no pointer to chase per lookup.
+    cache: Vec<FxHashMap<CompactString, Slot>>,
     store: OnlineStore,
     max_cached: usize,
 }
@@ -81,7 +83,7 @@ impl Processor {
                 columns.extend(plan.columns.iter().map(field));
                 latest.clear();
                 latest.extend(plan.latest.iter().map(field));
-                let slot = self.cache[p].get_mut(&event.key).expect("loaded above");
+                let slot = self.cache[p].get_mut(event.key.as_str()).expect("loaded above");
                 match engine::apply(plan, &mut slot.state, event.time_ms, &columns, &latest, position) {
                     Applied::Applied => {
                         slot.dirty = true;
@@ -99,7 +101,7 @@ impl Processor {
         let mut wanted: Vec<(usize, &str)> = Vec::new();
         for event in events {
             for &p in &self.by_source[event.source] {
-                if !self.cache[p].contains_key(&event.key) {
+                if !self.cache[p].contains_key(event.key.as_str()) {
                     wanted.push((p, &event.key));
                 }
             }
@@ -122,7 +124,7 @@ impl Processor {
                 }
                 None => EntityState::new(plan),
             };
-            self.cache[p].insert(key.to_string(), Slot { state, dirty: false });
+            self.cache[p].insert(CompactString::from(key), Slot { state, dirty: false });
         }
         Ok(())
     }

@@ -15,14 +15,12 @@ pub type Distinct = CardinalityEstimator<str, wyhash::WyHash, 14, 6>;
 pub struct Bucket {
     /// Bucket index: `floor(event_time_ms / period_ms)`.
     pub index: i64,
-    /// Number of events with a value for the column.
-    pub count: u64,
-    /// Number of numeric values (moments below cover these).
-    pub n: u64,
-    /// Sum of numeric values.
+    /// Number of events with a value for the column (saturating).
+    pub count: u32,
+    /// Number of numeric values (saturating); the moments below cover these.
+    pub n: u32,
+    /// Sum of numeric values; the mean is `sum / n`.
     pub sum: f64,
-    /// Running mean of numeric values.
-    pub mean: f64,
     /// Sum of squared deviations from the mean.
     pub m2: f64,
     /// Smallest numeric value.
@@ -45,7 +43,6 @@ impl Bucket {
             count: 0,
             n: 0,
             sum: 0.0,
-            mean: 0.0,
             m2: 0.0,
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
@@ -58,11 +55,14 @@ impl Bucket {
     /// Adds one numeric value observed at `ts`.
     #[inline]
     pub fn add_number(&mut self, ts: i64, x: f64) {
-        self.n += 1;
+        if self.n > 0 {
+            // Welford: (x − old mean)(x − new mean)
+            let old_mean = self.sum / f64::from(self.n);
+            let new_mean = (self.sum + x) / f64::from(self.n + 1);
+            self.m2 += (x - old_mean) * (x - new_mean);
+        }
+        self.n = self.n.saturating_add(1);
         self.sum += x;
-        let delta = x - self.mean;
-        self.mean += delta / self.n as f64;
-        self.m2 += delta * (x - self.mean);
         self.min = self.min.min(x);
         self.max = self.max.max(x);
         if ts < self.first.0 {
@@ -75,13 +75,16 @@ impl Bucket {
 
     /// Folds `other` (a bucket of a disjoint time range or disjoint events) into `self`.
     pub fn merge(&mut self, other: &Bucket) {
-        self.count += other.count;
+        self.count = self.count.saturating_add(other.count);
         if other.n > 0 {
-            let n = self.n + other.n;
-            let delta = other.mean - self.mean;
-            self.mean += delta * other.n as f64 / n as f64;
-            self.m2 += other.m2 + delta * delta * self.n as f64 * other.n as f64 / n as f64;
-            self.n = n;
+            if self.n > 0 {
+                let (a, b) = (f64::from(self.n), f64::from(other.n));
+                let delta = other.sum / b - self.sum / a;
+                self.m2 += other.m2 + delta * delta * a * b / (a + b);
+            } else {
+                self.m2 = other.m2;
+            }
+            self.n = self.n.saturating_add(other.n);
             self.sum += other.sum;
             self.min = self.min.min(other.min);
             self.max = self.max.max(other.max);
@@ -99,6 +102,11 @@ impl Bucket {
 
     /// Sample variance, or `None` below two values.
     pub fn variance(&self) -> Option<f64> {
-        (self.n >= 2).then(|| (self.m2 / (self.n - 1) as f64).max(0.0))
+        (self.n >= 2).then(|| (self.m2 / f64::from(self.n - 1)).max(0.0))
+    }
+
+    /// Arithmetic mean of the numeric values (NaN when there are none).
+    pub fn mean(&self) -> f64 {
+        self.sum / f64::from(self.n)
     }
 }
