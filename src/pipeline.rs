@@ -266,6 +266,11 @@ impl Pipeline {
         let mut events = Vec::with_capacity(records.len());
         let mut summary = PushSummary::default();
         let mut flushed_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut per_source = vec![0u64; self.project.sources.len()];
+        records.iter().for_each(|r| per_source[r.source] += 1);
+        for (i, n) in per_source.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+            metrics::counter!("fathom_records_in_total", "source" => self.project.sources[i].0.clone()).increment(n);
+        }
         for record in records {
             let source = record.source;
             if let Some(partition) = record.at.partition {
@@ -273,8 +278,6 @@ impl Pipeline {
                 self.processed.insert((topic.clone(), partition), record.at.offset + 1);
                 flushed_offsets.insert((topic, partition), record.at.offset);
             }
-            metrics::counter!("fathom_records_in_total", "source" => self.project.sources[source].0.clone())
-                .increment(1);
             match self.decoders[source].decode(record, now) {
                 Ok(event) => events.push(event),
                 Err((record, refusal)) => {

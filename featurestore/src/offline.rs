@@ -193,7 +193,8 @@ impl Pending {
 pub struct OfflineWriter {
     root: PathBuf,
     schemas: Vec<SourceSchema>,
-    pending: BTreeMap<(usize, String), Pending>,
+    /// Rows per (source, UTC day number).
+    pending: BTreeMap<(usize, i64), Pending>,
     seq: u64,
 }
 
@@ -214,10 +215,9 @@ impl OfflineWriter {
             let Some(schema) = self.schemas.get(event.source) else {
                 continue;
             };
-            let date =
-                DateTime::from_timestamp_millis(event.time_ms).unwrap_or_default().format("%Y-%m-%d").to_string();
+            let day = event.time_ms.div_euclid(86_400_000);
             self.pending
-                .entry((event.source, date))
+                .entry((event.source, day))
                 .or_insert_with(|| Pending::new(schema, event.time_ms))
                 .push(schema, event, ingest_us);
         }
@@ -231,8 +231,9 @@ impl OfflineWriter {
     /// Writes every buffered row to new files, durably; returns the files written.
     pub fn commit(&mut self) -> Result<Vec<PathBuf>, OfflineError> {
         let mut written = Vec::new();
-        for ((source, date), pending) in std::mem::take(&mut self.pending) {
+        for ((source, day), pending) in std::mem::take(&mut self.pending) {
             let schema = &self.schemas[source];
+            let date = DateTime::from_timestamp_millis(day * 86_400_000).unwrap_or_default().format("%Y-%m-%d");
             let dir = self.root.join(&schema.name).join(format!("date={date}"));
             self.seq += 1;
             let name = format!("part-{}-{}-{}.parquet", pending.first_ms, std::process::id(), self.seq);

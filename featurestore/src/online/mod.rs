@@ -105,11 +105,19 @@ pub fn offsets_key(group: &str, topic: &str, partition: i32) -> String {
 
 const FORMAT_VERSION: u8 = 1;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Stored {
     version: u8,
     plan: u64,
     state: EntityState,
+}
+
+/// [`Stored`] by reference, so encoding copies nothing but the bytes out.
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    version: u8,
+    plan: u64,
+    state: &'a EntityState,
 }
 
 /// A fingerprint of what shapes the state (rings and latest features): state written under
@@ -123,7 +131,7 @@ pub fn plan_fingerprint(plan: &FeatureSetPlan) -> u64 {
 
 /// Encodes a state for storage.
 pub fn encode(plan: &FeatureSetPlan, state: &EntityState) -> Vec<u8> {
-    let stored = Stored { version: FORMAT_VERSION, plan: plan_fingerprint(plan), state: state.clone() };
+    let stored = StoredRef { version: FORMAT_VERSION, plan: plan_fingerprint(plan), state };
     postcard::to_allocvec(&stored).expect("state encodes")
 }
 
