@@ -8,7 +8,7 @@
 //! store already holds; each entity's applied offsets make those replays no-ops.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,8 +53,6 @@ pub struct Health {
     pub ready: AtomicBool,
     /// Why it is not ready, if it says so.
     pub problem: Mutex<Option<String>>,
-    /// Records taken in, for summaries.
-    pub records: AtomicU64,
 }
 
 impl Health {
@@ -286,7 +284,6 @@ impl Pipeline {
                 }
             }
         }
-        self.health.records.fetch_add((events.len() + summary.dead_lettered) as u64, Ordering::Relaxed);
         let outcome = loop {
             match self.processor.process(&events).await {
                 Ok(outcome) => break outcome,

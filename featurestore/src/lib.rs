@@ -1,7 +1,9 @@
-//! Fathom's feature store: definitions, the window aggregation engine, and the stores.
+//! Fathom's feature store: what to compute, the engine that computes it, and where it lives.
 //!
-//! The flow, in module order: [`definition`] (what to compute) → [`engine`] (buckets per entity,
-//! values as of a read time).
+//! The flow, in module order: [`definition`] (feature sets compiled into plans; [`duration`]
+//! spells their windows) → [`engine`] (bucket rings per entity, values as of a read time) →
+//! [`processor`] (decoded events into cached entity states) → [`online`] (Redis or embedded, with
+//! applied offsets) and [`offline`] (Parquet) → [`lookup`] (values with statuses for callers).
 
 pub mod definition;
 pub mod duration;

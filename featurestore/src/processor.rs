@@ -157,12 +157,6 @@ impl Processor {
         Ok(writes.len())
     }
 
-    /// Drops every cached state (after a flush): the next batch reloads from the store. Used
-    /// when partitions move to another process, whose writes the cache would not see.
-    pub fn forget(&mut self) {
-        self.cache.iter_mut().for_each(FxHashMap::clear);
-    }
-
     /// The online store written to.
     pub fn store(&self) -> &OnlineStore {
         &self.store

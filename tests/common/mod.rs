@@ -144,19 +144,3 @@ impl Drop for Fathom {
         let _ = self.child.wait();
     }
 }
-
-/// Polls `check` until it returns true or `secs` pass.
-pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
