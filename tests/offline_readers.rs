@@ -5,6 +5,19 @@ use std::process::Command;
 
 mod common;
 
+/// Runs `fathom replay FILE --source tx -c fathom.yaml` in `root`; returns its stdout.
+fn replay(root: &std::path::Path, file: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
+        .args(["replay", file, "--source", "tx", "-c", "fathom.yaml"])
+        .current_dir(root)
+        .env("FATHOM_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
 #[test]
 fn replayed_ndjson_lands_as_parquet_that_pyarrow_and_duckdb_read() {
     let dir = tempfile::tempdir().unwrap();
@@ -33,14 +46,7 @@ fn replayed_ndjson_lands_as_parquet_that_pyarrow_and_duckdb_read() {
     }
     lines.insert(500, "{broken".into());
     std::fs::write(root.join("events.ndjson"), lines.join("\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
-        .args(["replay", "events.ndjson", "--source", "tx", "-c", "fathom.yaml"])
-        .current_dir(root)
-        .env("FATHOM_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = replay(root, "events.ndjson");
     assert!(stdout.contains("replayed 1001 records") && stdout.contains("1000 accepted, 1 dead-lettered"), "{stdout}");
 
     let script = r#"
@@ -105,14 +111,7 @@ pq.write_table(pa.table({
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
-        .args(["replay", "events.parquet", "--source", "tx", "-c", "fathom.yaml"])
-        .current_dir(root)
-        .env("FATHOM_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = replay(root, "events.parquet");
     assert!(stdout.contains("replayed 300 records") && stdout.contains("300 accepted, 0 dead-lettered"), "{stdout}");
     assert!(root.join("offline/tx/date=2026-03-01").is_dir(), "event time kept from the Parquet timestamp");
 }

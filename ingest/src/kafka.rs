@@ -173,3 +173,40 @@ impl Committer {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_pass_through_and_secrets_come_from_env_or_files() {
+        let dir = std::env::temp_dir().join(format!("fathom-secret-{}", std::process::id()));
+        std::fs::write(&dir, "s3cret\n").unwrap();
+        std::env::set_var("FATHOM_TEST_SASL_USER", "alice");
+        let config = KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            group_id: None,
+            options: [
+                ("security.protocol", "sasl_plaintext".to_string()),
+                ("sasl.mechanism", "PLAIN".to_string()),
+                ("sasl.username", "env:FATHOM_TEST_SASL_USER".to_string()),
+                ("sasl.password", format!("file:{}", dir.display())),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        };
+        let client = client_config(&config).unwrap();
+        assert_eq!(client.get("security.protocol"), Some("sasl_plaintext"));
+        assert_eq!(client.get("sasl.mechanism"), Some("PLAIN"));
+        assert_eq!(client.get("sasl.username"), Some("alice"));
+        assert_eq!(client.get("sasl.password"), Some("s3cret"));
+        let _ = std::fs::remove_file(&dir);
+        let missing = KafkaConfig {
+            options: [("sasl.password".to_string(), "env:FATHOM_TEST_NOT_SET".to_string())].into(),
+            ..config
+        };
+        let err = client_config(&missing).err().unwrap().to_string();
+        assert_eq!(err, "kafka option sasl.password: environment variable FATHOM_TEST_NOT_SET is not set");
+    }
+}
