@@ -102,7 +102,10 @@ async fn show(project: &Project, running: &Running, card: &str) -> anyhow::Resul
         .iter()
         .filter_map(|name| values.iter().find(|v| v.name == *name))
         .map(|v| match v.status {
-            Status::Present => format!("{}={}", short(&v.name), v.value),
+            Status::Present => match v.value.as_f64().filter(|_| v.value.is_f64()) {
+                Some(x) => format!("{}={x:.2}", short(&v.name)),
+                None => format!("{}={}", short(&v.name), v.value),
+            },
             other => format!("{}={other:?}", short(&v.name)),
         })
         .collect();

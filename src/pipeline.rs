@@ -234,6 +234,11 @@ impl Pipeline {
                 biased;
                 _ = shutdown.changed() => break,
                 Some(batch) = async { kafka.as_mut()?.recv().await } => {
+                    if self.committer.as_ref().is_some_and(Committer::take_rebalanced) {
+                        // every batch ends flushed, so the cache is clean: drop it rather than
+                        // serve entities another member may have changed
+                        self.processor.forget();
+                    }
                     let span = tracing::debug_span!("batch", records = batch.len(), from = "kafka");
                     self.handle(batch).instrument(span).await?;
                 }

@@ -157,6 +157,13 @@ impl Processor {
         Ok(writes.len())
     }
 
+    /// Drops every cached state; the next batch reloads what it touches from the store. Call
+    /// between batches (after a flush, when nothing is dirty) once partitions have moved: another
+    /// group member may have written their entities meanwhile.
+    pub fn forget(&mut self) {
+        self.cache.iter_mut().for_each(FxHashMap::clear);
+    }
+
     /// The online store written to.
     pub fn store(&self) -> &OnlineStore {
         &self.store

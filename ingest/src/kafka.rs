@@ -2,11 +2,13 @@
 //! records out, offsets committed only when the caller says the work they cover is durable.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
@@ -69,9 +71,31 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, SourceError> {
     client.create().map_err(|source| SourceError::Kafka { what: "creating the producer", source })
 }
 
+/// Notes partition assignment changes, so the pipeline can drop cached state for partitions
+/// another group member may have written meanwhile.
+pub struct RebalanceWatch {
+    changed: Arc<AtomicBool>,
+}
+
+impl ClientContext for RebalanceWatch {}
+
+impl ConsumerContext for RebalanceWatch {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let what = match rebalance {
+            Rebalance::Assign(list) => format!("assigned {} partitions", list.count()),
+            Rebalance::Revoke(list) => format!("revoked {} partitions", list.count()),
+            Rebalance::Error(e) => format!("rebalance error: {e}"),
+        };
+        tracing::info!(what, "consumer group rebalance");
+        self.changed.store(true, Ordering::Release);
+    }
+}
+
+type Inner = StreamConsumer<RebalanceWatch>;
+
 /// The consumer of every Kafka-backed source.
 pub struct KafkaSource {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<Inner>,
     /// topic → source index.
     topics: HashMap<String, usize>,
 }
@@ -79,7 +103,8 @@ pub struct KafkaSource {
 /// Commits offsets and reads lag for a [`KafkaSource`], from another task.
 #[derive(Clone)]
 pub struct Committer {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<Inner>,
+    rebalanced: Arc<AtomicBool>,
 }
 
 /// Next offset to read per (topic, partition).
@@ -97,13 +122,15 @@ impl KafkaSource {
         if !config.options.contains_key("auto.offset.reset") {
             client.set("auto.offset.reset", "earliest");
         }
-        let consumer: StreamConsumer =
-            client.create().map_err(|source| SourceError::Kafka { what: "creating the consumer", source })?;
+        let rebalanced = Arc::new(AtomicBool::new(false));
+        let consumer: Inner = client
+            .create_with_context(RebalanceWatch { changed: rebalanced.clone() })
+            .map_err(|source| SourceError::Kafka { what: "creating the consumer", source })?;
         let names: Vec<&str> = topics.iter().map(|(t, _)| t.as_str()).collect();
         consumer.subscribe(&names).map_err(|source| SourceError::Kafka { what: "subscribing", source })?;
         let consumer = Arc::new(consumer);
         let source = KafkaSource { consumer: consumer.clone(), topics: topics.iter().cloned().collect() };
-        Ok((source, Committer { consumer }))
+        Ok((source, Committer { consumer, rebalanced }))
     }
 
     /// Up to `max` records: waits for the first one, then takes what arrives within `linger`.
@@ -137,6 +164,11 @@ impl KafkaSource {
 }
 
 impl Committer {
+    /// Whether the partition assignment changed since the last call.
+    pub fn take_rebalanced(&self) -> bool {
+        self.rebalanced.swap(false, Ordering::AcqRel)
+    }
+
     /// Commits `next` offsets. Call only once the work covering the records below them is
     /// durable.
     pub fn commit(&self, next: &Offsets) -> Result<(), SourceError> {
