@@ -395,8 +395,13 @@ impl Pipeline {
                             .set(lag as f64);
                     }
                 }
-                // a failed commit only means a longer replay after a crash; the next one retries
-                Err(e) => tracing::warn!(error = format!("{e:#}"), "committing Kafka offsets"),
+                // a failed commit only means a longer replay after a crash (applied records are
+                // skipped); forget these offsets rather than retry partitions a rebalance may have
+                // taken away — the next checkpoint commits newer ones
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), "committing Kafka offsets");
+                    self.processed.clear();
+                }
             }
         }
         if let Ok(Some(keys)) = self.processor.store().key_count().await {

@@ -87,8 +87,8 @@ fn rfc3339(ms: i64) -> String {
 async fn windows_expire_at_read_time_through_redis() {
     let s = server(&format!("{{ redis: {{ url: \"{}\" }} }}", common::redis_url())).await;
     let now = chrono::Utc::now().timestamp_millis();
-    // one event that leaves the 1h window about three seconds from now, one well inside it
-    let old = now - 3_600_000 + 3_000;
+    // one event that leaves the 1h window about six seconds from now, one well inside it
+    let old = now - 3_600_000 + 6_000;
     let body = format!(
         "{}\n{}\n",
         json!({"card_id": "c1", "ts": rfc3339(old), "amount": 10.0, "merchant": "m1"}),
@@ -100,7 +100,7 @@ async fn windows_expire_at_read_time_through_redis() {
     assert_eq!(s.feature("c1", "amount_mean_1h").await["value"], json!(20.0));
     let merchant = s.feature("c1", "merchant").await;
     assert_eq!(merchant["value"], json!("m1"), "the newer event has no merchant: the latest value stays");
-    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    tokio::time::sleep(Duration::from_millis(7_500)).await;
     assert_eq!(s.feature("c1", "amount_count_1h").await["value"], json!(1), "the old event left the window");
     assert_eq!(s.feature("c1", "amount_sum_1h").await["value"], json!(30.0));
     // unknown entity
