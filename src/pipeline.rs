@@ -99,6 +99,12 @@ pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
         .collect();
     let (dead, consumer) = match &project.stores.kafka {
         Some(config) => {
+            let dlq: Vec<String> =
+                (0..project.sources.len()).map(|i| format!("{}.dlq", project.stream_name(i))).collect();
+            if let Err(e) = kafka::ensure_topics(config, &dlq).await {
+                // ACLs may forbid it; the topics may exist anyway
+                tracing::warn!(error = format!("{e:#}"), "dead-letter topics not ensured");
+            }
             let dead = DeadLetters::kafka(kafka::producer(config)?);
             let consumer = if kafka_sources.is_empty() {
                 None
@@ -285,7 +291,8 @@ impl Pipeline {
                 Ok(event) => events.push(event),
                 Err((record, refusal)) => {
                     summary.dead_lettered += 1;
-                    self.dead.send(self.letter(&record.payload, source, record.at, refusal.reason, refusal.message))?;
+                    let letter = self.letter(&record.payload, source, record.at, refusal.reason, refusal.message);
+                    self.dead_letter(letter).await;
                 }
             }
         }
@@ -308,7 +315,7 @@ impl Pipeline {
             );
             late_events[i] = true;
             let letter = self.letter(&event.raw, event.source, event.at, Reason::Late, message);
-            self.dead.send(letter)?;
+            self.dead_letter(letter).await;
         }
         summary.dead_lettered += late_events.iter().filter(|l| **l).count();
         summary.accepted += events.len() - late_events.iter().filter(|l| **l).count();
@@ -355,6 +362,19 @@ impl Pipeline {
                 }
                 Err(e) => self.health.degraded("flushing to the online store", &e.into()),
             }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// Queues a dead letter, waiting out a full queue or an unwritable file.
+    async fn dead_letter(&mut self, letter: DeadLetter) {
+        loop {
+            match self.dead.send(&letter) {
+                Ok(()) => return,
+                Err(e) => self.health.degraded("writing a dead letter", &e.into()),
+            }
+            // a full producer queue drains while we wait for what is in flight
+            self.flush_dead_letters().await;
             tokio::time::sleep(RETRY).await;
         }
     }

@@ -190,7 +190,7 @@ impl Run {
 async fn kafka_to_redis_applies_every_event_once_and_dead_letters_the_rest() {
     let topic = unique("tx");
     let dlq = format!("{topic}.dlq");
-    create_topics(&[&topic, &dlq], 4).await;
+    create_topics(&[&topic], 4).await; // fathom creates <topic>.dlq itself
     let produced = stream(20_000, 300, 10, 1);
     let records: Vec<_> = produced.iter().map(|p| (p.key.clone(), p.payload.clone())).collect();
     produce(&topic, &records).await;

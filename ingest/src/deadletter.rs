@@ -90,10 +90,15 @@ impl DeadLetters {
     }
 
     /// Queues one dead letter and counts it.
-    pub fn send(&mut self, letter: DeadLetter) -> Result<(), DeadLetterError> {
+    pub fn send(&mut self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
+        self.queue(letter)?;
         metrics::counter!("fathom_dead_letters_total", "source" => letter.source.clone(), "reason" => letter.reason.as_str())
             .increment(1);
         tracing::debug!(source = %letter.source, reason = letter.reason.as_str(), offset = letter.offset, message = %letter.message, "dead letter");
+        Ok(())
+    }
+
+    fn queue(&mut self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
         let topic = format!("{}.dlq", letter.topic);
         match self {
             DeadLetters::Files { dir, open } => {
@@ -105,7 +110,7 @@ impl DeadLetters {
                     open.insert(topic.clone(), BufWriter::new(file));
                 }
                 let writer = open.get_mut(&topic).expect("inserted above");
-                let mut line = serde_json::to_vec(&file_line(&letter)).expect("JSON of plain values");
+                let mut line = serde_json::to_vec(&file_line(letter)).expect("JSON of plain values");
                 line.push(b'\n');
                 writer.write_all(&line).map_err(io)
             }

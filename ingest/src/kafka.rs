@@ -93,6 +93,40 @@ impl ConsumerContext for RebalanceWatch {
 
 type Inner = StreamConsumer<RebalanceWatch>;
 
+/// Creates the dead-letter topics that do not exist yet (one partition each), so refused
+/// records never wait on a missing topic. Existing topics are left alone.
+pub async fn ensure_topics(config: &KafkaConfig, topics: &[String]) -> Result<(), SourceError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::types::RDKafkaErrorCode;
+
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = client_config(config)?
+        .create()
+        .map_err(|source| SourceError::Kafka { what: "creating the admin client", source })?;
+    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(-1))).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&new, &options)
+        .await
+        .map_err(|source| SourceError::Kafka { what: "creating dead-letter topics", source })?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(topic, "created dead-letter topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(SourceError::Kafka {
+                    what: "creating a dead-letter topic",
+                    source: rdkafka::error::KafkaError::AdminOp(code),
+                })
+                .inspect_err(|_| tracing::warn!(topic, %code, "could not create dead-letter topic"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The consumer of every Kafka-backed source.
 pub struct KafkaSource {
     consumer: Arc<Inner>,
