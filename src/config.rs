@@ -55,13 +55,26 @@ pub struct Stores {
     pub dead_letters: DeadLetterConfig,
 }
 
-/// `stores.online`.
+/// `stores.online`: `redis`, or the embedded store (the default).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OnlineConfig {
     /// Redis; omit for the embedded store.
     #[serde(default)]
     pub redis: Option<RedisConfig>,
+    /// Options of the embedded store.
+    #[serde(default)]
+    pub embedded: Option<EmbeddedConfig>,
+}
+
+/// `stores.online.embedded`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// File the store is saved to at every checkpoint and loaded from at start. Default: none
+    /// (state lives as long as the process).
+    #[serde(default)]
+    pub snapshot: Option<PathBuf>,
 }
 
 /// `stores.online.redis`: exactly one of `url` and `cluster`.
@@ -302,6 +315,9 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
         }
     };
     let stores: Stores = root.get("stores").and_then(|v| typed(v, "stores", &mut problems)).unwrap_or_default();
+    if stores.online.redis.is_some() && stores.online.embedded.is_some() {
+        problem(&mut problems, "stores.online", "choose one online store: `redis` or `embedded`");
+    }
     if let Some(redis) = &stores.online.redis {
         if redis.url.is_some() == redis.cluster.is_some() {
             problem(

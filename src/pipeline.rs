@@ -87,7 +87,10 @@ pub struct Running {
 pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
     let store = match project.redis()? {
         Some(topology) => OnlineStore::Redis(RedisStore::connect(&topology).await.context("connecting to Redis")?),
-        None => OnlineStore::Embedded(Arc::new(EmbeddedStore::new())),
+        None => match project.stores.online.embedded.as_ref().and_then(|e| e.snapshot.as_deref()) {
+            Some(path) => OnlineStore::Embedded(Arc::new(EmbeddedStore::with_snapshot(path)?)),
+            None => OnlineStore::Embedded(Arc::new(EmbeddedStore::new())),
+        },
     };
     let offline = OfflineWriter::new(&project.stores.offline.parquet.path, schemas(&project))
         .context("opening the offline store")?;
@@ -403,6 +406,21 @@ impl Pipeline {
         metrics::counter!("fathom_offline_rows_total").increment(rows as u64);
         metrics::counter!("fathom_offline_files_total").increment(files.len() as u64);
         self.flush_dead_letters().await;
+        if let OnlineStore::Embedded(store) = self.processor.store() {
+            let store = store.clone();
+            loop {
+                match tokio::task::spawn_blocking({
+                    let store = store.clone();
+                    move || store.save()
+                })
+                .await?
+                {
+                    Ok(()) => break,
+                    Err(e) => self.health.degraded("saving the embedded store snapshot", &e.into()),
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+        }
         if let Some(committer) = &self.committer {
             let offsets = self.processed.clone();
             let committer = committer.clone();

@@ -16,7 +16,7 @@ mod redis;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::embedded::EmbeddedStore;
+pub use self::embedded::{EmbeddedStore, SnapshotError};
 pub use self::redis::{RedisStore, RedisTopology};
 
 use crate::definition::FeatureSetPlan;
