@@ -174,3 +174,6 @@ impl Processor {
         self.cache.iter().map(FxHashMap::len).sum()
     }
 }
+
+#[cfg(test)]
+mod tests;
