@@ -327,6 +327,11 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
             );
         }
     }
+    if let Some(kafka) = &stores.kafka {
+        for (key, message) in fathom_ingest::kafka::check_options(kafka) {
+            problem(&mut problems, format!("stores.kafka.options.{key}"), format!("librdkafka refuses it: {message}"));
+        }
+    }
     let server: ServerConfig = root.get("server").and_then(|v| typed(v, "server", &mut problems)).unwrap_or_default();
     let processing = processing(&root, &mut problems);
 

@@ -50,6 +50,24 @@ pub fn client_config(config: &KafkaConfig) -> Result<ClientConfig, SourceError> 
     Ok(client)
 }
 
+/// Asks librdkafka about each option (a property it does not know, or a value it refuses),
+/// without connecting anywhere. Returns (key, librdkafka's message) for every bad one.
+/// `env:`/`file:` values are checked for their key only: the secret may live elsewhere.
+pub fn check_options(config: &KafkaConfig) -> Vec<(String, String)> {
+    config
+        .options
+        .iter()
+        .filter_map(|(key, value)| {
+            let secret = value.starts_with("env:") || value.starts_with("file:");
+            let probe = if secret { "" } else { value.as_str() };
+            let error =
+                ClientConfig::new().set(key, probe).create::<rdkafka::producer::BaseProducer>().err()?.to_string();
+            // a secret's value is not known here: only an unknown property is a problem
+            (!secret || error.contains("No such configuration property")).then(|| (key.clone(), error))
+        })
+        .collect()
+}
+
 fn resolve_secret(key: &str, value: &str) -> Result<String, SourceError> {
     let fail = |message: String| SourceError::Secret { key: key.to_string(), message };
     if let Some(name) = value.strip_prefix("env:") {

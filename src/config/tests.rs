@@ -85,3 +85,19 @@ fn syntax_errors_carry_a_line() {
     let Err(Parsed::Syntax(e)) = parse("project: [unclosed\n") else { panic!("expected a syntax error") };
     assert!(e.to_string().contains("line"), "{e}");
 }
+
+#[test]
+fn kafka_options_are_checked_by_librdkafka() {
+    let found = problems(
+        "project: p\nstores:\n  kafka:\n    bootstrap_servers: 127.0.0.1:9092\n    options: { security.protocl: plaintext, security.protocol: carrier-pigeon, sasl.password: env:NOPE, fetch.min.bytes: '1' }\n",
+    );
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found.iter().any(|f| f.starts_with("stores.kafka.options.security.protocl: librdkafka refuses it")),
+        "{found:#?}"
+    );
+    assert!(
+        found.iter().any(|f| f.starts_with("stores.kafka.options.security.protocol: librdkafka refuses it")),
+        "{found:#?}"
+    );
+}
