@@ -249,11 +249,11 @@ impl Pipeline {
                         self.processor.forget();
                     }
                     let span = tracing::debug_span!("batch", records = batch.len(), from = "kafka");
-                    self.handle(batch).instrument(span).await?;
+                    self.handle(batch).instrument(span).await;
                 }
                 Some(request) = push.recv() => {
                     let span = tracing::debug_span!("batch", records = request.records.len(), from = "push");
-                    let summary = self.handle(request.records).instrument(span).await?;
+                    let summary = self.handle(request.records).instrument(span).await;
                     if summary.dead_lettered > 0 {
                         // the answer reports them: make them durable first
                         self.flush_dead_letters().await;
@@ -273,22 +273,21 @@ impl Pipeline {
     }
 
     /// Decodes, applies and flushes one batch; refused records become dead letters.
-    async fn handle(&mut self, records: Vec<Record>) -> anyhow::Result<PushSummary> {
+    async fn handle(&mut self, records: Vec<Record>) -> PushSummary {
         let now = chrono::Utc::now().timestamp_millis();
         let mut events = Vec::with_capacity(records.len());
         let mut summary = PushSummary::default();
-        let mut flushed_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut per_source = vec![0u64; self.project.sources.len()];
         records.iter().for_each(|r| per_source[r.source] += 1);
         for (i, n) in per_source.into_iter().enumerate().filter(|(_, n)| *n > 0) {
             metrics::counter!("fathom_records_in_total", "source" => self.project.sources[i].0.clone()).increment(n);
         }
+        // highest offset per (source, partition) in this batch; topic names only once per batch
+        let mut last: BTreeMap<(usize, i32), i64> = BTreeMap::new();
         for record in records {
             let source = record.source;
             if let Some(partition) = record.at.partition {
-                let topic = self.project.stream_name(source).to_string();
-                self.processed.insert((topic.clone(), partition), record.at.offset + 1);
-                flushed_offsets.insert((topic, partition), record.at.offset);
+                last.insert((source, partition), record.at.offset);
             }
             match self.decoders[source].decode(record, now) {
                 Ok(event) => events.push(event),
@@ -323,8 +322,14 @@ impl Pipeline {
         summary.dead_lettered += late_events.iter().filter(|l| **l).count();
         summary.accepted += events.len() - late_events.iter().filter(|l| **l).count();
         self.offline.append(&events);
-        self.flush(&flushed_offsets).await;
-        Ok(summary)
+        let mut applied = BTreeMap::new();
+        for ((source, partition), offset) in last {
+            let topic = self.project.stream_name(source).to_string();
+            self.processed.insert((topic.clone(), partition), offset + 1);
+            applied.insert((topic, partition), offset);
+        }
+        self.flush(&applied).await;
+        summary
     }
 
     fn letter(
