@@ -25,17 +25,20 @@ pub enum Reason {
     /// Older than its entity's newest event by more than the longest window plus allowed
     /// lateness.
     Late,
+    /// JSON, but not a well-formed Debezium change event (no `op`, no `source`, …).
+    MalformedEnvelope,
 }
 
 impl Reason {
     /// Every reason, for metrics initialisation and docs.
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::MalformedJson,
         Reason::MissingKey,
         Reason::MissingTimestamp,
         Reason::WrongType,
         Reason::Oversized,
         Reason::Late,
+        Reason::MalformedEnvelope,
     ];
 
     /// Stable name.
@@ -47,6 +50,7 @@ impl Reason {
             Reason::WrongType => "wrong_type",
             Reason::Oversized => "oversized",
             Reason::Late => "late",
+            Reason::MalformedEnvelope => "malformed_envelope",
         }
     }
 }
