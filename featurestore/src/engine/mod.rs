@@ -191,27 +191,34 @@ impl AggValue {
 }
 
 /// Every aggregated feature of `plan` as of `at_ms`, in plan order.
+///
+/// Per ring, one pass from the newest bucket backwards: the windows of a ring are nested (all
+/// end at `at_ms`), so the merge for the shortest window continues into the next one, and each
+/// window's functions read the same merged bucket.
 pub fn read(plan: &FeatureSetPlan, state: &EntityState, at_ms: i64) -> Vec<AggValue> {
-    plan.aggregations
-        .iter()
-        .map(|agg| {
-            let spec = &plan.specs[agg.spec];
-            let ring = &state.rings[agg.spec];
-            let end = at_ms.div_euclid(spec.period_ms);
-            let merged = merge_range(ring, end - agg.buckets, end, spec.distinct);
-            finish(agg.function, &merged)
-        })
-        .collect()
-}
-
-/// Merges the buckets with index in `(after, upto]`.
-fn merge_range(ring: &VecDeque<Bucket>, after: i64, upto: i64, distinct: bool) -> Bucket {
-    let mut acc = Bucket::new(after + 1, distinct);
-    let start = ring.partition_point(|b| b.index <= after);
-    for b in ring.range(start..).take_while(|b| b.index <= upto) {
-        acc.merge(b);
+    let mut out = vec![AggValue::Null; plan.aggregations.len()];
+    for (s, (spec, ring)) in plan.specs.iter().zip(&state.rings).enumerate() {
+        let mut windows: Vec<i64> = plan.aggregations.iter().filter(|a| a.spec == s).map(|a| a.buckets).collect();
+        windows.sort_unstable();
+        windows.dedup();
+        let end = at_ms.div_euclid(spec.period_ms);
+        let mut next = ring.partition_point(|b| b.index <= end);
+        let mut acc = Bucket::new(end, spec.distinct);
+        let mut merged = Vec::with_capacity(windows.len());
+        for &buckets in &windows {
+            // buckets with index in (end − buckets, end]
+            while next > 0 && ring[next - 1].index > end - buckets {
+                next -= 1;
+                acc.merge(&ring[next]);
+            }
+            merged.push(acc.clone());
+        }
+        for (slot, agg) in out.iter_mut().zip(&plan.aggregations).filter(|(_, a)| a.spec == s) {
+            let at = windows.binary_search(&agg.buckets).expect("window listed above");
+            *slot = finish(agg.function, &merged[at]);
+        }
     }
-    acc
+    out
 }
 
 fn finish(function: Function, b: &Bucket) -> AggValue {
