@@ -411,15 +411,10 @@ impl Pipeline {
         metrics::counter!("fathom_offline_rows_total").increment(rows as u64);
         metrics::counter!("fathom_offline_files_total").increment(files.len() as u64);
         self.flush_dead_letters().await;
-        if let OnlineStore::Embedded(store) = self.processor.store() {
-            let store = store.clone();
+        if let OnlineStore::Embedded(store) = self.processor.store().clone() {
             loop {
-                match tokio::task::spawn_blocking({
-                    let store = store.clone();
-                    move || store.save()
-                })
-                .await?
-                {
+                let saving = store.clone();
+                match tokio::task::spawn_blocking(move || saving.save()).await? {
                     Ok(()) => break,
                     Err(e) => self.health.degraded("saving the embedded store snapshot", &e.into()),
                 }

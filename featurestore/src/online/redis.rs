@@ -54,64 +54,23 @@ impl RedisStore {
     }
 
     pub(super) async fn load(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, OnlineError> {
-        if let RedisStore::Cluster(c) = self {
-            // a cluster pipeline may not cross slots: one command per key, many in flight on
-            // the multiplexed connections
-            let mut out = Vec::with_capacity(keys.len());
-            for chunk in keys.chunks(IN_FLIGHT) {
-                let reads = chunk.iter().map(|key| {
-                    let mut c = c.clone();
-                    let mut cmd = redis::cmd("HGET");
-                    cmd.arg(key).arg("state");
-                    async move { cmd.query_async::<Option<Vec<u8>>>(&mut c).await }
-                });
-                out.extend(try_join_all(reads).await.map_err(err("loading state"))?);
-            }
-            return Ok(out);
+        match self {
+            RedisStore::Single(c) => load_single(c, keys).await,
+            RedisStore::Cluster(c) => load_cluster(c, keys).await,
         }
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(CHUNK) {
-            let mut pipe = redis::pipe();
-            for key in chunk {
-                pipe.hget(key, "state");
-            }
-            let values: Vec<Option<Vec<u8>>> = self.query(&pipe, "loading state").await?;
-            out.extend(values);
-        }
-        Ok(out)
     }
 
     pub(super) async fn write(&self, writes: &[Write], offsets: &[(String, i64)]) -> Result<(), OnlineError> {
-        if let RedisStore::Cluster(c) = self {
-            return write_cluster(c, writes, offsets).await;
+        match self {
+            RedisStore::Single(c) => write_single(c, writes, offsets).await,
+            RedisStore::Cluster(c) => write_cluster(c, writes, offsets).await,
         }
-        let now = chrono::Utc::now().timestamp_millis().to_string();
-        let chunks: Vec<&[Write]> = if writes.is_empty() { vec![&[]] } else { writes.chunks(CHUNK / 2).collect() };
-        let last = chunks.len() - 1;
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            for w in chunk {
-                pipe.hset_multiple(&w.key, &[("state", w.state.as_slice()), ("updated_ms", now.as_bytes())]).ignore();
-                if let Some(ttl) = w.ttl_ms {
-                    pipe.pexpire(&w.key, ttl).ignore();
-                }
-            }
-            if i == last {
-                // the offsets ride with the last chunk: once they are written, so is everything
-                for (key, offset) in offsets {
-                    pipe.set(key, offset).ignore();
-                }
-            }
-            let () = self.query(&pipe, "writing state").await?;
-        }
-        Ok(())
     }
 
     pub(super) async fn key_count(&self) -> Result<Option<u64>, OnlineError> {
         match self {
-            RedisStore::Single(_) => {
-                let (n,): (u64,) = self.query(redis::pipe().cmd("DBSIZE"), "counting keys").await?;
+            RedisStore::Single(c) => {
+                let n: u64 = redis::cmd("DBSIZE").query_async(&mut c.clone()).await.map_err(err("counting keys"))?;
                 Ok(Some(n))
             }
             RedisStore::Cluster(_) => Ok(None),
@@ -126,17 +85,61 @@ impl RedisStore {
         };
         pong.map(drop).map_err(err("ping"))
     }
+}
 
-    async fn query<T: redis::FromRedisValue>(
-        &self,
-        pipe: &redis::Pipeline,
-        what: &'static str,
-    ) -> Result<T, OnlineError> {
-        match self {
-            RedisStore::Single(c) => pipe.query_async(&mut c.clone()).await.map_err(err(what)),
-            RedisStore::Cluster(c) => pipe.query_async(&mut c.clone()).await.map_err(err(what)),
+/// Single node: one pipeline of `HGET`s per chunk.
+async fn load_single(c: &ConnectionManager, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, OnlineError> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(CHUNK) {
+        let mut pipe = redis::pipe();
+        for key in chunk {
+            pipe.hget(key, "state");
         }
+        let values: Vec<Option<Vec<u8>>> = pipe.query_async(&mut c.clone()).await.map_err(err("loading state"))?;
+        out.extend(values);
     }
+    Ok(out)
+}
+
+/// Cluster: a pipeline may not cross slots, so one command per key, many in flight on the
+/// multiplexed connections.
+async fn load_cluster(c: &ClusterConnection, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, OnlineError> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(IN_FLIGHT) {
+        let reads = chunk.iter().map(|key| {
+            let mut c = c.clone();
+            let mut cmd = redis::cmd("HGET");
+            cmd.arg(key).arg("state");
+            async move { cmd.query_async::<Option<Vec<u8>>>(&mut c).await }
+        });
+        out.extend(try_join_all(reads).await.map_err(err("loading state"))?);
+    }
+    Ok(out)
+}
+
+/// Single node: MULTI/EXEC pipelines of up to `CHUNK / 2` entities; the offsets ride with the
+/// last one, so once they are written, so is everything.
+async fn write_single(c: &ConnectionManager, writes: &[Write], offsets: &[(String, i64)]) -> Result<(), OnlineError> {
+    let now = chrono::Utc::now().timestamp_millis().to_string();
+    let chunks: Vec<&[Write]> = if writes.is_empty() { vec![&[]] } else { writes.chunks(CHUNK / 2).collect() };
+    let last = chunks.len() - 1;
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for w in chunk {
+            pipe.hset_multiple(&w.key, &[("state", w.state.as_slice()), ("updated_ms", now.as_bytes())]).ignore();
+            if let Some(ttl) = w.ttl_ms {
+                pipe.pexpire(&w.key, ttl).ignore();
+            }
+        }
+        if i == last {
+            for (key, offset) in offsets {
+                pipe.set(key, offset).ignore();
+            }
+        }
+        let () = pipe.query_async(&mut c.clone()).await.map_err(err("writing state"))?;
+    }
+    Ok(())
 }
 
 /// Cluster writes: each entity's state and TTL as one MULTI/EXEC in its own slot, many in
