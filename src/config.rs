@@ -347,6 +347,13 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
                     "a Kafka source needs `stores.kafka.bootstrap_servers`",
                 );
             }
+            if config.format == fathom_ingest::config::Format::Debezium && config.timestamp.is_some() {
+                problem(
+                    &mut problems,
+                    format!("{path}.timestamp"),
+                    "a Debezium source's event time is the commit time (source.ts_ms); remove `timestamp`",
+                );
+            }
             if config.key.is_empty() {
                 problem(&mut problems, format!("{path}.key"), "must name the event field holding the entity key");
             }
@@ -397,6 +404,13 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
                 ),
             ),
             _ => {}
+        }
+        if source.is_some_and(|s| sources[s].1.format == fathom_ingest::config::Format::Debezium) {
+            problem(
+                &mut problems,
+                format!("{path}.source"),
+                format!("{:?} is a CDC table: aggregations over tables need retraction, which is not supported yet; look its columns up at /v1/features/{}/<key>", config.source, config.source),
+            );
         }
         let key = entity.map_or("", |e| e.key.as_str());
         if let (Some(plan), Some(s)) = (config.compile(&set, key, &path, &mut problems), source) {
@@ -451,6 +465,11 @@ impl Project {
     /// Index of a source by name.
     pub fn source_index(&self, name: &str) -> Option<usize> {
         self.sources.iter().position(|(n, _)| n == name)
+    }
+
+    /// Index of a CDC (Debezium) source by name.
+    pub fn table_index(&self, name: &str) -> Option<usize> {
+        self.source_index(name).filter(|&i| self.sources[i].1.format == fathom_ingest::config::Format::Debezium)
     }
 
     /// A plan by feature-set name.

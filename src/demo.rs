@@ -76,6 +76,7 @@ async fn push(running: &Running, source: usize, payloads: Vec<Vec<u8>>, first: u
             source,
             at: Coordinates { partition: None, offset: (first + i) as i64 },
             transport_time_ms: None,
+            key: None,
             payload,
         })
         .collect();

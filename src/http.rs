@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use fathom_featurestore::lookup::{self, FeatureValue};
 use fathom_featurestore::online::{self, OnlineStore};
+use fathom_featurestore::table;
 use fathom_ingest::record::{Coordinates, Record};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
@@ -91,6 +92,7 @@ pub fn split_body(body: &[u8], source: usize) -> Result<Vec<Record>, ApiError> {
         source,
         at: Coordinates { partition: None, offset: offset as i64 },
         transport_time_ms: None,
+        key: None,
         payload,
     };
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
@@ -171,22 +173,27 @@ impl From<FeatureValue> for Feature {
     }
 }
 
+/// `GET /v1/features/{name}/{key}`: every feature of a feature set, or every column of a CDC
+/// table's current row.
 async fn features(
     State(state): State<AppState>,
     Path((set, key)): Path<(String, String)>,
 ) -> Result<Json<EntityFeatures>, ApiError> {
-    let plan = state
-        .project
-        .plan(&set)
-        .ok_or_else(|| ApiError::NotFound("unknown_feature_set", format!("no feature set named {set:?}")))?;
     let now = chrono::Utc::now().timestamp_millis();
-    let stored = state
-        .store
-        .load(&[online::entity_key(&state.project.name, &set, &key)])
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("{:#}", anyhow::Error::from(e))))?;
-    let entity = stored[0].as_deref().and_then(|b| online::decode(plan, b));
-    let features = lookup::feature_values(plan, entity.as_ref(), now).into_iter().map(Feature::from).collect();
+    let unavailable =
+        |e: fathom_featurestore::online::OnlineError| ApiError::Unavailable(format!("{:#}", anyhow::Error::from(e)));
+    let features: Vec<Feature> = if let Some(plan) = state.project.plan(&set) {
+        let stored =
+            state.store.load(&[online::entity_key(&state.project.name, &set, &key)]).await.map_err(unavailable)?;
+        let entity = stored[0].as_deref().and_then(|b| online::decode(plan, b));
+        lookup::feature_values(plan, entity.as_ref(), now).into_iter().map(Feature::from).collect()
+    } else if state.project.table_index(&set).is_some() {
+        let stored = state.store.load(&[table::row_key(&state.project.name, &set, &key)]).await.map_err(unavailable)?;
+        let row = stored[0].as_deref().and_then(table::decode);
+        table::row_values(row.as_ref()).into_iter().map(Feature::from).collect()
+    } else {
+        return Err(ApiError::NotFound("unknown_feature_set", format!("no feature set or CDC table named {set:?}")));
+    };
     Ok(Json(EntityFeatures { feature_set: set, key, read_time: rfc3339(now), features }))
 }
 

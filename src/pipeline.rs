@@ -16,11 +16,15 @@ use anyhow::Context as _;
 use fathom_featurestore::offline::{ColumnType, OfflineWriter, SourceSchema};
 use fathom_featurestore::online::{self, EmbeddedStore, OnlineStore, RedisStore};
 use fathom_featurestore::processor::Processor;
+use fathom_featurestore::table::{RowChange, TableProcessor};
+use fathom_ingest::config::Format;
 use fathom_ingest::deadletter::{DeadLetter, DeadLetters};
+use fathom_ingest::debezium::{self, Decoded, Op};
 use fathom_ingest::decode::{Decoder, Reason};
 use fathom_ingest::kafka::{self, Committer, KafkaSource, Offsets};
 use fathom_ingest::record::Record;
 use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
@@ -141,6 +145,8 @@ pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
         store.clone(),
         project.processing.max_cached_entities,
     );
+    let tables =
+        TableProcessor::new(&project.name, project.sources.iter().map(|(n, _)| n.clone()).collect(), store.clone());
     let health = Arc::new(Health::default());
     let (push_tx, push_rx) = mpsc::channel(16);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -152,6 +158,7 @@ pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
         project: project.clone(),
         decoders,
         processor,
+        tables,
         offline,
         dead,
         committer,
@@ -219,6 +226,7 @@ struct Pipeline {
     project: Arc<Project>,
     decoders: Vec<Decoder>,
     processor: Processor,
+    tables: TableProcessor,
     offline: OfflineWriter,
     dead: DeadLetters,
     committer: Option<Committer>,
@@ -247,6 +255,7 @@ impl Pipeline {
                         // every batch ends flushed, so the cache is clean: drop it rather than
                         // serve entities another member may have changed
                         self.processor.forget();
+                        self.tables.forget();
                     }
                     let span = tracing::debug_span!("batch", records = batch.len(), from = "kafka");
                     self.handle(batch).instrument(span).await;
@@ -284,10 +293,26 @@ impl Pipeline {
         }
         // highest offset per (source, partition) in this batch; topic names only once per batch
         let mut last: BTreeMap<(usize, i32), i64> = BTreeMap::new();
+        let mut changes = Vec::new();
         for record in records {
             let source = record.source;
             if let Some(partition) = record.at.partition {
                 last.insert((source, partition), record.at.offset);
+            }
+            if self.project.sources[source].1.format == Format::Debezium {
+                match self.change(&record) {
+                    Ok(Some(change)) => {
+                        summary.accepted += 1;
+                        changes.push(change);
+                    }
+                    Ok(None) => summary.accepted += 1,
+                    Err(refusal) => {
+                        summary.dead_lettered += 1;
+                        let letter = self.letter(&record.payload, source, record.at, refusal.reason, refusal.message);
+                        self.dead_letter(letter).await;
+                    }
+                }
+                continue;
             }
             match self.decoders[source].decode(record, now) {
                 Ok(event) => events.push(event),
@@ -297,6 +322,17 @@ impl Pipeline {
                     self.dead_letter(letter).await;
                 }
             }
+        }
+        if !changes.is_empty() {
+            let outcome = loop {
+                match self.tables.apply(&changes).await {
+                    Ok(outcome) => break outcome,
+                    Err(e) => self.health.degraded("loading table rows from the online store", &e.into()),
+                }
+                tokio::time::sleep(RETRY).await;
+            };
+            metrics::counter!("fathom_table_changes_applied_total").increment(outcome.applied);
+            metrics::counter!("fathom_table_changes_stale_total").increment(outcome.stale);
         }
         let outcome = loop {
             match self.processor.process(&events).await {
@@ -332,6 +368,36 @@ impl Pipeline {
         summary
     }
 
+    /// A Debezium record as a row change; `None` for tombstones and skipped truncates.
+    fn change(&self, record: &Record) -> Result<Option<RowChange>, fathom_ingest::decode::Refusal> {
+        let (name, config) = &self.project.sources[record.source];
+        let change = match debezium::decode(record.key.as_deref(), &record.payload, std::slice::from_ref(&config.key))?
+        {
+            Decoded::Tombstone => {
+                metrics::counter!("fathom_tombstones_total", "source" => name.clone()).increment(1);
+                return Ok(None);
+            }
+            Decoded::Change(change) if change.op == Op::Truncate => {
+                tracing::info!(source = %name, table = ?change.table, "truncate skipped");
+                return Ok(None);
+            }
+            Decoded::Change(change) => change,
+        };
+        let key = match change.key.get(&config.key) {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => unreachable!("debezium::decode checks configured key columns"),
+        };
+        let row = if change.op == Op::Delete { None } else { change.after };
+        Ok(Some(RowChange {
+            source: record.source,
+            key,
+            row,
+            commit_us: change.commit_us,
+            lsn: change.lsn.unwrap_or(0),
+        }))
+    }
+
     fn letter(
         &self,
         payload: &[u8],
@@ -360,6 +426,12 @@ impl Pipeline {
             .collect();
         loop {
             let started = Instant::now();
+            let tables = self.tables.flush().await;
+            if let Err(e) = tables {
+                self.health.degraded("flushing table rows to the online store", &e.into());
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
             match self.processor.flush(&offsets).await {
                 Ok(written) => {
                     metrics::histogram!("fathom_flush_seconds").record(started.elapsed().as_secs_f64());

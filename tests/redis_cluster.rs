@@ -30,6 +30,7 @@ async fn features_round_trip_through_redis_cluster() {
             source: 0,
             at: Coordinates { partition: None, offset: i },
             transport_time_ms: None,
+            key: None,
             payload: json!({"card_id": format!("card-{}", i % 500), "ts": now - i, "amount": 2.0})
                 .to_string()
                 .into_bytes(),

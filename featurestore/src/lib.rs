@@ -12,3 +12,4 @@ pub mod lookup;
 pub mod offline;
 pub mod online;
 pub mod processor;
+pub mod table;

@@ -48,6 +48,9 @@ pub enum Format {
     /// One JSON object per record.
     #[default]
     Json,
+    /// Debezium change events: the source is a table whose current row per key is kept in the
+    /// online store (`key` names the primary-key column; the commit time is the event time).
+    Debezium,
 }
 
 /// Timestamp encodings.

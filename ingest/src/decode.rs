@@ -203,6 +203,7 @@ mod tests {
             source: 0,
             at: Coordinates { partition: Some(1), offset: 7 },
             transport_time_ms: None,
+            key: None,
             payload: payload.as_bytes().to_vec(),
         }
     }

@@ -208,6 +208,7 @@ impl KafkaSource {
                 source,
                 at: Coordinates { partition: Some(message.partition()), offset: message.offset() },
                 transport_time_ms: message.timestamp().to_millis(),
+                key: message.key().map(<[u8]>::to_vec),
                 payload: message.payload().unwrap_or_default().to_vec(),
             });
         }

@@ -18,6 +18,8 @@ pub struct Record {
     pub at: Coordinates,
     /// The transport's timestamp (Kafka record time), ms since the epoch.
     pub transport_time_ms: Option<i64>,
+    /// The Kafka record key, if any (Debezium puts the primary key there).
+    pub key: Option<Vec<u8>>,
     /// The original bytes.
     pub payload: Vec<u8>,
 }

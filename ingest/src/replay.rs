@@ -41,6 +41,7 @@ pub fn records(
         source,
         at: Coordinates { partition: None, offset: offset as i64 },
         transport_time_ms: None,
+        key: None,
         payload,
     };
     if path.extension().is_some_and(|e| e == "parquet") {

@@ -101,3 +101,13 @@ fn kafka_options_are_checked_by_librdkafka() {
         "{found:#?}"
     );
 }
+
+#[test]
+fn cdc_sources_take_the_commit_time_and_cannot_feed_aggregations_yet() {
+    let found = problems(
+        "project: p\nsources:\n  customers: { format: debezium, key: id, timestamp: updated_at }\nentities:\n  customer: { key: id }\nfeature_sets:\n  f: { entity: customer, source: customers, features: [segment] }\n",
+    );
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(found[0].starts_with("sources.customers.timestamp: a Debezium source's event time is the commit time"));
+    assert!(found[1].starts_with("feature_sets.f.source: \"customers\" is a CDC table"));
+}
