@@ -227,7 +227,7 @@ pub async fn e2e(options: &E2eOptions) -> anyhow::Result<()> {
     let redis = redis::Client::open(options.redis.as_str())?;
     let mut con = redis.get_multiplexed_async_connection().await?;
     let started = Instant::now();
-    let running = crate::serve::start(project.clone()).await?;
+    let running = crate::pipeline::start(project.clone()).await?;
     let offsets: Vec<String> = (0..options.partitions).map(|p| online::offsets_key(&run, &topic, p)).collect();
     loop {
         let applied: Vec<Option<i64>> = redis::cmd("MGET").arg(&offsets).query_async(&mut con).await?;

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use crate::config::{self, Project};
-use crate::pipeline::{Push, PushSummary, Running};
+use crate::pipeline::{self, Push, PushSummary, Running};
 use crate::serve;
 
 /// The demo's project file; also what `fathom serve` runs without `-c`.
@@ -122,7 +122,7 @@ fn short(name: &str) -> String {
 pub async fn run(options: Options) -> anyhow::Result<()> {
     let project = Arc::new(config::parse(CONFIG).map_err(|e| anyhow::anyhow!("demo config: {e:?}"))?);
     let source = project.source_index("transactions").context("demo source")?;
-    let running = serve::start(project.clone()).await?;
+    let running = pipeline::start(project.clone()).await?;
     let mut rng = SmallRng::seed_from_u64(7);
     let now = chrono::Utc::now().timestamp_millis();
     let started = Instant::now();

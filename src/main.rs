@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fathom::config::{self, ConfigError};
-use fathom::{bench, demo, replay, serve};
+use fathom::{bench, demo, pipeline, replay, serve};
 
 /// Fathom: streaming feature store and model monitoring in one binary.
 #[derive(Parser)]
@@ -148,7 +148,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config } => {
                 let project = load(config.as_ref())?;
-                let running = serve::start(project.clone()).await?;
+                let running = pipeline::start(project.clone()).await?;
                 serve::serve_until_signal(project, running).await
             }
             Command::Replay { file, source, config, serve } => {

@@ -238,6 +238,20 @@ struct Pipeline {
 
 const RETRY: Duration = Duration::from_millis(500);
 
+/// Evaluates `$op` (a `Result`) until it is `Ok`, reporting each failure as degraded health and
+/// waiting [`RETRY`] between attempts: the stores may go away, the stream does not stop for it.
+macro_rules! until_ok {
+    ($health:expr, $what:literal, $op:expr) => {
+        loop {
+            match $op {
+                Ok(value) => break value,
+                Err(e) => $health.degraded($what, &e.into()),
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    };
+}
+
 impl Pipeline {
     async fn run(
         mut self,
@@ -324,23 +338,13 @@ impl Pipeline {
             }
         }
         if !changes.is_empty() {
-            let outcome = loop {
-                match self.tables.apply(&changes).await {
-                    Ok(outcome) => break outcome,
-                    Err(e) => self.health.degraded("loading table rows from the online store", &e.into()),
-                }
-                tokio::time::sleep(RETRY).await;
-            };
+            let outcome =
+                until_ok!(self.health, "loading table rows from the online store", self.tables.apply(&changes).await);
             metrics::counter!("fathom_table_changes_applied_total").increment(outcome.applied);
             metrics::counter!("fathom_table_changes_stale_total").increment(outcome.stale);
         }
-        let outcome = loop {
-            match self.processor.process(&events).await {
-                Ok(outcome) => break outcome,
-                Err(e) => self.health.degraded("loading state from the online store", &e.into()),
-            }
-            tokio::time::sleep(RETRY).await;
-        };
+        let outcome =
+            until_ok!(self.health, "loading state from the online store", self.processor.process(&events).await);
         metrics::counter!("fathom_events_applied_total").increment(outcome.applied);
         metrics::counter!("fathom_replayed_records_skipped_total").increment(outcome.duplicates);
         let mut late_events = vec![false; events.len()];
@@ -424,26 +428,13 @@ impl Pipeline {
             .iter()
             .map(|((topic, partition), offset)| (online::offsets_key(&group, topic, *partition), *offset))
             .collect();
-        loop {
-            let started = Instant::now();
-            let tables = self.tables.flush().await;
-            if let Err(e) = tables {
-                self.health.degraded("flushing table rows to the online store", &e.into());
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-            match self.processor.flush(&offsets).await {
-                Ok(written) => {
-                    metrics::histogram!("fathom_flush_seconds").record(started.elapsed().as_secs_f64());
-                    metrics::counter!("fathom_entities_written_total").increment(written as u64);
-                    metrics::gauge!("fathom_cached_entities").set(self.processor.cached() as f64);
-                    self.health.recovered();
-                    return;
-                }
-                Err(e) => self.health.degraded("flushing to the online store", &e.into()),
-            }
-            tokio::time::sleep(RETRY).await;
-        }
+        let started = Instant::now();
+        until_ok!(self.health, "flushing table rows to the online store", self.tables.flush().await);
+        let written = until_ok!(self.health, "flushing to the online store", self.processor.flush(&offsets).await);
+        metrics::histogram!("fathom_flush_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("fathom_entities_written_total").increment(written as u64);
+        metrics::gauge!("fathom_cached_entities").set(self.processor.cached() as f64);
+        self.health.recovered();
     }
 
     /// Queues a dead letter, waiting out a full queue or an unwritable file.
@@ -460,38 +451,22 @@ impl Pipeline {
     }
 
     async fn flush_dead_letters(&mut self) {
-        loop {
-            match self.dead.flush().await {
-                Ok(()) => return,
-                Err(e) => self.health.degraded("flushing dead letters", &e.into()),
-            }
-            tokio::time::sleep(RETRY).await;
-        }
+        until_ok!(self.health, "flushing dead letters", self.dead.flush().await);
     }
 
     /// Parquet files, then dead letters, then Kafka offsets: each step only after the previous
     /// one is durable.
     async fn checkpoint(&mut self) -> anyhow::Result<()> {
         let rows = self.offline.buffered();
-        let files = loop {
-            match self.offline.commit() {
-                Ok(files) => break files,
-                Err(e) => self.health.degraded("writing the offline store", &e.into()),
-            }
-            tokio::time::sleep(RETRY).await;
-        };
+        let files = until_ok!(self.health, "writing the offline store", self.offline.commit());
         metrics::counter!("fathom_offline_rows_total").increment(rows as u64);
         metrics::counter!("fathom_offline_files_total").increment(files.len() as u64);
         self.flush_dead_letters().await;
         if let OnlineStore::Embedded(store) = self.processor.store().clone() {
-            loop {
+            until_ok!(self.health, "saving the embedded store snapshot", {
                 let saving = store.clone();
-                match tokio::task::spawn_blocking(move || saving.save()).await? {
-                    Ok(()) => break,
-                    Err(e) => self.health.degraded("saving the embedded store snapshot", &e.into()),
-                }
-                tokio::time::sleep(RETRY).await;
-            }
+                tokio::task::spawn_blocking(move || saving.save()).await?
+            });
         }
         if let Some(committer) = &self.committer {
             let offsets = self.processed.clone();

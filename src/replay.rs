@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::oneshot;
 
 use crate::config::Project;
-use crate::pipeline::{Push, PushSummary};
+use crate::pipeline::{self, Push, PushSummary};
 use crate::serve;
 
 /// Replays `file` into `source`; serves the API afterwards when `then_serve`.
@@ -20,7 +20,7 @@ pub async fn run(project: Arc<Project>, file: &Path, source: &str, then_serve: b
         format!("no source named {source:?} (declared: {})", known.join(", "))
     })?;
     let total = fathom_ingest::replay::count(file)?;
-    let running = serve::start(project.clone()).await?;
+    let running = pipeline::start(project.clone()).await?;
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} records, {per_sec}, ETA {eta}",

@@ -7,7 +7,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::config::Project;
 use crate::http::{self, AppState};
-use crate::pipeline::{self, Running};
+use crate::pipeline::Running;
 
 /// Installs the Prometheus recorder (once per process) and returns its handle.
 pub fn metrics() -> PrometheusHandle {
@@ -65,9 +65,4 @@ async fn signal() {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down");
-}
-
-/// Starts the pipeline for `project`.
-pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
-    pipeline::start(project).await
 }

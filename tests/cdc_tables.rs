@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use common::{create_topics, free_port, produce, unique, Fathom};
 use fathom_featurestore::online;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
 use serde_json::{json, Value};
 
 fn source(ts_ms: i64, lsn: i64, snapshot: &str) -> Value {
@@ -135,16 +133,8 @@ async fn debezium_changes_maintain_the_current_row_per_key() {
     assert_eq!(row(3).await["country"]["value"], json!("DE"), "snapshot read");
     assert!(row(9).await.is_empty(), "truncate skipped, nothing invented");
 
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", common::kafka())
-        .set("group.id", unique("dlq"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&format!("{topic}.dlq")]).unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("a dead letter").unwrap();
-    let reason = m.headers().unwrap().iter().find(|h| h.key == "fathom.reason").and_then(|h| h.value).unwrap().to_vec();
-    assert_eq!(String::from_utf8(reason).unwrap(), "malformed_envelope");
+    let letters = common::dead_letter_headers(&format!("{topic}.dlq"), 1).await;
+    assert_eq!(letters[0]["fathom.reason"], "malformed_envelope");
     let metrics = reqwest::get(fathom.url("/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("fathom_table_changes_stale_total 2"), "{metrics}");
     assert!(metrics.contains("fathom_tombstones_total{source=\"customers\"} 1"), "{metrics}");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fathom::config::{self, Project};
-use fathom::{http, serve};
+use fathom::{http, pipeline, serve};
 use serde_json::{json, Value};
 
 struct Server {
@@ -44,7 +44,7 @@ feature_sets:
         dir = dir.path().display(),
     );
     let project = Arc::new(config::parse(&yaml).unwrap());
-    let running = serve::start(project.clone()).await.unwrap();
+    let running = pipeline::start(project.clone()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = http::app(serve::state(project.clone(), &running));

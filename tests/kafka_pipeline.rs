@@ -15,8 +15,6 @@ use fathom_featurestore::lookup;
 use fathom_featurestore::online;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
 use serde_json::{json, Value};
 
 fn project_yaml(project: &str, topic: &str, port: u16, dir: &std::path::Path) -> String {
@@ -218,25 +216,12 @@ async fn kafka_to_redis_applies_every_event_once_and_dead_letters_the_rest() {
     assert_eq!(count["value"], want.iter().find(|(n, _)| n == "amount_count_1h").unwrap().1);
 
     // every refused record is on <topic>.dlq with its reason and coordinates
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", common::kafka())
-        .set("group.id", unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&dlq]).unwrap();
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let bad = produced.iter().filter(|p| p.good.is_none()).count() + late;
-    while reasons.values().sum::<usize>() < bad {
-        let m =
-            tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("dead letters arrive").unwrap();
-        let headers = m.headers().expect("headers");
-        let header = |name: &str| {
-            headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).to_string())
-        };
-        assert!(header("fathom.offset").is_some() && header("fathom.partition").is_some());
-        assert_eq!(header("fathom.topic").as_deref(), Some(topic.as_str()));
-        *reasons.entry(header("fathom.reason").unwrap()).or_default() += 1;
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for headers in common::dead_letter_headers(&dlq, bad).await {
+        assert!(headers.contains_key("fathom.offset") && headers.contains_key("fathom.partition"));
+        assert_eq!(headers.get("fathom.topic"), Some(&topic));
+        *reasons.entry(headers["fathom.reason"].clone()).or_default() += 1;
     }
     let each = produced.iter().filter(|p| p.good.is_none()).count() / 5;
     assert!(each >= 5, "the stream must exercise every refusal");

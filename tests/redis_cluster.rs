@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use fathom::{config, serve};
+use fathom::{config, pipeline, serve};
 use fathom_featurestore::lookup::{self, Status};
 use fathom_featurestore::online;
 use fathom_ingest::record::{Coordinates, Record};
@@ -22,7 +22,7 @@ async fn features_round_trip_through_redis_cluster() {
         d = dir.path().display()
     );
     let project = Arc::new(config::parse(&yaml).unwrap());
-    let running = serve::start(project.clone()).await.unwrap();
+    let running = pipeline::start(project.clone()).await.unwrap();
     let now = chrono::Utc::now().timestamp_millis();
     // 500 cards spread over every slot, 3 events each
     let records: Vec<Record> = (0..1500)
@@ -37,7 +37,7 @@ async fn features_round_trip_through_redis_cluster() {
         })
         .collect();
     let (done, answer) = tokio::sync::oneshot::channel();
-    running.push.send(fathom::pipeline::Push { source: 0, records, done }).await.unwrap();
+    running.push.send(pipeline::Push { source: 0, records, done }).await.unwrap();
     assert_eq!(answer.await.unwrap().accepted, 1500);
 
     let plan = project.plan("cards").unwrap();

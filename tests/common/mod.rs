@@ -78,6 +78,33 @@ pub async fn produce(topic: &str, records: &[(String, Vec<u8>)]) -> std::collect
     last
 }
 
+/// The `fathom.*` headers of the first `n` records on a dead-letter topic.
+pub async fn dead_letter_headers(topic: &str, n: usize) -> Vec<std::collections::BTreeMap<String, String>> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let m =
+            tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("dead letters arrive").unwrap();
+        let headers = m.headers().expect("dead letters carry headers");
+        out.push(
+            headers
+                .iter()
+                .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).to_string()))
+                .collect(),
+        );
+    }
+    out
+}
+
 /// A running `fathom` process; killed on drop.
 pub struct Fathom {
     pub child: Child,
