@@ -9,11 +9,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use fathom_featurestore::definition::{FeatureSetConfig, FeatureSetPlan, Problem};
+use fathom_featurestore::definition::{FeatureSetConfig, FeatureSetPlan, Problem, TablePlan};
 use fathom_featurestore::duration::Span;
 use fathom_featurestore::offline::ParquetConfig;
 use fathom_featurestore::online::RedisTopology;
-use fathom_ingest::config::{KafkaConfig, SourceConfig};
+use fathom_featurestore::table::Join;
+use fathom_ingest::config::{Format, KafkaConfig, SourceConfig};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
@@ -31,6 +32,8 @@ pub struct Project {
     pub plans: Vec<FeatureSetPlan>,
     /// Source index of each plan.
     pub plan_sources: Vec<usize>,
+    /// Aggregations over CDC tables, in file order.
+    pub table_plans: Vec<TablePlan>,
     /// HTTP server.
     pub server: ServerConfig,
     /// Batching and checkpoints.
@@ -347,7 +350,7 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
                     "a Kafka source needs `stores.kafka.bootstrap_servers`",
                 );
             }
-            if config.format == fathom_ingest::config::Format::Debezium && config.timestamp.is_some() {
+            if config.format == Format::Debezium && config.timestamp.is_some() {
                 problem(
                     &mut problems,
                     format!("{path}.timestamp"),
@@ -370,6 +373,7 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
     }
     let mut plans = Vec::new();
     let mut plan_sources = Vec::new();
+    let mut table_plans = Vec::new();
     for (set, value) in entries(&root, "feature_sets", &mut problems) {
         let path = format!("feature_sets.{set}");
         check_name("feature set", &set, &path, &mut problems);
@@ -386,40 +390,39 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
             );
         }
         let source = sources.iter().position(|(n, _)| *n == config.source);
-        match (source, entity) {
-            (None, _) => {
-                let known: Vec<_> = sources.iter().map(|(n, _)| n.clone()).collect();
-                problem(
-                    &mut problems,
-                    format!("{path}.source"),
-                    format!("unknown source {:?} (declared: {})", config.source, known.join(", ")),
-                );
-            }
-            (Some(s), Some(e)) if sources[s].1.key != e.key => problem(
-                &mut problems,
-                format!("{path}.entity"),
-                format!(
-                    "entity {:?} is keyed by {:?} but source {:?} by {:?}; they must match",
-                    config.entity, e.key, config.source, sources[s].1.key
-                ),
-            ),
-            _ => {}
-        }
-        if source.is_some_and(|s| sources[s].1.format == fathom_ingest::config::Format::Debezium) {
+        if source.is_none() {
+            let known: Vec<_> = sources.iter().map(|(n, _)| n.clone()).collect();
             problem(
                 &mut problems,
                 format!("{path}.source"),
-                format!("{:?} is a CDC table: aggregations over tables need retraction, which is not supported yet; look its columns up at /v1/features/{}/<key>", config.source, config.source),
+                format!("unknown source {:?} (declared: {})", config.source, known.join(", ")),
             );
         }
         let key = entity.map_or("", |e| e.key.as_str());
+        if source.is_some_and(|s| sources[s].1.format == Format::Debezium) {
+            if let Some(plan) = config.compile_table(&set, key, &path, &mut problems) {
+                table_plans.push(plan);
+            }
+            continue;
+        }
+        for (i, join) in config.join.iter().enumerate() {
+            if !sources.iter().any(|(n, s)| *n == join.table && s.format == Format::Debezium) {
+                let tables: Vec<_> =
+                    sources.iter().filter(|(_, s)| s.format == Format::Debezium).map(|(n, _)| n.clone()).collect();
+                problem(
+                    &mut problems,
+                    format!("{path}.join[{i}].table"),
+                    format!("{:?} is not a CDC table (format: debezium sources: {})", join.table, tables.join(", ")),
+                );
+            }
+        }
         if let (Some(plan), Some(s)) = (config.compile(&set, key, &path, &mut problems), source) {
             plans.push(plan);
             plan_sources.push(s);
         }
     }
     if problems.is_empty() {
-        Ok(Project { name, stores, sources, plans, plan_sources, server, processing })
+        Ok(Project { name, stores, sources, plans, plan_sources, table_plans, server, processing })
     } else {
         Err(Parsed::Invalid(problems))
     }
@@ -469,12 +472,50 @@ impl Project {
 
     /// Index of a CDC (Debezium) source by name.
     pub fn table_index(&self, name: &str) -> Option<usize> {
-        self.source_index(name).filter(|&i| self.sources[i].1.format == fathom_ingest::config::Format::Debezium)
+        self.source_index(name).filter(|&i| self.sources[i].1.format == Format::Debezium)
     }
 
     /// A plan by feature-set name.
     pub fn plan(&self, name: &str) -> Option<&FeatureSetPlan> {
         self.plans.iter().find(|p| p.name == name)
+    }
+
+    /// An aggregation over a CDC table by feature-set name.
+    pub fn table_plan(&self, name: &str) -> Option<&TablePlan> {
+        self.table_plans.iter().find(|p| p.name == name)
+    }
+
+    /// Per source: the tables its events join, columns merged per (table, key field).
+    pub fn joins(&self) -> Vec<Vec<Join>> {
+        let mut joins: Vec<Vec<Join>> = vec![Vec::new(); self.sources.len()];
+        for (plan, &source) in self.plans.iter().zip(&self.plan_sources) {
+            for join in &plan.joins {
+                let table = self.table_index(&join.table).expect("checked at load");
+                let merged = match joins[source].iter_mut().find(|j| j.table == table && j.on == join.on) {
+                    Some(merged) => merged,
+                    None => {
+                        joins[source].push(Join { table, on: join.on.clone(), columns: Vec::new() });
+                        joins[source].last_mut().expect("just pushed")
+                    }
+                };
+                for column in &join.columns {
+                    if !merged.columns.contains(column) {
+                        merged.columns.push(column.clone());
+                    }
+                }
+            }
+        }
+        joins
+    }
+
+    /// Per source: how long a CDC table keeps replaced row versions (its longest join history).
+    pub fn table_history_ms(&self) -> Vec<i64> {
+        let mut history = vec![0; self.sources.len()];
+        for join in self.plans.iter().flat_map(|p| &p.joins) {
+            let table = self.table_index(&join.table).expect("checked at load");
+            history[table] = history[table].max(join.history_ms);
+        }
+        history
     }
 
     /// The name dead letters and Kafka use for a source's stream: its topic, or its name.

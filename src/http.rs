@@ -173,8 +173,8 @@ impl From<FeatureValue> for Feature {
     }
 }
 
-/// `GET /v1/features/{name}/{key}`: every feature of a feature set, or every column of a CDC
-/// table's current row.
+/// `GET /v1/features/{name}/{key}`: every feature of a feature set (over events or over a CDC
+/// table), or every column of a CDC table's current row.
 async fn features(
     State(state): State<AppState>,
     Path((set, key)): Path<(String, String)>,
@@ -187,6 +187,11 @@ async fn features(
             state.store.load(&[online::entity_key(&state.project.name, &set, &key)]).await.map_err(unavailable)?;
         let entity = stored[0].as_deref().and_then(|b| online::decode(plan, b));
         lookup::feature_values(plan, entity.as_ref(), now).into_iter().map(Feature::from).collect()
+    } else if let Some(plan) = state.project.table_plan(&set) {
+        let stored =
+            state.store.load(&[online::entity_key(&state.project.name, &set, &key)]).await.map_err(unavailable)?;
+        let group = stored[0].as_deref().and_then(|b| table::aggregate::GroupState::decode(plan, b));
+        table::aggregate::group_values(plan, group.as_ref()).into_iter().map(Feature::from).collect()
     } else if state.project.table_index(&set).is_some() {
         let stored = state.store.load(&[table::row_key(&state.project.name, &set, &key)]).await.map_err(unavailable)?;
         let row = stored[0].as_deref().and_then(table::decode);

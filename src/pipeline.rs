@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use fathom_featurestore::offline::{ColumnType, OfflineWriter, SourceSchema};
+use fathom_featurestore::offline::{ColumnType, Layout, LoggedChange, OfflineWriter, SourceSchema};
 use fathom_featurestore::online::{self, EmbeddedStore, OnlineStore, RedisStore};
 use fathom_featurestore::processor::Processor;
-use fathom_featurestore::table::{RowChange, TableProcessor};
-use fathom_ingest::config::Format;
+use fathom_featurestore::table::{Join, RowChange, TableProcessor};
+use fathom_ingest::config::{Format, TruncatePolicy};
 use fathom_ingest::deadletter::{DeadLetter, DeadLetters};
-use fathom_ingest::debezium::{self, Decoded, Op};
+use fathom_ingest::debezium::{self, Change, Decoded, Op};
 use fathom_ingest::decode::{Decoder, Reason};
 use fathom_ingest::kafka::{self, Committer, KafkaSource, Offsets};
 use fathom_ingest::record::Record;
@@ -132,7 +132,7 @@ pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
                 .iter()
                 .zip(&project.plan_sources)
                 .filter(|(_, s)| **s == i)
-                .flat_map(|(p, _)| p.numeric_columns())
+                .flat_map(|(p, _)| p.numeric_columns().into_iter().filter(|c| !p.is_joined(c)))
                 .collect();
             Decoder::new(source, numeric)
         })
@@ -141,12 +141,18 @@ pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
         &project.name,
         project.plans.clone(),
         &project.plan_sources,
-        project.sources.len(),
+        &project.sources.iter().map(|(_, s)| s.key.clone()).collect::<Vec<_>>(),
         store.clone(),
         project.processing.max_cached_entities,
     );
-    let tables =
-        TableProcessor::new(&project.name, project.sources.iter().map(|(n, _)| n.clone()).collect(), store.clone());
+    let tables = TableProcessor::new(
+        &project.name,
+        project.sources.iter().map(|(n, _)| n.clone()).collect(),
+        project.table_history_ms(),
+        project.table_plans.clone(),
+        store.clone(),
+        project.processing.max_cached_entities,
+    );
     let health = Arc::new(Health::default());
     let (push_tx, push_rx) = mpsc::channel(16);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -157,6 +163,7 @@ pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
     let pipeline = Pipeline {
         project: project.clone(),
         decoders,
+        joins: project.joins(),
         processor,
         tables,
         offline,
@@ -171,18 +178,23 @@ pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
     Ok(Running { store, push: push_tx, health, shutdown: shutdown_tx, task })
 }
 
-/// The offline schema of each source: key, plus every column its feature sets read (numeric
-/// when a numeric aggregation reads it).
+/// The offline schema of each source: a CDC table's change log, or the key plus every event
+/// field its feature sets read (numeric when a numeric aggregation reads it; joined table
+/// columns are not the event's and stay in the table's change log).
 fn schemas(project: &Project) -> Vec<SourceSchema> {
     project
         .sources
         .iter()
         .enumerate()
         .map(|(i, (name, source))| {
+            if source.format == Format::Debezium {
+                return SourceSchema { name: name.clone(), key: source.key.clone(), layout: Layout::ChangeLog };
+            }
             let mut columns: BTreeMap<String, ColumnType> = BTreeMap::new();
             for (plan, _) in project.plans.iter().zip(&project.plan_sources).filter(|(_, s)| **s == i) {
                 let numeric = plan.numeric_columns();
-                for column in plan.columns.iter().chain(&plan.latest) {
+                let read = plan.columns.iter().chain(&plan.latest).chain(std::iter::once(&plan.key_column));
+                for column in read.filter(|c| !plan.is_joined(c)) {
                     let ty = if numeric.contains(column) { ColumnType::Float } else { ColumnType::Text };
                     let entry = columns.entry(column.clone()).or_insert(ty);
                     if ty == ColumnType::Float {
@@ -194,7 +206,11 @@ fn schemas(project: &Project) -> Vec<SourceSchema> {
             if let Some(ts) = &source.timestamp {
                 columns.remove(ts);
             }
-            SourceSchema { name: name.clone(), key: source.key.clone(), columns: columns.into_iter().collect() }
+            SourceSchema {
+                name: name.clone(),
+                key: source.key.clone(),
+                layout: Layout::Events(columns.into_iter().collect()),
+            }
         })
         .collect()
 }
@@ -225,6 +241,8 @@ fn spawn_consumer(source: KafkaSource, project: &Project) -> mpsc::Receiver<Vec<
 struct Pipeline {
     project: Arc<Project>,
     decoders: Vec<Decoder>,
+    /// Per source: the tables its events join.
+    joins: Vec<Vec<Join>>,
     processor: Processor,
     tables: TableProcessor,
     offline: OfflineWriter,
@@ -234,6 +252,16 @@ struct Pipeline {
     processed: Offsets,
     last_checkpoint: Instant,
     health: Arc<Health>,
+}
+
+/// What a Debezium record comes to.
+enum Cdc {
+    /// A row change, with the decoded change for the change log.
+    Change(RowChange, Box<Change>),
+    /// A tombstone, or a truncate skipped: nothing to apply.
+    Consumed,
+    /// A truncate its source sends to the dead letters.
+    Truncate,
 }
 
 const RETRY: Duration = Duration::from_millis(500);
@@ -307,7 +335,7 @@ impl Pipeline {
         }
         // highest offset per (source, partition) in this batch; topic names only once per batch
         let mut last: BTreeMap<(usize, i32), i64> = BTreeMap::new();
-        let mut changes = Vec::new();
+        let mut changes: Vec<(RowChange, Box<Change>)> = Vec::new();
         for record in records {
             let source = record.source;
             if let Some(partition) = record.at.partition {
@@ -315,11 +343,17 @@ impl Pipeline {
             }
             if self.project.sources[source].1.format == Format::Debezium {
                 match self.change(&record) {
-                    Ok(Some(change)) => {
+                    Ok(Cdc::Change(row, change)) => {
                         summary.accepted += 1;
-                        changes.push(change);
+                        changes.push((row, change));
                     }
-                    Ok(None) => summary.accepted += 1,
+                    Ok(Cdc::Truncate) => {
+                        summary.dead_lettered += 1;
+                        let message = "truncate of a CDC table (rows are not cleared; on_truncate: dead_letter)".into();
+                        let letter = self.letter(&record.payload, source, record.at, Reason::Truncate, message);
+                        self.dead_letter(letter).await;
+                    }
+                    Ok(Cdc::Consumed) => summary.accepted += 1,
                     Err(refusal) => {
                         summary.dead_lettered += 1;
                         let letter = self.letter(&record.payload, source, record.at, refusal.reason, refusal.message);
@@ -338,15 +372,33 @@ impl Pipeline {
             }
         }
         if !changes.is_empty() {
+            let rows: Vec<RowChange> = changes.iter().map(|(row, _)| row.clone()).collect();
             let outcome =
-                until_ok!(self.health, "loading table rows from the online store", self.tables.apply(&changes).await);
+                until_ok!(self.health, "loading table rows from the online store", self.tables.apply(&rows).await);
             metrics::counter!("fathom_table_changes_applied_total").increment(outcome.applied);
             metrics::counter!("fathom_table_changes_stale_total").increment(outcome.stale);
+            metrics::counter!("fathom_replayed_records_skipped_total").increment(outcome.duplicates);
+            let logged: Vec<LoggedChange<'_>> = changes
+                .iter()
+                .map(|(row, change)| LoggedChange { source: row.source, at: row.at, key: &row.key, change })
+                .collect();
+            self.offline.append_changes(&logged);
+        }
+        if self.joins.iter().any(|j| !j.is_empty()) {
+            let outcome = until_ok!(
+                self.health,
+                "loading joined table rows from the online store",
+                self.tables.enrich(&self.joins, &mut events).await
+            );
+            metrics::counter!("fathom_join_matched_total").increment(outcome.matched);
+            metrics::counter!("fathom_join_missed_total").increment(outcome.missed);
+            metrics::counter!("fathom_join_approximate_total").increment(outcome.approximate);
         }
         let outcome =
             until_ok!(self.health, "loading state from the online store", self.processor.process(&events).await);
         metrics::counter!("fathom_events_applied_total").increment(outcome.applied);
         metrics::counter!("fathom_replayed_records_skipped_total").increment(outcome.duplicates);
+        metrics::counter!("fathom_events_without_key_total").increment(outcome.unkeyed);
         let mut late_events = vec![false; events.len()];
         for &(i, plan) in &outcome.late {
             let event = &events[i];
@@ -372,18 +424,22 @@ impl Pipeline {
         summary
     }
 
-    /// A Debezium record as a row change; `None` for tombstones and skipped truncates.
-    fn change(&self, record: &Record) -> Result<Option<RowChange>, fathom_ingest::decode::Refusal> {
+    /// A Debezium record as a row change plus the decoded change for the change log.
+    fn change(&self, record: &Record) -> Result<Cdc, fathom_ingest::decode::Refusal> {
         let (name, config) = &self.project.sources[record.source];
         let change = match debezium::decode(record.key.as_deref(), &record.payload, std::slice::from_ref(&config.key))?
         {
             Decoded::Tombstone => {
                 metrics::counter!("fathom_tombstones_total", "source" => name.clone()).increment(1);
-                return Ok(None);
+                return Ok(Cdc::Consumed);
             }
             Decoded::Change(change) if change.op == Op::Truncate => {
-                tracing::info!(source = %name, table = ?change.table, "truncate skipped");
-                return Ok(None);
+                tracing::info!(source = %name, table = ?change.table, "truncate: rows are not cleared");
+                metrics::counter!("fathom_truncates_total", "source" => name.clone()).increment(1);
+                return Ok(match config.on_truncate {
+                    TruncatePolicy::Skip => Cdc::Consumed,
+                    TruncatePolicy::DeadLetter => Cdc::Truncate,
+                });
             }
             Decoded::Change(change) => change,
         };
@@ -392,14 +448,17 @@ impl Pipeline {
             Some(other) => other.to_string(),
             None => unreachable!("debezium::decode checks configured key columns"),
         };
-        let row = if change.op == Op::Delete { None } else { change.after };
-        Ok(Some(RowChange {
+        let row = if change.op == Op::Delete { None } else { change.after.clone() };
+        let row_change = RowChange {
             source: record.source,
             key,
             row,
             commit_us: change.commit_us,
             lsn: change.lsn.unwrap_or(0),
-        }))
+            at: record.at,
+            snapshot: change.op == Op::Read,
+        };
+        Ok(Cdc::Change(row_change, change))
     }
 
     fn letter(

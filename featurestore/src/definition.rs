@@ -30,9 +30,35 @@ pub struct FeatureSetConfig {
     /// Latest-value features: the newest (by event time) value of each listed field.
     #[serde(default)]
     pub features: Vec<String>,
-    /// Window aggregations, each named `{column}_{function}_{window}`.
+    /// Window aggregations, each named `{column}_{function}_{window}`. Over a CDC table:
+    /// aggregations of its current rows, without windows, named `{column}_{function}`.
     #[serde(default)]
     pub aggregations: Vec<AggregationConfig>,
+    /// Columns of CDC tables added to each event, as of the event's time, before aggregating
+    /// (the entity key may be one of them: `entity` keyed by `country` aggregates per country).
+    #[serde(default)]
+    pub join: Vec<JoinConfig>,
+    /// Over a CDC table only: rows count only while every listed column equals its value, e.g.
+    /// `{status: active}`. A row that stops matching is retracted.
+    #[serde(default)]
+    pub filter: BTreeMap<String, serde_json::Value>,
+}
+
+/// A stream–table join: columns of a CDC table's row, as of the event's time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinConfig {
+    /// The CDC source (a `format: debezium` source).
+    pub table: String,
+    /// Event field holding the table's primary key.
+    pub on: String,
+    /// Table columns added to the event under their own names (replacing an event field of
+    /// the same name).
+    pub columns: Vec<String>,
+    /// How far back, before a row's newest change, its older versions are kept for events
+    /// that arrive late. Default: the feature set's longest window plus allowed lateness.
+    #[serde(default)]
+    pub history: Option<String>,
 }
 
 /// Aggregations of one column over one or more windows.
@@ -43,7 +69,8 @@ pub struct AggregationConfig {
     pub column: String,
     /// Any of count, sum, mean, min, max, first, last, variance, stddev, distinct_count.
     pub functions: Vec<String>,
-    /// Window lengths, e.g. `[10m, 1h, 24h]`.
+    /// Window lengths, e.g. `[10m, 1h, 24h]` (none over a CDC table).
+    #[serde(default)]
     pub windows: Vec<String>,
     /// `sliding` (default) or `tumbling` (aligned to the epoch).
     #[serde(default)]
@@ -130,6 +157,11 @@ impl Function {
     pub fn is_numeric(self) -> bool {
         !matches!(self, Function::Count | Function::DistinctCount)
     }
+
+    /// Whether a row's contribution can be taken back exactly when it changes or is deleted.
+    pub fn is_retractable(self) -> bool {
+        matches!(self, Function::Count | Function::Sum | Function::Mean | Function::Variance | Function::Stddev)
+    }
 }
 
 /// One problem found while checking a definition, with the path of the offending element.
@@ -195,6 +227,50 @@ pub struct FeatureSetPlan {
     pub aggregations: Vec<AggFeature>,
     /// Latest-value features (field names).
     pub latest: Vec<String>,
+    /// Table columns added to each event before aggregating.
+    pub joins: Vec<JoinPlan>,
+}
+
+/// A checked [`JoinConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinPlan {
+    /// The CDC source's name.
+    pub table: String,
+    /// Event field holding the table key.
+    pub on: String,
+    /// Columns added.
+    pub columns: Vec<String>,
+    /// Older row versions kept this long before the newest change, ms.
+    pub history_ms: i64,
+}
+
+/// A checked aggregation over a CDC table's current rows: updates retract the old row and add
+/// the new one, deletes retract.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TablePlan {
+    /// Feature-set name.
+    pub name: String,
+    /// The CDC source's name.
+    pub source: String,
+    /// Row column grouping the rows (the entity's key).
+    pub key_column: String,
+    /// Rows count only while each column equals its value.
+    pub filter: Vec<(String, serde_json::Value)>,
+    /// Aggregated columns.
+    pub columns: Vec<String>,
+    /// `{column}_{function}` features: name, index into `columns`, function.
+    pub aggregations: Vec<(String, usize, Function)>,
+}
+
+impl TablePlan {
+    /// Whether a row counts (matches every filter).
+    pub fn matches(&self, row: &serde_json::Map<String, serde_json::Value>) -> bool {
+        self.filter.iter().all(|(column, wanted)| match (row.get(column), wanted) {
+            (Some(a), b) if a.is_number() && b.is_number() => a.as_f64() == b.as_f64(),
+            (Some(a), b) => a == b,
+            (None, b) => b.is_null(),
+        })
+    }
 }
 
 impl FeatureSetPlan {
@@ -209,6 +285,11 @@ impl FeatureSetPlan {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// Whether a column comes from a joined table rather than the event itself.
+    pub fn is_joined(&self, column: &str) -> bool {
+        self.joins.iter().any(|j| j.columns.iter().any(|c| c == column))
     }
 
     /// Every feature name this set serves: aggregations first, then latest values.
@@ -248,6 +329,7 @@ impl FeatureSetConfig {
             specs: Vec::new(),
             aggregations: Vec::new(),
             latest: self.features.clone(),
+            joins: Vec::new(),
         };
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         for (i, feature) in self.features.iter().enumerate() {
@@ -269,6 +351,112 @@ impl FeatureSetConfig {
                 path: path.to_string(),
                 message: "defines no features (add `features` or `aggregations`)".into(),
             });
+        }
+        if !self.filter.is_empty() {
+            problems.push(Problem {
+                path: format!("{path}.filter"),
+                message: "filters apply to aggregations over a CDC table; over an event stream, aggregate a column that is null when an event should not count".into(),
+            });
+        }
+        for (i, join) in self.join.iter().enumerate() {
+            let p = format!("{path}.join[{i}]");
+            if join.columns.is_empty() {
+                problems
+                    .push(Problem { path: format!("{p}.columns"), message: "list at least one table column".into() });
+            }
+            if join.on.is_empty() {
+                problems.push(Problem {
+                    path: format!("{p}.on"),
+                    message: "must name the event field holding the table key".into(),
+                });
+            }
+            let history_ms = match &join.history {
+                Some(h) => span(h, format!("{p}.history"), problems).map_or(0, Span::millis),
+                None => plan.late_after_ms,
+            };
+            plan.joins.push(JoinPlan {
+                table: join.table.clone(),
+                on: join.on.clone(),
+                columns: join.columns.clone(),
+                history_ms,
+            });
+        }
+        (problems.len() == before).then_some(plan)
+    }
+
+    /// Checks a feature set over a CDC table and builds its plan: window-less, retractable
+    /// aggregations of the current rows grouped by `key_column`.
+    pub fn compile_table(
+        &self,
+        name: &str,
+        key_column: &str,
+        path: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<TablePlan> {
+        let before = problems.len();
+        let mut refuse = |field: &str, message: &str| {
+            problems.push(Problem { path: format!("{path}.{field}"), message: message.to_string() })
+        };
+        if self.ttl.is_some() {
+            refuse("ttl", "aggregations over a CDC table hold its current rows and do not expire; remove `ttl`");
+        }
+        if self.allowed_lateness.is_some() {
+            refuse("allowed_lateness", "changes to a CDC table are never late; remove `allowed_lateness`");
+        }
+        if !self.features.is_empty() {
+            refuse("features", "a CDC table's columns are looked up at /v1/features/<table>/<key> or joined into a stream; remove `features`");
+        }
+        if !self.join.is_empty() {
+            refuse("join", "joins enrich event streams; a feature set over a CDC table cannot join");
+        }
+        if self.aggregations.is_empty() {
+            refuse("aggregations", "list at least one aggregation of the table's rows");
+        }
+        let mut plan = TablePlan {
+            name: name.to_string(),
+            source: self.source.clone(),
+            key_column: key_column.to_string(),
+            filter: self.filter.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            columns: Vec::new(),
+            aggregations: Vec::new(),
+        };
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
+        for (i, agg) in self.aggregations.iter().enumerate() {
+            let p = format!("{path}.aggregations[{i}]");
+            if !agg.windows.is_empty() || agg.period.is_some() || agg.kind != WindowKind::Sliding {
+                problems.push(Problem {
+                    path: format!("{p}.windows"),
+                    message: "aggregations over a CDC table cover its current rows, not a time window; remove `windows`, `period` and `kind`".into(),
+                });
+            }
+            let column = match plan.columns.iter().position(|c| *c == agg.column) {
+                Some(c) => c,
+                None => {
+                    plan.columns.push(agg.column.clone());
+                    plan.columns.len() - 1
+                }
+            };
+            if agg.functions.is_empty() {
+                problems.push(Problem { path: format!("{p}.functions"), message: "list at least one function".into() });
+            }
+            for (j, f) in agg.functions.iter().enumerate() {
+                let here = format!("{p}.functions[{j}]");
+                match Function::parse(f) {
+                    Some(function) if function.is_retractable() => {
+                        let feature = format!("{}_{}", agg.column, function.name());
+                        if let Some(first) = names.insert(feature.clone(), here.clone()) {
+                            problems.push(Problem { path: here, message: format!("duplicate feature {feature:?} (also at {first})") });
+                        } else {
+                            plan.aggregations.push((feature, column, function));
+                        }
+                    }
+                    Some(_) => problems.push(Problem {
+                        path: here,
+                        message: format!("{f} cannot be retracted when a row changes or is deleted; over a CDC table use count, sum, mean, variance or stddev"),
+                    }),
+                    None => problems.push(Problem { path: here, message: format!("unknown function {f:?} (use count, sum, mean, variance or stddev)") }),
+                }
+            }
         }
         (problems.len() == before).then_some(plan)
     }

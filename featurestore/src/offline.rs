@@ -7,6 +7,12 @@
 //! values as JSON text) and `_raw` (the original record). A file is written to a `.tmp` name,
 //! fsync'd and renamed, so readers never see a partial file; after a crash a record may appear in
 //! two files, and readers de-duplicate by (`_partition`, `_offset`).
+//!
+//! A CDC source's directory holds its change log instead: one row per change with the same
+//! coordinates, `_event_time` = the commit time, the key column, `_op` (`c`, `u`, `d`, `r`),
+//! `_lsn`, `_tx_id`, `_snapshot`, and the rows `_before` and `_after` as JSON text — enough to
+//! answer "what was this row at instant t" (the newest change with `_event_time` ≤ t, ties by
+//! `_lsn`; a `d` means no row).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -17,7 +23,9 @@ use arrow_array::builder::{Float64Builder, Int32Builder, Int64Builder, StringBui
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use chrono::{DateTime, Utc};
+use fathom_ingest::debezium::{Change, Op};
 use fathom_ingest::event::Event;
+use fathom_ingest::record::Coordinates;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -82,9 +90,28 @@ pub struct SourceSchema {
     pub name: String,
     /// Key field.
     pub key: String,
-    /// Typed fields besides the key.
-    pub columns: Vec<(String, ColumnType)>,
+    /// Events with typed fields, or a CDC change log.
+    pub layout: Layout,
 }
+
+/// The rows of a source's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// Decoded events: these typed fields besides the key, then `_raw`.
+    Events(Vec<(String, ColumnType)>),
+    /// A CDC table's changes: `_op`, `_lsn`, `_tx_id`, `_snapshot`, `_before`, `_after`.
+    ChangeLog,
+}
+
+/// The change-log columns after the key, with their types.
+const CHANGE_COLUMNS: [(&str, DataType); 6] = [
+    ("_op", DataType::Utf8),
+    ("_lsn", DataType::Int64),
+    ("_tx_id", DataType::Int64),
+    ("_snapshot", DataType::Utf8),
+    ("_before", DataType::Utf8),
+    ("_after", DataType::Utf8),
+];
 
 impl SourceSchema {
     /// The Arrow schema of this source's files.
@@ -97,16 +124,37 @@ impl SourceSchema {
             Field::new("_ingest_time", ts(), false),
             Field::new(&self.key, DataType::Utf8, false),
         ];
-        for (name, ty) in &self.columns {
-            let dt = match ty {
-                ColumnType::Float => DataType::Float64,
-                ColumnType::Text => DataType::Utf8,
-            };
-            fields.push(Field::new(name, dt, true));
+        match &self.layout {
+            Layout::Events(columns) => {
+                for (name, ty) in columns {
+                    let dt = match ty {
+                        ColumnType::Float => DataType::Float64,
+                        ColumnType::Text => DataType::Utf8,
+                    };
+                    fields.push(Field::new(name, dt, true));
+                }
+                fields.push(Field::new("_raw", DataType::Utf8, false));
+            }
+            Layout::ChangeLog => {
+                fields.push(Field::new("_op", DataType::Utf8, false));
+                fields.extend(CHANGE_COLUMNS[1..].iter().map(|(name, dt)| Field::new(*name, dt.clone(), true)));
+            }
         }
-        fields.push(Field::new("_raw", DataType::Utf8, false));
         Arc::new(Schema::new(fields))
     }
+}
+
+/// One change of a CDC table as the change log stores it.
+#[derive(Debug, Clone, Copy)]
+pub struct LoggedChange<'a> {
+    /// Source index.
+    pub source: usize,
+    /// Position in the source.
+    pub at: Coordinates,
+    /// Primary key as text.
+    pub key: &'a str,
+    /// The decoded change.
+    pub change: &'a Change,
 }
 
 /// Rows of one (source, date) waiting for the next commit.
@@ -118,12 +166,14 @@ struct Pending {
     ingest_time: TimestampMicrosecondBuilder,
     key: StringBuilder,
     columns: Vec<Column>,
-    raw: StringBuilder,
+    /// `_raw` (events only).
+    raw: Option<StringBuilder>,
     rows: usize,
 }
 
 enum Column {
     Float(Float64Builder),
+    Int(Int64Builder),
     Text(StringBuilder),
 }
 
@@ -136,26 +186,39 @@ impl Pending {
             event_time: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
             ingest_time: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
             key: StringBuilder::new(),
-            columns: schema
-                .columns
-                .iter()
-                .map(|(_, ty)| match ty {
-                    ColumnType::Float => Column::Float(Float64Builder::new()),
-                    ColumnType::Text => Column::Text(StringBuilder::new()),
-                })
-                .collect(),
-            raw: StringBuilder::new(),
+            columns: match &schema.layout {
+                Layout::Events(columns) => columns
+                    .iter()
+                    .map(|(_, ty)| match ty {
+                        ColumnType::Float => Column::Float(Float64Builder::new()),
+                        ColumnType::Text => Column::Text(StringBuilder::new()),
+                    })
+                    .collect(),
+                Layout::ChangeLog => CHANGE_COLUMNS
+                    .iter()
+                    .map(|(_, dt)| match dt {
+                        DataType::Int64 => Column::Int(Int64Builder::new()),
+                        _ => Column::Text(StringBuilder::new()),
+                    })
+                    .collect(),
+            },
+            raw: matches!(schema.layout, Layout::Events(_)).then(StringBuilder::new),
             rows: 0,
         }
     }
 
-    fn push(&mut self, schema: &SourceSchema, event: &Event, ingest_us: i64) {
-        self.partition.append_option(event.at.partition);
-        self.offset.append_value(event.at.offset);
-        self.event_time.append_value(event.time_ms * 1000);
+    fn push_coordinates(&mut self, at: Coordinates, time_us: i64, ingest_us: i64, key: &str) {
+        self.partition.append_option(at.partition);
+        self.offset.append_value(at.offset);
+        self.event_time.append_value(time_us);
         self.ingest_time.append_value(ingest_us);
-        self.key.append_value(&event.key);
-        for ((name, _), column) in schema.columns.iter().zip(&mut self.columns) {
+        self.key.append_value(key);
+        self.rows += 1;
+    }
+
+    fn push_event(&mut self, columns: &[(String, ColumnType)], event: &Event, ingest_us: i64) {
+        self.push_coordinates(event.at, event.time_ms * 1000, ingest_us, &event.key);
+        for ((name, _), column) in columns.iter().zip(&mut self.columns) {
             let value = event.fields.get(name).filter(|v| !v.is_null());
             match column {
                 Column::Float(b) => b.append_option(value.and_then(Value::as_f64)),
@@ -164,10 +227,37 @@ impl Pending {
                     Some(other) => b.append_value(other.to_string()),
                     None => b.append_null(),
                 },
+                Column::Int(b) => b.append_option(value.and_then(Value::as_i64)),
             }
         }
-        self.raw.append_value(String::from_utf8_lossy(&event.raw));
-        self.rows += 1;
+        if let Some(raw) = &mut self.raw {
+            raw.append_value(String::from_utf8_lossy(&event.raw));
+        }
+    }
+
+    fn push_change(&mut self, logged: &LoggedChange<'_>, ingest_us: i64) {
+        let change = logged.change;
+        self.push_coordinates(logged.at, change.commit_us, ingest_us, logged.key);
+        let op = match change.op {
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Read => "r",
+            Op::Truncate => "t",
+        };
+        let json =
+            |row: &Option<serde_json::Map<String, Value>>| row.as_ref().map(|r| Value::Object(r.clone()).to_string());
+        let [Column::Text(op_b), Column::Int(lsn), Column::Int(tx), Column::Text(snapshot), Column::Text(before), Column::Text(after)] =
+            &mut self.columns[..]
+        else {
+            unreachable!("change-log builders are created in CHANGE_COLUMNS order")
+        };
+        op_b.append_value(op);
+        lsn.append_option(change.lsn);
+        tx.append_option(change.tx_id);
+        snapshot.append_option(change.snapshot.as_deref());
+        before.append_option(json(&change.before));
+        after.append_option(json(&change.after));
     }
 
     fn finish(mut self, schema: Arc<Schema>) -> Result<RecordBatch, arrow_schema::ArrowError> {
@@ -181,10 +271,13 @@ impl Pending {
         for column in &mut self.columns {
             arrays.push(match column {
                 Column::Float(b) => Arc::new(b.finish()),
+                Column::Int(b) => Arc::new(b.finish()),
                 Column::Text(b) => Arc::new(b.finish()),
             });
         }
-        arrays.push(Arc::new(self.raw.finish()));
+        if let Some(raw) = &mut self.raw {
+            arrays.push(Arc::new(raw.finish()));
+        }
         RecordBatch::try_new(schema, arrays)
     }
 }
@@ -208,18 +301,36 @@ impl OfflineWriter {
         Ok(OfflineWriter { root: root.to_path_buf(), schemas, pending: BTreeMap::new(), seq: 0 })
     }
 
-    /// Buffers events (their source must be one of the writer's).
+    /// Buffers events (their source must be one of the writer's, with an events layout).
     pub fn append(&mut self, events: &[Event]) {
         let ingest_us = Utc::now().timestamp_micros();
         for event in events {
             let Some(schema) = self.schemas.get(event.source) else {
                 continue;
             };
+            let Layout::Events(columns) = &schema.layout else {
+                continue;
+            };
             let day = event.time_ms.div_euclid(86_400_000);
             self.pending
                 .entry((event.source, day))
                 .or_insert_with(|| Pending::new(schema, event.time_ms))
-                .push(schema, event, ingest_us);
+                .push_event(columns, event, ingest_us);
+        }
+    }
+
+    /// Buffers CDC changes into their sources' change logs, partitioned by commit date.
+    pub fn append_changes(&mut self, changes: &[LoggedChange<'_>]) {
+        let ingest_us = Utc::now().timestamp_micros();
+        for logged in changes {
+            let Some(schema) = self.schemas.get(logged.source).filter(|s| s.layout == Layout::ChangeLog) else {
+                continue;
+            };
+            let commit_ms = logged.change.commit_ms;
+            self.pending
+                .entry((logged.source, commit_ms.div_euclid(86_400_000)))
+                .or_insert_with(|| Pending::new(schema, commit_ms))
+                .push_change(logged, ingest_us);
         }
     }
 
@@ -313,7 +424,7 @@ mod tests {
         let schema = SourceSchema {
             name: "tx".into(),
             key: "card".into(),
-            columns: vec![("amount".into(), ColumnType::Float), ("merchant".into(), ColumnType::Text)],
+            layout: Layout::Events(vec![("amount".into(), ColumnType::Float), ("merchant".into(), ColumnType::Text)]),
         };
         let mut writer = OfflineWriter::new(dir.path(), vec![schema]).unwrap();
         let day1 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -357,13 +468,77 @@ mod tests {
     }
 
     #[test]
+    fn change_log_keeps_before_after_and_commit_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = SourceSchema { name: "customers".into(), key: "id".into(), layout: Layout::ChangeLog };
+        let mut writer = OfflineWriter::new(dir.path(), vec![schema]).unwrap();
+        let row = |segment: &str| Some(json!({"id": 7, "segment": segment}).as_object().unwrap().clone());
+        let commit_us = 1_767_225_600_123_456; // 2026-01-01T00:00:00.123456Z
+        let change = |op, before, after, lsn| Change {
+            op,
+            key: json!({"id": 7}).as_object().unwrap().clone(),
+            before,
+            after,
+            commit_ms: commit_us / 1000,
+            commit_us,
+            lsn,
+            tx_id: Some(99),
+            snapshot: Some("false".into()),
+            table: Some("public.customers".into()),
+        };
+        let update = change(Op::Update, None, row("gold"), Some(42));
+        let delete = change(Op::Delete, row("gold"), None, None);
+        let at = |offset| Coordinates { partition: Some(0), offset };
+        writer.append_changes(&[
+            LoggedChange { source: 0, at: at(5), key: "7", change: &update },
+            LoggedChange { source: 0, at: at(6), key: "7", change: &delete },
+        ]);
+        let files = writer.commit().unwrap();
+        assert!(files[0].to_string_lossy().contains("/customers/date=2026-01-01/"), "{files:?}");
+        let batch = ParquetRecordBatchReaderBuilder::try_new(File::open(&files[0]).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(
+            names,
+            [
+                "_partition",
+                "_offset",
+                "_event_time",
+                "_ingest_time",
+                "id",
+                "_op",
+                "_lsn",
+                "_tx_id",
+                "_snapshot",
+                "_before",
+                "_after"
+            ]
+        );
+        let column = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
+        assert_eq!(column("_event_time").as_primitive::<TimestampMicrosecondType>().value(0), commit_us);
+        assert_eq!(column("_op").as_string::<i32>().iter().collect::<Vec<_>>(), [Some("u"), Some("d")]);
+        assert_eq!(column("_lsn").as_primitive::<Int64Type>().iter().collect::<Vec<_>>(), [Some(42), None]);
+        assert_eq!(column("_tx_id").as_primitive::<Int64Type>().value(1), 99);
+        let (before, after) = (column("_before"), column("_after"));
+        assert!(before.is_null(0) && after.is_null(1));
+        assert_eq!(after.as_string::<i32>().value(0), r#"{"id":7,"segment":"gold"}"#);
+        assert_eq!(before.as_string::<i32>().value(1), r#"{"id":7,"segment":"gold"}"#);
+        assert_eq!(column("id").as_string::<i32>().value(1), "7");
+    }
+
+    #[test]
     fn leftover_tmp_files_are_removed_on_start() {
         let dir = tempfile::tempdir().unwrap();
         let date = dir.path().join("tx/date=2026-01-01");
         std::fs::create_dir_all(&date).unwrap();
         std::fs::write(date.join("part-1.parquet.tmp"), b"partial").unwrap();
         std::fs::write(date.join("part-0.parquet"), b"kept").unwrap();
-        let schema = SourceSchema { name: "tx".into(), key: "k".into(), columns: vec![] };
+        let schema = SourceSchema { name: "tx".into(), key: "k".into(), layout: Layout::Events(vec![]) };
         OfflineWriter::new(dir.path(), vec![schema]).unwrap();
         assert!(!date.join("part-1.parquet.tmp").exists());
         assert!(date.join("part-0.parquet").exists());

@@ -27,6 +27,22 @@ pub struct SourceConfig {
     /// Records larger than this many bytes are dead-lettered. Default: 1048576 (1 MiB).
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
+    /// Debezium sources: what a truncate (`op: t`) does. Default: `skip` (logged and counted
+    /// in `fathom_truncates_total`); `dead_letter` sends it to the dead letters with reason
+    /// `truncate` so an operator sees it. Rows are never cleared by a truncate.
+    #[serde(default)]
+    pub on_truncate: TruncatePolicy,
+}
+
+/// What a Debezium truncate does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TruncatePolicy {
+    /// Logged and counted, otherwise ignored.
+    #[default]
+    Skip,
+    /// Sent to the dead letters with reason `truncate`.
+    DeadLetter,
 }
 
 fn default_max_record_bytes() -> usize {

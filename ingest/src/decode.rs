@@ -27,11 +27,13 @@ pub enum Reason {
     Late,
     /// JSON, but not a well-formed Debezium change event (no `op`, no `source`, …).
     MalformedEnvelope,
+    /// A Debezium truncate on a source configured with `on_truncate: dead_letter`.
+    Truncate,
 }
 
 impl Reason {
     /// Every reason, for metrics initialisation and docs.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::MalformedJson,
         Reason::MissingKey,
         Reason::MissingTimestamp,
@@ -39,6 +41,7 @@ impl Reason {
         Reason::Oversized,
         Reason::Late,
         Reason::MalformedEnvelope,
+        Reason::Truncate,
     ];
 
     /// Stable name.
@@ -51,6 +54,7 @@ impl Reason {
             Reason::Oversized => "oversized",
             Reason::Late => "late",
             Reason::MalformedEnvelope => "malformed_envelope",
+            Reason::Truncate => "truncate",
         }
     }
 }

@@ -6,6 +6,8 @@
 //! the states that changed. The applied offsets travel inside each entity's state, so replayed
 //! records after a crash are recognised per entity and never counted twice.
 
+use std::borrow::Cow;
+
 use compact_str::CompactString;
 use rustc_hash::FxHashMap;
 use serde_json::Value;
@@ -25,6 +27,9 @@ pub struct Outcome {
     pub duplicates: u64,
     /// (index of the event in the batch, feature-set index) for late events.
     pub late: Vec<(usize, usize)>,
+    /// Applications skipped because the event has no value in the feature set's key field (a
+    /// set keyed by another field than the source's key, e.g. a joined column).
+    pub unkeyed: u64,
 }
 
 struct Slot {
@@ -37,6 +42,8 @@ pub struct Processor {
     project: String,
     plans: Vec<FeatureSetPlan>,
     by_source: Vec<Vec<usize>>,
+    /// Per plan: whether it is keyed by the source's key (else by its own `key_column` field).
+    by_source_key: Vec<bool>,
     /// Per plan: entity key → state. Keys are inline strings: no pointer to chase per lookup.
     cache: Vec<FxHashMap<CompactString, Slot>>,
     store: OnlineStore,
@@ -44,23 +51,37 @@ pub struct Processor {
 }
 
 impl Processor {
-    /// A processor; `sources` is the number of sources (plans name theirs by index in
-    /// `source_of`). Clean states are dropped from the cache after a flush once more than
-    /// `max_cached` are held.
+    /// A processor; `source_keys[s]` is source `s`'s key field (plans name their source by
+    /// index in `source_of`). Clean states are dropped from the cache after a flush once more
+    /// than `max_cached` are held.
     pub fn new(
         project: &str,
         plans: Vec<FeatureSetPlan>,
         source_of: &[usize],
-        sources: usize,
+        source_keys: &[String],
         store: OnlineStore,
         max_cached: usize,
     ) -> Processor {
-        let mut by_source = vec![Vec::new(); sources];
+        let mut by_source = vec![Vec::new(); source_keys.len()];
         for (plan, &source) in source_of.iter().enumerate() {
             by_source[source].push(plan);
         }
+        let by_source_key = plans.iter().zip(source_of).map(|(p, &s)| p.key_column == source_keys[s]).collect();
         let cache = plans.iter().map(|_| FxHashMap::default()).collect();
-        Processor { project: project.to_string(), plans, by_source, cache, store, max_cached }
+        Processor { project: project.to_string(), plans, by_source, by_source_key, cache, store, max_cached }
+    }
+
+    /// The key an event has in feature set `p`: the event's key, or the plan's key field as
+    /// text (`None` when absent or null).
+    fn key_of<'e>(&self, p: usize, event: &'e Event) -> Option<Cow<'e, str>> {
+        if self.by_source_key[p] {
+            return Some(Cow::Borrowed(event.key.as_str()));
+        }
+        match event.fields.get(&self.plans[p].key_column)? {
+            Value::Null => None,
+            Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+            other => Some(Cow::Owned(other.to_string())),
+        }
     }
 
     /// The plans, indexed as in [`Outcome::late`].
@@ -83,7 +104,11 @@ impl Processor {
                 columns.extend(plan.columns.iter().map(field));
                 latest.clear();
                 latest.extend(plan.latest.iter().map(field));
-                let slot = self.cache[p].get_mut(event.key.as_str()).expect("loaded above");
+                let Some(key) = self.key_of(p, event) else {
+                    outcome.unkeyed += 1;
+                    continue;
+                };
+                let slot = self.cache[p].get_mut(key.as_ref()).expect("loaded above");
                 match engine::apply(plan, &mut slot.state, event.time_ms, &columns, &latest, position) {
                     Applied::Applied => {
                         slot.dirty = true;
@@ -98,11 +123,11 @@ impl Processor {
     }
 
     async fn load_missing(&mut self, events: &[Event]) -> Result<(), OnlineError> {
-        let mut wanted: Vec<(usize, &str)> = Vec::new();
+        let mut wanted: Vec<(usize, Cow<'_, str>)> = Vec::new();
         for event in events {
             for &p in &self.by_source[event.source] {
-                if !self.cache[p].contains_key(event.key.as_str()) {
-                    wanted.push((p, &event.key));
+                if let Some(key) = self.key_of(p, event).filter(|k| !self.cache[p].contains_key(k.as_ref())) {
+                    wanted.push((p, key));
                 }
             }
         }
@@ -119,12 +144,12 @@ impl Processor {
             let state = match bytes.as_deref().map(|b| online::decode(plan, b)) {
                 Some(Some(state)) => state,
                 Some(None) => {
-                    tracing::warn!(feature_set = %plan.name, key, "stored state was written by another definition; starting fresh");
+                    tracing::warn!(feature_set = %plan.name, key = %key, "stored state was written by another definition; starting fresh");
                     EntityState::new(plan)
                 }
                 None => EntityState::new(plan),
             };
-            self.cache[p].insert(CompactString::from(key), Slot { state, dirty: false });
+            self.cache[p].insert(CompactString::from(key.as_ref()), Slot { state, dirty: false });
         }
         Ok(())
     }

@@ -43,7 +43,7 @@ fn events(raw: &[(u8, u8, i64, u8)]) -> Vec<Event> {
 }
 
 fn processor(store: &Arc<EmbeddedStore>) -> Processor {
-    Processor::new("t", vec![plan()], &[0], 1, OnlineStore::Embedded(store.clone()), 1_000)
+    Processor::new("t", vec![plan()], &[0], &["id".to_string()], OnlineStore::Embedded(store.clone()), 1_000)
 }
 
 async fn run(processor: &mut Processor, events: &[Event], batch: usize) {
