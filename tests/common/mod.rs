@@ -79,6 +79,27 @@ pub async fn produce(topic: &str, records: &[(String, Vec<u8>)]) -> std::collect
 }
 
 /// The `fathom.*` headers of the first `n` records on a dead-letter topic.
+/// Waits (up to 90 s) until the pipeline's applied offsets in Redis reach `last` (highest
+/// offset per partition, as [`produce`] returns it); on timeout, fails with the log.
+pub async fn wait_applied(group: &str, topic: &str, last: &std::collections::BTreeMap<i32, i64>, log: &Path) {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut done = true;
+        for (partition, offset) in last {
+            let key = fathom_featurestore::online::offsets_key(group, topic, *partition);
+            let applied: Option<i64> = redis::cmd("GET").arg(key).query_async(&mut con).await.unwrap();
+            done &= applied >= Some(*offset);
+        }
+        if done {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{topic} not applied in time: {}", std::fs::read_to_string(log).unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub async fn dead_letter_headers(topic: &str, n: usize) -> Vec<std::collections::BTreeMap<String, String>> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::{Headers, Message};
