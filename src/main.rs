@@ -95,6 +95,10 @@ enum BenchCommand {
         /// Topic partitions.
         #[arg(long, default_value_t = 4)]
         partitions: i32,
+        /// What flows: `events` (transactions), `cdc` (Debezium changes into a table with a
+        /// retracting aggregation) or `join` (transactions joined with a preloaded table).
+        #[arg(long, value_enum, default_value = "events")]
+        scenario: bench::Scenario,
     },
     /// Aggregation engine throughput and memory (one core), optionally against storey.
     Engine {
@@ -159,8 +163,8 @@ fn main() -> ExitCode {
                     demo::Options { cards: cards.max(43), history, rounds, pause: Duration::from_secs(2), serve };
                 demo::run(options).await
             }
-            Command::Bench { which: BenchCommand::E2e { brokers, redis, events, keys, partitions } } => {
-                bench::e2e(&bench::E2eOptions { brokers, redis, events, keys, partitions }).await
+            Command::Bench { which: BenchCommand::E2e { brokers, redis, events, keys, partitions, scenario } } => {
+                bench::e2e(&bench::E2eOptions { brokers, redis, events, keys, partitions, scenario }).await
             }
             Command::Validate { .. } | Command::Bench { .. } => unreachable!("handled above"),
         }

@@ -372,7 +372,7 @@ impl Pipeline {
             }
         }
         if !changes.is_empty() {
-            let rows: Vec<RowChange> = changes.iter().map(|(row, _)| row.clone()).collect();
+            let rows: Vec<&RowChange> = changes.iter().map(|(row, _)| row).collect();
             let outcome =
                 until_ok!(self.health, "loading table rows from the online store", self.tables.apply(&rows).await);
             metrics::counter!("fathom_table_changes_applied_total").increment(outcome.applied);
@@ -380,7 +380,13 @@ impl Pipeline {
             metrics::counter!("fathom_replayed_records_skipped_total").increment(outcome.duplicates);
             let logged: Vec<LoggedChange<'_>> = changes
                 .iter()
-                .map(|(row, change)| LoggedChange { source: row.source, at: row.at, key: &row.key, change })
+                .map(|(row, change)| LoggedChange {
+                    source: row.source,
+                    at: row.at,
+                    key: &row.key,
+                    change,
+                    after: row.row.as_ref(),
+                })
                 .collect();
             self.offline.append_changes(&logged);
         }
@@ -443,12 +449,14 @@ impl Pipeline {
             }
             Decoded::Change(change) => change,
         };
+        let mut change = change;
         let key = match change.key.get(&config.key) {
             Some(Value::String(s)) => s.clone(),
             Some(other) => other.to_string(),
             None => unreachable!("debezium::decode checks configured key columns"),
         };
-        let row = if change.op == Op::Delete { None } else { change.after.clone() };
+        // the row moves to the table; the change log reads it back from there
+        let row = if change.op == Op::Delete { None } else { change.after.take() };
         let row_change = RowChange {
             source: record.source,
             key,

@@ -153,8 +153,10 @@ pub struct LoggedChange<'a> {
     pub at: Coordinates,
     /// Primary key as text.
     pub key: &'a str,
-    /// The decoded change.
+    /// The decoded change (its `after` may have moved to the table: see `after`).
     pub change: &'a Change,
+    /// The row after the change.
+    pub after: Option<&'a serde_json::Map<String, Value>>,
 }
 
 /// Rows of one (source, date) waiting for the next commit.
@@ -245,8 +247,9 @@ impl Pending {
             Op::Read => "r",
             Op::Truncate => "t",
         };
-        let json =
-            |row: &Option<serde_json::Map<String, Value>>| row.as_ref().map(|r| Value::Object(r.clone()).to_string());
+        let json = |row: Option<&serde_json::Map<String, Value>>| {
+            row.map(|r| serde_json::to_string(r).expect("a JSON map encodes"))
+        };
         let [Column::Text(op_b), Column::Int(lsn), Column::Int(tx), Column::Text(snapshot), Column::Text(before), Column::Text(after)] =
             &mut self.columns[..]
         else {
@@ -256,8 +259,8 @@ impl Pending {
         lsn.append_option(change.lsn);
         tx.append_option(change.tx_id);
         snapshot.append_option(change.snapshot.as_deref());
-        before.append_option(json(&change.before));
-        after.append_option(json(&change.after));
+        before.append_option(json(change.before.as_ref()));
+        after.append_option(json(logged.after));
     }
 
     fn finish(mut self, schema: Arc<Schema>) -> Result<RecordBatch, arrow_schema::ArrowError> {
@@ -490,8 +493,8 @@ mod tests {
         let delete = change(Op::Delete, row("gold"), None, None);
         let at = |offset| Coordinates { partition: Some(0), offset };
         writer.append_changes(&[
-            LoggedChange { source: 0, at: at(5), key: "7", change: &update },
-            LoggedChange { source: 0, at: at(6), key: "7", change: &delete },
+            LoggedChange { source: 0, at: at(5), key: "7", change: &update, after: update.after.as_ref() },
+            LoggedChange { source: 0, at: at(6), key: "7", change: &delete, after: None },
         ]);
         let files = writer.commit().unwrap();
         assert!(files[0].to_string_lossy().contains("/customers/date=2026-01-01/"), "{files:?}");

@@ -17,6 +17,8 @@ pub mod aggregate;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Borrow;
+
 use compact_str::CompactString;
 use fathom_ingest::event::Event;
 use fathom_ingest::record::Coordinates;
@@ -282,9 +284,9 @@ impl TableProcessor {
 
     /// Loads the group states a batch may touch: the groups of every row before and after
     /// each change.
-    async fn load_groups(&mut self, changes: &[RowChange]) -> Result<(), OnlineError> {
+    async fn load_groups<C: Borrow<RowChange>>(&mut self, changes: &[C]) -> Result<(), OnlineError> {
         let mut wanted: Vec<(usize, String)> = Vec::new();
-        for change in changes {
+        for change in changes.iter().map(Borrow::borrow) {
             let plans = &self.plans_by_source[change.source];
             if plans.is_empty() {
                 continue;
@@ -325,11 +327,13 @@ impl TableProcessor {
     }
 
     /// Applies changes in order, loading missing rows and groups first.
-    pub async fn apply(&mut self, changes: &[RowChange]) -> Result<TableOutcome, OnlineError> {
-        self.load_rows(changes.iter().map(|c| (c.source, CompactString::from(c.key.as_str())))).await?;
+    pub async fn apply<C: Borrow<RowChange>>(&mut self, changes: &[C]) -> Result<TableOutcome, OnlineError> {
+        let keys =
+            changes.iter().map(Borrow::borrow).map(|c: &RowChange| (c.source, CompactString::from(c.key.as_str())));
+        self.load_rows(keys).await?;
         self.load_groups(changes).await?;
         let mut outcome = TableOutcome::default();
-        for change in changes {
+        for change in changes.iter().map(Borrow::borrow) {
             let slot =
                 self.rows.get_mut(&(change.source, CompactString::from(change.key.as_str()))).expect("loaded above");
             let newer = slot.row.as_ref().is_none_or(|r| (change.commit_us, change.lsn) > (r.commit_us, r.lsn));
@@ -368,7 +372,7 @@ impl TableProcessor {
                 (None, Some(old)) => old.columns.clone(),
                 (None, None) => Vec::new(),
             };
-            let row = change.row.as_ref().map(|r| Value::Object(r.clone()).to_string());
+            let row = change.row.as_ref().map(|r| serde_json::to_string(r).expect("a JSON map encodes"));
             match &mut slot.row {
                 Some(stored) => {
                     stored.replace(row, columns, change.commit_us, change.lsn, self.history_ms[change.source]);
