@@ -14,6 +14,7 @@ use fathom_featurestore::duration::Span;
 use fathom_featurestore::offline::ParquetConfig;
 use fathom_featurestore::online::RedisTopology;
 use fathom_featurestore::table::Join;
+use fathom_featurestore::vector::Catalog;
 use fathom_ingest::config::{Format, KafkaConfig, SourceConfig};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -34,6 +35,10 @@ pub struct Project {
     pub plan_sources: Vec<usize>,
     /// Aggregations over CDC tables, in file order.
     pub table_plans: Vec<TablePlan>,
+    /// CDC tables as (source name, key column), in source order.
+    pub tables: Vec<(String, String)>,
+    /// Named feature vectors: feature references, as written.
+    pub vectors: BTreeMap<String, Vec<String>>,
     /// HTTP server.
     pub server: ServerConfig,
     /// Batching and checkpoints.
@@ -215,7 +220,16 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 7] = ["project", "stores", "sources", "entities", "feature_sets", "server", "processing"];
+const SECTIONS: [&str; 8] =
+    ["project", "stores", "sources", "entities", "feature_sets", "feature_vectors", "server", "processing"];
+
+/// A `feature_vectors` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VectorConfig {
+    /// Feature references: `<feature_set>.<feature>`, `<feature_set>.*`, `<table>.<column>`.
+    features: Vec<String>,
+}
 
 /// Reads and checks a project file.
 pub fn load(path: &Path) -> Result<Project, ConfigError> {
@@ -421,8 +435,25 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
             plan_sources.push(s);
         }
     }
+    let tables: Vec<(String, String)> =
+        sources.iter().filter(|(_, s)| s.format == Format::Debezium).map(|(n, s)| (n.clone(), s.key.clone())).collect();
+    let mut vectors = BTreeMap::new();
+    for (vector, value) in entries(&root, "feature_vectors", &mut problems) {
+        let path = format!("feature_vectors.{vector}");
+        check_name("feature vector", &vector, &path, &mut problems);
+        let Some(config) = typed::<VectorConfig>(&value, &path, &mut problems) else {
+            continue;
+        };
+        let catalog = Catalog { project: &name, plans: &plans, table_plans: &table_plans, tables: &tables };
+        for (i, reference) in config.features.iter().enumerate() {
+            if let Err(message) = catalog.resolve(std::slice::from_ref(reference)) {
+                problem(&mut problems, format!("{path}.features[{i}]"), message);
+            }
+        }
+        vectors.insert(vector, config.features);
+    }
     if problems.is_empty() {
-        Ok(Project { name, stores, sources, plans, plan_sources, table_plans, server, processing })
+        Ok(Project { name, stores, sources, plans, plan_sources, table_plans, tables, vectors, server, processing })
     } else {
         Err(Parsed::Invalid(problems))
     }
@@ -478,6 +509,11 @@ impl Project {
     /// A plan by feature-set name.
     pub fn plan(&self, name: &str) -> Option<&FeatureSetPlan> {
         self.plans.iter().find(|p| p.name == name)
+    }
+
+    /// What feature references resolve against.
+    pub fn catalog(&self) -> Catalog<'_> {
+        Catalog { project: &self.name, plans: &self.plans, table_plans: &self.table_plans, tables: &self.tables }
     }
 
     /// An aggregation over a CDC table by feature-set name.

@@ -3,6 +3,7 @@
 //! `app(state)` builds the router so tests can drive it without a socket. Every error is one
 //! JSON shape, `{"error": {"code": "...", "message": "..."}}`, with a stable `code`.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -29,6 +30,8 @@ use crate::pipeline::{Health, Push, PushSummary};
 pub const MAX_BODY_BYTES: usize = 16 << 20;
 /// Most records in one push.
 pub const MAX_PUSH_RECORDS: usize = 100_000;
+/// Most entity rows in one batch lookup.
+pub const MAX_LOOKUP_ROWS: usize = 10_000;
 
 /// What handlers share.
 #[derive(Clone)]
@@ -77,6 +80,7 @@ impl IntoResponse for ApiError {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/push/{source}", post(push))
+        .route("/v1/features", post(batch_features))
         .route("/v1/features/{feature_set}/{key}", get(features))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -200,6 +204,118 @@ async fn features(
         return Err(ApiError::NotFound("unknown_feature_set", format!("no feature set or CDC table named {set:?}")));
     };
     Ok(Json(EntityFeatures { feature_set: set, key, read_time: rfc3339(now), features }))
+}
+
+/// `POST /v1/features` body: features by reference or by vector name, entity keys as columns.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// Feature references (`card_activity.amount_sum_1h`, `card_activity.*`, `customers.segment`).
+    #[serde(default)]
+    pub features: Option<Vec<String>>,
+    /// A feature vector declared in the project file.
+    #[serde(default)]
+    pub feature_vector: Option<String>,
+    /// Entity key field → one key per row (strings or integers); every column the same length.
+    pub entities: BTreeMap<String, Vec<serde_json::Value>>,
+}
+
+/// `POST /v1/features` answer.
+#[derive(Debug, Serialize)]
+pub struct BatchResponse {
+    /// Read time, RFC 3339.
+    pub read_time: String,
+    /// `<feature_set or table>.<feature>`, in the order of every row's values.
+    pub feature_names: Vec<String>,
+    /// One per entity row, in request order.
+    pub rows: Vec<BatchRow>,
+}
+
+/// One entity row's features.
+#[derive(Debug, Serialize)]
+pub struct BatchRow {
+    /// The row's keys.
+    pub entities: BTreeMap<String, String>,
+    /// Values, in `feature_names` order.
+    pub values: Vec<serde_json::Value>,
+    /// Statuses.
+    pub statuses: Vec<lookup::Status>,
+    /// Event time of the newest event behind each value, RFC 3339.
+    pub event_timestamps: Vec<Option<String>>,
+}
+
+/// `POST /v1/features`: many features across feature sets and CDC tables for many entity rows,
+/// one store round trip.
+async fn batch_features(State(state): State<AppState>, body: Bytes) -> Result<Json<BatchResponse>, ApiError> {
+    let request: BatchRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest("malformed_body", format!("not a feature request: {e}")))?;
+    let references = match (request.features, &request.feature_vector) {
+        (Some(features), None) => features,
+        (None, Some(name)) => state.project.vectors.get(name).cloned().ok_or_else(|| {
+            ApiError::BadRequest("unknown_feature_vector", format!("no feature vector named {name:?}"))
+        })?,
+        _ => {
+            return Err(ApiError::BadRequest(
+                "malformed_body",
+                "give exactly one of `features` and `feature_vector`".into(),
+            ))
+        }
+    };
+    let catalog = state.project.catalog();
+    let vector = catalog.resolve(&references).map_err(|m| ApiError::BadRequest("unknown_feature", m))?;
+    let n = request.entities.values().map(Vec::len).max().unwrap_or(0);
+    if n > MAX_LOOKUP_ROWS {
+        return Err(ApiError::TooLarge(format!("{n} entity rows in one request; the limit is {MAX_LOOKUP_ROWS}")));
+    }
+    for key in &vector.keys {
+        match request.entities.get(key) {
+            None => {
+                return Err(ApiError::BadRequest(
+                    "missing_entity",
+                    format!("the features need entity key {key:?}; add it to `entities`"),
+                ))
+            }
+            Some(column) if column.len() != n => {
+                return Err(ApiError::BadRequest(
+                    "malformed_body",
+                    format!("entities.{key} has {} keys, other columns {n}", column.len()),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let mut rows: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); n];
+    for key in &vector.keys {
+        for (i, value) in request.entities[key].iter().enumerate() {
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                other => {
+                    return Err(ApiError::BadRequest(
+                        "malformed_body",
+                        format!("entities.{key}[{i}] must be a string or an integer, got {other}"),
+                    ))
+                }
+            };
+            rows[i].insert(key.clone(), text);
+        }
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let values = catalog
+        .read(&state.store, &vector, &rows, now)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("{:#}", anyhow::Error::from(e))))?;
+    let rows = rows
+        .into_iter()
+        .zip(values)
+        .map(|(entities, values)| BatchRow {
+            entities,
+            statuses: values.iter().map(|v| v.status).collect(),
+            event_timestamps: values.iter().map(|v| v.event_time_ms.map(rfc3339)).collect(),
+            values: values.into_iter().map(|v| v.value).collect(),
+        })
+        .collect();
+    Ok(Json(BatchResponse { read_time: rfc3339(now), feature_names: vector.names, rows }))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

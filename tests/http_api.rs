@@ -29,8 +29,10 @@ stores:
   dead_letters: {{ path: "{dir}/dlq" }}
 sources:
   tx: {{ key: card_id, timestamp: ts, max_record_bytes: 300 }}
+  customers: {{ format: debezium, key: customer_id }}
 entities:
   card: {{ key: card_id }}
+  segment: {{ key: segment }}
 feature_sets:
   cards:
     entity: card
@@ -39,6 +41,12 @@ feature_sets:
     features: [merchant]
     aggregations:
       - {{ column: amount, functions: [count, sum, mean], windows: [1h], period: 1s }}
+  per_segment:
+    entity: segment
+    source: customers
+    aggregations: [{{ column: customer_id, functions: [count] }}]
+feature_vectors:
+  fraud: {{ features: [cards.amount_sum_1h, cards.merchant, customers.segment, per_segment.customer_id_count] }}
 "#,
         project = common::unique("api"),
         dir = dir.path().display(),
@@ -54,13 +62,22 @@ feature_sets:
 
 impl Server {
     async fn push(&self, body: &str) -> (u16, Value) {
+        self.push_to("tx", body).await
+    }
+
+    async fn push_to(&self, source: &str, body: &str) -> (u16, Value) {
         let r = reqwest::Client::new()
-            .post(format!("{}/v1/push/tx", self.base))
+            .post(format!("{}/v1/push/{source}", self.base))
             .body(body.to_string())
             .send()
             .await
             .unwrap();
         (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = reqwest::Client::new().post(format!("{}{path}", self.base)).json(&body).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
@@ -167,4 +184,68 @@ async fn errors_are_json_with_stable_codes_and_health_is_open() {
     assert_eq!(s.get("/healthz").await, (200, json!({"status": "ok"})));
     assert_eq!(s.get("/readyz").await, (200, json!({"status": "ready"})));
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_lookup_mixes_feature_sets_table_columns_and_table_aggregations() {
+    let server = server(&format!("{{ redis: {{ url: \"{}\" }} }}", common::redis_url())).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let change = |id: i64, segment: &str, lsn: i64| {
+        json!({"before": null, "after": {"customer_id": id, "segment": segment}, "op": "c",
+               "source": {"connector": "postgresql", "ts_ms": now - 1_000, "lsn": lsn}})
+    };
+    let body = [change(1, "gold", 1), change(2, "basic", 2), change(3, "gold", 3)].map(|c| c.to_string()).join("\n");
+    assert_eq!(server.push_to("customers", &body).await.0, 200);
+    let events = json!([{"card_id": "c1", "ts": now - 5_000, "amount": 4.5, "merchant": "m1"},
+                        {"card_id": "c1", "ts": now - 4_000, "amount": 1.5, "merchant": "m2"}]);
+    assert_eq!(server.push(&events.to_string()).await.0, 200);
+
+    let request = json!({"feature_vector": "fraud", "entities": {"card_id": ["c1", "c9"], "customer_id": [1, "7"], "segment": ["gold", "gold"]}});
+    let (status, body) = server.post("/v1/features", request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["feature_names"],
+        json!(["cards.amount_sum_1h", "cards.merchant", "customers.segment", "per_segment.customer_id_count"])
+    );
+    let row = &body["rows"][0];
+    assert_eq!(row["values"], json!([6.0, "m2", "gold", 2]), "{body}");
+    assert_eq!(row["statuses"], json!(["PRESENT", "PRESENT", "PRESENT", "PRESENT"]));
+    assert_eq!(row["entities"], json!({"card_id": "c1", "customer_id": "1", "segment": "gold"}));
+    let unknown = &body["rows"][1];
+    assert_eq!(unknown["values"], json!([null, null, null, 2]));
+    assert_eq!(unknown["statuses"], json!(["NOT_FOUND", "NOT_FOUND", "NOT_FOUND", "PRESENT"]));
+
+    // the same by reference, with a wildcard
+    let request = json!({"features": ["cards.*"], "entities": {"card_id": ["c1"]}});
+    let (status, body) = server.post("/v1/features", request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["feature_names"].as_array().unwrap().len(), 4, "{body}");
+
+    let errors = [
+        (
+            json!({"features": ["cards.nope"], "entities": {"card_id": ["c1"]}}),
+            "unknown_feature",
+            "has no feature \"nope\"",
+        ),
+        (
+            json!({"features": ["nope.x"], "entities": {}}),
+            "unknown_feature",
+            "no feature set or CDC table named \"nope\"",
+        ),
+        (
+            json!({"features": ["customers.segment"], "entities": {"card_id": ["c1"]}}),
+            "missing_entity",
+            "\"customer_id\"",
+        ),
+        (json!({"feature_vector": "nope", "entities": {}}), "unknown_feature_vector", "\"nope\""),
+        (json!({"features": ["cards.*"], "feature_vector": "fraud", "entities": {}}), "malformed_body", "exactly one"),
+        (json!({"features": ["cards.*"], "entities": {"card_id": [true]}}), "malformed_body", "entities.card_id[0]"),
+    ];
+    for (request, code, message) in errors {
+        let (status, body) = server.post("/v1/features", request.clone()).await;
+        assert_eq!(status, 400, "{request} → {body}");
+        assert_eq!(body["error"]["code"], code, "{request} → {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(message), "{request} → {body}");
+    }
+    server.stop().await;
 }

@@ -3,7 +3,9 @@
 //! The flow, in module order: [`definition`] (feature sets compiled into plans; [`duration`]
 //! spells their windows) → [`engine`] (bucket rings per entity, values as of a read time) →
 //! [`processor`] (decoded events into cached entity states) → [`online`] (Redis or embedded, with
-//! applied offsets) and [`offline`] (Parquet) → [`lookup`] (values with statuses for callers).
+//! applied offsets) and [`offline`] (Parquet) → [`lookup`] (values with statuses for callers) and
+//! [`vector`] (feature references across sets and tables, read for many entities at once).
+//! [`table`] keeps CDC tables: current rows, as-of joins and retracting aggregations.
 
 pub mod definition;
 pub mod duration;
@@ -13,3 +15,4 @@ pub mod offline;
 pub mod online;
 pub mod processor;
 pub mod table;
+pub mod vector;

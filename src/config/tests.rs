@@ -133,3 +133,20 @@ fn joins_and_table_aggregations_compile() {
     assert_eq!(joins[1][0].columns, ["segment", "country"]);
     assert_eq!(project.table_history_ms()[0], 2 * 86_400_000, "the longest history of the joins");
 }
+
+#[test]
+fn feature_vectors_name_what_does_not_resolve() {
+    let found = problems(
+        "project: p\nsources:\n  customers: { format: debezium, key: id }\n  tx: { key: card }\nentities:\n  card: { key: card }\nfeature_sets:\n  cards: { entity: card, source: tx, features: [m] }\nfeature_vectors:\n  ok: { features: [cards.*, cards.m, customers.segment] }\n  bad: { features: [cards.x, nope.y, customers.*, plain] }\n",
+    );
+    let expected = [
+        "feature_vectors.bad.features[0]: \"cards.x\": feature set \"cards\" has no feature \"x\" (it has m)",
+        "feature_vectors.bad.features[1]: \"nope.y\": no feature set or CDC table named \"nope\"",
+        "feature_vectors.bad.features[2]: \"customers.*\": a CDC table's columns must be named one by one",
+        "feature_vectors.bad.features[3]: \"plain\" is not a feature reference",
+    ];
+    for e in expected {
+        assert!(found.iter().any(|f| f.starts_with(e)), "missing {e:?} in {found:#?}");
+    }
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+}
