@@ -17,7 +17,7 @@ use fathom_featurestore::offline::{ColumnType, Layout, LoggedChange, OfflineWrit
 use fathom_featurestore::online::{self, EmbeddedStore, OnlineStore, RedisStore};
 use fathom_featurestore::processor::Processor;
 use fathom_featurestore::table::{Join, RowChange, TableProcessor};
-use fathom_ingest::config::{Format, TruncatePolicy};
+use fathom_ingest::config::{Format, KeyFrom, TruncatePolicy};
 use fathom_ingest::deadletter::{DeadLetter, DeadLetters};
 use fathom_ingest::debezium::{self, Change, Decoded, Op};
 use fathom_ingest::decode::{Decoder, Reason};
@@ -433,8 +433,11 @@ impl Pipeline {
     /// A Debezium record as a row change plus the decoded change for the change log.
     fn change(&self, record: &Record) -> Result<Cdc, fathom_ingest::decode::Refusal> {
         let (name, config) = &self.project.sources[record.source];
-        let change = match debezium::decode(record.key.as_deref(), &record.payload, std::slice::from_ref(&config.key))?
-        {
+        let columns = match config.key_from {
+            KeyFrom::Row => std::slice::from_ref(&config.key),
+            KeyFrom::Record => &[],
+        };
+        let change = match debezium::decode(record.key.as_deref(), &record.payload, columns)? {
             Decoded::Tombstone => {
                 metrics::counter!("fathom_tombstones_total", "source" => name.clone()).increment(1);
                 return Ok(Cdc::Consumed);
@@ -450,11 +453,12 @@ impl Pipeline {
             Decoded::Change(change) => change,
         };
         let mut change = change;
-        let key = match change.key.get(&config.key) {
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => other.to_string(),
-            None => unreachable!("debezium::decode checks configured key columns"),
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
         };
+        // a key envelope's columns come sorted by name (serde_json maps are ordered)
+        let key = change.key.values().map(text).collect::<Vec<_>>().join(":");
         // the row moves to the table; the change log reads it back from there
         let row = if change.op == Op::Delete { None } else { change.after.take() };
         let row_change = RowChange {

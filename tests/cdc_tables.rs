@@ -28,7 +28,8 @@ fn key(id: i64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debezium_changes_maintain_the_current_row_per_key() {
     let topic = unique("pg.public.customers");
-    create_topics(&[&topic], 2).await;
+    let orders = unique("pg.public.orders");
+    create_topics(&[&topic, &orders], 2).await;
     let t = 1_767_225_600_000i64;
     let gold = json!({"id": 1, "segment": "gold", "country": "NL"});
     let platinum = json!({"id": 1, "segment": "platinum", "country": "NL"});
@@ -66,6 +67,13 @@ async fn debezium_changes_maintain_the_current_row_per_key() {
     .map(|(k, v)| (k, v.into_bytes()))
     .collect();
     let last = produce(&topic, &records).await;
+    // a composite primary key, only in the record key (schema-wrapped key envelope; looked up
+    // as its values in column-name order, `5:acme`), with a
+    // truncate that this source sends to the dead letters
+    let order_key = json!({"schema": {"type": "struct"}, "payload": {"tenant": "acme", "id": 5}}).to_string();
+    let order = envelope("c", Value::Null, json!({"tenant": "acme", "id": 5, "total": 12.5}), t, 50).to_string();
+    let truncate = json!({"before": null, "after": null, "source": source(t + 1, 51, "false"), "op": "t"}).to_string();
+    let last_order = produce(&orders, &[(order_key, order.into_bytes()), (String::new(), truncate.into_bytes())]).await;
 
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -74,7 +82,7 @@ async fn debezium_changes_maintain_the_current_row_per_key() {
     std::fs::write(
         &config,
         format!(
-            "project: {project}\nstores:\n  online: {{ redis: {{ url: \"{redis}\" }} }}\n  offline: {{ parquet: {{ path: \"{d}/offline\" }} }}\n  kafka: {{ bootstrap_servers: \"{kafka}\", group_id: \"{project}\" }}\nsources:\n  customers: {{ kafka: {{ topic: \"{topic}\" }}, format: debezium, key: id }}\nserver: {{ listen: \"127.0.0.1:{port}\" }}\n",
+            "project: {project}\nstores:\n  online: {{ redis: {{ url: \"{redis}\" }} }}\n  offline: {{ parquet: {{ path: \"{d}/offline\" }} }}\n  kafka: {{ bootstrap_servers: \"{kafka}\", group_id: \"{project}\" }}\nsources:\n  customers: {{ kafka: {{ topic: \"{topic}\" }}, format: debezium, key: id }}\n  orders: {{ kafka: {{ topic: \"{orders}\" }}, format: debezium, key: order, key_from: record, on_truncate: dead_letter }}\nserver: {{ listen: \"127.0.0.1:{port}\" }}\n",
             redis = common::redis_url(),
             kafka = common::kafka(),
             d = dir.path().display()
@@ -84,6 +92,7 @@ async fn debezium_changes_maintain_the_current_row_per_key() {
     let mut fathom = Fathom::start(&["serve", "-c", config.to_str().unwrap()], port, &dir.path().join("fathom.log"));
     fathom.wait_ready().await;
     common::wait_applied(&project, &topic, &last, &fathom.log).await;
+    common::wait_applied(&project, &orders, &last_order, &fathom.log).await;
 
     let row = |id: i64| {
         let url = fathom.url(&format!("/v1/features/customers/{id}"));
@@ -112,6 +121,13 @@ async fn debezium_changes_maintain_the_current_row_per_key() {
     assert_eq!(two["segment"]["value"], Value::Null);
     assert_eq!(row(3).await["country"]["value"], json!("DE"), "snapshot read");
     assert!(row(9).await.is_empty(), "truncate skipped, nothing invented");
+    let order: Value = reqwest::get(fathom.url("/v1/features/orders/5:acme")).await.unwrap().json().await.unwrap();
+    assert!(
+        order["features"].as_array().unwrap().iter().any(|f| f["name"] == "total" && f["value"] == 12.5),
+        "{order}"
+    );
+    let truncates = common::dead_letter_headers(&format!("{orders}.dlq"), 1).await;
+    assert_eq!(truncates[0]["fathom.reason"], "truncate");
 
     let letters = common::dead_letter_headers(&format!("{topic}.dlq"), 1).await;
     assert_eq!(letters[0]["fathom.reason"], "malformed_envelope");

@@ -32,6 +32,23 @@ pub struct SourceConfig {
     /// `truncate` so an operator sees it. Rows are never cleared by a truncate.
     #[serde(default)]
     pub on_truncate: TruncatePolicy,
+    /// Debezium sources: where the primary key comes from. Default: `row` (the `key` column
+    /// of the row after, or before for deletes); `record` reads the Kafka record key (the
+    /// connector's key envelope), composite keys as their values joined with `:` in column-name
+    /// order. Either way `key` names the key in lookups and joins.
+    #[serde(default)]
+    pub key_from: KeyFrom,
+}
+
+/// Where a Debezium source's primary key comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyFrom {
+    /// The `key` column of the row.
+    #[default]
+    Row,
+    /// The Kafka record key (Debezium's key envelope).
+    Record,
 }
 
 /// What a Debezium truncate does.
