@@ -174,13 +174,16 @@ fn main() -> ExitCode {
 fn validate(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(project) => {
-            let features: usize = project.plans.iter().map(|p| p.feature_names().count()).sum();
+            let features: usize = project.plans.iter().map(|p| p.feature_names().count()).sum::<usize>()
+                + project.table_plans.iter().map(|p| p.aggregations.len()).sum::<usize>();
             println!(
-                "{}: ok — project {:?}, {} sources, {} feature sets, {features} features",
+                "{}: ok — project {:?}, {} sources ({} CDC tables), {} feature sets, {features} features, {} feature vectors",
                 path.display(),
                 project.name,
                 project.sources.len(),
-                project.plans.len()
+                project.tables.len(),
+                project.plans.len() + project.table_plans.len(),
+                project.vectors.len()
             );
             ExitCode::SUCCESS
         }
