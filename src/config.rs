@@ -141,6 +141,19 @@ pub struct ServerConfig {
     /// Address of the HTTP API. Default: `127.0.0.1:8080`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Bearer tokens; without them every route is open.
+    #[serde(default)]
+    pub auth: Option<crate::auth::AuthConfig>,
+    /// Most entity rows in one lookup request. Default: 10000.
+    #[serde(default = "default_max_rows")]
+    pub max_lookup_rows: usize,
+    /// Time a request may take before it is answered 503 `timeout`. Default: `10s`.
+    #[serde(default)]
+    pub request_timeout: Option<String>,
+}
+
+fn default_max_rows() -> usize {
+    10_000
 }
 
 fn default_listen() -> SocketAddr {
@@ -149,7 +162,12 @@ fn default_listen() -> SocketAddr {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: default_listen() }
+        ServerConfig {
+            listen: default_listen(),
+            auth: None,
+            max_lookup_rows: default_max_rows(),
+            request_timeout: None,
+        }
     }
 }
 
@@ -350,6 +368,12 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
         }
     }
     let server: ServerConfig = root.get("server").and_then(|v| typed(v, "server", &mut problems)).unwrap_or_default();
+    for (i, token) in server.auth.iter().flat_map(|a| &a.tokens).enumerate() {
+        for (field, message) in crate::auth::check(token) {
+            problem(&mut problems, format!("server.auth.tokens[{i}].{field}"), message);
+        }
+    }
+    span_or(&server.request_timeout, 0, "server.request_timeout", &mut problems);
     let processing = processing(&root, &mut problems);
 
     let mut sources: Vec<(String, SourceConfig)> = Vec::new();
@@ -468,6 +492,13 @@ fn processing(root: &serde_yaml_ng::Mapping, problems: &mut Vec<Problem>) -> Pro
         checkpoint_ms: span_or(&raw.checkpoint_interval, 10_000, "processing.checkpoint_interval", problems),
         max_buffered_rows: raw.max_buffered_rows.unwrap_or(500_000).max(1),
         max_cached_entities: raw.max_cached_entities.unwrap_or(1_000_000),
+    }
+}
+
+impl ServerConfig {
+    /// `request_timeout` in ms (checked at load).
+    pub fn request_timeout_ms(&self) -> u64 {
+        self.request_timeout.as_deref().and_then(|t| Span::parse(t).ok()).map_or(10_000, |s| s.millis().max(1) as u64)
     }
 }
 

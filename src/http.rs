@@ -23,6 +23,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::{self, Scope, Tokens};
 use crate::config::Project;
 use crate::pipeline::{Health, Push, PushSummary};
 
@@ -30,8 +31,6 @@ use crate::pipeline::{Health, Push, PushSummary};
 pub const MAX_BODY_BYTES: usize = 16 << 20;
 /// Most records in one push.
 pub const MAX_PUSH_RECORDS: usize = 100_000;
-/// Most entity rows in one batch lookup.
-pub const MAX_LOOKUP_ROWS: usize = 10_000;
 
 /// What handlers share.
 #[derive(Clone)]
@@ -46,6 +45,8 @@ pub struct AppState {
     pub health: Arc<Health>,
     /// Prometheus rendering.
     pub metrics: PrometheusHandle,
+    /// Accepted bearer tokens; `None` leaves every route open.
+    pub tokens: Option<Arc<Tokens>>,
 }
 
 /// Every API error.
@@ -53,40 +54,79 @@ pub struct AppState {
 pub enum ApiError {
     /// 400: the request is malformed.
     BadRequest(&'static str, String),
+    /// 401: no valid bearer token.
+    Unauthorized(String),
+    /// 403: the token lacks the route's scope.
+    Forbidden(String),
     /// 404: the named thing does not exist.
     NotFound(&'static str, String),
     /// 413: over a size limit.
     TooLarge(String),
     /// 503: a dependency is down; retry later.
     Unavailable(String),
+    /// 503: the request took longer than `server.request_timeout`.
+    Timeout(std::time::Duration),
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = match self {
             ApiError::BadRequest(code, m) => (StatusCode::BAD_REQUEST, code, m),
+            ApiError::Unauthorized(m) => {
+                let body = Json(json!({"error": {"code": "unauthorized", "message": m}}));
+                return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
+            }
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
             ApiError::NotFound(code, m) => (StatusCode::NOT_FOUND, code, m),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
             ApiError::Unavailable(m) => {
                 tracing::warn!(message = %m, "request failed: dependency unavailable");
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "a dependency is unavailable; retry later".to_string())
             }
+            ApiError::Timeout(limit) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "timeout", format!("not answered within {} ms", limit.as_millis()))
+            }
         };
         (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
     }
 }
 
-/// The router.
+/// The router: each route group behind the scope it needs (open when no tokens are
+/// configured); health endpoints always open; every request bounded in time and body size.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/push/{source}", post(push))
+    let guard = |scope| {
+        axum::middleware::from_fn_with_state(auth::Guard { tokens: state.tokens.clone(), scope }, auth::require)
+    };
+    let read = Router::new()
         .route("/v1/features", post(batch_features))
+        .route("/get-online-features", post(feast_online_features))
         .route("/v1/features/{feature_set}/{key}", get(features))
+        .route_layer(guard(Scope::Read));
+    let push = Router::new().route("/v1/push/{source}", post(push)).route_layer(guard(Scope::Push));
+    let admin = Router::new().route("/metrics", get(metrics)).route_layer(guard(Scope::Admin));
+    let timeout = state.project.server.request_timeout_ms();
+    Router::new()
+        .merge(read)
+        .merge(push)
+        .merge(admin)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(timeout, bounded))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Answers 503 `timeout` when the handler takes longer than the limit (ms).
+async fn bounded(
+    State(limit_ms): State<u64>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = std::time::Duration::from_millis(limit_ms);
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout(limit).into_response(),
+    }
 }
 
 /// Splits a push body into records: a JSON array (each element one record, kept byte for
@@ -244,6 +284,59 @@ pub struct BatchRow {
     pub event_timestamps: Vec<Option<String>>,
 }
 
+/// Feature values for entity rows given as key columns, as of now.
+struct Lookup {
+    vector: fathom_featurestore::vector::Vector,
+    rows: Vec<BTreeMap<String, String>>,
+    values: Vec<Vec<FeatureValue>>,
+    now: i64,
+}
+
+/// Resolves `references`, checks the entity columns, reads every value in one round trip.
+async fn lookup_rows(
+    state: &AppState,
+    references: &[String],
+    entities: &BTreeMap<String, Vec<serde_json::Value>>,
+) -> Result<Lookup, ApiError> {
+    let catalog = state.project.catalog();
+    let vector = catalog.resolve(references).map_err(|m| ApiError::BadRequest("unknown_feature", m))?;
+    let n = entities.values().map(Vec::len).max().unwrap_or(0);
+    let limit = state.project.server.max_lookup_rows;
+    if n > limit {
+        return Err(ApiError::TooLarge(format!("{n} entity rows in one request; the limit is {limit}")));
+    }
+    let mut rows: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); n];
+    for key in &vector.keys {
+        let column = entities.get(key).ok_or_else(|| {
+            ApiError::BadRequest(
+                "missing_entity",
+                format!("the features need entity key {key:?}; add it to `entities`"),
+            )
+        })?;
+        if column.len() != n {
+            let message = format!("entities.{key} has {} keys, other columns {n}", column.len());
+            return Err(ApiError::BadRequest("malformed_body", message));
+        }
+        for (i, value) in column.iter().enumerate() {
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                other => {
+                    let message = format!("entities.{key}[{i}] must be a string or an integer, got {other}");
+                    return Err(ApiError::BadRequest("malformed_body", message));
+                }
+            };
+            rows[i].insert(key.clone(), text);
+        }
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let values = catalog
+        .read(&state.store, &vector, &rows, now)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("{:#}", anyhow::Error::from(e))))?;
+    Ok(Lookup { vector, rows, values, now })
+}
+
 /// `POST /v1/features`: many features across feature sets and CDC tables for many entity rows,
 /// one store round trip.
 async fn batch_features(State(state): State<AppState>, body: Bytes) -> Result<Json<BatchResponse>, ApiError> {
@@ -261,50 +354,7 @@ async fn batch_features(State(state): State<AppState>, body: Bytes) -> Result<Js
             ))
         }
     };
-    let catalog = state.project.catalog();
-    let vector = catalog.resolve(&references).map_err(|m| ApiError::BadRequest("unknown_feature", m))?;
-    let n = request.entities.values().map(Vec::len).max().unwrap_or(0);
-    if n > MAX_LOOKUP_ROWS {
-        return Err(ApiError::TooLarge(format!("{n} entity rows in one request; the limit is {MAX_LOOKUP_ROWS}")));
-    }
-    for key in &vector.keys {
-        match request.entities.get(key) {
-            None => {
-                return Err(ApiError::BadRequest(
-                    "missing_entity",
-                    format!("the features need entity key {key:?}; add it to `entities`"),
-                ))
-            }
-            Some(column) if column.len() != n => {
-                return Err(ApiError::BadRequest(
-                    "malformed_body",
-                    format!("entities.{key} has {} keys, other columns {n}", column.len()),
-                ))
-            }
-            Some(_) => {}
-        }
-    }
-    let mut rows: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); n];
-    for key in &vector.keys {
-        for (i, value) in request.entities[key].iter().enumerate() {
-            let text = match value {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Number(n) => n.to_string(),
-                other => {
-                    return Err(ApiError::BadRequest(
-                        "malformed_body",
-                        format!("entities.{key}[{i}] must be a string or an integer, got {other}"),
-                    ))
-                }
-            };
-            rows[i].insert(key.clone(), text);
-        }
-    }
-    let now = chrono::Utc::now().timestamp_millis();
-    let values = catalog
-        .read(&state.store, &vector, &rows, now)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("{:#}", anyhow::Error::from(e))))?;
+    let Lookup { vector, rows, values, now } = lookup_rows(&state, &references, &request.entities).await?;
     let rows = rows
         .into_iter()
         .zip(values)
@@ -316,6 +366,104 @@ async fn batch_features(State(state): State<AppState>, body: Bytes) -> Result<Js
         })
         .collect();
     Ok(Json(BatchResponse { read_time: rfc3339(now), feature_names: vector.names, rows }))
+}
+
+/// `POST /get-online-features` body: Feast's feature-server request.
+#[derive(Debug, serde::Deserialize)]
+pub struct FeastRequest {
+    /// `feature_view:feature` references (a feature set, table aggregation or CDC table).
+    #[serde(default)]
+    pub features: Option<Vec<String>>,
+    /// A feature service: a feature vector of the project file.
+    #[serde(default)]
+    pub feature_service: Option<String>,
+    /// Join key → values, one per entity row.
+    pub entities: BTreeMap<String, Vec<serde_json::Value>>,
+    /// Names as `view__feature` instead of `feature`.
+    #[serde(default)]
+    pub full_feature_names: bool,
+}
+
+/// `POST /get-online-features` answer, Feast's shape: column-major, join keys first.
+#[derive(Debug, Serialize)]
+pub struct FeastResponse {
+    /// `{"feature_names": [...]}`.
+    pub metadata: FeastMetadata,
+    /// One per name in `metadata.feature_names`, values over the entity rows.
+    pub results: Vec<FeastVector>,
+}
+
+/// Feast's response metadata.
+#[derive(Debug, Serialize)]
+pub struct FeastMetadata {
+    /// Join keys, then features.
+    pub feature_names: Vec<String>,
+}
+
+/// One column of a Feast response.
+#[derive(Debug, Serialize)]
+pub struct FeastVector {
+    /// One per entity row.
+    pub values: Vec<serde_json::Value>,
+    /// One per entity row.
+    pub statuses: Vec<lookup::Status>,
+    /// One per entity row; `1970-01-01T00:00:00Z` where there is none (as Feast does).
+    pub event_timestamps: Vec<String>,
+}
+
+/// `POST /get-online-features`: Feast's feature-server endpoint, so a Feast HTTP client can
+/// switch by changing its URL. Feature views are feature sets (or CDC tables), feature services
+/// are feature vectors.
+async fn feast_online_features(State(state): State<AppState>, body: Bytes) -> Result<Json<FeastResponse>, ApiError> {
+    let request: FeastRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest("malformed_body", format!("not a get-online-features request: {e}")))?;
+    let references: Vec<String> = match (request.features, &request.feature_service) {
+        (Some(features), None) => features
+            .iter()
+            .map(|f| {
+                let (view, feature) = f.split_once(':').ok_or_else(|| {
+                    ApiError::BadRequest("unknown_feature", format!("{f:?} is not a feature_view:feature reference"))
+                })?;
+                Ok(format!("{view}.{feature}"))
+            })
+            .collect::<Result<_, ApiError>>()?,
+        (None, Some(name)) => state.project.vectors.get(name).cloned().ok_or_else(|| {
+            ApiError::BadRequest(
+                "unknown_feature_service",
+                format!("no feature service (feature vector) named {name:?}"),
+            )
+        })?,
+        _ => {
+            let message = "give exactly one of `features` and `feature_service`".into();
+            return Err(ApiError::BadRequest("malformed_body", message));
+        }
+    };
+    let Lookup { vector, values, .. } = lookup_rows(&state, &references, &request.entities).await?;
+    let epoch = "1970-01-01T00:00:00Z".to_string();
+    let mut names = Vec::new();
+    let mut results = Vec::new();
+    for key in &vector.keys {
+        names.push(key.clone());
+        let column = &request.entities[key];
+        results.push(FeastVector {
+            values: column.clone(),
+            statuses: vec![lookup::Status::Present; column.len()],
+            event_timestamps: vec![epoch.clone(); column.len()],
+        });
+    }
+    for (i, name) in vector.names.iter().enumerate() {
+        let (view, feature) = name.split_once('.').expect("resolved names are <set>.<feature>");
+        names.push(if request.full_feature_names { format!("{view}__{feature}") } else { feature.to_string() });
+        results.push(FeastVector {
+            values: values.iter().map(|row| row[i].value.clone()).collect(),
+            statuses: values.iter().map(|row| row[i].status).collect(),
+            event_timestamps: values
+                .iter()
+                .map(|row| row[i].event_time_ms.map(rfc3339).unwrap_or_else(|| epoch.clone()))
+                .collect(),
+        });
+    }
+    Ok(Json(FeastResponse { metadata: FeastMetadata { feature_names: names }, results }))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -2,8 +2,9 @@
 //! commands that wire them.
 //!
 //! In flow order: [`config`] (what the project declares) → [`pipeline`] (records to stores) →
-//! [`http`] (push in, features out) → [`demo`], [`replay`] and [`bench`] (commands built on them).
+//! [`http`] (push in, features out; [`auth`] guards it) → [`demo`], [`replay`] and [`bench`] (commands built on them).
 
+pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod demo;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::auth::Tokens;
 use crate::config::Project;
 use crate::http::{self, AppState};
 use crate::pipeline::Running;
@@ -23,15 +24,20 @@ pub fn metrics() -> PrometheusHandle {
         .clone()
 }
 
-/// The router's state for a running pipeline.
-pub fn state(project: Arc<Project>, running: &Running) -> AppState {
-    AppState {
+/// The router's state for a running pipeline (bearer tokens resolved from env/files).
+pub fn state(project: Arc<Project>, running: &Running) -> anyhow::Result<AppState> {
+    let tokens = match &project.server.auth {
+        Some(auth) if !auth.tokens.is_empty() => Some(Arc::new(Tokens::load(auth)?)),
+        _ => None,
+    };
+    Ok(AppState {
         project,
         store: running.store.clone(),
         push: running.push.clone(),
         health: running.health.clone(),
         metrics: metrics(),
-    }
+        tokens,
+    })
 }
 
 /// Serves the API on the configured address until a shutdown signal.
@@ -40,7 +46,7 @@ pub async fn serve_until_signal(project: Arc<Project>, running: Running) -> anyh
         .await
         .with_context(|| format!("binding {}", project.server.listen))?;
     tracing::info!(address = %listener.local_addr()?, project = %project.name, "serving");
-    let app = http::app(state(project.clone(), &running));
+    let app = http::app(state(project.clone(), &running)?);
     axum::serve(listener, app).with_graceful_shutdown(signal()).await.context("serving HTTP")?;
     stop(running).await
 }

@@ -19,6 +19,11 @@ struct Server {
 }
 
 async fn server(online: &str) -> Server {
+    server_with(online, "").await
+}
+
+/// A server whose project file ends with `extra` (e.g. a `server:` section).
+async fn server_with(online: &str, extra: &str) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
         r#"
@@ -47,6 +52,7 @@ feature_sets:
     aggregations: [{{ column: customer_id, functions: [count] }}]
 feature_vectors:
   fraud: {{ features: [cards.amount_sum_1h, cards.merchant, customers.segment, per_segment.customer_id_count] }}
+{extra}
 "#,
         project = common::unique("api"),
         dir = dir.path().display(),
@@ -55,7 +61,7 @@ feature_vectors:
     let running = pipeline::start(project.clone()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = http::app(serve::state(project.clone(), &running));
+    let app = http::app(serve::state(project.clone(), &running).unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     Server { base, running: Some(running), _dir: dir, project }
 }
@@ -78,6 +84,20 @@ impl Server {
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let r = reqwest::Client::new().post(format!("{}{path}", self.base)).json(&body).send().await.unwrap();
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Status and error code of a request with an optional bearer token.
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+        let client = reqwest::Client::new();
+        let url = format!("{}{path}", self.base);
+        let mut request = if method == "GET" { client.get(url) } else { client.post(url).body(body.to_string()) };
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let r = request.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str::<Value>(&text).map(|v| v["error"]["code"].clone()).unwrap_or(Value::Null))
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
@@ -246,6 +266,90 @@ async fn batch_lookup_mixes_feature_sets_table_columns_and_table_aggregations() 
         assert_eq!(status, 400, "{request} → {body}");
         assert_eq!(body["error"]["code"], code, "{request} → {body}");
         assert!(body["error"]["message"].as_str().unwrap().contains(message), "{request} → {body}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feast_clients_get_feasts_response_shape() {
+    let server = server(&format!("{{ redis: {{ url: \"{}\" }} }}", common::redis_url())).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let events = json!([{"card_id": "c1", "ts": now - 5_000, "amount": 4.5, "merchant": "m1"},
+                        {"card_id": "c2", "ts": now - 4_000, "amount": 1.5, "merchant": "m2"}]);
+    assert_eq!(server.push(&events.to_string()).await.0, 200);
+    let request =
+        json!({"features": ["cards:amount_sum_1h", "cards:merchant"], "entities": {"card_id": ["c1", "c2", "c3"]}});
+    let (status, body) = server.post("/get-online-features", request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["metadata"]["feature_names"], json!(["card_id", "amount_sum_1h", "merchant"]));
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results[0]["values"], json!(["c1", "c2", "c3"]), "join keys first, as given");
+    assert_eq!(results[0]["event_timestamps"][0], "1970-01-01T00:00:00Z");
+    assert_eq!(results[1]["values"], json!([4.5, 1.5, null]), "column-major: one result per feature");
+    assert_eq!(results[1]["statuses"], json!(["PRESENT", "PRESENT", "NOT_FOUND"]));
+    assert_eq!(results[2]["values"], json!(["m1", "m2", null]));
+    assert_eq!(results[2]["event_timestamps"][2], "1970-01-01T00:00:00Z");
+
+    let request = json!({"feature_service": "fraud", "full_feature_names": true,
+                         "entities": {"card_id": ["c1"], "customer_id": [1], "segment": ["gold"]}});
+    let (status, body) = server.post("/get-online-features", request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["metadata"]["feature_names"],
+        json!([
+            "card_id",
+            "customer_id",
+            "segment",
+            "cards__amount_sum_1h",
+            "cards__merchant",
+            "customers__segment",
+            "per_segment__customer_id_count"
+        ])
+    );
+    let (status, body) =
+        server.post("/get-online-features", json!({"features": ["cards.merchant"], "entities": {}})).await;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!("unknown_feature")), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_but_health_needs_a_token_with_its_scope() {
+    let hash = |t: &str| {
+        use sha2::Digest;
+        sha2::Sha256::digest(t.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    std::env::set_var("FATHOM_TEST_PUSH_TOKEN", "push-secret");
+    let auth = format!(
+        "server:\n  auth:\n    tokens:\n      - {{ name: reader, sha256: {}, scopes: [read] }}\n      - {{ name: ingest, token: env:FATHOM_TEST_PUSH_TOKEN, scopes: [push] }}\n      - {{ name: ops, sha256: {}, scopes: [admin] }}\n",
+        hash("read-secret"),
+        hash("admin-secret")
+    );
+    let server = server_with("{ embedded: {} }", &auth).await;
+    let lookup = json!({"features": ["cards.*"], "entities": {"card_id": ["c1"]}}).to_string();
+    let feast = json!({"features": ["cards:merchant"], "entities": {"card_id": ["c1"]}}).to_string();
+    let event = json!([{"card_id": "c1", "ts": 1_000, "amount": 1.0}]).to_string();
+    let routes: [(&str, &str, &str, &str); 5] = [
+        ("GET", "/v1/features/cards/c1", "read", ""),
+        ("POST", "/v1/features", "read", &lookup),
+        ("POST", "/get-online-features", "read", &feast),
+        ("POST", "/v1/push/tx", "push", &event),
+        ("GET", "/metrics", "admin", ""),
+    ];
+    let tokens = [("read", "read-secret"), ("push", "push-secret"), ("admin", "admin-secret")];
+    for (method, path, scope, body) in routes {
+        assert_eq!(server.call(method, path, None, body).await, (401, json!("unauthorized")), "{path} without a token");
+        assert_eq!(server.call(method, path, Some("wrong"), body).await, (401, json!("unauthorized")), "{path}");
+        for (granted, token) in tokens {
+            let (status, code) = server.call(method, path, Some(token), body).await;
+            if granted == scope || granted == "admin" {
+                assert_eq!(status, 200, "{path} with {granted}: {code}");
+            } else {
+                assert_eq!((status, code), (403, json!("forbidden")), "{path} with {granted}");
+            }
+        }
+    }
+    for open in ["/healthz", "/readyz"] {
+        assert_eq!(server.call("GET", open, None, "").await.0, 200, "{open} stays open");
     }
     server.stop().await;
 }

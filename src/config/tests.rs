@@ -150,3 +150,20 @@ fn feature_vectors_name_what_does_not_resolve() {
     }
     assert_eq!(found.len(), expected.len(), "{found:#?}");
 }
+
+#[test]
+fn auth_tokens_are_hashes_or_secrets_from_env_or_files() {
+    let found = problems(
+        "project: p\nserver:\n  request_timeout: 5x\n  auth:\n    tokens:\n      - { name: a, token: plain-text, scopes: [] }\n      - { name: b, sha256: abc, scopes: [read] }\n      - { name: c, token: env:TOKEN, scopes: [push, admin] }\n",
+    );
+    let expected = [
+        "server.auth.tokens[0].token: must be env:NAME or file:/path",
+        "server.auth.tokens[0].scopes: list at least one",
+        "server.auth.tokens[1].sha256: must be 64 hex digits",
+        "server.request_timeout: \"5x\" is not a duration",
+    ];
+    for e in expected {
+        assert!(found.iter().any(|f| f.starts_with(e)), "missing {e:?} in {found:#?}");
+    }
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+}
