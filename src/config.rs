@@ -39,6 +39,8 @@ pub struct Project {
     pub tables: Vec<(String, String)>,
     /// Named feature vectors: feature references, as written.
     pub vectors: BTreeMap<String, Vec<String>>,
+    /// Models served by `/v1/models/{model}/predict`.
+    pub models: BTreeMap<String, crate::serving::ModelConfig>,
     /// HTTP server.
     pub server: ServerConfig,
     /// Batching and checkpoints.
@@ -238,8 +240,8 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 8] =
-    ["project", "stores", "sources", "entities", "feature_sets", "feature_vectors", "server", "processing"];
+const SECTIONS: [&str; 9] =
+    ["project", "stores", "sources", "entities", "feature_sets", "feature_vectors", "models", "server", "processing"];
 
 /// A `feature_vectors` entry.
 #[derive(Debug, Clone, Deserialize)]
@@ -476,8 +478,51 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
         }
         vectors.insert(vector, config.features);
     }
+    let mut models = BTreeMap::new();
+    for (model, value) in entries(&root, "models", &mut problems) {
+        let path = format!("models.{model}");
+        check_name("model", &model, &path, &mut problems);
+        let Some(config) = typed::<crate::serving::ModelConfig>(&value, &path, &mut problems) else {
+            continue;
+        };
+        let catalog = Catalog { project: &name, plans: &plans, table_plans: &table_plans, tables: &tables };
+        let mut names = config.request_fields.clone();
+        for (i, reference) in config.features.iter().enumerate() {
+            match catalog.resolve(std::slice::from_ref(reference)) {
+                Ok(vector) => names.extend(vector.names),
+                Err(message) => problem(&mut problems, format!("{path}.features[{i}]"), message),
+            }
+        }
+        for feature in config.impute.keys() {
+            if !names.contains(feature) {
+                problem(
+                    &mut problems,
+                    format!("{path}.impute.{feature}"),
+                    "not one of the model's features (write <feature_set>.<feature> or a request field)",
+                );
+            }
+        }
+        if !config.endpoint.url.starts_with("http://") {
+            let hint = "must be an http:// URL (TLS to model servers is not built in yet: keep the call inside the cluster or behind a sidecar)";
+            problem(&mut problems, format!("{path}.endpoint.url"), hint);
+        }
+        span_or(&config.endpoint.timeout, 0, &format!("{path}.endpoint.timeout"), &mut problems);
+        models.insert(model, config);
+    }
     if problems.is_empty() {
-        Ok(Project { name, stores, sources, plans, plan_sources, table_plans, tables, vectors, server, processing })
+        Ok(Project {
+            name,
+            stores,
+            sources,
+            plans,
+            plan_sources,
+            table_plans,
+            tables,
+            vectors,
+            models,
+            server,
+            processing,
+        })
     } else {
         Err(Parsed::Invalid(problems))
     }
@@ -492,6 +537,21 @@ fn processing(root: &serde_yaml_ng::Mapping, problems: &mut Vec<Problem>) -> Pro
         checkpoint_ms: span_or(&raw.checkpoint_interval, 10_000, "processing.checkpoint_interval", problems),
         max_buffered_rows: raw.max_buffered_rows.unwrap_or(500_000).max(1),
         max_cached_entities: raw.max_cached_entities.unwrap_or(1_000_000),
+    }
+}
+
+impl Project {
+    /// A model's timeout in ms (checked at load; default 2 s).
+    pub fn model_timeout_ms(&self, model: &crate::serving::ModelConfig) -> u64 {
+        model.endpoint.timeout.as_deref().and_then(|t| Span::parse(t).ok()).map_or(2_000, |s| s.millis().max(1) as u64)
+    }
+
+    /// A model's prediction topic.
+    pub fn predictions_topic(&self, model: &str) -> String {
+        self.models
+            .get(model)
+            .and_then(|m| m.predictions_topic.clone())
+            .unwrap_or_else(|| format!("{model}.predictions"))
     }
 }
 

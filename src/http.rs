@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::{self, Scope, Tokens};
 use crate::config::Project;
 use crate::pipeline::{Health, Push, PushSummary};
+use crate::serving::{ModelClient, PredictError, PredictionLog, PredictionRecord};
 
 /// Largest push body, bytes.
 pub const MAX_BODY_BYTES: usize = 16 << 20;
@@ -47,6 +48,10 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Accepted bearer tokens; `None` leaves every route open.
     pub tokens: Option<Arc<Tokens>>,
+    /// Model endpoint clients by model name.
+    pub models: Arc<BTreeMap<String, Arc<ModelClient>>>,
+    /// Where prediction records go.
+    pub predictions: PredictionLog,
 }
 
 /// Every API error.
@@ -66,6 +71,8 @@ pub enum ApiError {
     Unavailable(String),
     /// 503: the request took longer than `server.request_timeout`.
     Timeout(std::time::Duration),
+    /// 502/504: the model endpoint failed or timed out.
+    Model(PredictError),
 }
 
 impl IntoResponse for ApiError {
@@ -82,6 +89,14 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(m) => {
                 tracing::warn!(message = %m, "request failed: dependency unavailable");
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "a dependency is unavailable; retry later".to_string())
+            }
+            ApiError::Model(e) => {
+                let (status, code) = match e {
+                    PredictError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "model_timeout"),
+                    PredictError::Endpoint(_) | PredictError::Malformed(_) => (StatusCode::BAD_GATEWAY, "model_error"),
+                };
+                tracing::warn!(error = %e, "model call failed");
+                (status, code, e.to_string())
             }
             ApiError::Timeout(limit) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "timeout", format!("not answered within {} ms", limit.as_millis()))
@@ -100,6 +115,8 @@ pub fn app(state: AppState) -> Router {
     let read = Router::new()
         .route("/v1/features", post(batch_features))
         .route("/get-online-features", post(feast_online_features))
+        .route("/v1/enrich", post(enrich))
+        .route("/v1/models/{model}/predict", post(predict))
         .route("/v1/features/{feature_set}/{key}", get(features))
         .route_layer(guard(Scope::Read));
     let push = Router::new().route("/v1/push/{source}", post(push)).route_layer(guard(Scope::Push));
@@ -464,6 +481,154 @@ async fn feast_online_features(State(state): State<AppState>, body: Bytes) -> Re
         });
     }
     Ok(Json(FeastResponse { metadata: FeastMetadata { feature_names: names }, results }))
+}
+
+/// `POST /v1/models/{model}/predict` and `POST /v1/enrich` body.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictRequest {
+    /// `/v1/enrich` only: the model whose vector to assemble.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Entity key field → key (string or integer), one entity row.
+    pub entities: BTreeMap<String, serde_json::Value>,
+    /// Request-time fields the model takes (`request_fields`).
+    #[serde(default)]
+    pub request: serde_json::Map<String, serde_json::Value>,
+    /// The caller's id for this request; one is generated when absent.
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+/// An assembled feature vector.
+#[derive(Debug, Serialize)]
+pub struct Enriched {
+    /// Feature name → value, in the model's order (JSON object order is not guaranteed: see
+    /// `feature_names`).
+    pub features: serde_json::Map<String, serde_json::Value>,
+    /// Names in the order sent to the model.
+    pub feature_names: Vec<String>,
+    /// Status of each value as looked up (before imputation).
+    pub statuses: Vec<lookup::Status>,
+    /// Features whose missing value was imputed.
+    pub imputed: Vec<String>,
+    /// Whether each feature is always a number (aggregations), for the model's input types.
+    #[serde(skip)]
+    pub numeric: Vec<bool>,
+}
+
+/// `POST /v1/models/{model}/predict` answer.
+#[derive(Debug, Serialize)]
+pub struct Prediction {
+    /// The request's id (the caller's, or generated); labels join on it.
+    pub request_id: String,
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub model_version: String,
+    /// What the model answered.
+    pub prediction: serde_json::Value,
+    /// The vector sent.
+    #[serde(flatten)]
+    pub enriched: Enriched,
+}
+
+fn model<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<ModelClient>, ApiError> {
+    state.models.get(name).ok_or_else(|| ApiError::NotFound("unknown_model", format!("no model named {name:?}")))
+}
+
+/// The model's vector for one entity row: stored features (imputed where configured), then
+/// request fields.
+async fn assemble(state: &AppState, client: &ModelClient, request: &PredictRequest) -> Result<Enriched, ApiError> {
+    let config = client.config();
+    let entities = request.entities.iter().map(|(k, v)| (k.clone(), vec![v.clone()])).collect();
+    let Lookup { vector, values, .. } = lookup_rows(state, &config.features, &entities).await?;
+    let mut enriched = Enriched {
+        features: Default::default(),
+        feature_names: Vec::new(),
+        statuses: Vec::new(),
+        imputed: Vec::new(),
+        numeric: state.project.catalog().numeric(&vector),
+    };
+    for (name, value) in vector.names.into_iter().zip(values.into_iter().next().unwrap_or_default()) {
+        let v = match config.impute.get(&name) {
+            Some(constant) if value.status != lookup::Status::Present => {
+                enriched.imputed.push(name.clone());
+                constant.clone()
+            }
+            _ => value.value,
+        };
+        enriched.features.insert(name.clone(), v);
+        enriched.feature_names.push(name);
+        enriched.statuses.push(value.status);
+    }
+    for field in &config.request_fields {
+        let value = request.request.get(field).cloned().ok_or_else(|| {
+            ApiError::BadRequest(
+                "missing_field",
+                format!("the model takes request field {field:?}; add it to `request`"),
+            )
+        })?;
+        enriched.features.insert(field.clone(), value);
+        enriched.feature_names.push(field.clone());
+        enriched.statuses.push(lookup::Status::Present);
+        enriched.numeric.push(false);
+    }
+    Ok(enriched)
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest("malformed_body", format!("{e}")))
+}
+
+/// `POST /v1/enrich`: a model's assembled feature vector, without calling it.
+async fn enrich(State(state): State<AppState>, body: Bytes) -> Result<Json<Enriched>, ApiError> {
+    let request: PredictRequest = parse_body(&body)?;
+    let name =
+        request.model.as_deref().ok_or_else(|| ApiError::BadRequest("malformed_body", "`model` is required".into()))?;
+    let client = model(&state, name)?;
+    Ok(Json(assemble(&state, client, &request).await?))
+}
+
+/// `POST /v1/models/{model}/predict`: assembles the vector, calls the model, answers, and queues
+/// the prediction record (the publish never delays the answer).
+async fn predict(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Prediction>, ApiError> {
+    let started = std::time::Instant::now();
+    let request: PredictRequest = parse_body(&body)?;
+    let client = model(&state, &name)?;
+    let enriched = assemble(&state, client, &request).await?;
+    let request_id = request.request_id.clone().unwrap_or_else(new_request_id);
+    let ordered: Vec<(String, serde_json::Value, bool)> = enriched
+        .feature_names
+        .iter()
+        .zip(&enriched.numeric)
+        .map(|(n, numeric)| (n.clone(), enriched.features[n].clone(), *numeric))
+        .collect();
+    let prediction = client.predict(&request_id, &ordered).await.map_err(ApiError::Model)?;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let version = client.config().version.clone();
+    let record = PredictionRecord {
+        request_id: request_id.clone(),
+        model: name.clone(),
+        model_version: version.clone(),
+        timestamp: rfc3339(chrono::Utc::now().timestamp_millis()),
+        features: enriched.features.clone(),
+        prediction: prediction.clone(),
+        latency_ms,
+    };
+    state.predictions.publish(&state.project.predictions_topic(&name), record);
+    Ok(Json(Prediction { request_id, model: name, model_version: version, prediction, enriched }))
+}
+
+/// 128 random bits as hex.
+fn new_request_id() -> String {
+    use rand::Rng as _;
+    let bits: u128 = rand::rng().random();
+    format!("{bits:032x}")
 }
 
 async fn healthz() -> Json<serde_json::Value> {

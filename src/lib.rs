@@ -2,7 +2,7 @@
 //! commands that wire them.
 //!
 //! In flow order: [`config`] (what the project declares) → [`pipeline`] (records to stores) →
-//! [`http`] (push in, features out; [`auth`] guards it) → [`demo`], [`replay`] and [`bench`] (commands built on them).
+//! [`http`] (push in, features out; [`auth`] guards it; [`serving`] calls models) → [`demo`], [`replay`] and [`bench`] (commands built on them).
 
 pub mod auth;
 pub mod bench;
@@ -12,3 +12,4 @@ pub mod http;
 pub mod pipeline;
 pub mod replay;
 pub mod serve;
+pub mod serving;

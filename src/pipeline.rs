@@ -106,11 +106,12 @@ pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
         .collect();
     let (dead, consumer) = match &project.stores.kafka {
         Some(config) => {
-            let dlq: Vec<String> =
+            let mut topics: Vec<String> =
                 (0..project.sources.len()).map(|i| format!("{}.dlq", project.stream_name(i))).collect();
-            if let Err(e) = kafka::ensure_topics(config, &dlq).await {
+            topics.extend(project.models.keys().map(|m| project.predictions_topic(m)));
+            if let Err(e) = kafka::ensure_topics(config, &topics).await {
                 // ACLs may forbid it; the topics may exist anyway
-                tracing::warn!(error = format!("{e:#}"), "dead-letter topics not ensured");
+                tracing::warn!(error = format!("{e:#}"), "dead-letter and prediction topics not ensured");
             }
             let dead = DeadLetters::kafka(kafka::producer(config)?);
             let consumer = if kafka_sources.is_empty() {

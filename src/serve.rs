@@ -9,6 +9,7 @@ use crate::auth::Tokens;
 use crate::config::Project;
 use crate::http::{self, AppState};
 use crate::pipeline::Running;
+use crate::serving::{ModelClient, PredictionLog, Sink};
 
 /// Installs the Prometheus recorder (once per process) and returns its handle.
 pub fn metrics() -> PrometheusHandle {
@@ -30,13 +31,25 @@ pub fn state(project: Arc<Project>, running: &Running) -> anyhow::Result<AppStat
         Some(auth) if !auth.tokens.is_empty() => Some(Arc::new(Tokens::load(auth)?)),
         _ => None,
     };
+    let mut models = std::collections::BTreeMap::new();
+    for (name, config) in &project.models {
+        let client = ModelClient::new(name, config.clone(), project.model_timeout_ms(config))
+            .with_context(|| format!("models.{name}: building the HTTP client"))?;
+        models.insert(name.clone(), Arc::new(client));
+    }
+    let sink = match &project.stores.kafka {
+        Some(kafka) => Sink::Kafka(fathom_ingest::kafka::producer(kafka)?),
+        None => Sink::Files(project.stores.dead_letters.path.with_file_name("predictions")),
+    };
     Ok(AppState {
-        project,
         store: running.store.clone(),
         push: running.push.clone(),
         health: running.health.clone(),
         metrics: metrics(),
         tokens,
+        models: Arc::new(models),
+        predictions: PredictionLog::start(sink, 100_000),
+        project,
     })
 }
 

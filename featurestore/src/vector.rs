@@ -110,6 +110,20 @@ impl Catalog<'_> {
         Ok(vector)
     }
 
+    /// Per feature of `vector`: whether its values are always numbers (aggregations; latest
+    /// values and table columns may hold anything).
+    pub fn numeric(&self, vector: &Vector) -> Vec<bool> {
+        vector
+            .refs
+            .iter()
+            .map(|(holder, feature)| match holder {
+                Holder::Events(p) => self.plans[*p].aggregations.iter().any(|a| a.name == *feature),
+                Holder::Table(_) => true,
+                Holder::Rows(_) => false,
+            })
+            .collect()
+    }
+
     /// Every feature of `vector` for each entity row (key field → key), as of `at_ms`: one
     /// store round trip for all rows. Rows must give every key in [`Vector::keys`].
     pub async fn read(

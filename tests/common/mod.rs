@@ -101,27 +101,36 @@ pub async fn wait_applied(group: &str, topic: &str, last: &std::collections::BTr
 }
 
 pub async fn dead_letter_headers(topic: &str, n: usize) -> Vec<std::collections::BTreeMap<String, String>> {
+    consume(topic, n).await.into_iter().map(|(headers, _, _)| headers).collect()
+}
+
+/// The first `n` records of `topic` (waiting up to 30 s for each): headers, key, payload.
+pub async fn consume(topic: &str, n: usize) -> Vec<(std::collections::BTreeMap<String, String>, Vec<u8>, Vec<u8>)> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::{Headers, Message};
 
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka())
-        .set("group.id", unique("dlq-reader"))
+        .set("group.id", unique("reader"))
         .set("auto.offset.reset", "earliest")
         .create()
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        let m =
-            tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("dead letters arrive").unwrap();
-        let headers = m.headers().expect("dead letters carry headers");
-        out.push(
-            headers
-                .iter()
-                .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).to_string()))
-                .collect(),
-        );
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{topic}: only {} of {n} records arrived", out.len()))
+            .unwrap();
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push((headers, m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec()));
     }
     out
 }
