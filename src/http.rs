@@ -106,6 +106,48 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The error body of every failed request.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// `{"code": stable code, "message": human text}`.
+    pub error: ErrorDetail,
+}
+
+/// An error's code and message.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code, e.g. `unknown_feature`, `missing_entity`, `unauthorized`, `model_timeout`.
+    pub code: String,
+    /// What went wrong, for humans.
+    pub message: String,
+}
+
+/// The OpenAPI document, generated from the handlers and types above.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Fathom", description = "Streaming feature store and model monitoring: ingest, lookups, serving enrichment."),
+    paths(push, features, batch_features, feast_online_features, enrich, predict, healthz, readyz, metrics, openapi),
+    modifiers(&BearerAuth),
+    tags((name = "ingest"), (name = "features"), (name = "serving"), (name = "operations"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "this document")), security(("bearer" = ["read"])))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(<ApiDoc as utoipa::OpenApi>::openapi())
+}
+
 /// The router: each route group behind the scope it needs (open when no tokens are
 /// configured); health endpoints always open; every request bounded in time and body size.
 pub fn app(state: AppState) -> Router {
@@ -117,6 +159,7 @@ pub fn app(state: AppState) -> Router {
         .route("/get-online-features", post(feast_online_features))
         .route("/v1/enrich", post(enrich))
         .route("/v1/models/{model}/predict", post(predict))
+        .route("/openapi.json", get(openapi))
         .route("/v1/features/{feature_set}/{key}", get(features))
         .route_layer(guard(Scope::Read));
     let push = Router::new().route("/v1/push/{source}", post(push)).route_layer(guard(Scope::Push));
@@ -178,6 +221,11 @@ pub fn split_body(body: &[u8], source: usize) -> Result<Vec<Record>, ApiError> {
     Ok(records)
 }
 
+#[utoipa::path(post, path = "/v1/push/{source}", tag = "ingest",
+    params(("source" = String, Path, description = "source name")),
+    request_body(content = String, description = "a JSON array of events, or NDJSON", content_type = "application/json"),
+    responses((status = 200, body = PushSummary), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)),
+    security(("bearer" = ["push"])))]
 async fn push(
     State(state): State<AppState>,
     Path(source): Path<String>,
@@ -199,7 +247,7 @@ async fn push(
 }
 
 /// `GET /v1/features/{feature_set}/{key}` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EntityFeatures {
     /// Feature set.
     pub feature_set: String,
@@ -212,7 +260,7 @@ pub struct EntityFeatures {
 }
 
 /// One feature in an answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Feature {
     /// Name.
     pub name: String,
@@ -236,6 +284,10 @@ impl From<FeatureValue> for Feature {
 
 /// `GET /v1/features/{name}/{key}`: every feature of a feature set (over events or over a CDC
 /// table), or every column of a CDC table's current row.
+#[utoipa::path(get, path = "/v1/features/{feature_set}/{key}", tag = "features",
+    params(("feature_set" = String, Path, description = "feature set or CDC table"), ("key" = String, Path, description = "entity key")),
+    responses((status = 200, body = EntityFeatures), (status = 404, body = ErrorBody)),
+    security(("bearer" = ["read"])))]
 async fn features(
     State(state): State<AppState>,
     Path((set, key)): Path<(String, String)>,
@@ -264,7 +316,7 @@ async fn features(
 }
 
 /// `POST /v1/features` body: features by reference or by vector name, entity keys as columns.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     /// Feature references (`card_activity.amount_sum_1h`, `card_activity.*`, `customers.segment`).
@@ -278,7 +330,7 @@ pub struct BatchRequest {
 }
 
 /// `POST /v1/features` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchResponse {
     /// Read time, RFC 3339.
     pub read_time: String,
@@ -289,7 +341,7 @@ pub struct BatchResponse {
 }
 
 /// One entity row's features.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchRow {
     /// The row's keys.
     pub entities: BTreeMap<String, String>,
@@ -356,6 +408,9 @@ async fn lookup_rows(
 
 /// `POST /v1/features`: many features across feature sets and CDC tables for many entity rows,
 /// one store round trip.
+#[utoipa::path(post, path = "/v1/features", tag = "features", request_body = BatchRequest,
+    responses((status = 200, body = BatchResponse), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)),
+    security(("bearer" = ["read"])))]
 async fn batch_features(State(state): State<AppState>, body: Bytes) -> Result<Json<BatchResponse>, ApiError> {
     let request: BatchRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest("malformed_body", format!("not a feature request: {e}")))?;
@@ -386,7 +441,7 @@ async fn batch_features(State(state): State<AppState>, body: Bytes) -> Result<Js
 }
 
 /// `POST /get-online-features` body: Feast's feature-server request.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 pub struct FeastRequest {
     /// `feature_view:feature` references (a feature set, table aggregation or CDC table).
     #[serde(default)]
@@ -402,7 +457,7 @@ pub struct FeastRequest {
 }
 
 /// `POST /get-online-features` answer, Feast's shape: column-major, join keys first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FeastResponse {
     /// `{"feature_names": [...]}`.
     pub metadata: FeastMetadata,
@@ -411,14 +466,14 @@ pub struct FeastResponse {
 }
 
 /// Feast's response metadata.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FeastMetadata {
     /// Join keys, then features.
     pub feature_names: Vec<String>,
 }
 
 /// One column of a Feast response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FeastVector {
     /// One per entity row.
     pub values: Vec<serde_json::Value>,
@@ -431,6 +486,9 @@ pub struct FeastVector {
 /// `POST /get-online-features`: Feast's feature-server endpoint, so a Feast HTTP client can
 /// switch by changing its URL. Feature views are feature sets (or CDC tables), feature services
 /// are feature vectors.
+#[utoipa::path(post, path = "/get-online-features", tag = "features", request_body = FeastRequest,
+    responses((status = 200, body = FeastResponse), (status = 400, body = ErrorBody)),
+    security(("bearer" = ["read"])))]
 async fn feast_online_features(State(state): State<AppState>, body: Bytes) -> Result<Json<FeastResponse>, ApiError> {
     let request: FeastRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest("malformed_body", format!("not a get-online-features request: {e}")))?;
@@ -484,7 +542,7 @@ async fn feast_online_features(State(state): State<AppState>, body: Bytes) -> Re
 }
 
 /// `POST /v1/models/{model}/predict` and `POST /v1/enrich` body.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictRequest {
     /// `/v1/enrich` only: the model whose vector to assemble.
@@ -501,7 +559,7 @@ pub struct PredictRequest {
 }
 
 /// An assembled feature vector.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Enriched {
     /// Feature name → value, in the model's order (JSON object order is not guaranteed: see
     /// `feature_names`).
@@ -518,7 +576,7 @@ pub struct Enriched {
 }
 
 /// `POST /v1/models/{model}/predict` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Prediction {
     /// The request's id (the caller's, or generated); labels join on it.
     pub request_id: String,
@@ -582,6 +640,9 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
 }
 
 /// `POST /v1/enrich`: a model's assembled feature vector, without calling it.
+#[utoipa::path(post, path = "/v1/enrich", tag = "serving", request_body = PredictRequest,
+    responses((status = 200, body = Enriched), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = ["read"])))]
 async fn enrich(State(state): State<AppState>, body: Bytes) -> Result<Json<Enriched>, ApiError> {
     let request: PredictRequest = parse_body(&body)?;
     let name =
@@ -592,6 +653,11 @@ async fn enrich(State(state): State<AppState>, body: Bytes) -> Result<Json<Enric
 
 /// `POST /v1/models/{model}/predict`: assembles the vector, calls the model, answers, and queues
 /// the prediction record (the publish never delays the answer).
+#[utoipa::path(post, path = "/v1/models/{model}/predict", tag = "serving", request_body = PredictRequest,
+    params(("model" = String, Path, description = "model name")),
+    responses((status = 200, body = Prediction), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 502, body = ErrorBody), (status = 504, body = ErrorBody)),
+    security(("bearer" = ["read"])))]
 async fn predict(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -631,10 +697,13 @@ fn new_request_id() -> String {
     format!("{bits:032x}")
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "the process is up")))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "ready"), (status = 503, description = "online store or pipeline degraded")))]
 async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store.ping().await;
     let pipeline_ok = state.health.ready.load(Ordering::Relaxed);
@@ -649,6 +718,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")),
+    security(("bearer" = ["admin"])))]
 async fn metrics(State(state): State<AppState>) -> Response {
     state.metrics.run_upkeep();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()

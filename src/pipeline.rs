@@ -42,7 +42,7 @@ pub struct Push {
 }
 
 /// What happened to pushed records.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PushSummary {
     /// Records decoded and applied (or already applied).
     pub accepted: usize,

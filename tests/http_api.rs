@@ -351,5 +351,72 @@ async fn every_route_but_health_needs_a_token_with_its_scope() {
     for open in ["/healthz", "/readyz"] {
         assert_eq!(server.call("GET", open, None, "").await.0, 200, "{open} stays open");
     }
+    // every operation the OpenAPI document lists (generated from the handlers) refuses a
+    // request without a token, except the two health endpoints
+    let (status, _) = server.call("GET", "/openapi.json", Some("read-secret"), "").await;
+    assert_eq!(status, 200);
+    let document: Value = reqwest::Client::new()
+        .get(format!("{}/openapi.json", server.base))
+        .bearer_auth("read-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut checked = 0;
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            let concrete = path
+                .replace("{source}", "tx")
+                .replace("{feature_set}", "cards")
+                .replace("{key}", "c1")
+                .replace("{model}", "m");
+            let (status, code) = server.call(&method.to_uppercase(), &concrete, None, "{}").await;
+            if path == "/healthz" || path == "/readyz" {
+                assert_eq!(status, 200, "{path}");
+            } else {
+                assert_eq!((status, code), (401, json!("unauthorized")), "{method} {path} must need a token");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 8, "push, two lookups, feast, enrich, predict, metrics, openapi");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route_and_its_schemas() {
+    let server = server("{ embedded: {} }").await;
+    let (status, document) = server.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."), "{document}");
+    let paths: Vec<&String> = document["paths"].as_object().unwrap().keys().collect();
+    for route in [
+        "/v1/push/{source}",
+        "/v1/features",
+        "/v1/features/{feature_set}/{key}",
+        "/get-online-features",
+        "/v1/enrich",
+        "/v1/models/{model}/predict",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(paths.iter().any(|p| *p == route), "{route} missing from {paths:?}");
+    }
+    // every referenced schema is defined
+    let text = document.to_string();
+    let schemas = document["components"]["schemas"].as_object().unwrap();
+    for reference in text.split("\"#/components/schemas/").skip(1) {
+        let name = &reference[..reference.find('"').unwrap()];
+        assert!(schemas.contains_key(name), "{name} referenced but not defined");
+    }
+    assert_eq!(
+        document["components"]["schemas"]["Status"]["enum"],
+        json!(["PRESENT", "NOT_FOUND", "NULL_VALUE", "OUTSIDE_MAX_AGE"])
+    );
+    assert_eq!(document["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     server.stop().await;
 }

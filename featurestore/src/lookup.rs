@@ -7,7 +7,7 @@ use crate::definition::FeatureSetPlan;
 use crate::engine::{self, EntityState};
 
 /// The status of one returned value (Feast's names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
     /// A value.
