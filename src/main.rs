@@ -177,13 +177,14 @@ fn validate(path: &std::path::Path) -> ExitCode {
             let features: usize = project.plans.iter().map(|p| p.feature_names().count()).sum::<usize>()
                 + project.table_plans.iter().map(|p| p.aggregations.len()).sum::<usize>();
             println!(
-                "{}: ok — project {:?}, {} sources ({} CDC tables), {} feature sets, {features} features, {} feature vectors",
+                "{}: ok — project {:?}, {} sources ({} CDC tables), {} feature sets, {features} features, {} feature vectors, {} models",
                 path.display(),
                 project.name,
                 project.sources.len(),
                 project.tables.len(),
                 project.plans.len() + project.table_plans.len(),
-                project.vectors.len()
+                project.vectors.len(),
+                project.models.len()
             );
             ExitCode::SUCCESS
         }
