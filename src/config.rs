@@ -41,6 +41,8 @@ pub struct Project {
     pub vectors: BTreeMap<String, Vec<String>>,
     /// Models served by `/v1/models/{model}/predict`.
     pub models: BTreeMap<String, crate::serving::ModelConfig>,
+    /// Directory relative paths in the file are resolved against (the file's own).
+    pub base_dir: PathBuf,
     /// HTTP server.
     pub server: ServerConfig,
     /// Batching and checkpoints.
@@ -254,10 +256,13 @@ struct VectorConfig {
 /// Reads and checks a project file.
 pub fn load(path: &Path) -> Result<Project, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
-    parse(&text).map_err(|e| match e {
+    let mut project = parse(&text).map_err(|e| match e {
         Parsed::Syntax(source) => ConfigError::Syntax { path: path.into(), source },
         Parsed::Invalid(problems) => ConfigError::Invalid { path: path.into(), problems },
-    })
+    })?;
+    project.base_dir =
+        path.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    Ok(project)
 }
 
 /// Why [`parse`] failed.
@@ -493,7 +498,10 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
                 Err(message) => problem(&mut problems, format!("{path}.features[{i}]"), message),
             }
         }
-        for feature in config.impute.keys() {
+        for (feature, value) in &config.impute {
+            if let Err(message) = crate::serving::Imputation::parse(value) {
+                problem(&mut problems, format!("{path}.impute.{feature}"), message);
+            }
             if !names.contains(feature) {
                 problem(
                     &mut problems,
@@ -520,6 +528,7 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
             tables,
             vectors,
             models,
+            base_dir: PathBuf::from("."),
             server,
             processing,
         })
@@ -544,6 +553,21 @@ impl Project {
     /// A model's timeout in ms (checked at load; default 2 s).
     pub fn model_timeout_ms(&self, model: &crate::serving::ModelConfig) -> u64 {
         model.endpoint.timeout.as_deref().and_then(|t| Span::parse(t).ok()).map_or(2_000, |s| s.millis().max(1) as u64)
+    }
+
+    /// A model's feature names in order: its features resolved, then its request fields.
+    pub fn model_features(&self, model: &str) -> anyhow::Result<Vec<String>> {
+        let config =
+            self.models.get(model).ok_or_else(|| anyhow::anyhow!("no model named {model:?} under `models`"))?;
+        let vector = self.catalog().resolve(&config.features).map_err(anyhow::Error::msg)?;
+        Ok(vector.names.into_iter().chain(config.request_fields.iter().cloned()).collect())
+    }
+
+    /// Where a model's reference profile lives: its `reference`, else `profiles/<model>.json`,
+    /// relative to the project file.
+    pub fn reference_path(&self, model: &str) -> PathBuf {
+        let configured = self.models.get(model).and_then(|m| m.reference.clone());
+        self.base_dir.join(configured.unwrap_or_else(|| PathBuf::from(format!("profiles/{model}.json"))))
     }
 
     /// A model's prediction topic.

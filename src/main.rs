@@ -69,6 +69,26 @@ enum Command {
         #[arg(long)]
         serve: bool,
     },
+    /// Build a model's reference profile from its training set (Parquet): bins, counts and
+    /// statistics per feature, written to the model's `reference` path.
+    Profile {
+        /// Project file.
+        #[arg(short, long, env = "FATHOM_CONFIG")]
+        config: PathBuf,
+        /// Model (under `models`).
+        #[arg(short, long)]
+        model: String,
+        /// Training set: one column per model feature (`set.feature` or `set__feature`).
+        #[arg(long)]
+        training_set: PathBuf,
+        /// Where to write it. Default: the model's `reference`, else `profiles/<model>.json` next
+        /// to the project file.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Categorical values kept by name; the rest count as "other".
+        #[arg(long, default_value_t = 20)]
+        top_k: usize,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -140,6 +160,9 @@ fn main() -> ExitCode {
     if let Command::Validate { config } = &cli.command {
         return validate(config);
     }
+    if let Command::Profile { config, model, training_set, output, top_k } = &cli.command {
+        return report(profile(config, model, training_set, output.as_deref(), *top_k));
+    }
     if let Command::Bench { which: BenchCommand::Engine { events, keys, storey_python, storey_events } } = cli.command {
         let options = bench::Options { events, keys, storey_python, storey_events };
         return report(bench::run(&options));
@@ -166,9 +189,32 @@ fn main() -> ExitCode {
             Command::Bench { which: BenchCommand::E2e { brokers, redis, events, keys, partitions, scenario } } => {
                 bench::e2e(&bench::E2eOptions { brokers, redis, events, keys, partitions, scenario }).await
             }
-            Command::Validate { .. } | Command::Bench { .. } => unreachable!("handled above"),
+            Command::Validate { .. } | Command::Profile { .. } | Command::Bench { .. } => {
+                unreachable!("handled above")
+            }
         }
     }))
+}
+
+fn profile(
+    config: &std::path::Path,
+    model: &str,
+    training_set: &std::path::Path,
+    output: Option<&std::path::Path>,
+    top_k: usize,
+) -> anyhow::Result<()> {
+    let project = config::load(config)?;
+    let features = project.model_features(model)?;
+    let profile = fathom_monitor::profile::build(model, &features, training_set, top_k)?;
+    let path = output.map_or_else(|| project.reference_path(model), std::path::Path::to_path_buf);
+    profile.save(&path)?;
+    println!(
+        "{}: reference profile of {model:?}: {} rows, {} features",
+        path.display(),
+        profile.rows,
+        profile.features.len()
+    );
+    Ok(())
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {

@@ -33,7 +33,8 @@ pub fn state(project: Arc<Project>, running: &Running) -> anyhow::Result<AppStat
     };
     let mut models = std::collections::BTreeMap::new();
     for (name, config) in &project.models {
-        let client = ModelClient::new(name, config.clone(), project.model_timeout_ms(config))
+        let resolved = crate::serving::resolve_imputations(name, config.clone(), &project.reference_path(name))?;
+        let client = ModelClient::new(name, resolved, project.model_timeout_ms(config))
             .with_context(|| format!("models.{name}: building the HTTP client"))?;
         models.insert(name.clone(), Arc::new(client));
     }

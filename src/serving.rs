@@ -20,10 +20,15 @@ pub struct ModelConfig {
     /// Fields the caller sends with each request, appended after the stored features.
     #[serde(default)]
     pub request_fields: Vec<String>,
-    /// Value used for a feature that is not `PRESENT` (feature reference → constant). A
-    /// feature without one is sent as `null`.
+    /// Value used for a feature that is not `PRESENT`: a constant, or `{reference: mean}`
+    /// (`median`, `mode`) from the model's reference profile. A feature without one is sent as
+    /// `null`.
     #[serde(default)]
     pub impute: BTreeMap<String, Value>,
+    /// The model's reference profile (built by `fathom profile`), relative to the project file.
+    /// Default: `profiles/<model>.json`.
+    #[serde(default)]
+    pub reference: Option<std::path::PathBuf>,
     /// The model server.
     pub endpoint: EndpointConfig,
     /// Model version written into prediction records. Default: `"1"`.
@@ -74,6 +79,83 @@ pub enum Protocol {
     /// `POST {"request_id", "features": {name: value}}` → any JSON (its `prediction` field if
     /// it has one).
     Json,
+}
+
+/// How a missing value is filled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Imputation {
+    /// This value.
+    Constant(Value),
+    /// A statistic of the feature in the reference profile.
+    Reference(Statistic),
+}
+
+/// A reference statistic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statistic {
+    /// Mean (numeric features).
+    Mean,
+    /// Median, p50 (numeric features).
+    Median,
+    /// Most frequent value (categorical), or the middle of the fullest bin (numeric).
+    Mode,
+}
+
+impl Imputation {
+    /// Reads an `impute` value: `{reference: mean|median|mode}` or a constant.
+    pub fn parse(value: &Value) -> Result<Imputation, String> {
+        let Some(map) = value.as_object().filter(|m| m.contains_key("reference")) else {
+            return Ok(Imputation::Constant(value.clone()));
+        };
+        let statistic = match map.get("reference").and_then(Value::as_str) {
+            Some("mean") => Statistic::Mean,
+            Some("median") => Statistic::Median,
+            Some("mode") => Statistic::Mode,
+            _ => return Err("`reference` must be mean, median or mode".into()),
+        };
+        if map.len() > 1 {
+            return Err("write `{reference: mean}` (median, mode) with nothing else".into());
+        }
+        Ok(Imputation::Reference(statistic))
+    }
+}
+
+/// Replaces `{reference: …}` imputations by the profile's values (the profile is read when any
+/// is configured); the error names the model, feature and profile.
+pub fn resolve_imputations(
+    name: &str,
+    mut config: ModelConfig,
+    profile_path: &std::path::Path,
+) -> anyhow::Result<ModelConfig> {
+    use fathom_monitor::profile::{FeatureProfile, Profile};
+    let mut profile: Option<Profile> = None;
+    for (feature, value) in config.impute.iter_mut() {
+        let Imputation::Reference(statistic) = Imputation::parse(value).map_err(anyhow::Error::msg)? else {
+            continue;
+        };
+        if profile.is_none() {
+            let loaded = Profile::load(profile_path).map_err(|e| {
+                anyhow::anyhow!("models.{name}.impute.{feature} needs the reference profile ({e}); build it with `fathom profile --model {name}`")
+            })?;
+            profile = Some(loaded);
+        }
+        let reference = profile.as_ref().and_then(|p| p.features.get(feature)).ok_or_else(|| {
+            anyhow::anyhow!(
+                "models.{name}.impute.{feature}: the profile {} has no such feature",
+                profile_path.display()
+            )
+        })?;
+        *value = match (reference, statistic) {
+            (FeatureProfile::Numeric(n), Statistic::Mean) => json!(n.mean),
+            (FeatureProfile::Numeric(n), Statistic::Median) => json!(n.quantiles.get("p50").copied().unwrap_or(n.mean)),
+            (FeatureProfile::Numeric(n), Statistic::Mode) => json!(n.mode()),
+            (FeatureProfile::Categorical(c), Statistic::Mode) => c.mode().map_or(Value::Null, |m| json!(m)),
+            (FeatureProfile::Categorical(_), _) => {
+                anyhow::bail!("models.{name}.impute.{feature}: a categorical feature takes `reference: mode` only")
+            }
+        };
+    }
+    Ok(config)
 }
 
 /// Why a prediction failed.

@@ -37,10 +37,14 @@ async fn model_server() -> String {
     async fn plain(Json(request): Json<Value>) -> Json<Value> {
         Json(json!({"prediction": {"label": "ok", "features_seen": request["features"].as_object().unwrap().len()}}))
     }
+    async fn echo(Json(request): Json<Value>) -> Json<Value> {
+        Json(json!({"prediction": request["features"]}))
+    }
     let app = Router::new()
         .route("/v2/models/fraud/infer", post(infer))
         .route("/slow/infer", post(slow))
-        .route("/json", post(plain));
+        .route("/json", post(plain))
+        .route("/echo", post(echo));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -82,11 +86,45 @@ models:
   plain:
     features: [cards.*]
     endpoint: {{ url: "{model}/json", protocol: json }}
+  referenced:
+    features: [cards.amount_sum_1h, customers.segment]
+    reference: "{dir}/profiles/referenced.json"
+    impute: {{ cards.amount_sum_1h: {{ reference: median }}, customers.segment: {{ reference: mode }} }}
+    endpoint: {{ url: "{model}/echo", protocol: json }}
 "#,
         project = common::unique("serving"),
         dir = dir.path().display(),
         kafka = common::kafka(),
     );
+    // the reference profile, built by `fathom profile` from a training set
+    std::fs::write(dir.path().join("fathom.yaml"), &yaml).unwrap();
+    let training = arrow_array::RecordBatch::try_from_iter([
+        ("cards__amount_sum_1h", Arc::new(arrow_array::Float64Array::from(vec![1.0, 2.0, 3.0, 10.0, 50.0])) as _),
+        (
+            "customers.segment",
+            Arc::new(arrow_array::StringArray::from(vec!["gold", "basic", "basic", "basic", "gold"])) as _,
+        ),
+    ])
+    .unwrap();
+    let train = dir.path().join("train.parquet");
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&train).unwrap(), training.schema(), None).unwrap();
+    writer.write(&training).unwrap();
+    writer.close().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fathom"))
+        .args([
+            "profile",
+            "-c",
+            dir.path().join("fathom.yaml").to_str().unwrap(),
+            "--model",
+            "referenced",
+            "--training-set",
+            train.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("5 rows, 2 features"));
     let project = Arc::new(config::parse(&yaml).unwrap_or_else(|e| panic!("{e:?}")));
     let running = pipeline::start(project.clone()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -149,6 +187,12 @@ models:
 
     let (status, body) = post("/v1/models/plain/predict", json!({"entities": {"card_id": "c1"}})).await;
     assert_eq!((status, &body["prediction"]), (200, &json!({"label": "ok", "features_seen": 2})), "{body}");
+
+    // nothing stored for this card or customer: the profile's median and mode stand in
+    let (status, body) =
+        post("/v1/models/referenced/predict", json!({"entities": {"card_id": "new", "customer_id": 404}})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["prediction"], json!({"cards.amount_sum_1h": 3.0, "customers.segment": "basic"}));
 
     let started = std::time::Instant::now();
     let (status, body) = post("/v1/models/slow/predict", json!({"entities": {"card_id": "c1"}})).await;

@@ -167,3 +167,21 @@ fn auth_tokens_are_hashes_or_secrets_from_env_or_files() {
     }
     assert_eq!(found.len(), expected.len(), "{found:#?}");
 }
+
+#[test]
+fn models_resolve_features_and_check_imputation_and_endpoints() {
+    let found = problems(
+        "project: p\nsources:\n  tx: { key: card }\nentities:\n  card: { key: card }\nfeature_sets:\n  cards: { entity: card, source: tx, features: [m] }\nmodels:\n  fraud:\n    features: [cards.m, cards.x]\n    request_fields: [channel]\n    impute: { cards.m: { reference: average }, channel: web, other: 1 }\n    endpoint: { url: \"https://model:8443/infer\", timeout: 2q }\n",
+    );
+    let expected = [
+        "models.fraud.features[1]: \"cards.x\": feature set \"cards\" has no feature \"x\"",
+        "models.fraud.impute.cards.m: `reference` must be mean, median or mode",
+        "models.fraud.impute.other: not one of the model's features",
+        "models.fraud.endpoint.url: must be an http:// URL",
+        "models.fraud.endpoint.timeout: \"2q\" is not a duration",
+    ];
+    for e in expected {
+        assert!(found.iter().any(|f| f.starts_with(e)), "missing {e:?} in {found:#?}");
+    }
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+}
