@@ -2,7 +2,8 @@
 //! commands that wire them.
 //!
 //! In flow order: [`config`] (what the project declares) → [`pipeline`] (records to stores) →
-//! [`http`] (push in, features out; [`auth`] guards it; [`serving`] calls models) → [`demo`], [`replay`] and [`bench`] (commands built on them).
+//! [`http`] (push in, features out; [`auth`] guards it; [`serving`] calls models) →
+//! [`training`] (point-in-time datasets and the online/offline consistency check) → [`demo`], [`replay`] and [`bench`] (commands built on them).
 
 pub mod auth;
 pub mod bench;
@@ -13,3 +14,4 @@ pub mod pipeline;
 pub mod replay;
 pub mod serve;
 pub mod serving;
+pub mod training;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fathom::config::{self, ConfigError};
-use fathom::{bench, demo, pipeline, replay, serve};
+use fathom::{bench, demo, pipeline, replay, serve, training};
 
 /// Fathom: streaming feature store and model monitoring in one binary.
 #[derive(Parser)]
@@ -89,6 +89,58 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         top_k: usize,
     },
+    /// Point-in-time training set: each input row's features as of its timestamp, computed
+    /// from the offline store by the online engine.
+    Dataset {
+        /// Project file.
+        #[arg(short, long, env = "FATHOM_CONFIG")]
+        config: PathBuf,
+        /// Entity rows: Parquet, or CSV with a header (keys, timestamp, anything else kept).
+        #[arg(short, long)]
+        input: PathBuf,
+        /// The input's timestamp column.
+        #[arg(long, default_value = "timestamp")]
+        timestamp: String,
+        /// Feature references, comma-separated (`card_activity.*,customers.segment`).
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["vector", "model"])]
+        features: Vec<String>,
+        /// A feature vector of the project file.
+        #[arg(long, conflicts_with = "model")]
+        vector: Option<String>,
+        /// A model of the project file (its stored features).
+        #[arg(long)]
+        model: Option<String>,
+        /// Output Parquet file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Read timestamps without a time zone as UTC instead of refusing them.
+        #[arg(long)]
+        assume_utc: bool,
+        /// Add a `<feature>__status` column per feature.
+        #[arg(long)]
+        statuses: bool,
+        /// Hash partitions computed one at a time per core (more: less memory each).
+        #[arg(long, default_value_t = 64)]
+        shards: usize,
+    },
+    /// Compare online values with the same values recomputed offline, for sampled entities.
+    Consistency {
+        /// Project file.
+        #[arg(short, long, env = "FATHOM_CONFIG")]
+        config: PathBuf,
+        /// Feature references, comma-separated.
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["vector", "model"])]
+        features: Vec<String>,
+        /// A feature vector.
+        #[arg(long, conflicts_with = "model")]
+        vector: Option<String>,
+        /// A model.
+        #[arg(long)]
+        model: Option<String>,
+        /// Entities sampled per key field.
+        #[arg(long, default_value_t = 1000)]
+        sample: usize,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -160,6 +212,43 @@ fn main() -> ExitCode {
     if let Command::Validate { config } = &cli.command {
         return validate(config);
     }
+    if let Command::Dataset {
+        config,
+        input,
+        timestamp,
+        features,
+        vector,
+        model,
+        output,
+        assume_utc,
+        statuses,
+        shards,
+    } = &cli.command
+    {
+        let options = training::DatasetOptions {
+            input: input.clone(),
+            timestamp: timestamp.clone(),
+            features: features_of(features, vector, model),
+            output: output.clone(),
+            assume_utc: *assume_utc,
+            statuses: *statuses,
+            shards: *shards,
+            progress: true,
+        };
+        return report(config::load(config).map_err(Into::into).and_then(|project| {
+            let started = std::time::Instant::now();
+            let summary = training::dataset(&project, &options)?;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "{}: {} rows from {} offline events and changes in {secs:.1}s ({:.0} rows/s)",
+                output.display(),
+                summary.rows,
+                summary.events,
+                summary.rows as f64 / secs
+            );
+            Ok(())
+        }));
+    }
     if let Command::Profile { config, model, training_set, output, top_k } = &cli.command {
         return report(profile(config, model, training_set, output.as_deref(), *top_k));
     }
@@ -189,11 +278,35 @@ fn main() -> ExitCode {
             Command::Bench { which: BenchCommand::E2e { brokers, redis, events, keys, partitions, scenario } } => {
                 bench::e2e(&bench::E2eOptions { brokers, redis, events, keys, partitions, scenario }).await
             }
-            Command::Validate { .. } | Command::Profile { .. } | Command::Bench { .. } => {
+            Command::Consistency { config, features, vector, model, sample } => {
+                let project = load(Some(&config))?;
+                let at = chrono::Utc::now().timestamp_millis();
+                let report =
+                    training::consistency(project, &features_of(&features, &vector, &model), sample, at).await?;
+                let mut mismatches = 0;
+                for (feature, r) in &report {
+                    mismatches += r.mismatches;
+                    println!("{feature}: {} compared, {} mismatches", r.compared, r.mismatches);
+                    if let Some((key, online, offline)) = &r.worst {
+                        println!("  worst: {key}: online {online}, offline {offline}");
+                    }
+                }
+                anyhow::ensure!(mismatches == 0, "{mismatches} mismatches between online and offline values");
+                Ok(())
+            }
+            Command::Validate { .. } | Command::Profile { .. } | Command::Dataset { .. } | Command::Bench { .. } => {
                 unreachable!("handled above")
             }
         }
     }))
+}
+
+fn features_of(list: &[String], vector: &Option<String>, model: &Option<String>) -> training::Features {
+    match (vector, model) {
+        (Some(v), _) => training::Features::Vector(v.clone()),
+        (None, Some(m)) => training::Features::Model(m.clone()),
+        (None, None) => training::Features::List(list.to_vec()),
+    }
 }
 
 fn profile(

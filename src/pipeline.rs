@@ -406,7 +406,9 @@ impl Pipeline {
         metrics::counter!("fathom_events_applied_total").increment(outcome.applied);
         metrics::counter!("fathom_replayed_records_skipped_total").increment(outcome.duplicates);
         metrics::counter!("fathom_events_without_key_total").increment(outcome.unkeyed);
-        let mut late_events = vec![false; events.len()];
+        // per event, the feature sets that refused it as late: the offline row says so, so
+        // point-in-time retrieval leaves it out of exactly those
+        let mut late_for: Vec<Option<String>> = vec![None; events.len()];
         for &(i, plan) in &outcome.late {
             let event = &events[i];
             let plan = &self.processor.plans()[plan];
@@ -414,13 +416,20 @@ impl Pipeline {
                 "event time {} is more than {} ms behind entity {:?}'s newest event in feature set {:?}",
                 event.time_ms, plan.late_after_ms, event.key, plan.name
             );
-            late_events[i] = true;
+            match &mut late_for[i] {
+                Some(names) => {
+                    names.push(',');
+                    names.push_str(&plan.name);
+                }
+                none => *none = Some(plan.name.clone()),
+            }
             let letter = self.letter(&event.raw, event.source, event.at, Reason::Late, message);
             self.dead_letter(letter).await;
         }
-        summary.dead_lettered += late_events.iter().filter(|l| **l).count();
-        summary.accepted += events.len() - late_events.iter().filter(|l| **l).count();
-        self.offline.append(&events);
+        let late = late_for.iter().filter(|l| l.is_some()).count();
+        summary.dead_lettered += late;
+        summary.accepted += events.len() - late;
+        self.offline.append(&events, &late_for);
         let mut applied = BTreeMap::new();
         for ((source, partition), offset) in last {
             let topic = self.project.stream_name(source).to_string();

@@ -6,7 +6,9 @@
 //! applied offsets) and [`offline`] (Parquet) → [`lookup`] (values with statuses for callers) and
 //! [`vector`] (feature references across sets and tables, read for many entities at once).
 //! [`table`] keeps CDC tables: current rows, as-of joins and retracting aggregations.
+//! [`dataset`] computes point-in-time training sets from the offline store with the same engine.
 
+pub mod dataset;
 pub mod definition;
 pub mod duration;
 pub mod engine;

@@ -4,7 +4,8 @@
 //! `_partition` (Int32, null for push/replay), `_offset` (Int64), `_event_time` and
 //! `_ingest_time` (Timestamp µs, UTC), the key column (Utf8), one typed column per field the
 //! feature sets read (Float64 for numeric aggregations, Utf8 otherwise: strings as is, other JSON
-//! values as JSON text) and `_raw` (the original record). A file is written to a `.tmp` name,
+//! values as JSON text), `_late` (the feature sets that refused the event as late, comma-separated;
+//! null for most) and `_raw` (the original record). A file is written to a `.tmp` name,
 //! fsync'd and renamed, so readers never see a partial file; after a crash a record may appear in
 //! two files, and readers de-duplicate by (`_partition`, `_offset`).
 //!
@@ -133,6 +134,7 @@ impl SourceSchema {
                     };
                     fields.push(Field::new(name, dt, true));
                 }
+                fields.push(Field::new("_late", DataType::Utf8, true));
                 fields.push(Field::new("_raw", DataType::Utf8, false));
             }
             Layout::ChangeLog => {
@@ -168,8 +170,8 @@ struct Pending {
     ingest_time: TimestampMicrosecondBuilder,
     key: StringBuilder,
     columns: Vec<Column>,
-    /// `_raw` (events only).
-    raw: Option<StringBuilder>,
+    /// `_late` and `_raw` (events only).
+    raw: Option<(StringBuilder, StringBuilder)>,
     rows: usize,
 }
 
@@ -204,7 +206,7 @@ impl Pending {
                     })
                     .collect(),
             },
-            raw: matches!(schema.layout, Layout::Events(_)).then(StringBuilder::new),
+            raw: matches!(schema.layout, Layout::Events(_)).then(|| (StringBuilder::new(), StringBuilder::new())),
             rows: 0,
         }
     }
@@ -218,7 +220,7 @@ impl Pending {
         self.rows += 1;
     }
 
-    fn push_event(&mut self, columns: &[(String, ColumnType)], event: &Event, ingest_us: i64) {
+    fn push_event(&mut self, columns: &[(String, ColumnType)], event: &Event, late: Option<&str>, ingest_us: i64) {
         self.push_coordinates(event.at, event.time_ms * 1000, ingest_us, &event.key);
         for ((name, _), column) in columns.iter().zip(&mut self.columns) {
             let value = event.fields.get(name).filter(|v| !v.is_null());
@@ -232,7 +234,8 @@ impl Pending {
                 Column::Int(b) => b.append_option(value.and_then(Value::as_i64)),
             }
         }
-        if let Some(raw) = &mut self.raw {
+        if let Some((late_column, raw)) = &mut self.raw {
+            late_column.append_option(late);
             raw.append_value(String::from_utf8_lossy(&event.raw));
         }
     }
@@ -278,7 +281,8 @@ impl Pending {
                 Column::Text(b) => Arc::new(b.finish()),
             });
         }
-        if let Some(raw) = &mut self.raw {
+        if let Some((late, raw)) = &mut self.raw {
+            arrays.push(Arc::new(late.finish()));
             arrays.push(Arc::new(raw.finish()));
         }
         RecordBatch::try_new(schema, arrays)
@@ -304,10 +308,11 @@ impl OfflineWriter {
         Ok(OfflineWriter { root: root.to_path_buf(), schemas, pending: BTreeMap::new(), seq: 0 })
     }
 
-    /// Buffers events (their source must be one of the writer's, with an events layout).
-    pub fn append(&mut self, events: &[Event]) {
+    /// Buffers events (their source must be one of the writer's, with an events layout);
+    /// `late[i]` names the feature sets that refused event `i` as late (empty: none did).
+    pub fn append(&mut self, events: &[Event], late: &[Option<String>]) {
         let ingest_us = Utc::now().timestamp_micros();
-        for event in events {
+        for (i, event) in events.iter().enumerate() {
             let Some(schema) = self.schemas.get(event.source) else {
                 continue;
             };
@@ -315,10 +320,12 @@ impl OfflineWriter {
                 continue;
             };
             let day = event.time_ms.div_euclid(86_400_000);
-            self.pending
-                .entry((event.source, day))
-                .or_insert_with(|| Pending::new(schema, event.time_ms))
-                .push_event(columns, event, ingest_us);
+            self.pending.entry((event.source, day)).or_insert_with(|| Pending::new(schema, event.time_ms)).push_event(
+                columns,
+                event,
+                late.get(i).and_then(Option::as_deref),
+                ingest_us,
+            );
         }
     }
 
@@ -431,11 +438,14 @@ mod tests {
         };
         let mut writer = OfflineWriter::new(dir.path(), vec![schema]).unwrap();
         let day1 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
-        writer.append(&[
-            event(10, day1 + 5, json!({"amount": 1.5, "merchant": "m1"})),
-            event(11, day1 - 1, json!({"amount": null, "merchant": 7})),
-            event(12, day1 + 9, json!({"merchant": "m2"})),
-        ]);
+        writer.append(
+            &[
+                event(10, day1 + 5, json!({"amount": 1.5, "merchant": "m1"})),
+                event(11, day1 - 1, json!({"amount": null, "merchant": 7})),
+                event(12, day1 + 9, json!({"merchant": "m2"})),
+            ],
+            &[None, None, Some("cards".into())],
+        );
         assert_eq!(writer.buffered(), 3);
         let files = writer.commit().unwrap();
         assert_eq!(writer.buffered(), 0);
@@ -456,6 +466,7 @@ mod tests {
         assert_eq!(amount.as_primitive::<Float64Type>().value(0), 1.5);
         assert!(amount.is_null(1));
         assert_eq!(column("merchant").as_string::<i32>().value(1), "m2");
+        assert_eq!(column("_late").as_string::<i32>().iter().collect::<Vec<_>>(), [None, Some("cards")]);
         assert_eq!(column("_raw").as_string::<i32>().value(0), r#"{"amount":1.5,"merchant":"m1"}"#);
         let compression = metadata.row_group(0).column(0).compression();
         assert!(matches!(compression, Compression::ZSTD(_)), "{compression:?}");

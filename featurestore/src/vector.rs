@@ -30,7 +30,7 @@ pub struct Catalog<'a> {
 
 /// Where a feature's value lives.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Holder {
+pub(crate) enum Holder {
     /// A feature set over events (index into `plans`).
     Events(usize),
     /// An aggregation over a table (index into `table_plans`).
@@ -45,13 +45,13 @@ pub struct Vector {
     /// Full names, `<set or table>.<feature>`, in request order.
     pub names: Vec<String>,
     /// Per name: holder and the feature's name inside it.
-    refs: Vec<(Holder, String)>,
+    pub(crate) refs: Vec<(Holder, String)>,
     /// Entity key fields an entity row must give, sorted.
     pub keys: Vec<String>,
 }
 
 impl Catalog<'_> {
-    fn key_of(&self, holder: &Holder) -> &str {
+    pub(crate) fn key_of(&self, holder: &Holder) -> &str {
         match holder {
             Holder::Events(p) => &self.plans[*p].key_column,
             Holder::Table(p) => &self.table_plans[*p].key_column,

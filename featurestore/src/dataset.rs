@@ -1,0 +1,907 @@
+//! Point-in-time training sets: for each input row (entity keys, a timestamp, anything else), each
+//! feature's value **as of that row's timestamp**, computed from the offline store's raw events by
+//! the online path's own engine ([`engine::apply`], [`lookup::feature_values`]).
+//!
+//! Semantics, for a feature set and a row (key K, time T): the events of K with event time ≤ T
+//! (duplicates by (partition, offset) dropped; events the online pipeline refused as late for this
+//! feature set — the `_late` column — left out), applied in event-time order, read at T: windows
+//! end at T, TTL turns values older than it into `OUTSIDE_MAX_AGE`. A CDC table column is the
+//! newest change of its key committed at or before T (by commit time, then LSN); a delete means
+//! `NOT_FOUND`.
+//!
+//! Bounded memory: rows and events are hash-partitioned by key into `shards` spill files on disk,
+//! then shards are computed in parallel (rayon), each holding only its rows and events; results
+//! are written per shard sorted by row number and merged back in input order while the input is
+//! read a second time for its own columns.
+
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{Float64Builder, Int64Builder, StringBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float64Type, Int32Type, Int64Type, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType,
+};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::definition::{FeatureSetPlan, Function};
+use crate::engine::{self, EntityState};
+use crate::lookup::{self, Status};
+use crate::vector::{Catalog, Holder, Vector};
+
+/// Why a dataset could not be built. Each names the file, column or row at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    /// Filesystem failure.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Unreadable Parquet or CSV.
+    #[error("{path}: {message}")]
+    Read {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A column the features need is not in the input.
+    #[error("{path}: no column {column:?} ({why})")]
+    MissingColumn {
+        /// The input file.
+        path: String,
+        /// The column.
+        column: String,
+        /// What needs it.
+        why: String,
+    },
+    /// A timestamp that cannot be read, or has no time zone.
+    #[error("{path}: row {row}, column {column:?}: {message}")]
+    BadTimestamp {
+        /// The input file.
+        path: String,
+        /// Row number (0-based, excluding a CSV header).
+        row: u64,
+        /// The column.
+        column: String,
+        /// What is wrong, with the fix.
+        message: String,
+    },
+    /// A feature this command cannot compute yet.
+    #[error("{feature}: {message}")]
+    Unsupported {
+        /// The feature.
+        feature: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// What to build.
+pub struct Request<'a> {
+    /// What references resolve against.
+    pub catalog: Catalog<'a>,
+    /// The features.
+    pub vector: &'a Vector,
+    /// Per source name: its key field, and whether it is a CDC table.
+    pub sources: &'a [(String, String, bool)],
+    /// Root of the offline store.
+    pub offline_root: &'a Path,
+    /// Entity rows: `.parquet`, or CSV with a header.
+    pub input: &'a Path,
+    /// The input's timestamp column.
+    pub timestamp: &'a str,
+    /// Read timestamps without a time zone as UTC instead of refusing them.
+    pub assume_utc: bool,
+    /// Output Parquet file.
+    pub output: &'a Path,
+    /// Add a `<feature>__status` column per feature.
+    pub statuses: bool,
+    /// Hash partitions (each computed in memory on its own).
+    pub shards: usize,
+    /// Scratch directory for spill files.
+    pub scratch: &'a Path,
+}
+
+/// Progress callbacks: a phase's name and its total, then done counts.
+pub trait Progress: Sync {
+    /// A phase starts (`total` when known).
+    fn phase(&self, name: &str, total: Option<u64>);
+    /// `n` more units done in the current phase.
+    fn advance(&self, n: u64);
+}
+
+/// What was built.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Rows written.
+    pub rows: u64,
+    /// Events and changes read from the offline store.
+    pub events: u64,
+}
+
+/// A JSON value spilled to disk (postcard cannot carry `serde_json::Value` itself).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Cell {
+    Null,
+    Num(f64),
+    Text(String),
+    /// Any other JSON value, as JSON text.
+    Json(String),
+}
+
+impl Cell {
+    fn of(value: Option<&Value>) -> Cell {
+        match value {
+            None | Some(Value::Null) => Cell::Null,
+            Some(Value::Number(n)) if n.is_f64() => n.as_f64().map_or(Cell::Null, Cell::Num),
+            Some(Value::String(s)) => Cell::Text(s.clone()),
+            Some(other) => Cell::Json(other.to_string()),
+        }
+    }
+
+    fn to_value(&self) -> Option<Value> {
+        match self {
+            Cell::Null => None,
+            Cell::Num(x) => serde_json::Number::from_f64(*x).map(Value::Number),
+            Cell::Text(s) => Some(Value::String(s.clone())),
+            Cell::Json(s) => serde_json::from_str(s).ok(),
+        }
+    }
+}
+
+/// An input row as a shard sees it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Query {
+    row: u64,
+    at_ms: i64,
+    key: String,
+}
+
+/// An event of a feature set's source.
+#[derive(Debug, Serialize, Deserialize)]
+struct SpilledEvent {
+    key: String,
+    time_ms: i64,
+    partition: Option<i32>,
+    offset: i64,
+    /// The plan's columns, then its latest-value fields.
+    cells: Vec<Cell>,
+}
+
+/// A change of a CDC table.
+#[derive(Debug, Serialize, Deserialize)]
+struct SpilledChange {
+    key: String,
+    commit_us: i64,
+    lsn: i64,
+    partition: Option<i32>,
+    offset: i64,
+    /// `None` after a delete.
+    after: Option<String>,
+}
+
+/// A computed value: feature index in the vector, value, status, event time.
+type Computed = (u32, Cell, u8, Option<i64>);
+
+fn status_code(status: Status) -> u8 {
+    match status {
+        Status::Present => 0,
+        Status::NotFound => 1,
+        Status::NullValue => 2,
+        Status::OutsideMaxAge => 3,
+    }
+}
+
+fn status_name(code: u8) -> &'static str {
+    ["PRESENT", "NOT_FOUND", "NULL_VALUE", "OUTSIDE_MAX_AGE"][usize::from(code.min(3))]
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> DatasetError + '_ {
+    move |source| DatasetError::Io { path: path.display().to_string(), source }
+}
+
+fn read_err(path: &Path, e: impl std::fmt::Display) -> DatasetError {
+    DatasetError::Read { path: path.display().to_string(), message: e.to_string() }
+}
+
+/// Length-prefixed postcard records in a buffered file.
+struct Spill {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl Spill {
+    fn create(path: PathBuf) -> Result<Spill, DatasetError> {
+        let file = File::create(&path).map_err(io(&path))?;
+        Ok(Spill { out: BufWriter::with_capacity(1 << 16, file), path })
+    }
+
+    fn write<T: Serialize>(&mut self, record: &T) -> Result<(), DatasetError> {
+        let bytes = postcard::to_stdvec(record).expect("spilled records encode");
+        self.out.write_all(&(bytes.len() as u32).to_le_bytes()).map_err(io(&self.path))?;
+        self.out.write_all(&bytes).map_err(io(&self.path))
+    }
+
+    fn finish(mut self) -> Result<PathBuf, DatasetError> {
+        self.out.flush().map_err(io(&self.path))?;
+        Ok(self.path)
+    }
+}
+
+/// Reads back a spill file.
+fn read_spill<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, DatasetError> {
+    let mut input = BufReader::with_capacity(1 << 16, File::open(path).map_err(io(path))?);
+    let mut out = Vec::new();
+    let mut len = [0u8; 4];
+    let mut buf = Vec::new();
+    loop {
+        match input.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(out),
+            Err(e) => return Err(io(path)(e)),
+        }
+        buf.resize(u32::from_le_bytes(len) as usize, 0);
+        input.read_exact(&mut buf).map_err(io(path))?;
+        out.push(postcard::from_bytes(&buf).map_err(|e| read_err(path, e))?);
+    }
+}
+
+fn shard_of(key: &str, shards: usize) -> usize {
+    let mut h = rustc_hash::FxHasher::default();
+    key.hash(&mut h);
+    (h.finish() % shards as u64) as usize
+}
+
+/// Epoch ms from a timestamp text: RFC 3339 with an offset, or (with `assume_utc`) a naive
+/// `YYYY-MM-DD[ T]HH:MM:SS[.f]`; integers as epoch s/ms/µs/ns by magnitude.
+fn parse_time(text: &str, assume_utc: bool) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(n) = text.parse::<i64>() {
+        return Ok(by_magnitude(n));
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.timestamp_millis());
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d"] {
+        let naive = chrono::NaiveDateTime::parse_from_str(text, format).or_else(|_| {
+            chrono::NaiveDate::parse_from_str(text, format).map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
+        });
+        if let Ok(naive) = naive {
+            if !assume_utc {
+                return Err(format!("{text:?} has no time zone; add one (e.g. Z) or pass --assume-utc"));
+            }
+            return Ok(naive.and_utc().timestamp_millis());
+        }
+    }
+    Err(format!("{text:?} is not a timestamp (RFC 3339, e.g. 2026-11-24T14:03:00Z)"))
+}
+
+fn by_magnitude(n: i64) -> i64 {
+    match n.unsigned_abs() {
+        0..100_000_000_000 => n * 1000,
+        100_000_000_000..100_000_000_000_000 => n,
+        100_000_000_000_000..100_000_000_000_000_000 => n / 1000,
+        _ => n / 1_000_000,
+    }
+}
+
+/// The input's rows in batches: Parquet as typed, CSV as text columns.
+fn input_batches(path: &Path) -> Result<Box<dyn Iterator<Item = Result<RecordBatch, DatasetError>>>, DatasetError> {
+    if path.extension().is_some_and(|e| e == "parquet") {
+        let file = File::open(path).map_err(io(path))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.with_batch_size(65_536).build())
+            .map_err(|e| read_err(path, e))?;
+        let shown = path.to_path_buf();
+        return Ok(Box::new(reader.map(move |b| b.map_err(|e| read_err(&shown, e)))));
+    }
+    let mut reader = csv::Reader::from_path(path).map_err(|e| read_err(path, e))?;
+    let headers: Vec<String> = reader.headers().map_err(|e| read_err(path, e))?.iter().map(String::from).collect();
+    let schema = Arc::new(Schema::new(headers.iter().map(|h| Field::new(h, DataType::Utf8, true)).collect::<Vec<_>>()));
+    let shown = path.to_path_buf();
+    let mut records = reader.into_records();
+    Ok(Box::new(std::iter::from_fn(move || {
+        let mut columns: Vec<StringBuilder> = headers.iter().map(|_| StringBuilder::new()).collect();
+        let mut n = 0;
+        for record in records.by_ref() {
+            let record = match record {
+                Ok(r) => r,
+                Err(e) => return Some(Err(read_err(&shown, e))),
+            };
+            for (column, value) in columns.iter_mut().zip(record.iter()) {
+                column.append_value(value);
+            }
+            n += 1;
+            if n == 65_536 {
+                break;
+            }
+        }
+        if n == 0 {
+            return None;
+        }
+        let arrays: Vec<ArrayRef> = columns.iter_mut().map(|c| Arc::new(c.finish()) as ArrayRef).collect();
+        Some(RecordBatch::try_new(schema.clone(), arrays).map_err(|e| read_err(&shown, e)))
+    })))
+}
+
+/// A column's values as key text.
+fn texts(array: &ArrayRef) -> Option<Vec<Option<String>>> {
+    Some(match array.data_type() {
+        DataType::Utf8 => array.as_string::<i32>().iter().map(|v| v.map(String::from)).collect(),
+        DataType::LargeUtf8 => array.as_string::<i64>().iter().map(|v| v.map(String::from)).collect(),
+        DataType::Int64 => array.as_primitive::<Int64Type>().iter().map(|v| v.map(|v| v.to_string())).collect(),
+        DataType::Int32 => array.as_primitive::<Int32Type>().iter().map(|v| v.map(|v| v.to_string())).collect(),
+        _ => return None,
+    })
+}
+
+/// A timestamp column as epoch ms (`Err(row, message)` on the first bad one).
+fn times(array: &ArrayRef, assume_utc: bool) -> Result<Vec<Option<i64>>, (usize, String)> {
+    let unzoned = |tz: &Option<Arc<str>>| -> Result<(), (usize, String)> {
+        if tz.is_none() && !assume_utc {
+            return Err((
+                0,
+                "a timestamp column without a time zone; write it with one (UTC) or pass --assume-utc".into(),
+            ));
+        }
+        Ok(())
+    };
+    Ok(match array.data_type() {
+        DataType::Timestamp(unit, tz) => {
+            unzoned(tz)?;
+            match unit {
+                TimeUnit::Second => {
+                    array.as_primitive::<TimestampSecondType>().iter().map(|v| v.map(|v| v * 1000)).collect()
+                }
+                TimeUnit::Millisecond => array.as_primitive::<TimestampMillisecondType>().iter().collect(),
+                TimeUnit::Microsecond => array
+                    .as_primitive::<TimestampMicrosecondType>()
+                    .iter()
+                    .map(|v| v.map(|v| v.div_euclid(1000)))
+                    .collect(),
+                TimeUnit::Nanosecond => array
+                    .as_primitive::<TimestampNanosecondType>()
+                    .iter()
+                    .map(|v| v.map(|v| v.div_euclid(1_000_000)))
+                    .collect(),
+            }
+        }
+        DataType::Int64 => array.as_primitive::<Int64Type>().iter().map(|v| v.map(by_magnitude)).collect(),
+        DataType::Utf8 => {
+            let mut out = Vec::with_capacity(array.len());
+            for (i, v) in array.as_string::<i32>().iter().enumerate() {
+                out.push(v.map(|t| parse_time(t, assume_utc)).transpose().map_err(|m| (i, m))?);
+            }
+            out
+        }
+        other => {
+            return Err((
+                0,
+                format!(
+                "type {other} is not a timestamp (use a timestamp with a time zone, RFC 3339 text or epoch integers)"
+            ),
+            ))
+        }
+    })
+}
+
+/// The Parquet files of one source in the offline store, in path order.
+pub fn source_files(root: &Path, source: &str) -> Result<Vec<PathBuf>, DatasetError> {
+    let dir = root.join(source);
+    let mut files = Vec::new();
+    let Ok(dates) = std::fs::read_dir(&dir) else { return Ok(files) };
+    for date in dates {
+        let date = date.map_err(io(&dir))?.path();
+        let Ok(parts) = std::fs::read_dir(&date) else { continue };
+        for part in parts {
+            let path = part.map_err(io(&date))?.path();
+            if path.extension().is_some_and(|e| e == "parquet") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads named columns of an offline file (absent ones are `None`).
+fn read_columns(path: &Path, names: &[&str]) -> Result<Vec<Vec<Option<ArrayRef>>>, DatasetError> {
+    let file = File::open(path).map_err(io(path))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| read_err(path, e))?;
+    let schema = builder.schema().clone();
+    let wanted: Vec<usize> = names.iter().filter_map(|n| schema.index_of(n).ok()).collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
+    let reader = builder.with_projection(mask).with_batch_size(65_536).build().map_err(|e| read_err(path, e))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| read_err(path, e))?;
+        out.push(names.iter().map(|n| batch.column_by_name(n).cloned()).collect());
+    }
+    Ok(out)
+}
+
+fn int32s(a: &Option<ArrayRef>, n: usize) -> Vec<Option<i32>> {
+    a.as_ref().map_or_else(|| vec![None; n], |a| a.as_primitive::<Int32Type>().iter().collect())
+}
+
+fn int64s(a: &Option<ArrayRef>, n: usize) -> Vec<Option<i64>> {
+    a.as_ref().map_or_else(|| vec![None; n], |a| a.as_primitive::<Int64Type>().iter().collect())
+}
+
+fn micros(a: &Option<ArrayRef>, n: usize) -> Vec<Option<i64>> {
+    a.as_ref().map_or_else(|| vec![None; n], |a| a.as_primitive::<TimestampMicrosecondType>().iter().collect())
+}
+
+fn strings(a: &Option<ArrayRef>, n: usize) -> Vec<Option<String>> {
+    a.as_ref().map_or_else(|| vec![None; n], |a| a.as_string::<i32>().iter().map(|v| v.map(String::from)).collect())
+}
+
+/// The plan's cells of one offline row: numbers from Float columns; every other field from the
+/// original record (`_raw`), so latest values keep their exact JSON.
+fn event_cells(plan: &FeatureSetPlan, raw: Option<&str>, floats: &[Option<f64>]) -> Vec<Cell> {
+    let parsed: Option<serde_json::Map<String, Value>> = raw.and_then(|r| serde_json::from_str(r).ok());
+    let field = |name: &String| parsed.as_ref().and_then(|m| m.get(name)).filter(|v| !v.is_null()).cloned();
+    let numeric = plan.numeric_columns();
+    let mut cells: Vec<Option<Value>> = plan
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if numeric.contains(c) {
+                floats[i].and_then(serde_json::Number::from_f64).map(Value::Number)
+            } else {
+                field(c)
+            }
+        })
+        .collect();
+    cells.extend(plan.latest.iter().map(field));
+    cells.iter().map(|v| Cell::of(v.as_ref())).collect()
+}
+
+/// Builds the dataset. Refuses features it cannot compute offline yet (joins, table
+/// aggregations) before reading anything.
+pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, DatasetError> {
+    let Request { catalog, vector, .. } = *request;
+    for (name, (holder, _)) in vector.names.iter().zip(&vector.refs) {
+        match holder {
+            Holder::Events(p) if !catalog.plans[*p].joins.is_empty() => {
+                return Err(DatasetError::Unsupported {
+                    feature: name.clone(),
+                    message: "feature sets with a stream-table join are not computed offline yet".into(),
+                })
+            }
+            Holder::Table(_) => {
+                return Err(DatasetError::Unsupported {
+                    feature: name.clone(),
+                    message: "aggregations over CDC tables are not computed offline yet".into(),
+                })
+            }
+            _ => {}
+        }
+    }
+    let shards = request.shards.max(1);
+    let holders: Vec<Holder> = {
+        let mut h: Vec<Holder> = vector.refs.iter().map(|(h, _)| h.clone()).collect();
+        h.sort();
+        h.dedup();
+        h
+    };
+    std::fs::create_dir_all(request.scratch).map_err(io(request.scratch))?;
+
+    // 1. input rows → per key field, shards of (row, time, key)
+    let keys = &vector.keys;
+    let mut query_spills: Vec<Vec<Spill>> = Vec::new();
+    for (k, _) in keys.iter().enumerate() {
+        let mut row = Vec::new();
+        for s in 0..shards {
+            row.push(Spill::create(request.scratch.join(format!("q-{k}-{s}")))?);
+        }
+        query_spills.push(row);
+    }
+    progress.phase("reading entity rows", None);
+    let shown = request.input.display().to_string();
+    let mut rows = 0u64;
+    for batch in input_batches(request.input)? {
+        let batch = batch?;
+        let column = |name: &str, why: &str| {
+            batch.column_by_name(name).cloned().ok_or_else(|| DatasetError::MissingColumn {
+                path: shown.clone(),
+                column: name.to_string(),
+                why: why.to_string(),
+            })
+        };
+        let ts = times(&column(request.timestamp, "the timestamp column")?, request.assume_utc).map_err(
+            |(i, message)| DatasetError::BadTimestamp {
+                path: shown.clone(),
+                row: rows + i as u64,
+                column: request.timestamp.into(),
+                message,
+            },
+        )?;
+        for (k, key) in keys.iter().enumerate() {
+            let values = column(key, "an entity key of the features")?;
+            let values = texts(&values).ok_or_else(|| DatasetError::Read {
+                path: shown.clone(),
+                message: format!("column {key:?} has type {}; entity keys are strings or integers", values.data_type()),
+            })?;
+            for (i, (value, at)) in values.into_iter().zip(&ts).enumerate() {
+                let row = rows + i as u64;
+                let at_ms = at.ok_or_else(|| DatasetError::BadTimestamp {
+                    path: shown.clone(),
+                    row,
+                    column: request.timestamp.into(),
+                    message: "null timestamp".into(),
+                })?;
+                // a row without this key gets NOT_FOUND for its features: an empty key never matches
+                let key = value.unwrap_or_default();
+                let shard = shard_of(&key, shards);
+                query_spills[k][shard].write(&Query { row, at_ms, key })?;
+            }
+        }
+        rows += batch.num_rows() as u64;
+        progress.advance(batch.num_rows() as u64);
+    }
+    let query_files: Vec<Vec<PathBuf>> =
+        query_spills.into_iter().map(|r| r.into_iter().map(Spill::finish).collect()).collect::<Result<_, _>>()?;
+
+    // 2. events and changes → per holder, shards by key
+    let mut holder_files: Vec<Vec<PathBuf>> = Vec::new();
+    let mut events = 0u64;
+    for (h, holder) in holders.iter().enumerate() {
+        let mut spills: Vec<Spill> =
+            (0..shards).map(|s| Spill::create(request.scratch.join(format!("e-{h}-{s}")))).collect::<Result<_, _>>()?;
+        match holder {
+            Holder::Events(p) => {
+                let plan = &catalog.plans[*p];
+                let (_, source_key, _) =
+                    request.sources.iter().find(|(n, _, _)| *n == plan.source).expect("plan source");
+                let files = source_files(request.offline_root, &plan.source)?;
+                progress.phase(&format!("reading {} events", plan.source), Some(files.len() as u64));
+                let key_column =
+                    if plan.key_column == *source_key { source_key.as_str() } else { plan.key_column.as_str() };
+                let mut names: Vec<&str> = vec!["_partition", "_offset", "_event_time", "_late", "_raw", key_column];
+                names.extend(plan.columns.iter().map(String::as_str));
+                for file in files {
+                    for batch in read_columns(&file, &names)? {
+                        let n = batch[1].as_ref().map_or(0, |a| a.len());
+                        let (partitions, offsets, times, late, raw, keys) = (
+                            int32s(&batch[0], n),
+                            int64s(&batch[1], n),
+                            micros(&batch[2], n),
+                            strings(&batch[3], n),
+                            strings(&batch[4], n),
+                            strings(&batch[5], n),
+                        );
+                        let floats: Vec<Vec<Option<f64>>> = batch[6..]
+                            .iter()
+                            .map(|a| match a {
+                                Some(a) if a.data_type() == &DataType::Float64 => {
+                                    a.as_primitive::<Float64Type>().iter().collect()
+                                }
+                                _ => vec![None; n],
+                            })
+                            .collect();
+                        for i in 0..n {
+                            let refused = late[i].as_deref().is_some_and(|l| l.split(',').any(|s| s == plan.name));
+                            let (Some(key), Some(time_us), false) = (&keys[i], times[i], refused) else { continue };
+                            let row_floats: Vec<Option<f64>> = floats.iter().map(|c| c[i]).collect();
+                            let event = SpilledEvent {
+                                key: key.clone(),
+                                time_ms: time_us.div_euclid(1000),
+                                partition: partitions[i],
+                                offset: offsets[i].unwrap_or(i as i64),
+                                cells: event_cells(plan, raw[i].as_deref(), &row_floats),
+                            };
+                            spills[shard_of(key, shards)].write(&event)?;
+                            events += 1;
+                        }
+                    }
+                    progress.advance(1);
+                }
+            }
+            Holder::Rows(t) => {
+                let (table, key_column) = &catalog.tables[*t];
+                let files = source_files(request.offline_root, table)?;
+                progress.phase(&format!("reading {table} changes"), Some(files.len() as u64));
+                let names = ["_partition", "_offset", "_event_time", "_lsn", "_op", "_after", key_column.as_str()];
+                for file in files {
+                    for batch in read_columns(&file, &names)? {
+                        let n = batch[1].as_ref().map_or(0, |a| a.len());
+                        let (partitions, offsets, times, lsns, ops, afters, keys) = (
+                            int32s(&batch[0], n),
+                            int64s(&batch[1], n),
+                            micros(&batch[2], n),
+                            int64s(&batch[3], n),
+                            strings(&batch[4], n),
+                            strings(&batch[5], n),
+                            strings(&batch[6], n),
+                        );
+                        for i in 0..n {
+                            let (Some(key), Some(commit_us)) = (&keys[i], times[i]) else { continue };
+                            let deleted = ops[i].as_deref() == Some("d");
+                            let change = SpilledChange {
+                                key: key.clone(),
+                                commit_us,
+                                lsn: lsns[i].unwrap_or(0),
+                                partition: partitions[i],
+                                offset: offsets[i].unwrap_or(i as i64),
+                                after: if deleted { None } else { afters[i].clone() },
+                            };
+                            spills[shard_of(key, shards)].write(&change)?;
+                            events += 1;
+                        }
+                    }
+                    progress.advance(1);
+                }
+            }
+            Holder::Table(_) => unreachable!("refused above"),
+        }
+        holder_files.push(spills.into_iter().map(Spill::finish).collect::<Result<_, _>>()?);
+    }
+
+    // 3. shards in parallel: each key field's rows against its holders' events
+    progress.phase("computing", Some((keys.len() * shards) as u64));
+    let jobs: Vec<(usize, usize)> = (0..keys.len()).flat_map(|k| (0..shards).map(move |s| (k, s))).collect();
+    let results: Vec<PathBuf> = jobs
+        .par_iter()
+        .map(|&(k, s)| {
+            let path = compute_shard(request, &holders, &holder_files, &query_files[k][s], k, s)?;
+            progress.advance(1);
+            Ok(path)
+        })
+        .collect::<Result<_, DatasetError>>()?;
+
+    // 4. merge back in input order
+    progress.phase("writing", Some(rows));
+    write_output(request, &results, rows, progress)?;
+    let _ = std::fs::remove_dir_all(request.scratch);
+    Ok(Summary { rows, events })
+}
+
+/// Computes one shard of one key field; returns its result file, sorted by row.
+fn compute_shard(
+    request: &Request<'_>,
+    holders: &[Holder],
+    holder_files: &[Vec<PathBuf>],
+    query_file: &Path,
+    k: usize,
+    s: usize,
+) -> Result<PathBuf, DatasetError> {
+    let catalog = request.catalog;
+    let vector = request.vector;
+    let key_field = &vector.keys[k];
+    let mut queries: Vec<Query> = read_spill(query_file)?;
+    queries.sort_by(|a, b| a.key.cmp(&b.key).then(a.at_ms.cmp(&b.at_ms)).then(a.row.cmp(&b.row)));
+    let mut computed: Vec<(u64, Computed)> = Vec::new();
+    for (h, holder) in holders.iter().enumerate() {
+        if catalog.key_of(holder) != key_field {
+            continue;
+        }
+        // the vector's features held here, with their index in the vector
+        let wanted: Vec<(u32, &str)> = vector
+            .refs
+            .iter()
+            .enumerate()
+            .filter(|(_, (hh, _))| hh == holder)
+            .map(|(i, (_, f))| (i as u32, f.as_str()))
+            .collect();
+        match holder {
+            Holder::Events(p) => {
+                let plan = &catalog.plans[*p];
+                let mut events: Vec<SpilledEvent> = read_spill(&holder_files[h][s])?;
+                // replays after a crash: the same (partition, offset) once
+                events.sort_by(|a, b| {
+                    a.key.cmp(&b.key).then(a.partition.cmp(&b.partition)).then(a.offset.cmp(&b.offset))
+                });
+                events.dedup_by(|a, b| {
+                    a.partition.is_some() && a.key == b.key && a.partition == b.partition && a.offset == b.offset
+                });
+                events.sort_by(|a, b| {
+                    a.key
+                        .cmp(&b.key)
+                        .then(a.time_ms.cmp(&b.time_ms))
+                        .then(a.partition.cmp(&b.partition))
+                        .then(a.offset.cmp(&b.offset))
+                });
+                point_in_time(plan, &queries, &events, &wanted, &mut computed);
+            }
+            Holder::Rows(_) => {
+                let mut changes: Vec<SpilledChange> = read_spill(&holder_files[h][s])?;
+                changes.sort_by(|a, b| a.key.cmp(&b.key).then(a.commit_us.cmp(&b.commit_us)).then(a.lsn.cmp(&b.lsn)));
+                rows_as_of(&queries, &changes, &wanted, &mut computed);
+            }
+            Holder::Table(_) => unreachable!("refused before"),
+        }
+    }
+    computed.sort_by_key(|(row, (f, ..))| (*row, *f));
+    let mut out = Spill::create(request.scratch.join(format!("r-{k}-{s}")))?;
+    for record in &computed {
+        out.write(record)?;
+    }
+    out.finish()
+}
+
+/// Feature-set values per query: events of the key applied in time order up to each query time.
+fn point_in_time(
+    plan: &FeatureSetPlan,
+    queries: &[Query],
+    events: &[SpilledEvent],
+    wanted: &[(u32, &str)],
+    out: &mut Vec<(u64, Computed)>,
+) {
+    let split = plan.columns.len();
+    let mut e = 0;
+    let mut q = 0;
+    while q < queries.len() {
+        let key = &queries[q].key;
+        while e < events.len() && events[e].key < *key {
+            e += 1;
+        }
+        let mut state = EntityState::new(plan);
+        let mut applied = false;
+        while q < queries.len() && queries[q].key == *key {
+            let query = &queries[q];
+            while e < events.len() && events[e].key == *key && events[e].time_ms <= query.at_ms {
+                let cells: Vec<Option<Value>> = events[e].cells.iter().map(Cell::to_value).collect();
+                let columns: Vec<Option<&Value>> = cells[..split].iter().map(Option::as_ref).collect();
+                let latest: Vec<Option<&Value>> = cells[split..].iter().map(Option::as_ref).collect();
+                engine::apply(plan, &mut state, events[e].time_ms, &columns, &latest, None);
+                applied = true;
+                e += 1;
+            }
+            let values = lookup::feature_values(plan, applied.then_some(&state), query.at_ms);
+            for (index, name) in wanted {
+                if let Some(v) = values.iter().find(|v| v.name == *name) {
+                    out.push((query.row, (*index, Cell::of(Some(&v.value)), status_code(v.status), v.event_time_ms)));
+                }
+            }
+            q += 1;
+        }
+        while e < events.len() && events[e].key == *key {
+            e += 1;
+        }
+    }
+}
+
+/// Table columns per query: the newest change of the key committed at or before the query time.
+fn rows_as_of(queries: &[Query], changes: &[SpilledChange], wanted: &[(u32, &str)], out: &mut Vec<(u64, Computed)>) {
+    for query in queries {
+        let start = changes.partition_point(|c| c.key < query.key);
+        let end = start + changes[start..].partition_point(|c| c.key == query.key);
+        let newest = changes[start..end].iter().rev().find(|c| c.commit_us.div_euclid(1000) <= query.at_ms);
+        let row: Option<serde_json::Map<String, Value>> =
+            newest.and_then(|c| c.after.as_deref()).and_then(|a| serde_json::from_str(a).ok());
+        let time = newest.map(|c| c.commit_us.div_euclid(1000));
+        for (index, column) in wanted {
+            let (value, status) = match row.as_ref().map(|r| r.get(*column)) {
+                Some(Some(Value::Null)) => (Cell::Null, Status::NullValue),
+                Some(Some(v)) => (Cell::of(Some(v)), Status::Present),
+                _ => (Cell::Null, Status::NotFound),
+            };
+            out.push((query.row, (*index, value, status_code(status), time)));
+        }
+    }
+}
+
+/// The Arrow type of a feature's output column.
+fn output_type(catalog: &Catalog<'_>, holder: &Holder, feature: &str) -> DataType {
+    match holder {
+        Holder::Events(p) => match catalog.plans[*p].aggregations.iter().find(|a| a.name == feature) {
+            Some(a) if matches!(a.function, Function::Count | Function::DistinctCount) => DataType::Int64,
+            Some(_) => DataType::Float64,
+            None => DataType::Utf8,
+        },
+        _ => DataType::Utf8,
+    }
+}
+
+enum OutColumn {
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Text(StringBuilder),
+}
+
+/// Streams the input again and writes it with the features, merging the shard results by row.
+fn write_output(
+    request: &Request<'_>,
+    results: &[PathBuf],
+    rows: u64,
+    progress: &dyn Progress,
+) -> Result<(), DatasetError> {
+    let vector = request.vector;
+    let mut readers: Vec<std::iter::Peekable<std::vec::IntoIter<(u64, Computed)>>> =
+        results.iter().map(|p| read_spill(p).map(|v| v.into_iter().peekable())).collect::<Result<_, _>>()?;
+    let types: Vec<DataType> = vector.refs.iter().map(|(h, f)| output_type(&request.catalog, h, f)).collect();
+    let out_names: Vec<String> = vector.names.iter().map(|n| n.replace('.', "__")).collect();
+    let mut writer: Option<ArrowWriter<File>> = None;
+    let mut row = 0u64;
+    for batch in input_batches(request.input)? {
+        let batch = batch?;
+        let n = batch.num_rows();
+        let mut columns: Vec<OutColumn> = types
+            .iter()
+            .map(|t| match t {
+                DataType::Int64 => OutColumn::Int(Int64Builder::with_capacity(n)),
+                DataType::Float64 => OutColumn::Float(Float64Builder::with_capacity(n)),
+                _ => OutColumn::Text(StringBuilder::new()),
+            })
+            .collect();
+        let mut statuses: Vec<StringBuilder> = types.iter().map(|_| StringBuilder::new()).collect();
+        for r in row..row + n as u64 {
+            let mut got: Vec<Option<(Option<Value>, u8)>> = vec![None; types.len()];
+            for reader in &mut readers {
+                while reader.peek().is_some_and(|(at, _)| *at == r) {
+                    let (_, (f, value, status, _)) = reader.next().expect("peeked");
+                    got[f as usize] = Some((value.to_value(), status));
+                }
+            }
+            for (f, column) in columns.iter_mut().enumerate() {
+                let (value, status) = got[f].take().unwrap_or((None, status_code(Status::NotFound)));
+                match column {
+                    OutColumn::Int(b) => b.append_option(value.as_ref().and_then(Value::as_i64)),
+                    OutColumn::Float(b) => b.append_option(value.as_ref().and_then(Value::as_f64)),
+                    OutColumn::Text(b) => b.append_option(value.map(|v| match v {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    })),
+                }
+                statuses[f].append_value(status_name(status));
+            }
+        }
+        row += n as u64;
+        let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut arrays: Vec<ArrayRef> = batch.columns().to_vec();
+        for ((name, ty), (column, status)) in
+            out_names.iter().zip(&types).zip(columns.iter_mut().zip(statuses.iter_mut()))
+        {
+            fields.push(Field::new(name, ty.clone(), true));
+            arrays.push(match column {
+                OutColumn::Int(b) => Arc::new(b.finish()),
+                OutColumn::Float(b) => Arc::new(b.finish()),
+                OutColumn::Text(b) => Arc::new(b.finish()),
+            });
+            if request.statuses {
+                fields.push(Field::new(format!("{name}__status"), DataType::Utf8, false));
+                arrays.push(Arc::new(status.finish()));
+            }
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let out = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| read_err(request.output, e))?;
+        if writer.is_none() {
+            let file = File::create(request.output).map_err(io(request.output))?;
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::ZSTD(
+                    parquet::basic::ZstdLevel::try_new(3).expect("valid level"),
+                ))
+                .build();
+            writer = Some(ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| read_err(request.output, e))?);
+        }
+        writer.as_mut().expect("created above").write(&out).map_err(|e| read_err(request.output, e))?;
+        progress.advance(n as u64);
+    }
+    debug_assert_eq!(row, rows);
+    match writer {
+        Some(w) => {
+            w.close().map_err(|e| read_err(request.output, e))?;
+        }
+        None => return Err(read_err(request.input, "no rows")),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,343 @@
+//! `fathom dataset` (point-in-time training sets from the offline store) and `fathom consistency`
+//! (online values against the same values recomputed offline), wired to the project file and a
+//! progress bar.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray};
+use fathom_featurestore::dataset::{self, Progress};
+use fathom_featurestore::online::{EmbeddedStore, OnlineStore, RedisStore};
+use fathom_featurestore::vector::Vector;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+use crate::config::Project;
+
+/// What the features are: references, a feature vector or a model.
+#[derive(Debug, Clone)]
+pub enum Features {
+    /// References (`set.feature`, `set.*`, `table.column`).
+    List(Vec<String>),
+    /// A `feature_vectors` entry.
+    Vector(String),
+    /// A model's stored features.
+    Model(String),
+}
+
+fn resolve(project: &Project, features: &Features) -> anyhow::Result<Vector> {
+    let references = match features {
+        Features::List(list) if list.is_empty() => anyhow::bail!("name the features: --features, --vector or --model"),
+        Features::List(list) => list.clone(),
+        Features::Vector(name) => project
+            .vectors
+            .get(name)
+            .cloned()
+            .with_context(|| format!("no feature vector named {name:?} under `feature_vectors`"))?,
+        Features::Model(name) => project
+            .models
+            .get(name)
+            .with_context(|| format!("no model named {name:?} under `models`"))?
+            .features
+            .clone(),
+    };
+    project.catalog().resolve(&references).map_err(anyhow::Error::msg)
+}
+
+/// An indicatif bar per phase.
+struct Bar(Mutex<Option<ProgressBar>>);
+
+impl Progress for Bar {
+    fn phase(&self, name: &str, total: Option<u64>) {
+        let mut current = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bar) = current.take() {
+            bar.finish();
+        }
+        let bar = match total {
+            Some(total) => ProgressBar::new(total).with_style(
+                ProgressStyle::with_template(
+                    "{msg:>24} [{elapsed_precise}] {wide_bar} {pos}/{len}, {per_sec}, ETA {eta}",
+                )
+                .expect("valid template"),
+            ),
+            None => ProgressBar::new_spinner().with_style(
+                ProgressStyle::with_template("{msg:>24} [{elapsed_precise}] {spinner} {pos} rows, {per_sec}")
+                    .expect("valid template"),
+            ),
+        };
+        bar.set_message(name.to_string());
+        *current = Some(bar);
+    }
+
+    fn advance(&self, n: u64) {
+        if let Some(bar) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            bar.inc(n);
+        }
+    }
+}
+
+impl Bar {
+    fn finish(&self) {
+        if let Some(bar) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            bar.finish();
+        }
+    }
+}
+
+/// Options of `fathom dataset`.
+#[derive(Debug, Clone)]
+pub struct DatasetOptions {
+    /// Entity rows (Parquet or CSV).
+    pub input: PathBuf,
+    /// Their timestamp column.
+    pub timestamp: String,
+    /// The features.
+    pub features: Features,
+    /// Output Parquet.
+    pub output: PathBuf,
+    /// Read zone-less timestamps as UTC.
+    pub assume_utc: bool,
+    /// Add status columns.
+    pub statuses: bool,
+    /// Hash partitions.
+    pub shards: usize,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+fn sources(project: &Project) -> Vec<(String, String, bool)> {
+    project
+        .sources
+        .iter()
+        .map(|(n, s)| (n.clone(), s.key.clone(), s.format == fathom_ingest::config::Format::Debezium))
+        .collect()
+}
+
+/// Builds a training set; returns its summary.
+pub fn dataset(project: &Project, options: &DatasetOptions) -> anyhow::Result<dataset::Summary> {
+    let vector = resolve(project, &options.features)?;
+    let scratch = options.output.with_extension("fathom-scratch");
+    let sources = sources(project);
+    let offline = project.stores.offline.parquet.path.clone(); // as the pipeline writes it
+    let request = dataset::Request {
+        catalog: project.catalog(),
+        vector: &vector,
+        sources: &sources,
+        offline_root: &offline,
+        input: &options.input,
+        timestamp: &options.timestamp,
+        assume_utc: options.assume_utc,
+        output: &options.output,
+        statuses: options.statuses,
+        shards: options.shards,
+        scratch: &scratch,
+    };
+    let bar = Bar(Mutex::new(None));
+    let silent = Silent;
+    let progress: &dyn Progress = if options.progress { &bar } else { &silent };
+    let summary = dataset::build(&request, progress);
+    bar.finish();
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(summary?)
+}
+
+struct Silent;
+
+impl Progress for Silent {
+    fn phase(&self, _: &str, _: Option<u64>) {}
+    fn advance(&self, _: u64) {}
+}
+
+/// One feature's comparison.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FeatureReport {
+    /// Entities compared.
+    pub compared: u64,
+    /// Entities whose online and offline values differ (beyond 1e-9 relative for numbers) or
+    /// whose statuses differ.
+    pub mismatches: u64,
+    /// The worst: (entity key, online, offline).
+    pub worst: Option<(String, String, String)>,
+    worst_difference: f64,
+}
+
+/// Samples up to `sample` entities of each key field from the offline store, reads their values
+/// online and recomputes them offline as of the same instant; per feature, the mismatches.
+pub async fn consistency(
+    project: Arc<Project>,
+    features: &Features,
+    sample: usize,
+    at_ms: i64,
+) -> anyhow::Result<BTreeMap<String, FeatureReport>> {
+    let vector = resolve(&project, features)?;
+    let store = match project.redis()? {
+        Some(topology) => OnlineStore::Redis(RedisStore::connect(&topology).await.context("connecting to Redis")?),
+        None => match project.stores.online.embedded.as_ref().and_then(|e| e.snapshot.as_deref()) {
+            Some(path) => OnlineStore::Embedded(Arc::new(EmbeddedStore::with_snapshot(path)?)),
+            None => anyhow::bail!(
+                "the online store is embedded without a snapshot: nothing to compare outside the serving process"
+            ),
+        },
+    };
+    let scratch = std::env::temp_dir().join(format!("fathom-consistency-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let keys = sample_keys(&project, &vector, sample)?;
+    let n = keys.values().map(Vec::len).max().unwrap_or(0);
+    anyhow::ensure!(n > 0, "the offline store holds no entity of these features");
+    // one input row per sampled entity (each key field sampled on its own), all at the instant
+    let mut columns: Vec<(String, ArrayRef)> = Vec::new();
+    let mut rows: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); n];
+    for (field, sampled) in &keys {
+        let padded: Vec<String> = (0..n).map(|i| sampled.get(i % sampled.len()).cloned().unwrap_or_default()).collect();
+        for (row, key) in rows.iter_mut().zip(&padded) {
+            row.insert(field.clone(), key.clone());
+        }
+        columns.push((field.clone(), Arc::new(StringArray::from(padded)) as ArrayRef));
+    }
+    columns.push((
+        "ts".into(),
+        Arc::new(TimestampMillisecondArray::from(vec![at_ms; n]).with_timezone("UTC")) as ArrayRef,
+    ));
+    let input = scratch.join("entities.parquet");
+    write_parquet(&input, RecordBatch::try_from_iter(columns)?)?;
+    let output = scratch.join("offline.parquet");
+    let sources = sources(&project);
+    let offline = project.stores.offline.parquet.path.clone(); // as the pipeline writes it
+    let request = dataset::Request {
+        catalog: project.catalog(),
+        vector: &vector,
+        sources: &sources,
+        offline_root: &offline,
+        input: &input,
+        timestamp: "ts",
+        assume_utc: false,
+        output: &output,
+        statuses: true,
+        shards: 4,
+        scratch: &scratch.join("spill"),
+    };
+    dataset::build(&request, &Silent)?;
+    let online = project.catalog().read(&store, &vector, &rows, at_ms).await?;
+    let offline = read_values(&output, &vector, n)?;
+    let mut report: BTreeMap<String, FeatureReport> = BTreeMap::new();
+    for (r, row) in rows.iter().enumerate() {
+        for (f, name) in vector.names.iter().enumerate() {
+            let entry = report.entry(name.clone()).or_default();
+            entry.compared += 1;
+            let on = &online[r][f];
+            let (off_value, off_status) = &offline[r][f];
+            // text columns of the dataset hold strings as is and other JSON as JSON text
+            let on_value = match (&on.value, off_value) {
+                (Value::Null, _) | (_, Value::Number(_)) => on.value.clone(),
+                (Value::String(_), _) => on.value.clone(),
+                (other, _) => Value::String(other.to_string()),
+            };
+            let status_on = serde_json::to_value(on.status)?.as_str().unwrap_or_default().to_string();
+            let difference = match (&on_value, off_value) {
+                (Value::Number(a), Value::Number(b)) => {
+                    let (a, b) = (a.as_f64().unwrap_or(f64::NAN), b.as_f64().unwrap_or(f64::NAN));
+                    let d = (a - b).abs();
+                    if d <= 1e-9 * a.abs().max(b.abs()).max(1.0) {
+                        0.0
+                    } else {
+                        d
+                    }
+                }
+                (a, b) if a == b => 0.0,
+                _ => f64::INFINITY,
+            };
+            if difference > 0.0 || status_on != *off_status {
+                entry.mismatches += 1;
+                let difference = if difference == 0.0 { f64::INFINITY } else { difference };
+                if entry.worst.is_none() || difference > entry.worst_difference {
+                    entry.worst_difference = difference;
+                    let key = row.values().cloned().collect::<Vec<_>>().join("/");
+                    entry.worst = Some((key, format!("{on_value} {status_on}"), format!("{off_value} {off_status}")));
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(report)
+}
+
+/// Distinct keys per key field, from the offline store (first `sample` of each in file order).
+fn sample_keys(project: &Project, vector: &Vector, sample: usize) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let offline = project.stores.offline.parquet.path.clone(); // as the pipeline writes it
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for name in &vector.names {
+        let (set, _) = name.split_once('.').expect("resolved names");
+        let (source, column) = match (project.plan(set), project.table_index(set)) {
+            (Some(plan), _) => {
+                let source = &project.sources[project.source_index(&plan.source).expect("plan source")].1;
+                let column = if plan.key_column == source.key { source.key.clone() } else { plan.key_column.clone() };
+                (plan.source.clone(), (plan.key_column.clone(), column))
+            }
+            (None, Some(t)) => (set.to_string(), (project.sources[t].1.key.clone(), project.sources[t].1.key.clone())),
+            (None, None) => anyhow::bail!("{name}: consistency covers feature sets over events and CDC table columns"),
+        };
+        let (field, column) = column;
+        let keys = out.entry(field).or_default();
+        if keys.len() >= sample {
+            continue;
+        }
+        let mut seen: std::collections::BTreeSet<String> = keys.iter().cloned().collect();
+        for file in dataset::source_files(&offline, &source)? {
+            for batch in read_parquet(&file)? {
+                if let Some(array) = batch.column_by_name(&column) {
+                    for key in array.as_string::<i32>().iter().flatten() {
+                        if seen.len() < sample && seen.insert(key.to_string()) {
+                            keys.push(key.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn read_parquet(path: &Path) -> anyhow::Result<Vec<RecordBatch>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
+    Ok(reader.collect::<Result<_, _>>()?)
+}
+
+fn write_parquet(path: &Path, batch: RecordBatch) -> anyhow::Result<()> {
+    let file = std::fs::File::create(path)?;
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)?;
+    writer.write(&batch)?;
+    writer.close()?;
+    Ok(())
+}
+
+/// The dataset output's values and statuses per row and feature.
+fn read_values(path: &Path, vector: &Vector, n: usize) -> anyhow::Result<Vec<Vec<(Value, String)>>> {
+    let mut out = Vec::with_capacity(n);
+    for batch in read_parquet(path)? {
+        for i in 0..batch.num_rows() {
+            let mut row = Vec::new();
+            for name in &vector.names {
+                let column_name = name.replace('.', "__");
+                let column = batch.column_by_name(&column_name).context("dataset column")?;
+                let value = if column.is_null(i) {
+                    Value::Null
+                } else {
+                    match column.data_type() {
+                        arrow_schema::DataType::Int64 => Value::from(column.as_primitive::<Int64Type>().value(i)),
+                        arrow_schema::DataType::Float64 => Value::from(column.as_primitive::<Float64Type>().value(i)),
+                        _ => Value::String(column.as_string::<i32>().value(i).to_string()),
+                    }
+                };
+                let status = batch.column_by_name(&format!("{column_name}__status")).context("status column")?;
+                row.push((value, status.as_string::<i32>().value(i).to_string()));
+            }
+            out.push(row);
+        }
+    }
+    Ok(out)
+}
