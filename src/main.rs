@@ -187,6 +187,25 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2_000)]
         storey_events: usize,
     },
+    /// Point-in-time training set over a generated offline store (3 feature sets), optionally
+    /// with pandas merge_asof on the same files.
+    Dataset {
+        /// Entity rows.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Events in the offline store.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: usize,
+        /// Cards (merchants: a tenth).
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        /// Working directory (the generated offline store is reused when present).
+        #[arg(long, default_value = "/tmp/fathom-bench-dataset")]
+        dir: PathBuf,
+        /// Python with pandas and pyarrow (see bench/README.md).
+        #[arg(long)]
+        pandas_python: Option<PathBuf>,
+    },
 }
 
 fn init_logs(format: LogFormat) {
@@ -251,6 +270,11 @@ fn main() -> ExitCode {
     }
     if let Command::Profile { config, model, training_set, output, top_k } = &cli.command {
         return report(profile(config, model, training_set, output.as_deref(), *top_k));
+    }
+    if let Command::Bench { which: BenchCommand::Dataset { rows, events, keys, dir, pandas_python } } = &cli.command {
+        let options =
+            bench::DatasetOptions { rows: *rows, events: *events, keys: *keys, dir: dir.clone(), pandas_python: pandas_python.clone() };
+        return report(bench::dataset(&options));
     }
     if let Command::Bench { which: BenchCommand::Engine { events, keys, storey_python, storey_events } } = cli.command {
         let options = bench::Options { events, keys, storey_python, storey_events };

@@ -242,21 +242,41 @@ impl Spill {
     }
 }
 
-/// Reads back a spill file.
+/// Reads back a whole spill file.
 fn read_spill<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, DatasetError> {
-    let mut input = BufReader::with_capacity(1 << 16, File::open(path).map_err(io(path))?);
-    let mut out = Vec::new();
-    let mut len = [0u8; 4];
-    let mut buf = Vec::new();
-    loop {
-        match input.read_exact(&mut len) {
+    SpillReader::open(path)?.collect()
+}
+
+/// Streams a spill file record by record.
+struct SpillReader<T> {
+    path: PathBuf,
+    input: BufReader<File>,
+    buf: Vec<u8>,
+    _record: std::marker::PhantomData<T>,
+}
+
+impl<T> SpillReader<T> {
+    fn open(path: &Path) -> Result<SpillReader<T>, DatasetError> {
+        let input = BufReader::with_capacity(1 << 16, File::open(path).map_err(io(path))?);
+        Ok(SpillReader { path: path.to_path_buf(), input, buf: Vec::new(), _record: std::marker::PhantomData })
+    }
+}
+
+impl<T: for<'de> Deserialize<'de>> Iterator for SpillReader<T> {
+    type Item = Result<T, DatasetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut len = [0u8; 4];
+        match self.input.read_exact(&mut len) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(out),
-            Err(e) => return Err(io(path)(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+            Err(e) => return Some(Err(io(&self.path)(e))),
         }
-        buf.resize(u32::from_le_bytes(len) as usize, 0);
-        input.read_exact(&mut buf).map_err(io(path))?;
-        out.push(postcard::from_bytes(&buf).map_err(|e| read_err(path, e))?);
+        self.buf.resize(u32::from_le_bytes(len) as usize, 0);
+        if let Err(e) = self.input.read_exact(&mut self.buf) {
+            return Some(Err(io(&self.path)(e)));
+        }
+        Some(postcard::from_bytes(&self.buf).map_err(|e| read_err(&self.path, e)))
     }
 }
 
@@ -451,25 +471,21 @@ fn strings(a: &Option<ArrayRef>, n: usize) -> Vec<Option<String>> {
 }
 
 /// The plan's cells of one offline row: numbers from Float columns; every other field from the
-/// original record (`_raw`), so latest values keep their exact JSON.
-fn event_cells(plan: &FeatureSetPlan, raw: Option<&str>, floats: &[Option<f64>]) -> Vec<Cell> {
-    let parsed: Option<serde_json::Map<String, Value>> = raw.and_then(|r| serde_json::from_str(r).ok());
-    let field = |name: &String| parsed.as_ref().and_then(|m| m.get(name)).filter(|v| !v.is_null()).cloned();
-    let numeric = plan.numeric_columns();
-    let mut cells: Vec<Option<Value>> = plan
+/// original record (`_raw`, parsed only when the plan reads such a field), so latest values keep
+/// their exact JSON.
+fn event_cells(plan: &FeatureSetPlan, numeric: &[bool], raw: Option<&str>, floats: &[Option<f64>]) -> Vec<Cell> {
+    let needs_raw = !plan.latest.is_empty() || numeric.iter().any(|n| !n);
+    let parsed: Option<serde_json::Map<String, Value>> =
+        if needs_raw { raw.and_then(|r| serde_json::from_str(r).ok()) } else { None };
+    let field = |name: &String| Cell::of(parsed.as_ref().and_then(|m| m.get(name)));
+    let mut cells: Vec<Cell> = plan
         .columns
         .iter()
         .enumerate()
-        .map(|(i, c)| {
-            if numeric.contains(c) {
-                floats[i].and_then(serde_json::Number::from_f64).map(Value::Number)
-            } else {
-                field(c)
-            }
-        })
+        .map(|(i, c)| if numeric[i] { floats[i].map_or(Cell::Null, Cell::Num) } else { field(c) })
         .collect();
     cells.extend(plan.latest.iter().map(field));
-    cells.iter().map(|v| Cell::of(v.as_ref())).collect()
+    cells
 }
 
 /// Builds the dataset. Refuses features it cannot compute offline yet (joins, table
@@ -573,7 +589,11 @@ pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, 
                 progress.phase(&format!("reading {} events", plan.source), Some(files.len() as u64));
                 let key_column =
                     if plan.key_column == *source_key { source_key.as_str() } else { plan.key_column.as_str() };
-                let mut names: Vec<&str> = vec!["_partition", "_offset", "_event_time", "_late", "_raw", key_column];
+                let numeric_columns = plan.numeric_columns();
+                let numeric: Vec<bool> = plan.columns.iter().map(|c| numeric_columns.contains(c)).collect();
+                // `_raw` only when a field is not a number column (it is the largest column)
+                let raw_column = if plan.latest.is_empty() && numeric.iter().all(|n| *n) { "" } else { "_raw" };
+                let mut names: Vec<&str> = vec!["_partition", "_offset", "_event_time", "_late", raw_column, key_column];
                 names.extend(plan.columns.iter().map(String::as_str));
                 for file in files {
                     for batch in read_columns(&file, &names)? {
@@ -604,7 +624,7 @@ pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, 
                                 time_ms: time_us.div_euclid(1000),
                                 partition: partitions[i],
                                 offset: offsets[i].unwrap_or(i as i64),
-                                cells: event_cells(plan, raw[i].as_deref(), &row_floats),
+                                cells: event_cells(plan, &numeric, raw[i].as_deref(), &row_floats),
                             };
                             spills[shard_of(key, shards)].write(&event)?;
                             events += 1;
@@ -823,8 +843,9 @@ fn write_output(
     progress: &dyn Progress,
 ) -> Result<(), DatasetError> {
     let vector = request.vector;
-    let mut readers: Vec<std::iter::Peekable<std::vec::IntoIter<(u64, Computed)>>> =
-        results.iter().map(|p| read_spill(p).map(|v| v.into_iter().peekable())).collect::<Result<_, _>>()?;
+    // one streaming reader per result file, each sorted by row: memory stays one batch wide
+    let mut readers: Vec<std::iter::Peekable<SpillReader<(u64, Computed)>>> =
+        results.iter().map(|p| SpillReader::open(p).map(Iterator::peekable)).collect::<Result<_, _>>()?;
     let types: Vec<DataType> = vector.refs.iter().map(|(h, f)| output_type(&request.catalog, h, f)).collect();
     let out_names: Vec<String> = vector.names.iter().map(|n| n.replace('.', "__")).collect();
     let mut writer: Option<ArrowWriter<File>> = None;
@@ -844,8 +865,8 @@ fn write_output(
         for r in row..row + n as u64 {
             let mut got: Vec<Option<(Option<Value>, u8)>> = vec![None; types.len()];
             for reader in &mut readers {
-                while reader.peek().is_some_and(|(at, _)| *at == r) {
-                    let (_, (f, value, status, _)) = reader.next().expect("peeked");
+                while reader.peek().is_some_and(|next| next.as_ref().map_or(true, |(at, _)| *at == r)) {
+                    let (_, (f, value, status, _)) = reader.next().expect("peeked")?;
                     got[f as usize] = Some((value.to_value(), status));
                 }
             }
