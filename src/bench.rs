@@ -461,7 +461,10 @@ pub fn dataset(options: &DatasetOptions) -> anyhow::Result<()> {
         let schema = SourceSchema {
             name: "tx".into(),
             key: "card_id".into(),
-            layout: Layout::Events(vec![("amount".into(), ColumnType::Float), ("merchant_id".into(), ColumnType::Text)]),
+            layout: Layout::Events(vec![
+                ("amount".into(), ColumnType::Float),
+                ("merchant_id".into(), ColumnType::Text),
+            ]),
         };
         let mut writer = OfflineWriter::new(&offline, vec![schema])?;
         let mut rng = SmallRng::seed_from_u64(3);
@@ -474,7 +477,8 @@ pub fn dataset(options: &DatasetOptions) -> anyhow::Result<()> {
                     let merchant = format!("m-{:05}", rng.random_range(0..merchants));
                     let amount = (rng.random::<f64>() * 50_000.0).round() / 100.0;
                     let ts = start + (i as i64 * span) / options.events as i64;
-                    let raw = format!(r#"{{"card_id":"{card}","merchant_id":"{merchant}","ts":{ts},"amount":{amount}}}"#);
+                    let raw =
+                        format!(r#"{{"card_id":"{card}","merchant_id":"{merchant}","ts":{ts},"amount":{amount}}}"#);
                     let mut fields = serde_json::Map::new();
                     fields.insert("amount".into(), Value::from(amount));
                     fields.insert("merchant_id".into(), Value::from(merchant));
@@ -496,8 +500,10 @@ pub fn dataset(options: &DatasetOptions) -> anyhow::Result<()> {
     let input = dir.join("rows.parquet");
     {
         let mut rng = SmallRng::seed_from_u64(4);
-        let cards: Vec<String> = (0..options.rows).map(|_| format!("card-{:06}", rng.random_range(0..options.keys))).collect();
-        let merchant_ids: Vec<String> = (0..options.rows).map(|_| format!("m-{:05}", rng.random_range(0..merchants))).collect();
+        let cards: Vec<String> =
+            (0..options.rows).map(|_| format!("card-{:06}", rng.random_range(0..options.keys))).collect();
+        let merchant_ids: Vec<String> =
+            (0..options.rows).map(|_| format!("m-{:05}", rng.random_range(0..merchants))).collect();
         let ts: Vec<i64> = (0..options.rows).map(|_| start + rng.random_range(0..span)).collect();
         let labels: Vec<i64> = (0..options.rows).map(|i| (i % 2) as i64).collect();
         let batch = arrow_array::RecordBatch::try_from_iter([
@@ -514,7 +520,7 @@ pub fn dataset(options: &DatasetOptions) -> anyhow::Result<()> {
     let output = dir.join("train.parquet");
     let cwd = std::env::current_dir()?;
     std::env::set_current_dir(dir)?; // the project's offline path is relative, as users write it
-    // peak RSS of the dataset alone: reset the high-water mark first (Linux)
+                                     // peak RSS of the dataset alone: reset the high-water mark first (Linux)
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let started = Instant::now();
     let summary = crate::training::dataset(
@@ -522,7 +528,11 @@ pub fn dataset(options: &DatasetOptions) -> anyhow::Result<()> {
         &crate::training::DatasetOptions {
             input: input.clone(),
             timestamp: "ts".into(),
-            features: crate::training::Features::List(vec!["cards.*".into(), "cards_weekly.*".into(), "merchants.*".into()]),
+            features: crate::training::Features::List(vec![
+                "cards.*".into(),
+                "cards_weekly.*".into(),
+                "merchants.*".into(),
+            ]),
             output: output.clone(),
             assume_utc: false,
             statuses: false,
@@ -542,7 +552,11 @@ pub fn dataset(options: &DatasetOptions) -> anyhow::Result<()> {
     );
     if let Some(python) = &options.pandas_python {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/pandas_pit.py");
-        let out = Command::new(python).arg(&script).arg(dir).output().with_context(|| format!("running {}", script.display()))?;
+        let out = Command::new(python)
+            .arg(&script)
+            .arg(dir)
+            .output()
+            .with_context(|| format!("running {}", script.display()))?;
         anyhow::ensure!(out.status.success(), "pandas bench failed: {}", String::from_utf8_lossy(&out.stderr));
         print!("{}", String::from_utf8_lossy(&out.stdout));
     }

@@ -272,8 +272,13 @@ fn main() -> ExitCode {
         return report(profile(config, model, training_set, output.as_deref(), *top_k));
     }
     if let Command::Bench { which: BenchCommand::Dataset { rows, events, keys, dir, pandas_python } } = &cli.command {
-        let options =
-            bench::DatasetOptions { rows: *rows, events: *events, keys: *keys, dir: dir.clone(), pandas_python: pandas_python.clone() };
+        let options = bench::DatasetOptions {
+            rows: *rows,
+            events: *events,
+            keys: *keys,
+            dir: dir.clone(),
+            pandas_python: pandas_python.clone(),
+        };
         return report(bench::dataset(&options));
     }
     if let Command::Bench { which: BenchCommand::Engine { events, keys, storey_python, storey_events } } = cli.command {

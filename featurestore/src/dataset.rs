@@ -593,7 +593,8 @@ pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, 
                 let numeric: Vec<bool> = plan.columns.iter().map(|c| numeric_columns.contains(c)).collect();
                 // `_raw` only when a field is not a number column (it is the largest column)
                 let raw_column = if plan.latest.is_empty() && numeric.iter().all(|n| *n) { "" } else { "_raw" };
-                let mut names: Vec<&str> = vec!["_partition", "_offset", "_event_time", "_late", raw_column, key_column];
+                let mut names: Vec<&str> =
+                    vec!["_partition", "_offset", "_event_time", "_late", raw_column, key_column];
                 names.extend(plan.columns.iter().map(String::as_str));
                 for file in files {
                     for batch in read_columns(&file, &names)? {
@@ -764,6 +765,10 @@ fn point_in_time(
     out: &mut Vec<(u64, Computed)>,
 ) {
     let split = plan.columns.len();
+    // feature_values answers in feature_names order: find each wanted feature's place once
+    let names: Vec<&str> = plan.feature_names().collect();
+    let places: Vec<(u32, usize)> =
+        wanted.iter().filter_map(|(index, name)| names.iter().position(|n| n == name).map(|p| (*index, p))).collect();
     let mut e = 0;
     let mut q = 0;
     while q < queries.len() {
@@ -784,10 +789,9 @@ fn point_in_time(
                 e += 1;
             }
             let values = lookup::feature_values(plan, applied.then_some(&state), query.at_ms);
-            for (index, name) in wanted {
-                if let Some(v) = values.iter().find(|v| v.name == *name) {
-                    out.push((query.row, (*index, Cell::of(Some(&v.value)), status_code(v.status), v.event_time_ms)));
-                }
+            for &(index, place) in &places {
+                let v = &values[place];
+                out.push((query.row, (index, Cell::of(Some(&v.value)), status_code(v.status), v.event_time_ms)));
             }
             q += 1;
         }
