@@ -281,11 +281,31 @@ fn sample_keys(project: &Project, vector: &Vector, sample: usize) -> anyhow::Res
             (None, None) => anyhow::bail!("{name}: consistency covers feature sets over events and CDC table columns"),
         };
         let (field, column) = column;
-        let keys = out.entry(field).or_default();
+        let keys = out.entry(field.clone()).or_default();
         if keys.len() >= sample {
             continue;
         }
         let mut seen: std::collections::BTreeSet<String> = keys.iter().cloned().collect();
+        // keyed by a joined column: its values are in the table's change log
+        if let Some(join) = project.plan(set).and_then(|p| p.joins.iter().find(|j| j.columns.contains(&field))) {
+            for file in dataset::source_files(&offline, &join.table)? {
+                for batch in read_parquet(&file)? {
+                    let Some(after) = batch.column_by_name("_after") else { continue };
+                    for row in after.as_string::<i32>().iter().flatten() {
+                        let value: Value = serde_json::from_str(row).unwrap_or_default();
+                        let key = match &value[field.as_str()] {
+                            Value::Null => continue,
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        if seen.len() < sample && seen.insert(key.clone()) {
+                            keys.push(key);
+                        }
+                    }
+                }
+            }
+            continue;
+        }
         for file in dataset::source_files(&offline, &source)? {
             for batch in read_parquet(&file)? {
                 if let Some(array) = batch.column_by_name(&column) {

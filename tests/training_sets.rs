@@ -36,7 +36,14 @@ sources:
   customers: {{ format: debezium, key: customer_id }}
 entities:
   card: {{ key: card_id }}
+  segment: {{ key: segment }}
 feature_sets:
+  segments:
+    entity: segment
+    source: tx
+    join: [{{ table: customers, on: customer_id, columns: [segment] }}]
+    aggregations:
+      - {{ column: amount, functions: [count, sum], windows: [1h, 1d], period: 5m }}
   cards:
     entity: card
     source: tx
@@ -46,6 +53,7 @@ feature_sets:
       - {{ column: amount, functions: [count, sum, mean, max, stddev], windows: [10m, 1h, 1d], period: 1m }}
 feature_vectors:
   training: {{ features: [cards.*, customers.segment] }}
+  by_segment: {{ features: [segments.*] }}
 "#,
             redis = common::redis_url()
         ),
@@ -62,14 +70,11 @@ feature_vectors:
         let amount = ((i * 37) % 500) as f64 / 4.0;
         per_card[card as usize].push((ts, amount));
         lines.push(
-            json!({"card_id": format!("c{card}"), "ts": ts, "amount": amount, "merchant": format!("m{}", i % 9)})
+            json!({"card_id": format!("c{card}"), "customer_id": card % 3, "ts": ts, "amount": amount, "merchant": format!("m{}", i % 9)})
                 .to_string(),
         );
     }
     lines.push(json!({"card_id": "c0", "ts": start - 2 * 86_400_000, "amount": 999.0}).to_string()); // late: dead-lettered
-    std::fs::write(root.join("events.ndjson"), lines.join("\n")).unwrap();
-    let (ok, out) = fathom(root, &["replay", "events.ndjson", "--source", "tx", "-c", "fathom.yaml"]);
-    assert!(ok && out.contains("3000 accepted, 1 dead-lettered"), "{out}");
     let change = |id: i64, segment: &str, at: i64, lsn: i64| {
         json!({"before": null, "after": {"customer_id": id, "segment": segment}, "op": "u", "source": {"ts_ms": at, "lsn": lsn}}).to_string()
     };
@@ -79,6 +84,9 @@ feature_vectors:
     let (ok, out) = fathom(root, &["replay", "customers.ndjson", "--source", "customers", "-c", "fathom.yaml"]);
     assert!(ok, "{out}");
 
+    std::fs::write(root.join("events.ndjson"), lines.join("\n")).unwrap();
+    let (ok, out) = fathom(root, &["replay", "events.ndjson", "--source", "tx", "-c", "fathom.yaml"]);
+    assert!(ok && out.contains("3000 accepted, 1 dead-lettered"), "{out}");
     // entity rows: card, customer, a time (with zone), a label
     let rfc = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339();
     let rows = [
@@ -153,4 +161,51 @@ print(json.dumps({"names": names, "types": types, "rows": rows}))
     assert!(ok, "{out}");
     assert!(out.contains("cards.amount_stddev_1h: 40 compared, 0 mismatches"), "{out}");
     assert!(out.contains("customers.segment: 40 compared, 0 mismatches"), "{out}");
+    // a feature set keyed by a joined column: the online stream-table join against the offline one
+    let (ok, out) = fathom(root, &["consistency", "-c", "fathom.yaml", "--vector", "by_segment", "--sample", "10"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("segments.amount_count_1d: 3 compared, 0 mismatches"), "{out}");
+    // and the offline join's values themselves, against a brute force: customer 1 was basic for
+    // three hours, then gold; customer 2 silver; customer 0 has no row (its events count nowhere)
+    std::fs::write(root.join("segments.csv"), format!("segment,t\nbasic,{0}\ngold,{0}\nsilver,{0}\n", rfc(now)))
+        .unwrap();
+    let (ok, out) = fathom(
+        root,
+        &[
+            "dataset",
+            "-c",
+            "fathom.yaml",
+            "--input",
+            "segments.csv",
+            "--timestamp",
+            "t",
+            "--vector",
+            "by_segment",
+            "--output",
+            "segments.parquet",
+        ],
+    );
+    assert!(ok, "{out}");
+    let script = "import duckdb, json; print(json.dumps(duckdb.sql(\"select segment, segments__amount_count_1d from read_parquet('segments.parquet')\").fetchall()))";
+    let out = Command::new(common::python()).args(["-c", script]).current_dir(root).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let upgrade = start + 3 * 3_600_000;
+    let count = |customer: i64, from: i64, to: i64| {
+        per_card
+            .iter()
+            .enumerate()
+            .filter(|(c, _)| *c as i64 % 3 == customer)
+            .flat_map(|(_, e)| e)
+            .filter(|(ts, _)| *ts >= from && *ts < to)
+            .count()
+    };
+    assert_eq!(
+        got,
+        json!([
+            ["basic", count(1, start, upgrade)],
+            ["gold", count(1, upgrade, i64::MAX)],
+            ["silver", count(2, start, i64::MAX)]
+        ])
+    );
 }

@@ -192,6 +192,37 @@ struct SpilledChange {
     offset: i64,
     /// `None` after a delete.
     after: Option<String>,
+    /// A snapshot read (`r`): the row as the snapshot found it, not when it was made.
+    snapshot: bool,
+}
+
+/// An event on its way through joins: its fields as JSON text.
+#[derive(Debug, Serialize, Deserialize)]
+struct Staged {
+    time_ms: i64,
+    partition: Option<i32>,
+    offset: i64,
+    fields: String,
+}
+
+/// The row of a key as of `at_ms` among its changes sorted by (commit, LSN): the newest
+/// committed at or before it; before the first change, a snapshot read stands for the past (as
+/// the online join does).
+fn as_of(changes: &[SpilledChange], at_ms: i64) -> Option<&SpilledChange> {
+    changes
+        .iter()
+        .rev()
+        .find(|c| c.commit_us.div_euclid(1000) <= at_ms)
+        .or_else(|| changes.first().filter(|c| c.snapshot))
+}
+
+/// A key as the online path writes it: strings as is, other JSON as JSON text, null → none.
+fn key_text(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
 }
 
 /// A computed value: feature index in the vector, value, status, event time.
@@ -488,25 +519,16 @@ fn event_cells(plan: &FeatureSetPlan, numeric: &[bool], raw: Option<&str>, float
     cells
 }
 
-/// Builds the dataset. Refuses features it cannot compute offline yet (joins, table
-/// aggregations) before reading anything.
+/// Builds the dataset. Refuses features it cannot compute offline yet (aggregations over CDC
+/// tables) before reading anything.
 pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, DatasetError> {
     let Request { catalog, vector, .. } = *request;
     for (name, (holder, _)) in vector.names.iter().zip(&vector.refs) {
-        match holder {
-            Holder::Events(p) if !catalog.plans[*p].joins.is_empty() => {
-                return Err(DatasetError::Unsupported {
-                    feature: name.clone(),
-                    message: "feature sets with a stream-table join are not computed offline yet".into(),
-                })
-            }
-            Holder::Table(_) => {
-                return Err(DatasetError::Unsupported {
-                    feature: name.clone(),
-                    message: "aggregations over CDC tables are not computed offline yet".into(),
-                })
-            }
-            _ => {}
+        if let Holder::Table(_) = holder {
+            return Err(DatasetError::Unsupported {
+                feature: name.clone(),
+                message: "aggregations over CDC tables are not computed offline yet".into(),
+            });
         }
     }
     let shards = request.shards.max(1);
@@ -581,6 +603,9 @@ pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, 
         let mut spills: Vec<Spill> =
             (0..shards).map(|s| Spill::create(request.scratch.join(format!("e-{h}-{s}")))).collect::<Result<_, _>>()?;
         match holder {
+            Holder::Events(p) if !catalog.plans[*p].joins.is_empty() => {
+                events += spill_joined_events(request, &catalog.plans[*p], h, &mut spills, progress)?;
+            }
             Holder::Events(p) => {
                 let plan = &catalog.plans[*p];
                 let (_, source_key, _) =
@@ -636,38 +661,7 @@ pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, 
             }
             Holder::Rows(t) => {
                 let (table, key_column) = &catalog.tables[*t];
-                let files = source_files(request.offline_root, table)?;
-                progress.phase(&format!("reading {table} changes"), Some(files.len() as u64));
-                let names = ["_partition", "_offset", "_event_time", "_lsn", "_op", "_after", key_column.as_str()];
-                for file in files {
-                    for batch in read_columns(&file, &names)? {
-                        let n = batch[1].as_ref().map_or(0, |a| a.len());
-                        let (partitions, offsets, times, lsns, ops, afters, keys) = (
-                            int32s(&batch[0], n),
-                            int64s(&batch[1], n),
-                            micros(&batch[2], n),
-                            int64s(&batch[3], n),
-                            strings(&batch[4], n),
-                            strings(&batch[5], n),
-                            strings(&batch[6], n),
-                        );
-                        for i in 0..n {
-                            let (Some(key), Some(commit_us)) = (&keys[i], times[i]) else { continue };
-                            let deleted = ops[i].as_deref() == Some("d");
-                            let change = SpilledChange {
-                                key: key.clone(),
-                                commit_us,
-                                lsn: lsns[i].unwrap_or(0),
-                                partition: partitions[i],
-                                offset: offsets[i].unwrap_or(i as i64),
-                                after: if deleted { None } else { afters[i].clone() },
-                            };
-                            spills[shard_of(key, shards)].write(&change)?;
-                            events += 1;
-                        }
-                    }
-                    progress.advance(1);
-                }
+                events += spill_changes(request, table, key_column, &mut spills, progress)?;
             }
             Holder::Table(_) => unreachable!("refused above"),
         }
@@ -691,6 +685,169 @@ pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, 
     write_output(request, &results, rows, progress)?;
     let _ = std::fs::remove_dir_all(request.scratch);
     Ok(Summary { rows, events })
+}
+
+/// Spills a CDC table's change log into `spills`, by key; returns the changes read.
+fn spill_changes(
+    request: &Request<'_>,
+    table: &str,
+    key_column: &str,
+    spills: &mut [Spill],
+    progress: &dyn Progress,
+) -> Result<u64, DatasetError> {
+    let files = source_files(request.offline_root, table)?;
+    progress.phase(&format!("reading {table} changes"), Some(files.len() as u64));
+    let names = ["_partition", "_offset", "_event_time", "_lsn", "_op", "_after", key_column];
+    let mut read = 0;
+    for file in files {
+        for batch in read_columns(&file, &names)? {
+            let n = batch[1].as_ref().map_or(0, |a| a.len());
+            let (partitions, offsets, times, lsns, ops, afters, keys) = (
+                int32s(&batch[0], n),
+                int64s(&batch[1], n),
+                micros(&batch[2], n),
+                int64s(&batch[3], n),
+                strings(&batch[4], n),
+                strings(&batch[5], n),
+                strings(&batch[6], n),
+            );
+            for i in 0..n {
+                let (Some(key), Some(commit_us)) = (&keys[i], times[i]) else { continue };
+                let deleted = ops[i].as_deref() == Some("d");
+                let change = SpilledChange {
+                    key: key.clone(),
+                    commit_us,
+                    lsn: lsns[i].unwrap_or(0),
+                    partition: partitions[i],
+                    offset: offsets[i].unwrap_or(i as i64),
+                    after: if deleted { None } else { afters[i].clone() },
+                    snapshot: ops[i].as_deref() == Some("r"),
+                };
+                let shard = shard_of(key, spills.len());
+                spills[shard].write(&change)?;
+                read += 1;
+            }
+        }
+        progress.advance(1);
+    }
+    Ok(read)
+}
+
+/// A feature set's events joined with its tables as of their times, as the online path joins
+/// them: each join re-partitions the events by its key and meets the table's changes in the same
+/// shard; then the events go to `spills` by the feature set's key. Returns the events read.
+fn spill_joined_events(
+    request: &Request<'_>,
+    plan: &FeatureSetPlan,
+    h: usize,
+    spills: &mut [Spill],
+    progress: &dyn Progress,
+) -> Result<u64, DatasetError> {
+    let shards = spills.len();
+    let scratch = |name: String| request.scratch.join(format!("j-{h}-{name}"));
+    // the source's events, full fields from `_raw`, minus those refused as late
+    let files = source_files(request.offline_root, &plan.source)?;
+    progress.phase(&format!("reading {} events", plan.source), Some(files.len() as u64));
+    let mut staged: Vec<PathBuf> = Vec::new();
+    let mut out = Spill::create(scratch("0".into()))?;
+    let mut read = 0;
+    for file in files {
+        for batch in read_columns(&file, &["_partition", "_offset", "_event_time", "_late", "_raw"])? {
+            let n = batch[1].as_ref().map_or(0, |a| a.len());
+            let (partitions, offsets, times, late, raw) = (
+                int32s(&batch[0], n),
+                int64s(&batch[1], n),
+                micros(&batch[2], n),
+                strings(&batch[3], n),
+                strings(&batch[4], n),
+            );
+            for i in 0..n {
+                let refused = late[i].as_deref().is_some_and(|l| l.split(',').any(|s| s == plan.name));
+                let (Some(time_us), Some(fields), false) = (times[i], raw[i].clone(), refused) else { continue };
+                let event = Staged {
+                    time_ms: time_us.div_euclid(1000),
+                    partition: partitions[i],
+                    offset: offsets[i].unwrap_or(i as i64),
+                    fields,
+                };
+                out.write(&event)?;
+                read += 1;
+            }
+        }
+        progress.advance(1);
+    }
+    staged.push(out.finish()?);
+    for (j, join) in plan.joins.iter().enumerate() {
+        let (_, key_column, _) = request.sources.iter().find(|(n, _, _)| *n == join.table).ok_or_else(|| {
+            DatasetError::Unsupported { feature: plan.name.clone(), message: format!("no table {:?}", join.table) }
+        })?;
+        let mut tables: Vec<Spill> =
+            (0..shards).map(|s| Spill::create(scratch(format!("t{j}-{s}")))).collect::<Result<_, _>>()?;
+        spill_changes(request, &join.table, key_column, &mut tables, progress)?;
+        let tables: Vec<PathBuf> = tables.into_iter().map(Spill::finish).collect::<Result<_, _>>()?;
+        // events by this join's key
+        let mut by_key: Vec<Spill> =
+            (0..shards).map(|s| Spill::create(scratch(format!("k{j}-{s}")))).collect::<Result<_, _>>()?;
+        for file in &staged {
+            for event in SpillReader::<Staged>::open(file)? {
+                let event = event?;
+                let fields: serde_json::Map<String, Value> = serde_json::from_str(&event.fields).unwrap_or_default();
+                let key = key_text(fields.get(&join.on)).unwrap_or_default();
+                by_key[shard_of(&key, shards)].write(&event)?;
+            }
+        }
+        let by_key: Vec<PathBuf> = by_key.into_iter().map(Spill::finish).collect::<Result<_, _>>()?;
+        progress.phase(&format!("joining {}", join.table), Some(shards as u64));
+        staged = (0..shards)
+            .into_par_iter()
+            .map(|s| {
+                let mut changes: Vec<SpilledChange> = read_spill(&tables[s])?;
+                changes.sort_by(|a, b| a.key.cmp(&b.key).then(a.commit_us.cmp(&b.commit_us)).then(a.lsn.cmp(&b.lsn)));
+                let mut out = Spill::create(scratch(format!("s{j}-{s}")))?;
+                for event in SpillReader::<Staged>::open(&by_key[s])? {
+                    let mut event = event?;
+                    let mut fields: serde_json::Map<String, Value> =
+                        serde_json::from_str(&event.fields).unwrap_or_default();
+                    let row = key_text(fields.get(&join.on)).and_then(|key| {
+                        let start = changes.partition_point(|c| c.key < key);
+                        let end = start + changes[start..].partition_point(|c| c.key == key);
+                        as_of(&changes[start..end], event.time_ms)
+                            .and_then(|c| c.after.as_deref())
+                            .and_then(|a| serde_json::from_str::<serde_json::Map<String, Value>>(a).ok())
+                    });
+                    for column in &join.columns {
+                        let value = row.as_ref().and_then(|r| r.get(column)).cloned().unwrap_or(Value::Null);
+                        fields.insert(column.clone(), value);
+                    }
+                    event.fields = Value::Object(fields).to_string();
+                    out.write(&event)?;
+                }
+                progress.advance(1);
+                out.finish()
+            })
+            .collect::<Result<_, DatasetError>>()?;
+    }
+    // by the feature set's key, as cells
+    for file in &staged {
+        for event in SpillReader::<Staged>::open(file)? {
+            let event = event?;
+            let fields: serde_json::Map<String, Value> = serde_json::from_str(&event.fields).unwrap_or_default();
+            let Some(key) = key_text(fields.get(&plan.key_column)) else { continue };
+            // the engine gets the values the online join produced, as they are
+            let field = |name: &String| Cell::of(fields.get(name).filter(|v| !v.is_null()));
+            let mut cells: Vec<Cell> = plan.columns.iter().map(field).collect();
+            cells.extend(plan.latest.iter().map(|l| Cell::of(fields.get(l).filter(|v| !v.is_null()))));
+            let shard = shard_of(&key, shards);
+            spills[shard].write(&SpilledEvent {
+                key,
+                time_ms: event.time_ms,
+                partition: event.partition,
+                offset: event.offset,
+                cells,
+            })?;
+        }
+    }
+    Ok(read)
 }
 
 /// Computes one shard of one key field; returns its result file, sorted by row.
@@ -806,7 +963,7 @@ fn rows_as_of(queries: &[Query], changes: &[SpilledChange], wanted: &[(u32, &str
     for query in queries {
         let start = changes.partition_point(|c| c.key < query.key);
         let end = start + changes[start..].partition_point(|c| c.key == query.key);
-        let newest = changes[start..end].iter().rev().find(|c| c.commit_us.div_euclid(1000) <= query.at_ms);
+        let newest = as_of(&changes[start..end], query.at_ms);
         let row: Option<serde_json::Map<String, Value>> =
             newest.and_then(|c| c.after.as_deref()).and_then(|a| serde_json::from_str(a).ok());
         let time = newest.map(|c| c.commit_us.div_euclid(1000));
