@@ -272,13 +272,17 @@ fn sample_keys(project: &Project, vector: &Vector, sample: usize) -> anyhow::Res
     for name in &vector.names {
         let (set, _) = name.split_once('.').expect("resolved names");
         let (source, column) = match (project.plan(set), project.table_index(set)) {
+            (None, None) if project.table_plan(set).is_some() => {
+                let plan = project.table_plan(set).expect("checked");
+                (plan.source.clone(), (plan.key_column.clone(), plan.key_column.clone()))
+            }
             (Some(plan), _) => {
                 let source = &project.sources[project.source_index(&plan.source).expect("plan source")].1;
                 let column = if plan.key_column == source.key { source.key.clone() } else { plan.key_column.clone() };
                 (plan.source.clone(), (plan.key_column.clone(), column))
             }
             (None, Some(t)) => (set.to_string(), (project.sources[t].1.key.clone(), project.sources[t].1.key.clone())),
-            (None, None) => anyhow::bail!("{name}: consistency covers feature sets over events and CDC table columns"),
+            (None, None) => anyhow::bail!("{name}: not a feature of this project"),
         };
         let (field, column) = column;
         let keys = out.entry(field.clone()).or_default();
@@ -286,9 +290,13 @@ fn sample_keys(project: &Project, vector: &Vector, sample: usize) -> anyhow::Res
             continue;
         }
         let mut seen: std::collections::BTreeSet<String> = keys.iter().cloned().collect();
-        // keyed by a joined column: its values are in the table's change log
-        if let Some(join) = project.plan(set).and_then(|p| p.joins.iter().find(|j| j.columns.contains(&field))) {
-            for file in dataset::source_files(&offline, &join.table)? {
+        // keyed by a joined column, or a table aggregation's group: the values are in a change log
+        let from_log = match project.plan(set).and_then(|p| p.joins.iter().find(|j| j.columns.contains(&field))) {
+            Some(join) => Some(join.table.clone()),
+            None => project.table_plan(set).map(|p| p.source.clone()),
+        };
+        if let Some(table) = from_log {
+            for file in dataset::source_files(&offline, &table)? {
                 for batch in read_parquet(&file)? {
                     let Some(after) = batch.column_by_name("_after") else { continue };
                     for row in after.as_string::<i32>().iter().flatten() {

@@ -38,6 +38,10 @@ entities:
   card: {{ key: card_id }}
   segment: {{ key: segment }}
 feature_sets:
+  segment_sizes:
+    entity: segment
+    source: customers
+    aggregations: [{{ column: customer_id, functions: [count, sum] }}]
   segments:
     entity: segment
     source: tx
@@ -53,7 +57,7 @@ feature_sets:
       - {{ column: amount, functions: [count, sum, mean, max, stddev], windows: [10m, 1h, 1d], period: 1m }}
 feature_vectors:
   training: {{ features: [cards.*, customers.segment] }}
-  by_segment: {{ features: [segments.*] }}
+  by_segment: {{ features: [segments.*, segment_sizes.*] }}
 "#,
             redis = common::redis_url()
         ),
@@ -165,6 +169,7 @@ print(json.dumps({"names": names, "types": types, "rows": rows}))
     let (ok, out) = fathom(root, &["consistency", "-c", "fathom.yaml", "--vector", "by_segment", "--sample", "10"]);
     assert!(ok, "{out}");
     assert!(out.contains("segments.amount_count_1d: 3 compared, 0 mismatches"), "{out}");
+    assert!(out.contains("segment_sizes.customer_id_count: 3 compared, 0 mismatches"), "{out}");
     // and the offline join's values themselves, against a brute force: customer 1 was basic for
     // three hours, then gold; customer 2 silver; customer 0 has no row (its events count nowhere)
     std::fs::write(root.join("segments.csv"), format!("segment,t\nbasic,{0}\ngold,{0}\nsilver,{0}\n", rfc(now)))

@@ -196,6 +196,17 @@ struct SpilledChange {
     snapshot: bool,
 }
 
+/// One group's part of a table change: the old row leaving it and/or the new row entering it.
+#[derive(Debug, Serialize, Deserialize)]
+struct GroupDelta {
+    group: String,
+    commit_us: i64,
+    /// (LSN, key, leaving before entering): applies deltas of one commit in a stable order.
+    order: (i64, String, u8),
+    old: Option<String>,
+    new: Option<String>,
+}
+
 /// An event on its way through joins: its fields as JSON text.
 #[derive(Debug, Serialize, Deserialize)]
 struct Staged {
@@ -519,18 +530,9 @@ fn event_cells(plan: &FeatureSetPlan, numeric: &[bool], raw: Option<&str>, float
     cells
 }
 
-/// Builds the dataset. Refuses features it cannot compute offline yet (aggregations over CDC
-/// tables) before reading anything.
+/// Builds the dataset.
 pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, DatasetError> {
     let Request { catalog, vector, .. } = *request;
-    for (name, (holder, _)) in vector.names.iter().zip(&vector.refs) {
-        if let Holder::Table(_) = holder {
-            return Err(DatasetError::Unsupported {
-                feature: name.clone(),
-                message: "aggregations over CDC tables are not computed offline yet".into(),
-            });
-        }
-    }
     let shards = request.shards.max(1);
     let holders: Vec<Holder> = {
         let mut h: Vec<Holder> = vector.refs.iter().map(|(h, _)| h.clone()).collect();
@@ -663,7 +665,9 @@ pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, 
                 let (table, key_column) = &catalog.tables[*t];
                 events += spill_changes(request, table, key_column, &mut spills, progress)?;
             }
-            Holder::Table(_) => unreachable!("refused above"),
+            Holder::Table(p) => {
+                events += spill_group_changes(request, &catalog.table_plans[*p], h, &mut spills, progress)?;
+            }
         }
         holder_files.push(spills.into_iter().map(Spill::finish).collect::<Result<_, _>>()?);
     }
@@ -850,6 +854,113 @@ fn spill_joined_events(
     Ok(read)
 }
 
+/// A table aggregation's changes as per-group deltas: the change log partitioned by row key,
+/// each row's versions replayed in (commit, LSN) order as the online table applies them (a
+/// redelivered version once), each version retracting the previous one from its group and adding
+/// itself to its own; deltas go to `spills` by group. Returns the changes read.
+fn spill_group_changes(
+    request: &Request<'_>,
+    plan: &crate::definition::TablePlan,
+    h: usize,
+    spills: &mut [Spill],
+    progress: &dyn Progress,
+) -> Result<u64, DatasetError> {
+    use crate::table::aggregate::group_of;
+    let shards = spills.len();
+    let (_, key_column, _) = request.sources.iter().find(|(n, _, _)| *n == plan.source).ok_or_else(|| {
+        DatasetError::Unsupported { feature: plan.name.clone(), message: format!("no table {:?}", plan.source) }
+    })?;
+    let mut by_row: Vec<Spill> =
+        (0..shards).map(|s| Spill::create(request.scratch.join(format!("g-{h}-{s}")))).collect::<Result<_, _>>()?;
+    let read = spill_changes(request, &plan.source, key_column, &mut by_row, progress)?;
+    let by_row: Vec<PathBuf> = by_row.into_iter().map(Spill::finish).collect::<Result<_, _>>()?;
+    let parse = |row: Option<&str>| row.and_then(|r| serde_json::from_str::<serde_json::Map<String, Value>>(r).ok());
+    for file in &by_row {
+        let mut changes: Vec<SpilledChange> = read_spill(file)?;
+        changes.sort_by(|a, b| a.key.cmp(&b.key).then(a.commit_us.cmp(&b.commit_us)).then(a.lsn.cmp(&b.lsn)));
+        changes.dedup_by(|a, b| a.key == b.key && a.commit_us == b.commit_us && a.lsn == b.lsn);
+        let mut previous: Option<&SpilledChange> = None;
+        for change in &changes {
+            let old_change = previous.filter(|p| p.key == change.key);
+            let old = parse(old_change.and_then(|p| p.after.as_deref()));
+            let new = parse(change.after.as_deref());
+            let old_group = old.as_ref().and_then(|r| group_of(plan, r));
+            let new_group = new.as_ref().and_then(|r| group_of(plan, r));
+            let old_text = old_group.as_ref().and(old_change.and_then(|p| p.after.clone()));
+            let new_text = new_group.as_ref().and(change.after.clone());
+            let mut emit = |group: String, old: Option<String>, new: Option<String>, side: u8| {
+                let delta = GroupDelta {
+                    commit_us: change.commit_us,
+                    order: (change.lsn, change.key.clone(), side),
+                    old,
+                    new,
+                    group,
+                };
+                let shard = shard_of(&delta.group, shards);
+                spills[shard].write(&delta)
+            };
+            match (old_group, new_group) {
+                (Some(g), Some(n)) if g == n => emit(g, old_text, new_text, 0)?,
+                (g, n) => {
+                    if let Some(g) = g {
+                        emit(g, old_text, None, 0)?;
+                    }
+                    if let Some(n) = n {
+                        emit(n, None, new_text, 1)?;
+                    }
+                }
+            }
+            previous = Some(change);
+        }
+    }
+    Ok(read)
+}
+
+/// Table-aggregation values per query: the group's deltas committed at or before the query time,
+/// applied with the online retraction code.
+fn groups_as_of(
+    plan: &crate::definition::TablePlan,
+    queries: &[Query],
+    deltas: &[GroupDelta],
+    wanted: &[(u32, &str)],
+    out: &mut Vec<(u64, Computed)>,
+) {
+    use crate::table::aggregate::{group_values, GroupState};
+    let parse = |row: &Option<String>| {
+        row.as_deref().and_then(|r| serde_json::from_str::<serde_json::Map<String, Value>>(r).ok())
+    };
+    let names: Vec<&str> = plan.aggregations.iter().map(|a| a.0.as_str()).collect();
+    let places: Vec<(u32, usize)> =
+        wanted.iter().filter_map(|(index, name)| names.iter().position(|n| n == name).map(|p| (*index, p))).collect();
+    let mut d = 0;
+    let mut q = 0;
+    while q < queries.len() {
+        let key = &queries[q].key;
+        while d < deltas.len() && deltas[d].group < *key {
+            d += 1;
+        }
+        let mut state: Option<GroupState> = None;
+        while q < queries.len() && queries[q].key == *key {
+            let query = &queries[q];
+            while d < deltas.len() && deltas[d].group == *key && deltas[d].commit_us.div_euclid(1000) <= query.at_ms {
+                let delta = &deltas[d];
+                let group = state.get_or_insert_with(|| GroupState::new(plan));
+                group.change(plan, parse(&delta.old).as_ref(), parse(&delta.new).as_ref(), None, delta.commit_us);
+                d += 1;
+            }
+            let values = group_values(plan, state.as_ref());
+            for &(index, place) in &places {
+                let v = &values[place];
+                out.push((query.row, (index, Cell::of(Some(&v.value)), status_code(v.status), v.event_time_ms)));
+            }
+            q += 1;
+        }
+        while d < deltas.len() && deltas[d].group == *key {
+            d += 1;
+        }
+    }
+}
+
 /// Computes one shard of one key field; returns its result file, sorted by row.
 fn compute_shard(
     request: &Request<'_>,
@@ -902,7 +1013,14 @@ fn compute_shard(
                 changes.sort_by(|a, b| a.key.cmp(&b.key).then(a.commit_us.cmp(&b.commit_us)).then(a.lsn.cmp(&b.lsn)));
                 rows_as_of(&queries, &changes, &wanted, &mut computed);
             }
-            Holder::Table(_) => unreachable!("refused before"),
+            Holder::Table(p) => {
+                let plan = &catalog.table_plans[*p];
+                let mut deltas: Vec<GroupDelta> = read_spill(&holder_files[h][s])?;
+                deltas.sort_by(|a, b| {
+                    a.group.cmp(&b.group).then(a.commit_us.cmp(&b.commit_us)).then(a.order.cmp(&b.order))
+                });
+                groups_as_of(plan, &queries, &deltas, &wanted, &mut computed);
+            }
         }
     }
     computed.sort_by_key(|(row, (f, ..))| (*row, *f));
@@ -985,6 +1103,10 @@ fn output_type(catalog: &Catalog<'_>, holder: &Holder, feature: &str) -> DataTyp
             Some(a) if matches!(a.function, Function::Count | Function::DistinctCount) => DataType::Int64,
             Some(_) => DataType::Float64,
             None => DataType::Utf8,
+        },
+        Holder::Table(p) => match catalog.table_plans[*p].aggregations.iter().find(|a| a.0 == feature) {
+            Some((_, _, Function::Count)) => DataType::Int64,
+            _ => DataType::Float64,
         },
         _ => DataType::Utf8,
     }

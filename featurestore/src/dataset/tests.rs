@@ -340,3 +340,94 @@ fn timestamps_without_a_zone_and_missing_columns_are_named() {
     let error = build(&request, &Silent).unwrap_err().to_string();
     assert!(error.contains("no column \"when\" (the timestamp column)"), "{error}");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Aggregations over a table, as of each row's time, equal a recomputation from the rows
+    /// current at that time (updates moving rows between groups and out of the filter, deletes).
+    #[test]
+    fn table_aggregations_as_of_each_row_match_a_recomputation(
+        ops in proptest::collection::vec((0u8..6, 0u8..3, any::<bool>(), 0u32..1000, 0u8..8), 1..80),
+        queries in proptest::collection::vec((0u8..4, 0i64..100), 1..40),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("offline");
+        let schema = SourceSchema { name: "accounts".into(), key: "id".into(), layout: Layout::ChangeLog };
+        let mut writer = OfflineWriter::new(&root, vec![schema]).unwrap();
+        // (key, commit ms, row after or None)
+        let mut history: Vec<(String, i64, Option<Value>)> = Vec::new();
+        let changes: Vec<Change> = ops
+            .iter()
+            .enumerate()
+            .map(|(i, &(key, branch, active, cents, kind))| {
+                let at = T0 + i as i64 * 1_000;
+                let row = (kind != 0).then(|| json!({"id": key, "branch": format!("b{branch}"), "status": if active { "active" } else { "closed" }, "balance": f64::from(cents) / 4.0}));
+                history.push((key.to_string(), at, row.clone()));
+                Change {
+                    op: if row.is_some() { Op::Update } else { Op::Delete },
+                    key: json!({"id": key}).as_object().unwrap().clone(),
+                    before: None,
+                    after: row.map(|r| r.as_object().unwrap().clone()),
+                    commit_ms: at,
+                    commit_us: at * 1000,
+                    lsn: Some(i as i64),
+                    tx_id: None,
+                    snapshot: None,
+                    table: None,
+                }
+            })
+            .collect();
+        let keys: Vec<String> = history.iter().map(|h| h.0.clone()).collect();
+        let logged: Vec<LoggedChange<'_>> = changes
+            .iter()
+            .zip(&keys)
+            .enumerate()
+            .map(|(i, (c, k))| LoggedChange { source: 0, at: Coordinates { partition: Some(0), offset: i as i64 }, key: k, change: c, after: c.after.as_ref() })
+            .collect();
+        writer.append_changes(&logged);
+        writer.commit().unwrap();
+        let config: FeatureSetConfig = serde_yaml_ng::from_str(
+            "entity: branch\nsource: accounts\nfilter: { status: active }\naggregations:\n  - { column: balance, functions: [count, sum] }\n",
+        ).unwrap();
+        let plan = config.compile_table("branches", "branch", "feature_sets.branches", &mut Vec::new()).unwrap();
+        let batch = RecordBatch::try_from_iter([
+            ("branch", Arc::new(StringArray::from_iter_values(queries.iter().map(|q| format!("b{}", q.0)))) as ArrayRef),
+            ("ts", Arc::new(TimestampMillisecondArray::from_iter_values(queries.iter().map(|q| T0 + q.1 * 1_000 - 500)).with_timezone("UTC")) as _),
+        ]).unwrap();
+        let mut input = ArrowWriter::try_new(File::create(dir.path().join("input.parquet")).unwrap(), batch.schema(), None).unwrap();
+        input.write(&batch).unwrap();
+        input.close().unwrap();
+        let plans = [plan];
+        let catalog = Catalog { project: "p", plans: &[], table_plans: &plans, tables: &[] };
+        let vector = catalog.resolve(&["branches.*".to_string()]).unwrap();
+        let sources = [("accounts".to_string(), "id".to_string(), true)];
+        let output = dir.path().join("out.parquet");
+        let request = Request {
+            catalog, vector: &vector, sources: &sources, offline_root: &root, input: &dir.path().join("input.parquet"),
+            timestamp: "ts", assume_utc: false, output: &output, statuses: true, shards: 3, scratch: &dir.path().join("scratch"),
+        };
+        build(&request, &Silent).unwrap();
+        let out = &read_output(&output)[0];
+        let count = out.column_by_name("branches__balance_count").unwrap().as_primitive::<Int64Type>();
+        let sum = out.column_by_name("branches__balance_sum").unwrap().as_primitive::<Float64Type>();
+        let status = out.column_by_name("branches__balance_count__status").unwrap().as_string::<i32>();
+        for (i, &(branch, second)) in queries.iter().enumerate() {
+            let at = T0 + second * 1_000 - 500;
+            let group = json!(format!("b{branch}"));
+            let mut current: BTreeMap<&str, &Option<Value>> = BTreeMap::new();
+            for (key, _, row) in history.iter().filter(|h| h.1 <= at) {
+                current.insert(key, row);
+            }
+            let members: Vec<f64> = current.values().filter_map(|r| r.as_ref()).filter(|r| r["branch"] == group && r["status"] == "active").map(|r| r["balance"].as_f64().unwrap()).collect();
+            let touched = history.iter().any(|(_, commit, row)| *commit <= at && row.as_ref().is_some_and(|r| r["branch"] == group && r["status"] == "active"));
+            if touched {
+                prop_assert_eq!(status.value(i), "PRESENT");
+                prop_assert_eq!(count.value(i), members.len() as i64, "query {}", i);
+                prop_assert!((sum.value(i) - members.iter().sum::<f64>()).abs() < 1e-6, "query {}", i);
+            } else {
+                prop_assert_eq!(status.value(i), "NOT_FOUND", "query {}", i);
+            }
+        }
+    }
+}
