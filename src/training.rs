@@ -205,22 +205,17 @@ pub async fn consistency(
     let input = scratch.join("entities.parquet");
     write_parquet(&input, RecordBatch::try_from_iter(columns)?)?;
     let output = scratch.join("offline.parquet");
-    let sources = sources(&project);
-    let offline = project.stores.offline.parquet.path.clone(); // as the pipeline writes it
-    let request = dataset::Request {
-        catalog: project.catalog(),
-        vector: &vector,
-        sources: &sources,
-        offline_root: &offline,
-        input: &input,
-        timestamp: "ts",
+    let options = DatasetOptions {
+        input,
+        timestamp: "ts".into(),
+        features: features.clone(),
+        output: output.clone(),
         assume_utc: false,
-        output: &output,
         statuses: true,
         shards: 4,
-        scratch: &scratch.join("spill"),
+        progress: false,
     };
-    dataset::build(&request, &Silent)?;
+    dataset(&project, &options)?;
     let online = project.catalog().read(&store, &vector, &rows, at_ms).await?;
     let offline = read_values(&output, &vector, n)?;
     let mut report: BTreeMap<String, FeatureReport> = BTreeMap::new();

@@ -929,9 +929,7 @@ fn groups_as_of(
     let parse = |row: &Option<String>| {
         row.as_deref().and_then(|r| serde_json::from_str::<serde_json::Map<String, Value>>(r).ok())
     };
-    let names: Vec<&str> = plan.aggregations.iter().map(|a| a.0.as_str()).collect();
-    let places: Vec<(u32, usize)> =
-        wanted.iter().filter_map(|(index, name)| names.iter().position(|n| n == name).map(|p| (*index, p))).collect();
+    let places = places(plan.aggregations.iter().map(|a| a.0.as_str()), wanted);
     let mut d = 0;
     let mut q = 0;
     while q < queries.len() {
@@ -1031,6 +1029,13 @@ fn compute_shard(
     out.finish()
 }
 
+/// Where each wanted feature (index in the vector, name) sits among a holder's answers, which
+/// come in `names` order: found once, not per row.
+fn places<'a>(names: impl Iterator<Item = &'a str>, wanted: &[(u32, &str)]) -> Vec<(u32, usize)> {
+    let names: Vec<&str> = names.collect();
+    wanted.iter().filter_map(|(index, name)| names.iter().position(|n| n == name).map(|p| (*index, p))).collect()
+}
+
 /// Feature-set values per query: events of the key applied in time order up to each query time.
 fn point_in_time(
     plan: &FeatureSetPlan,
@@ -1040,10 +1045,8 @@ fn point_in_time(
     out: &mut Vec<(u64, Computed)>,
 ) {
     let split = plan.columns.len();
-    // feature_values answers in feature_names order: find each wanted feature's place once
-    let names: Vec<&str> = plan.feature_names().collect();
-    let places: Vec<(u32, usize)> =
-        wanted.iter().filter_map(|(index, name)| names.iter().position(|n| n == name).map(|p| (*index, p))).collect();
+    // feature_values answers in feature_names order
+    let places = places(plan.feature_names(), wanted);
     let mut e = 0;
     let mut q = 0;
     while q < queries.len() {
