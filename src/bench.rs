@@ -544,7 +544,7 @@ pub fn dataset(options: &DatasetOptions) -> anyhow::Result<()> {
     let summary = summary?;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "fathom dataset: {} rows × 14 features (3 feature sets, {} event reads: each set reads its source) in {secs:.1}s = {:.0} rows/s, peak RSS {}",
+        "fathom dataset: {} rows × 14 features (3 feature sets) from {} events in {secs:.1}s = {:.0} rows/s, peak RSS {}",
         summary.rows,
         summary.events,
         summary.rows as f64 / secs,

@@ -598,79 +598,38 @@ pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, 
     let query_files: Vec<Vec<PathBuf>> =
         query_spills.into_iter().map(|r| r.into_iter().map(Spill::finish).collect()).collect::<Result<_, _>>()?;
 
-    // 2. events and changes → per holder, shards by key
-    let mut holder_files: Vec<Vec<PathBuf>> = Vec::new();
+    // 2. events and changes → per holder, shards by key; plain feature sets of one source share
+    // one read of it
+    let mut all_spills: Vec<Vec<Spill>> = (0..holders.len())
+        .map(|h| (0..shards).map(|s| Spill::create(request.scratch.join(format!("e-{h}-{s}")))).collect())
+        .collect::<Result<_, _>>()?;
+    let mut by_source: std::collections::BTreeMap<&str, Vec<(usize, &FeatureSetPlan)>> = Default::default();
     let mut events = 0u64;
     for (h, holder) in holders.iter().enumerate() {
-        let mut spills: Vec<Spill> =
-            (0..shards).map(|s| Spill::create(request.scratch.join(format!("e-{h}-{s}")))).collect::<Result<_, _>>()?;
         match holder {
-            Holder::Events(p) if !catalog.plans[*p].joins.is_empty() => {
-                events += spill_joined_events(request, &catalog.plans[*p], h, &mut spills, progress)?;
+            Holder::Events(p) if catalog.plans[*p].joins.is_empty() => {
+                let plan = &catalog.plans[*p];
+                by_source.entry(plan.source.as_str()).or_default().push((h, plan));
             }
             Holder::Events(p) => {
-                let plan = &catalog.plans[*p];
-                let (_, source_key, _) =
-                    request.sources.iter().find(|(n, _, _)| *n == plan.source).expect("plan source");
-                let files = source_files(request.offline_root, &plan.source)?;
-                progress.phase(&format!("reading {} events", plan.source), Some(files.len() as u64));
-                let key_column =
-                    if plan.key_column == *source_key { source_key.as_str() } else { plan.key_column.as_str() };
-                let numeric_columns = plan.numeric_columns();
-                let numeric: Vec<bool> = plan.columns.iter().map(|c| numeric_columns.contains(c)).collect();
-                // `_raw` only when a field is not a number column (it is the largest column)
-                let raw_column = if plan.latest.is_empty() && numeric.iter().all(|n| *n) { "" } else { "_raw" };
-                let mut names: Vec<&str> =
-                    vec!["_partition", "_offset", "_event_time", "_late", raw_column, key_column];
-                names.extend(plan.columns.iter().map(String::as_str));
-                for file in files {
-                    for batch in read_columns(&file, &names)? {
-                        let n = batch[1].as_ref().map_or(0, |a| a.len());
-                        let (partitions, offsets, times, late, raw, keys) = (
-                            int32s(&batch[0], n),
-                            int64s(&batch[1], n),
-                            micros(&batch[2], n),
-                            strings(&batch[3], n),
-                            strings(&batch[4], n),
-                            strings(&batch[5], n),
-                        );
-                        let floats: Vec<Vec<Option<f64>>> = batch[6..]
-                            .iter()
-                            .map(|a| match a {
-                                Some(a) if a.data_type() == &DataType::Float64 => {
-                                    a.as_primitive::<Float64Type>().iter().collect()
-                                }
-                                _ => vec![None; n],
-                            })
-                            .collect();
-                        for i in 0..n {
-                            let refused = late[i].as_deref().is_some_and(|l| l.split(',').any(|s| s == plan.name));
-                            let (Some(key), Some(time_us), false) = (&keys[i], times[i], refused) else { continue };
-                            let row_floats: Vec<Option<f64>> = floats.iter().map(|c| c[i]).collect();
-                            let event = SpilledEvent {
-                                key: key.clone(),
-                                time_ms: time_us.div_euclid(1000),
-                                partition: partitions[i],
-                                offset: offsets[i].unwrap_or(i as i64),
-                                cells: event_cells(plan, &numeric, raw[i].as_deref(), &row_floats),
-                            };
-                            spills[shard_of(key, shards)].write(&event)?;
-                            events += 1;
-                        }
-                    }
-                    progress.advance(1);
-                }
+                events += spill_joined_events(request, &catalog.plans[*p], h, &mut all_spills[h], progress)?;
             }
             Holder::Rows(t) => {
                 let (table, key_column) = &catalog.tables[*t];
-                events += spill_changes(request, table, key_column, &mut spills, progress)?;
+                events += spill_changes(request, table, key_column, &mut all_spills[h], progress)?;
             }
             Holder::Table(p) => {
-                events += spill_group_changes(request, &catalog.table_plans[*p], h, &mut spills, progress)?;
+                events += spill_group_changes(request, &catalog.table_plans[*p], h, &mut all_spills[h], progress)?;
             }
         }
-        holder_files.push(spills.into_iter().map(Spill::finish).collect::<Result<_, _>>()?);
     }
+    for (source, plans) in by_source {
+        events += spill_source_events(request, source, &plans, &mut all_spills, progress)?;
+    }
+    let holder_files: Vec<Vec<PathBuf>> = all_spills
+        .into_iter()
+        .map(|spills| spills.into_iter().map(Spill::finish).collect::<Result<_, _>>())
+        .collect::<Result<_, _>>()?;
 
     // 3. shards in parallel: each key field's rows against its holders' events
     progress.phase("computing", Some((keys.len() * shards) as u64));
@@ -689,6 +648,87 @@ pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, 
     write_output(request, &results, rows, progress)?;
     let _ = std::fs::remove_dir_all(request.scratch);
     Ok(Summary { rows, events })
+}
+
+/// Reads a source's events once and spills them for each of its (join-less) feature sets, by
+/// that set's key; returns the events read.
+fn spill_source_events(
+    request: &Request<'_>,
+    source: &str,
+    plans: &[(usize, &FeatureSetPlan)],
+    spills: &mut [Vec<Spill>],
+    progress: &dyn Progress,
+) -> Result<u64, DatasetError> {
+    let (_, source_key, _) = request.sources.iter().find(|(n, _, _)| n == source).expect("plan source");
+    let files = source_files(request.offline_root, source)?;
+    progress.phase(&format!("reading {source} events"), Some(files.len() as u64));
+    // per plan: its key column, which columns are numbers, whether it needs `_raw` (the largest
+    // column: read only when a field is not a number column)
+    let shapes: Vec<(&str, Vec<bool>, bool)> = plans
+        .iter()
+        .map(|(_, plan)| {
+            let key = if plan.key_column == *source_key { source_key.as_str() } else { plan.key_column.as_str() };
+            let numeric_columns = plan.numeric_columns();
+            let numeric: Vec<bool> = plan.columns.iter().map(|c| numeric_columns.contains(c)).collect();
+            let raw = !plan.latest.is_empty() || numeric.iter().any(|n| !n);
+            (key, numeric, raw)
+        })
+        .collect();
+    let mut names: Vec<&str> = vec!["_partition", "_offset", "_event_time", "_late"];
+    if shapes.iter().any(|s| s.2) {
+        names.push("_raw");
+    }
+    for ((_, plan), (key, _, _)) in plans.iter().zip(&shapes) {
+        names.push(key);
+        names.extend(plan.columns.iter().map(String::as_str));
+    }
+    names.sort_unstable();
+    names.dedup();
+    let at = |name: &str| names.iter().position(|n| *n == name);
+    let mut read = 0;
+    for file in files {
+        for batch in read_columns(&file, &names)? {
+            let column = |name: &str| at(name).and_then(|i| batch[i].clone());
+            let n = column("_offset").map_or(0, |a| a.len());
+            let (partitions, offsets, times, late, raw) = (
+                int32s(&column("_partition"), n),
+                int64s(&column("_offset"), n),
+                micros(&column("_event_time"), n),
+                strings(&column("_late"), n),
+                strings(&column("_raw"), n),
+            );
+            for ((h, plan), (key_column, numeric, _)) in plans.iter().zip(&shapes) {
+                let keys = strings(&column(key_column), n);
+                let floats: Vec<Vec<Option<f64>>> = plan
+                    .columns
+                    .iter()
+                    .map(|c| match column(c) {
+                        Some(a) if a.data_type() == &DataType::Float64 => {
+                            a.as_primitive::<Float64Type>().iter().collect()
+                        }
+                        _ => vec![None; n],
+                    })
+                    .collect();
+                for i in 0..n {
+                    let refused = late[i].as_deref().is_some_and(|l| l.split(',').any(|s| s == plan.name));
+                    let (Some(key), Some(time_us), false) = (&keys[i], times[i], refused) else { continue };
+                    let row_floats: Vec<Option<f64>> = floats.iter().map(|c| c[i]).collect();
+                    let event = SpilledEvent {
+                        key: key.clone(),
+                        time_ms: time_us.div_euclid(1000),
+                        partition: partitions[i],
+                        offset: offsets[i].unwrap_or(i as i64),
+                        cells: event_cells(plan, numeric, raw[i].as_deref(), &row_floats),
+                    };
+                    let shard = shard_of(key, spills[*h].len());
+                    spills[*h][shard].write(&event)?;
+                }
+            }
+            read += n as u64;
+        }
+        progress.advance(1);
+    }
+    Ok(read)
 }
 
 /// Spills a CDC table's change log into `spills`, by key; returns the changes read.

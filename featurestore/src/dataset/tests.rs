@@ -37,11 +37,18 @@ fn plan() -> FeatureSetPlan {
 /// (card, minute offset, amount, merchant, partition, offset, late)
 type RawEvent = (u8, i64, u32, u8, i32, i64, bool);
 
-fn reference(plan: &FeatureSetPlan, events: &[RawEvent], card: u8, at: i64) -> BTreeMap<String, (Value, &'static str)> {
+/// `late_for_plan`: whether the events flagged late were refused by this plan (only `cards` is).
+fn reference(
+    plan: &FeatureSetPlan,
+    events: &[RawEvent],
+    card: u8,
+    at: i64,
+    late_for_plan: bool,
+) -> BTreeMap<String, (Value, &'static str)> {
     let mut seen = std::collections::BTreeSet::new();
     let mine: Vec<&RawEvent> = events
         .iter()
-        .filter(|e| e.0 == card && !e.6 && T0 + e.1 * 7_000 <= at)
+        .filter(|e| e.0 == card && !(e.6 && late_for_plan) && T0 + e.1 * 7_000 <= at)
         .filter(|e| seen.insert((e.4, e.5)))
         .collect();
     let mut out = BTreeMap::new();
@@ -198,17 +205,20 @@ proptest! {
             })
             .collect();
         write_input(&dir.path().join("input.parquet"), &queries);
+        // two feature sets over the same source share one read of it; only `cards` refused the
+        // late events
         let plan = plan();
-        let output = run(dir.path(), &["cards.*"], std::slice::from_ref(&plan), &[], shards);
+        let twin = FeatureSetPlan { name: "twin".into(), ..plan.clone() };
+        let output = run(dir.path(), &["cards.*", "twin.*"], &[plan.clone(), twin], &[], shards);
         let batches = read_output(&output);
         let mut row = 0;
         for batch in &batches {
             prop_assert_eq!(batch.column_by_name("label").unwrap().data_type(), &DataType::Int64, "input columns kept");
             for i in 0..batch.num_rows() {
                 let (card, at) = queries[row];
-                let want = reference(&plan, &events, card, at);
-                for (name, (value, status)) in &want {
-                    let column = batch.column_by_name(&format!("cards__{name}")).unwrap();
+                let wanted = [("cards", reference(&plan, &events, card, at, true)), ("twin", reference(&plan, &events, card, at, false))];
+                for (set, (name, (value, status))) in wanted.iter().flat_map(|(set, want)| want.iter().map(move |w| (set, w))) {
+                    let column = batch.column_by_name(&format!("{set}__{name}")).unwrap();
                     let got = if column.is_null(i) {
                         Value::Null
                     } else {
@@ -222,8 +232,8 @@ proptest! {
                         (Value::Number(a), Value::Number(b)) => (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9,
                         (a, b) => a == b,
                     };
-                    prop_assert!(close, "row {} ({}, {}): {} = {} want {}", row, card, at, name, got, value);
-                    let got_status = batch.column_by_name(&format!("cards__{name}__status")).unwrap().as_string::<i32>().value(i);
+                    prop_assert!(close, "row {} ({}, {}): {}.{} = {} want {}", row, card, at, set, name, got, value);
+                    let got_status = batch.column_by_name(&format!("{set}__{name}__status")).unwrap().as_string::<i32>().value(i);
                     prop_assert_eq!(got_status, *status, "row {} {}", row, name);
                 }
                 row += 1;
