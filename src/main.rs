@@ -187,6 +187,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2_000)]
         storey_events: usize,
     },
+    /// Drift statistics for one window of many predictions, optionally with numpy/scipy.
+    Drift {
+        /// Live rows in the window.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Numeric features.
+        #[arg(long, default_value_t = 50)]
+        features: usize,
+        /// Python with numpy and scipy.
+        #[arg(long)]
+        numpy_python: Option<PathBuf>,
+    },
     /// Point-in-time training set over a generated offline store (3 feature sets), optionally
     /// with pandas merge_asof on the same files.
     Dataset {
@@ -270,6 +282,9 @@ fn main() -> ExitCode {
     }
     if let Command::Profile { config, model, training_set, output, top_k } = &cli.command {
         return report(profile(config, model, training_set, output.as_deref(), *top_k));
+    }
+    if let Command::Bench { which: BenchCommand::Drift { rows, features, numpy_python } } = &cli.command {
+        return report(bench::drift(*rows, *features, numpy_python.as_deref()));
     }
     if let Command::Bench { which: BenchCommand::Dataset { rows, events, keys, dir, pandas_python } } = &cli.command {
         let options = bench::DatasetOptions {

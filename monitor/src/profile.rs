@@ -155,7 +155,8 @@ impl NumericProfile {
         1 + inner.min(BINS - 1)
     }
 
-    fn build(mut values: Vec<f64>, missing: u64) -> NumericProfile {
+    /// The profile of `values` (finite numbers; `missing` counted beside them).
+    pub fn build(mut values: Vec<f64>, missing: u64) -> NumericProfile {
         values.sort_by(f64::total_cmp);
         let n = values.len();
         let (min, max) = (values.first().copied().unwrap_or(0.0), values.last().copied().unwrap_or(0.0));
