@@ -148,14 +148,8 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 fn resolve(secret: &str, name: &str) -> anyhow::Result<String> {
-    if let Some(var) = secret.strip_prefix("env:") {
-        return std::env::var(var)
-            .map_err(|_| anyhow::anyhow!("server.auth token {name:?}: environment variable {var} is not set"));
-    }
-    let path = secret.strip_prefix("file:").unwrap_or(secret);
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("server.auth token {name:?}: reading {path}: {e}"))?;
-    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+    fathom_ingest::config::resolve_secret(secret)
+        .map_err(|message| anyhow::anyhow!("server.auth token {name:?}: {message}"))
 }
 
 /// Middleware state: the tokens (none: open) and the scope a route group needs.

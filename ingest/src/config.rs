@@ -120,3 +120,16 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }
+
+/// Resolves a secret written `env:NAME` (the variable) or `file:/path` (the file, trailing
+/// whitespace trimmed); any other value is returned as is. The error says what is missing,
+/// never the secret.
+pub fn resolve_secret(value: &str) -> Result<String, String> {
+    if let Some(name) = value.strip_prefix("env:") {
+        std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
+    } else if let Some(path) = value.strip_prefix("file:") {
+        std::fs::read_to_string(path).map(|s| s.trim_end().to_string()).map_err(|e| format!("reading {path}: {e}"))
+    } else {
+        Ok(value.to_string())
+    }
+}

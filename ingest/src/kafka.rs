@@ -69,16 +69,7 @@ pub fn check_options(config: &KafkaConfig) -> Vec<(String, String)> {
 }
 
 fn resolve_secret(key: &str, value: &str) -> Result<String, SourceError> {
-    let fail = |message: String| SourceError::Secret { key: key.to_string(), message };
-    if let Some(name) = value.strip_prefix("env:") {
-        std::env::var(name).map_err(|_| fail(format!("environment variable {name} is not set")))
-    } else if let Some(path) = value.strip_prefix("file:") {
-        std::fs::read_to_string(path)
-            .map(|s| s.trim_end().to_string())
-            .map_err(|e| fail(format!("reading {path}: {e}")))
-    } else {
-        Ok(value.to_string())
-    }
+    crate::config::resolve_secret(value).map_err(|message| SourceError::Secret { key: key.to_string(), message })
 }
 
 /// A producer on the same connection settings (dead letters).

@@ -177,18 +177,7 @@ pub enum InfluxError {
 }
 
 fn secret(value: &Option<String>) -> Result<Option<String>, InfluxError> {
-    let Some(value) = value else { return Ok(None) };
-    if let Some(name) = value.strip_prefix("env:") {
-        return std::env::var(name)
-            .map(Some)
-            .map_err(|_| InfluxError::Config(format!("environment variable {name} is not set")));
-    }
-    if let Some(path) = value.strip_prefix("file:") {
-        return std::fs::read_to_string(path)
-            .map(|s| Some(s.trim_end().to_string()))
-            .map_err(|e| InfluxError::Config(format!("reading {path}: {e}")));
-    }
-    Ok(Some(value.clone()))
+    value.as_deref().map(fathom_ingest::config::resolve_secret).transpose().map_err(InfluxError::Config)
 }
 
 /// A queued batch: its lines, and its spill file once spilled.
