@@ -1,12 +1,15 @@
-//! Fathom's model monitoring. So far: [`profile`], the reference profiles built from a model's
-//! training set; [`drift`], the statistics comparing a live window to them; [`performance`], the
-//! metrics once labels arrive; [`alerts`], the rule state machine and webhook signatures; and
-//! [`influx`], the writer that stores results in InfluxDB without losing them during an outage.
-//! The prediction/label join, the windows, webhook delivery and retraining triggers come next,
-//! in that order of the flow.
+//! Fathom's model monitoring: [`profile`], the reference profiles built from a model's training
+//! set; [`records`], prediction and label records as they arrive; [`join`], the exactly-once
+//! join of the two by `request_id`; [`window`], a model's windows, their drift, performance and
+//! serving points and rule transitions; [`drift`] and [`performance`], the statistics; [`alerts`],
+//! the rule state machine and webhook signatures; and [`influx`], the writer that stores results in
+//! InfluxDB without losing them during an outage.
 
 pub mod alerts;
 pub mod drift;
 pub mod influx;
+pub mod join;
 pub mod performance;
 pub mod profile;
+pub mod records;
+pub mod window;

@@ -1,0 +1,204 @@
+use super::*;
+use crate::alerts::Comparison;
+use crate::profile::{CategoricalProfile, NumericProfile};
+
+const MIN: i64 = 60_000;
+
+fn profile() -> Profile {
+    let amount = NumericProfile::build((0..200).map(|i| f64::from(i % 20)).collect(), 0);
+    let country =
+        CategoricalProfile { count: 100, missing: 0, top: vec![("DE".into(), 60), ("FR".into(), 40)], other: 0 };
+    let prediction =
+        CategoricalProfile { count: 100, missing: 0, top: vec![("0".into(), 90), ("1".into(), 10)], other: 0 };
+    Profile {
+        format: crate::profile::FORMAT.into(),
+        model: "fraud".into(),
+        created: String::new(),
+        source: String::new(),
+        rows: 200,
+        features: [
+            ("tx.amount".to_string(), FeatureProfile::Numeric(amount)),
+            ("tx.country".to_string(), FeatureProfile::Categorical(country)),
+            ("prediction".to_string(), FeatureProfile::Categorical(prediction)),
+        ]
+        .into(),
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        model: "fraud".into(),
+        window_ms: 10 * MIN,
+        sliding_ms: Some(30 * MIN),
+        lateness_ms: MIN,
+        max_delay_ms: 30 * MIN,
+        thresholds: (0.5, 0.7),
+        feature_thresholds: BTreeMap::new(),
+        rules: vec![Rule {
+            metric: "drift_score".into(),
+            comparison: Comparison::AtLeast,
+            threshold: 0.7,
+            consecutive: 2,
+            cooldown_ms: 0,
+        }],
+        retrain: Some(Rule {
+            metric: "accuracy".into(),
+            comparison: Comparison::Below,
+            threshold: 0.5,
+            consecutive: 1,
+            cooldown_ms: 0,
+        }),
+    }
+}
+
+fn record(id: usize, ts_ms: i64, amount: f64, country: &str, class: &str) -> Prediction {
+    Prediction {
+        request_id: id.to_string(),
+        model: "fraud".into(),
+        model_version: "1".into(),
+        ts_ms,
+        features: serde_json::json!({"tx__amount": amount, "country": country}).as_object().unwrap().clone(),
+        outcome: Outcome::Class { class: class.into(), probabilities: None },
+        latency_ms: Some(id as f64),
+    }
+}
+
+fn field<'a>(p: &'a Point, name: &str) -> &'a Field {
+    &p.fields.iter().find(|(k, _)| k == name).unwrap_or_else(|| panic!("{name} in {p:?}")).1
+}
+
+fn float(p: &Point, name: &str) -> f64 {
+    match field(p, name) {
+        Field::Float(x) => *x,
+        Field::Int(n) => *n as f64,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn find<'a>(points: &'a [Point], measurement: &str, tags: &[(&str, &str)]) -> Vec<&'a Point> {
+    points
+        .iter()
+        .filter(|p| {
+            p.measurement == measurement && tags.iter().all(|(k, v)| p.tags.iter().any(|(tk, tv)| tk == k && tv == v))
+        })
+        .collect()
+}
+
+#[test]
+fn windows_close_on_event_time_and_bin_on_the_reference_edges() {
+    let mut m = ModelMonitor::new(settings(), &profile(), ModelState::default());
+    // window [0, 10m): amounts 0..9 twice, countries DE/FR; window [10m, 20m): all amounts 25
+    for i in 0..20 {
+        m.prediction(&record(i, i as i64 * 1000, (i % 10) as f64, if i % 2 == 0 { "DE" } else { "FR" }, "0"));
+    }
+    for i in 20..30 {
+        m.prediction(&record(i, 10 * MIN + i as i64 * 1000, 25.0, "ES", "1"));
+    }
+    let (points, _) = m.advance(false);
+    assert!(find(&points, "fathom_feature_drift", &[]).is_empty(), "newest 10m20s − 1m lateness closes nothing");
+    m.prediction(&record(30, 21 * MIN, 1.0, "DE", "0"));
+    let (points, _) = m.advance(false);
+    let amount = find(&points, "fathom_feature_drift", &[("feature", "tx.amount"), ("window", "tumbling")]);
+    assert_eq!(amount.len(), 2, "windows 0 and 10m closed: {points:#?}");
+    let NumericProfile { counts, edges, .. } = match &profile().features["tx.amount"] {
+        FeatureProfile::Numeric(n) => n.clone(),
+        _ => unreachable!(),
+    };
+    let reference = NumericProfile::build((0..200).map(|i| f64::from(i % 20)).collect(), 0);
+    let mut live = vec![0u64; counts.len()];
+    for i in 0..20 {
+        live[reference.bin((i % 10) as f64)] += 1;
+    }
+    let expected = drift::numeric(&counts, &live, &edges);
+    assert_eq!(float(amount[0], "tvd"), expected.tvd);
+    assert_eq!(float(amount[0], "ks_p"), expected.ks_p.unwrap());
+    assert_eq!(amount[0].time_ns, ns(10 * MIN), "points stand at the window's end");
+    // the second window's amounts are all above the reference range: the upper outer bin
+    let mut outer = vec![0u64; counts.len()];
+    outer[counts.len() - 1] = 10;
+    assert_eq!(float(amount[1], "tvd"), drift::numeric(&counts, &outer, &edges).tvd);
+    let country = find(&points, "fathom_feature_drift", &[("feature", "tx.country"), ("window", "tumbling")]);
+    assert_eq!(float(country[1], "tvd"), 1.0, "ES is \"other\", which the reference never saw");
+    let prediction = find(&points, "fathom_feature_drift", &[("feature", "prediction")]);
+    assert_eq!(prediction.len(), 4, "prediction drift, tumbling and sliding, both windows");
+    let sliding = find(&points, "fathom_feature_drift", &[("feature", "tx.amount"), ("window", "sliding")]);
+    let mut both = live.clone();
+    both[counts.len() - 1] += 10;
+    assert_eq!(float(sliding[1], "tvd"), drift::numeric(&counts, &both, &edges).tvd, "the sliding window sums");
+    let serving = find(&points, "fathom_serving", &[]);
+    assert_eq!(float(serving[0], "requests"), 20.0);
+    assert!((float(serving[0], "latency_p50") - 9.0).abs() < 0.01, "latencies 0..19 ms: {serving:?}");
+    let model = find(&points, "fathom_model_drift", &[("window", "tumbling")]);
+    assert_eq!(model.len(), 2);
+    assert!(matches!(field(model[1], "status"), Field::Str(s) if s == "drift_detected"));
+    // a prediction for a closed window is late: counted, not binned
+    m.prediction(&record(31, 5 * MIN, 1.0, "DE", "0"));
+    assert_eq!(m.state.counters.late_predictions, 1);
+    assert_eq!(m.state.windows[&0].predictions, 21);
+    assert_eq!(m.state.windows[&0].bins[0].iter().sum::<u64>(), 20);
+}
+
+#[test]
+fn performance_goes_to_the_prediction_window_and_expires_after_max_delay() {
+    let mut m = ModelMonitor::new(settings(), &profile(), ModelState::default());
+    let predicted =
+        |ts_ms, class: &str| Predicted { ts_ms, outcome: Outcome::Class { class: class.into(), probabilities: None } };
+    let label = |class: &str| Labelled { ts_ms: 0, label: format!("\"{class}\"") };
+    for i in 0..4 {
+        m.prediction(&record(i, i as i64, 1.0, "DE", "1"));
+    }
+    m.pair(&predicted(0, "1"), &label("1"));
+    m.pair(&predicted(1, "1"), &label("0"));
+    let (points, _) = m.advance(false);
+    let perf = find(&points, "fathom_model_performance", &[]);
+    assert_eq!(perf.len(), 1, "written as soon as labels arrive");
+    assert_eq!(float(perf[0], "accuracy"), 0.5);
+    assert_eq!(float(perf[0], "label_coverage"), 0.5);
+    assert_eq!(field(perf[0], "final"), &Field::Bool(false));
+    let (again, _) = m.advance(false);
+    assert!(find(&again, "fathom_model_performance", &[]).is_empty(), "unchanged: not written again");
+    // time passes: 40 minutes later the first window is final; two predictions expired
+    m.prediction(&record(9, 41 * MIN, 1.0, "DE", "1"));
+    let (points, events) = m.advance(false);
+    let perf = find(&points, "fathom_model_performance", &[]);
+    assert_eq!(perf.len(), 1);
+    assert_eq!(field(perf[0], "final"), &Field::Bool(true));
+    assert_eq!(float(perf[0], "expired"), 2.0);
+    assert_eq!(m.state.counters.expired, 2);
+    assert!(events.is_empty(), "accuracy 0.5 is not below 0.5");
+    assert!(m.expired(3));
+    m.pair(&predicted(3, "1"), &label("1"));
+    assert_eq!(m.state.counters.labels_after_expiry, 1, "a label after expiry is counted, not joined");
+    let (points, _) = m.advance(false);
+    assert!(find(&points, "fathom_model_performance", &[]).is_empty());
+}
+
+#[test]
+fn rules_fire_once_and_a_restored_state_continues_the_same() {
+    let run = |split: Option<usize>| {
+        let mut state = ModelState::default();
+        let mut events = Vec::new();
+        let mut m = ModelMonitor::new(settings(), &profile(), state.clone());
+        for w in 0..8i64 {
+            // windows 2..=5 all "ES" with huge amounts: drifted
+            let (amount, country) = if (2..=5).contains(&w) { (1e6, "ES") } else { (3.0, "DE") };
+            for i in 0..10 {
+                m.prediction(&record(i, w * 10 * MIN + i as i64, amount, country, "0"));
+            }
+            let (_, e) = m.advance(false);
+            events.extend(e);
+            if split == Some(w as usize) {
+                state = serde_json::from_str(&serde_json::to_string(&m.state).unwrap()).unwrap();
+                m = ModelMonitor::new(settings(), &profile(), state.clone());
+            }
+        }
+        let (_, e) = m.advance(true);
+        events.extend(e);
+        events.into_iter().map(|e| (e.rule, e.transition, e.end_ms / MIN)).collect::<Vec<_>>()
+    };
+    let uninterrupted = run(None);
+    assert_eq!(uninterrupted, vec![(Some(0), Transition::Fired, 40), (Some(0), Transition::Resolved, 70)]);
+    for split in 0..8 {
+        assert_eq!(run(Some(split)), uninterrupted, "restored after window {split}");
+    }
+}
