@@ -65,6 +65,10 @@ pub struct Stores {
     /// Where dead letters go when Kafka is not configured. Default: `./data/dead_letters`.
     #[serde(default)]
     pub dead_letters: DeadLetterConfig,
+    /// Where monitoring results go. Default: line protocol appended to
+    /// `./data/monitoring/points.lp`.
+    #[serde(default)]
+    pub influxdb: Option<fathom_monitor::influx::InfluxConfig>,
 }
 
 /// `stores.online`: `redis`, or the embedded store (the default).
@@ -510,11 +514,16 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
                 );
             }
         }
-        if !config.endpoint.url.starts_with("http://") {
-            let hint = "must be an http:// URL (TLS to model servers is not built in yet: keep the call inside the cluster or behind a sidecar)";
-            problem(&mut problems, format!("{path}.endpoint.url"), hint);
+        if let Some(endpoint) = &config.endpoint {
+            if !endpoint.url.starts_with("http://") {
+                let hint = "must be an http:// URL (TLS to model servers is not built in yet: keep the call inside the cluster or behind a sidecar)";
+                problem(&mut problems, format!("{path}.endpoint.url"), hint);
+            }
+            span_or(&endpoint.timeout, 0, &format!("{path}.endpoint.timeout"), &mut problems);
         }
-        span_or(&config.endpoint.timeout, 0, &format!("{path}.endpoint.timeout"), &mut problems);
+        for (field, message) in crate::monitoring::check(&config) {
+            problem(&mut problems, format!("{path}.{field}"), message);
+        }
         models.insert(model, config);
     }
     if problems.is_empty() {
@@ -552,7 +561,8 @@ fn processing(root: &serde_yaml_ng::Mapping, problems: &mut Vec<Problem>) -> Pro
 impl Project {
     /// A model's timeout in ms (checked at load; default 2 s).
     pub fn model_timeout_ms(&self, model: &crate::serving::ModelConfig) -> u64 {
-        model.endpoint.timeout.as_deref().and_then(|t| Span::parse(t).ok()).map_or(2_000, |s| s.millis().max(1) as u64)
+        let timeout = model.endpoint.as_ref().and_then(|e| e.timeout.as_deref());
+        timeout.and_then(|t| Span::parse(t).ok()).map_or(2_000, |s| s.millis().max(1) as u64)
     }
 
     /// A model's feature names in order: its features resolved, then its request fields.

@@ -44,6 +44,8 @@ pub struct AppState {
     pub push: mpsc::Sender<Push>,
     /// Pipeline readiness.
     pub health: Arc<Health>,
+    /// The monitor's push input and readiness, when a model is monitored.
+    pub monitor: Option<(mpsc::Sender<crate::monitoring::MonitorPush>, Arc<Health>)>,
     /// Prometheus rendering.
     pub metrics: PrometheusHandle,
     /// Accepted bearer tokens; `None` leaves every route open.
@@ -94,6 +96,7 @@ impl IntoResponse for ApiError {
                 let (status, code) = match e {
                     PredictError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "model_timeout"),
                     PredictError::Endpoint(_) | PredictError::Malformed(_) => (StatusCode::BAD_GATEWAY, "model_error"),
+                    PredictError::NoEndpoint => (StatusCode::NOT_FOUND, "no_endpoint"),
                 };
                 tracing::warn!(error = %e, "model call failed");
                 (status, code, e.to_string())
@@ -126,7 +129,7 @@ pub struct ErrorDetail {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "Fathom", description = "Streaming feature store and model monitoring: ingest, lookups, serving enrichment."),
-    paths(push, features, batch_features, feast_online_features, enrich, predict, healthz, readyz, metrics, openapi),
+    paths(push, push_predictions, push_labels, features, batch_features, feast_online_features, enrich, predict, healthz, readyz, metrics, openapi),
     modifiers(&BearerAuth),
     tags((name = "ingest"), (name = "features"), (name = "serving"), (name = "operations"))
 )]
@@ -162,7 +165,11 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/v1/features/{feature_set}/{key}", get(features))
         .route_layer(guard(Scope::Read));
-    let push = Router::new().route("/v1/push/{source}", post(push)).route_layer(guard(Scope::Push));
+    let push = Router::new()
+        .route("/v1/push/{source}", post(push))
+        .route("/v1/models/{model}/predictions", post(push_predictions))
+        .route("/v1/models/{model}/labels", post(push_labels))
+        .route_layer(guard(Scope::Push));
     let admin = Router::new().route("/metrics", get(metrics)).route_layer(guard(Scope::Admin));
     let timeout = state.project.server.request_timeout_ms();
     Router::new()
@@ -243,6 +250,53 @@ async fn push(
         .await
         .map_err(|_| ApiError::Unavailable("the pipeline has stopped".into()))?;
     let summary = answer.await.map_err(|_| ApiError::Unavailable("the pipeline stopped before answering".into()))?;
+    Ok(Json(summary))
+}
+
+#[utoipa::path(post, path = "/v1/models/{model}/predictions", tag = "monitoring",
+    params(("model" = String, Path, description = "a monitored model")),
+    request_body(content = String, description = "prediction records: a JSON array or NDJSON", content_type = "application/json"),
+    responses((status = 200, body = PushSummary), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)),
+    security(("bearer" = ["push"])))]
+async fn push_predictions(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> Result<Json<PushSummary>, ApiError> {
+    push_monitored(state, model, crate::monitoring::Kind::Predictions, body).await
+}
+
+#[utoipa::path(post, path = "/v1/models/{model}/labels", tag = "monitoring",
+    params(("model" = String, Path, description = "a monitored model")),
+    request_body(content = String, description = "label records: a JSON array or NDJSON", content_type = "application/json"),
+    responses((status = 200, body = PushSummary), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)),
+    security(("bearer" = ["push"])))]
+async fn push_labels(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> Result<Json<PushSummary>, ApiError> {
+    push_monitored(state, model, crate::monitoring::Kind::Labels, body).await
+}
+
+/// Pushes records to the monitor; answered once they are checkpointed.
+async fn push_monitored(
+    state: AppState,
+    model: String,
+    kind: crate::monitoring::Kind,
+    body: Bytes,
+) -> Result<Json<PushSummary>, ApiError> {
+    let monitored = state.project.models.get(&model).is_some_and(|m| m.monitoring.is_some());
+    let (Some((monitor, _)), true) = (&state.monitor, monitored) else {
+        return Err(ApiError::NotFound("unknown_model", format!("no monitored model named {model:?}")));
+    };
+    let records = split_body(&body, 0)?;
+    let (done, answer) = oneshot::channel();
+    monitor
+        .send(crate::monitoring::MonitorPush { model, kind, records, done })
+        .await
+        .map_err(|_| ApiError::Unavailable("the monitor has stopped".into()))?;
+    let summary = answer.await.map_err(|_| ApiError::Unavailable("the monitor stopped before answering".into()))?;
     Ok(Json(summary))
 }
 
@@ -706,13 +760,15 @@ async fn healthz() -> Json<serde_json::Value> {
     responses((status = 200, description = "ready"), (status = 503, description = "online store or pipeline degraded")))]
 async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store.ping().await;
-    let pipeline_ok = state.health.ready.load(Ordering::Relaxed);
+    let monitor_ok = state.monitor.as_ref().is_none_or(|(_, h)| h.ready.load(Ordering::Relaxed));
+    let pipeline_ok = state.health.ready.load(Ordering::Relaxed) && monitor_ok;
     let problem = state.health.problem.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let monitor = state.monitor.as_ref().and_then(|(_, h)| h.problem.lock().unwrap_or_else(|e| e.into_inner()).clone());
     match (store, pipeline_ok) {
         (Ok(()), true) => Json(json!({"status": "ready"})).into_response(),
         (store, _) => {
             let store = store.err().map(|e| format!("{:#}", anyhow::Error::from(e)));
-            let body = json!({"status": "degraded", "online_store": store, "pipeline": problem});
+            let body = json!({"status": "degraded", "online_store": store, "pipeline": problem, "monitor": monitor});
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }

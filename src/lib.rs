@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod monitoring;
 pub mod pipeline;
 pub mod replay;
 pub mod serve;

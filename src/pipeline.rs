@@ -60,13 +60,13 @@ pub struct Health {
 }
 
 impl Health {
-    fn degraded(&self, what: &str, error: &anyhow::Error) {
+    pub(crate) fn degraded(&self, what: &str, error: &anyhow::Error) {
         tracing::warn!(error = format!("{error:#}"), "{what}; retrying");
         self.ready.store(false, Ordering::Relaxed);
         *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{what}: {error:#}"));
     }
 
-    fn recovered(&self) {
+    pub(crate) fn recovered(&self) {
         if !self.ready.swap(true, Ordering::Relaxed) {
             *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
@@ -85,6 +85,8 @@ pub struct Running {
     pub shutdown: watch::Sender<bool>,
     /// The loop.
     pub task: JoinHandle<anyhow::Result<()>>,
+    /// The model monitor, when a model has `monitoring`.
+    pub monitor: Option<crate::monitoring::Running>,
 }
 
 /// Connects the stores and starts the loop (and the Kafka consumer when configured).
@@ -176,7 +178,8 @@ pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
     };
     let task = tokio::spawn(pipeline.run(kafka_rx, push_rx, shutdown_rx));
     health.ready.store(true, Ordering::Relaxed);
-    Ok(Running { store, push: push_tx, health, shutdown: shutdown_tx, task })
+    let monitor = crate::monitoring::start(project.clone(), store.clone()).await.context("starting the monitor")?;
+    Ok(Running { store, push: push_tx, health, shutdown: shutdown_tx, task, monitor })
 }
 
 /// The offline schema of each source: a CDC table's change log, or the key plus every event

@@ -46,6 +46,7 @@ pub fn state(project: Arc<Project>, running: &Running) -> anyhow::Result<AppStat
         store: running.store.clone(),
         push: running.push.clone(),
         health: running.health.clone(),
+        monitor: running.monitor.as_ref().map(|m| (m.push.clone(), m.health.clone())),
         metrics: metrics(),
         tokens,
         models: Arc::new(models),
@@ -65,9 +66,13 @@ pub async fn serve_until_signal(project: Arc<Project>, running: Running) -> anyh
     stop(running).await
 }
 
-/// Stops the pipeline after its final checkpoint.
+/// Stops the pipeline and the monitor after their final checkpoints.
 pub async fn stop(running: Running) -> anyhow::Result<()> {
     let _ = running.shutdown.send(true);
+    if let Some(monitor) = running.monitor {
+        let _ = monitor.shutdown.send(true);
+        monitor.task.await.context("monitor task")?.context("monitor")?;
+    }
     running.task.await.context("pipeline task")?.context("pipeline")
 }
 

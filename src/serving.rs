@@ -29,8 +29,22 @@ pub struct ModelConfig {
     /// Default: `profiles/<model>.json`.
     #[serde(default)]
     pub reference: Option<std::path::PathBuf>,
-    /// The model server.
-    pub endpoint: EndpointConfig,
+    /// The model server; without one, the model is only monitored (its prediction records come
+    /// from another producer) and `predict` answers 404.
+    #[serde(default)]
+    pub endpoint: Option<EndpointConfig>,
+    /// Ground-truth labels: their topic and how long a prediction waits for its label.
+    #[serde(default)]
+    pub labels: Option<crate::monitoring::LabelsConfig>,
+    /// Monitoring windows and drift thresholds; a model is monitored when this is present.
+    #[serde(default)]
+    pub monitoring: Option<crate::monitoring::MonitoringConfig>,
+    /// Alert rules.
+    #[serde(default)]
+    pub alerts: Vec<crate::monitoring::AlertConfig>,
+    /// Retraining trigger.
+    #[serde(default)]
+    pub retrain: Option<crate::monitoring::RetrainConfig>,
     /// Model version written into prediction records. Default: `"1"`.
     #[serde(default = "default_version")]
     pub version: String,
@@ -170,6 +184,9 @@ pub enum PredictError {
     /// An answer that is not what the protocol says.
     #[error("the model answered something unreadable: {0}")]
     Malformed(String),
+    /// The model has no `endpoint`.
+    #[error("the model has no endpoint configured (it is only monitored)")]
+    NoEndpoint,
 }
 
 /// A model's endpoint client: shared connection pool, concurrency bound, timeout.
@@ -184,11 +201,12 @@ pub struct ModelClient {
 impl ModelClient {
     /// A client for `config` (`timeout_ms` resolved from the config).
     pub fn new(name: &str, config: ModelConfig, timeout_ms: u64) -> anyhow::Result<ModelClient> {
+        let concurrency = config.endpoint.as_ref().map_or(1, |e| e.max_concurrency);
         let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(config.endpoint.max_concurrency)
+            .pool_max_idle_per_host(concurrency)
             .connect_timeout(Duration::from_millis(timeout_ms))
             .build()?;
-        let slots = Semaphore::new(config.endpoint.max_concurrency.max(1));
+        let slots = Semaphore::new(concurrency.max(1));
         Ok(ModelClient { name: name.into(), config, http, slots, timeout: Duration::from_millis(timeout_ms) })
     }
 
@@ -200,8 +218,9 @@ impl ModelClient {
     /// Calls the model with the assembled features (name, value, always numeric) in order;
     /// returns its prediction.
     pub async fn predict(&self, request_id: &str, features: &[(String, Value, bool)]) -> Result<Value, PredictError> {
-        let body = match self.config.endpoint.protocol {
-            Protocol::OpenInferenceV2 => self.inference_request(request_id, features),
+        let endpoint = self.config.endpoint.as_ref().ok_or(PredictError::NoEndpoint)?;
+        let body = match endpoint.protocol {
+            Protocol::OpenInferenceV2 => inference_request(endpoint, request_id, features),
             Protocol::Json => {
                 let map: Map<String, Value> = features.iter().map(|(n, v, _)| (n.clone(), v.clone())).collect();
                 json!({"request_id": request_id, "features": map})
@@ -212,7 +231,7 @@ impl ModelClient {
             let _slot = self.slots.acquire().await.map_err(|e| PredictError::Endpoint(e.to_string()))?;
             let response = self
                 .http
-                .post(&self.config.endpoint.url)
+                .post(&endpoint.url)
                 .json(&body)
                 .send()
                 .await
@@ -230,7 +249,7 @@ impl ModelClient {
             .map_err(|_| PredictError::Timeout(self.timeout.as_millis()))??;
         metrics::histogram!("fathom_model_seconds", "model" => self.name.clone())
             .record(started.elapsed().as_secs_f64());
-        match self.config.endpoint.protocol {
+        match endpoint.protocol {
             Protocol::OpenInferenceV2 => inference_prediction(answer),
             Protocol::Json => Ok(match answer {
                 Value::Object(mut map) if map.contains_key("prediction") => {
@@ -240,37 +259,36 @@ impl ModelClient {
             }),
         }
     }
+}
 
-    /// An Open Inference Protocol v2 request: one input per feature, or one FP64 tensor. An
-    /// input's type must not change between requests, so aggregations are always FP64; other
-    /// features are typed by value (numbers FP64, booleans BOOL, the rest BYTES), and a missing
-    /// one is a `null` datum of a BYTES input — configure `impute` for features that can be
-    /// missing when the model server refuses nulls.
-    fn inference_request(&self, request_id: &str, features: &[(String, Value, bool)]) -> Value {
-        if let Some(tensor) = &self.config.endpoint.tensor {
-            let data: Vec<Value> =
-                features.iter().map(|(_, v, _)| v.as_f64().map_or(Value::Null, Value::from)).collect();
-            return json!({"id": request_id, "inputs": [{"name": tensor, "shape": [1, data.len()], "datatype": "FP64", "data": data}]});
-        }
-        let inputs: Vec<Value> = features
-            .iter()
-            .map(|(name, value, numeric)| {
-                let datatype = match value {
-                    _ if *numeric => "FP64",
-                    Value::Bool(_) => "BOOL",
-                    Value::Number(_) => "FP64",
-                    _ => "BYTES",
-                };
-                let value = match value {
-                    Value::Number(n) => n.as_f64().map_or(Value::Null, Value::from),
-                    Value::Null | Value::String(_) | Value::Bool(_) => value.clone(),
-                    other => Value::String(other.to_string()),
-                };
-                json!({"name": name, "shape": [1], "datatype": datatype, "data": [value]})
-            })
-            .collect();
-        json!({"id": request_id, "inputs": inputs})
+/// An Open Inference Protocol v2 request: one input per feature, or one FP64 tensor. An
+/// input's type must not change between requests, so aggregations are always FP64; other
+/// features are typed by value (numbers FP64, booleans BOOL, the rest BYTES), and a missing
+/// one is a `null` datum of a BYTES input — configure `impute` for features that can be
+/// missing when the model server refuses nulls.
+fn inference_request(endpoint: &EndpointConfig, request_id: &str, features: &[(String, Value, bool)]) -> Value {
+    if let Some(tensor) = &endpoint.tensor {
+        let data: Vec<Value> = features.iter().map(|(_, v, _)| v.as_f64().map_or(Value::Null, Value::from)).collect();
+        return json!({"id": request_id, "inputs": [{"name": tensor, "shape": [1, data.len()], "datatype": "FP64", "data": data}]});
     }
+    let inputs: Vec<Value> = features
+        .iter()
+        .map(|(name, value, numeric)| {
+            let datatype = match value {
+                _ if *numeric => "FP64",
+                Value::Bool(_) => "BOOL",
+                Value::Number(_) => "FP64",
+                _ => "BYTES",
+            };
+            let value = match value {
+                Value::Number(n) => n.as_f64().map_or(Value::Null, Value::from),
+                Value::Null | Value::String(_) | Value::Bool(_) => value.clone(),
+                other => Value::String(other.to_string()),
+            };
+            json!({"name": name, "shape": [1], "datatype": datatype, "data": [value]})
+        })
+        .collect();
+    json!({"id": request_id, "inputs": inputs})
 }
 
 /// The prediction in an inference response: the first output's data (a scalar when it holds one

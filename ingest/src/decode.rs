@@ -29,11 +29,13 @@ pub enum Reason {
     MalformedEnvelope,
     /// A Debezium truncate on a source configured with `on_truncate: dead_letter`.
     Truncate,
+    /// JSON, but not a valid prediction or label record (the message names the field).
+    InvalidRecord,
 }
 
 impl Reason {
     /// Every reason, for metrics initialisation and docs.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::MalformedJson,
         Reason::MissingKey,
         Reason::MissingTimestamp,
@@ -42,6 +44,7 @@ impl Reason {
         Reason::Late,
         Reason::MalformedEnvelope,
         Reason::Truncate,
+        Reason::InvalidRecord,
     ];
 
     /// Stable name.
@@ -55,6 +58,7 @@ impl Reason {
             Reason::Late => "late",
             Reason::MalformedEnvelope => "malformed_envelope",
             Reason::Truncate => "truncate",
+            Reason::InvalidRecord => "invalid_record",
         }
     }
 }

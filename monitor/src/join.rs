@@ -4,8 +4,10 @@
 //! TTL `max_delay`), holding the prediction, or the label that arrived first, and whether they
 //! were joined. Every part carries the *epoch* (checkpoint number) that wrote it. The monitor's
 //! checkpoint (its windows, rule states and input offsets) is written after the entries and names
-//! its epoch; after a crash, parts written by an epoch newer than the last checkpoint are ignored
-//! — the records that wrote them are replayed — so every join counts exactly once.
+//! its epoch; after a crash, parts written by the epoch that never committed are ignored — the
+//! records that wrote them are replayed — so every join counts exactly once. (A restart marks
+//! that epoch aborted in its first checkpoint and moves on to new epoch numbers, so a stale part
+//! can never pass for a committed one.)
 
 use serde::{Deserialize, Serialize};
 
@@ -52,15 +54,16 @@ pub enum Joined {
 }
 
 impl Entry {
-    /// The entry as the checkpoint of `committed` knows it: parts written later are dropped.
-    pub fn as_of(mut self, committed: u64) -> Entry {
-        if self.prediction.as_ref().is_some_and(|(e, _)| *e > committed) {
+    /// The entry as the checkpoints know it: parts written by an epoch that was not committed
+    /// (`committed(epoch)` false) are dropped.
+    pub fn as_of(mut self, committed: impl Fn(u64) -> bool) -> Entry {
+        if self.prediction.as_ref().is_some_and(|(e, _)| !committed(*e)) {
             self.prediction = None;
         }
-        if self.label.as_ref().is_some_and(|(e, _)| *e > committed) {
+        if self.label.as_ref().is_some_and(|(e, _)| !committed(*e)) {
             self.label = None;
         }
-        if self.joined.is_some_and(|e| e > committed) {
+        if self.joined.is_some_and(|e| !committed(e)) {
             self.joined = None;
         }
         self
@@ -132,10 +135,10 @@ mod tests {
         let mut stored = Entry::default();
         stored.predict(p(), 1);
         stored.label(l(), 2);
-        let mut seen = stored.clone().as_of(1);
+        let mut seen = stored.clone().as_of(|e| e <= 1);
         assert_eq!(seen.joined, None);
         assert_eq!(seen.label(l(), 2), Joined::Pair(p(), l()), "the replayed label counts");
         // had epoch 2 been committed, the same label is a duplicate
-        assert_eq!(stored.as_of(2).label(l(), 3), Joined::Duplicate);
+        assert_eq!(stored.as_of(|e| e <= 2).label(l(), 3), Joined::Duplicate);
     }
 }
