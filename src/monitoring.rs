@@ -452,7 +452,7 @@ impl Monitor {
                 Kind::Labels => Label::parse(&record.payload).map(Parsed::Label),
             };
             match result {
-                Ok(p) => parsed.push((model, p)),
+                Ok(p) => parsed.push((model, record.at.partition.unwrap_or(-1), p)),
                 Err(message) => {
                     let reason =
                         if message.starts_with("not JSON") { Reason::MalformedJson } else { Reason::InvalidRecord };
@@ -468,7 +468,7 @@ impl Monitor {
         // one round trip for the entries not touched since the last checkpoint
         let mut missing: Vec<String> = parsed
             .iter()
-            .map(|(m, p)| entry_key(&self.project.name, &self.models[*m].name, p.request_id()))
+            .map(|(m, _, p)| entry_key(&self.project.name, &self.models[*m].name, p.request_id()))
             .filter(|k| !self.overlay.contains_key(k))
             .collect();
         missing.sort_unstable();
@@ -492,7 +492,7 @@ impl Monitor {
             }
         }
         let epoch = self.epoch();
-        for (m, record) in parsed {
+        for (m, partition, record) in parsed {
             summary.accepted += 1;
             let key = entry_key(&self.project.name, &self.models[m].name, record.request_id());
             let model = &mut self.models[m];
@@ -503,12 +503,13 @@ impl Monitor {
                     let joined = entry.predict(Predicted { ts_ms: p.ts_ms, outcome: p.outcome.clone() }, epoch);
                     match joined {
                         Joined::Duplicate => model.monitor.state.counters.duplicate_predictions += 1,
-                        _ => model.monitor.prediction(p),
+                        _ => model.monitor.prediction(p, partition),
                     }
                     joined
                 }
                 Parsed::Label(l) => {
                     model.monitor.state.counters.labels += 1;
+                    model.monitor.label_seen(l.ts_ms, partition);
                     let labelled = Labelled { ts_ms: l.ts_ms, label: l.label.to_string() };
                     let joined = entry.label(labelled, epoch);
                     if joined == Joined::Duplicate {

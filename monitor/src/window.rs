@@ -4,9 +4,12 @@
 //!
 //! Time is event time. A tumbling window `[start, start + window)` closes for drift once the
 //! newest prediction time passes its end by `lateness` (or when the stream is idle); predictions
-//! for a closed window count as late and are still joined. Its performance is written whenever
-//! labels arrived (the point at the window's end overwrites itself) and becomes final once
-//! `max_delay` has passed its end: predictions still without a label then count as expired.
+//! for a closed window count as late and are still joined. A label joins its prediction when its
+//! own time is at most `max_delay` after the prediction's. A window's performance is written
+//! whenever labels arrived (the point at the window's end overwrites itself) and becomes final
+//! once both streams' clocks (the slowest partition's newest time, predictions and labels) have
+//! passed its end by `max_delay`: predictions still without a label then count as expired, and a
+//! label for them counts as after expiry.
 //!
 //! Everything here is plain data ([`ModelState`]) stored with the monitor's checkpoint.
 
@@ -186,6 +189,13 @@ pub struct ModelState {
     pub windows: BTreeMap<i64, Window>,
     /// Newest prediction time seen, ms.
     pub newest_ms: i64,
+    /// Newest prediction time per input partition, ms: the stream's clock is the slowest
+    /// partition's, so one partition read ahead of another does not make the other's
+    /// predictions late.
+    pub partitions: BTreeMap<i32, i64>,
+    /// Newest label time per label partition, ms: a window's performance is final only once the
+    /// label stream, too, has passed its end by `max_delay`.
+    pub label_partitions: BTreeMap<i32, i64>,
     /// Windows ending at or before this are closed for drift, ms.
     pub closed_ms: i64,
     /// Windows ending at or before this are final for performance, ms.
@@ -289,10 +299,29 @@ impl ModelMonitor {
         self.window_of(ts_ms) + self.settings.window_ms <= self.state.final_ms
     }
 
-    /// Counts a new (not duplicate) prediction into its window.
-    pub fn prediction(&mut self, record: &Prediction) {
+    /// The stream's event-time clock: the newest prediction time of the slowest partition.
+    pub fn clock_ms(&self) -> i64 {
+        self.state.partitions.values().min().copied().unwrap_or(self.state.newest_ms)
+    }
+
+    /// The label stream's clock, once labels were seen.
+    fn label_clock_ms(&self) -> Option<i64> {
+        self.state.label_partitions.values().min().copied()
+    }
+
+    /// Notes a label's time (from `partition`, `-1` for HTTP push) for the label clock.
+    pub fn label_seen(&mut self, ts_ms: i64, partition: i32) {
+        let newest = self.state.label_partitions.entry(partition).or_insert(ts_ms);
+        *newest = (*newest).max(ts_ms);
+    }
+
+    /// Counts a new (not duplicate) prediction, read from `partition` (`-1` for HTTP push), into
+    /// its window.
+    pub fn prediction(&mut self, record: &Prediction, partition: i32) {
         self.state.counters.predictions += 1;
         self.state.newest_ms = self.state.newest_ms.max(record.ts_ms);
+        let newest = self.state.partitions.entry(partition).or_insert(record.ts_ms);
+        *newest = (*newest).max(record.ts_ms);
         let start = self.window_of(record.ts_ms);
         if start + self.settings.window_ms <= self.state.final_ms {
             self.state.counters.late_predictions += 1;
@@ -348,7 +377,7 @@ impl ModelMonitor {
 
     /// Counts a joined pair into its prediction's window (unless that window is final).
     pub fn pair(&mut self, predicted: &Predicted, labelled: &Labelled) {
-        if self.expired(predicted.ts_ms) {
+        if self.expired(predicted.ts_ms) || labelled.ts_ms - predicted.ts_ms > self.settings.max_delay_ms {
             self.state.counters.labels_after_expiry += 1;
             return;
         }
@@ -380,7 +409,7 @@ impl ModelMonitor {
         let close_to = if idle {
             self.state.windows.keys().next_back().map_or(self.state.closed_ms, |s| s + w).max(self.state.closed_ms)
         } else {
-            floor(self.state.newest_ms - self.settings.lateness_ms, w).max(self.state.closed_ms)
+            floor(self.clock_ms() - self.settings.lateness_ms, w).max(self.state.closed_ms)
         };
         let starts: Vec<i64> =
             self.state.windows.iter().filter(|(s, win)| !win.closed && *s + w <= close_to).map(|(s, _)| *s).collect();
@@ -388,8 +417,9 @@ impl ModelMonitor {
             self.close(start, &mut points, &mut events);
         }
         self.state.closed_ms = close_to;
-        let final_to = floor(self.state.newest_ms - self.settings.max_delay_ms.max(self.settings.lateness_ms), w)
-            .max(self.state.final_ms);
+        let clock = self.clock_ms().min(self.label_clock_ms().unwrap_or(i64::MAX));
+        let final_to =
+            floor(clock - self.settings.max_delay_ms.max(self.settings.lateness_ms), w).max(self.state.final_ms);
         let finals: Vec<i64> = self
             .state
             .windows
@@ -539,7 +569,7 @@ impl ModelMonitor {
         ];
         metrics.insert("throughput", window.predictions as f64 / seconds);
         let h = window.latencies.histogram();
-        if h.len() > 0 {
+        if !h.is_empty() {
             for (name, q) in [("latency_p50", 0.5), ("latency_p95", 0.95), ("latency_p99", 0.99)] {
                 let ms = h.value_at_quantile(q) as f64 / 1000.0;
                 fields.push((name.into(), Field::Float(ms)));

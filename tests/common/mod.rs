@@ -201,3 +201,44 @@ impl Drop for Fathom {
         let _ = self.child.wait();
     }
 }
+
+pub const INFLUX: &str = "http://127.0.0.1:8086";
+
+/// Runs an InfluxQL statement against the real InfluxDB (v1 API); returns its JSON answer.
+pub async fn influxql(db: &str, q: &str) -> serde_json::Value {
+    let encode = |t: &str| {
+        t.bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect::<String>()
+    };
+    reqwest::Client::new()
+        .post(format!("{INFLUX}/query"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("db={}&q={}", encode(db), encode(q)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The rows of the first series of an InfluxQL answer as column name → value maps.
+pub fn influx_rows(answer: &serde_json::Value) -> Vec<std::collections::BTreeMap<String, serde_json::Value>> {
+    let mut out = Vec::new();
+    for series in answer["results"][0]["series"].as_array().into_iter().flatten() {
+        let columns: Vec<String> =
+            series["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+        for values in series["values"].as_array().unwrap() {
+            let mut row: std::collections::BTreeMap<String, serde_json::Value> =
+                columns.iter().cloned().zip(values.as_array().unwrap().iter().cloned()).collect();
+            if let Some(tags) = series["tags"].as_object() {
+                for (k, v) in tags {
+                    row.insert(k.clone(), v.clone());
+                }
+            }
+            out.push(row);
+        }
+    }
+    out
+}

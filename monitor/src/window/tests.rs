@@ -89,14 +89,14 @@ fn windows_close_on_event_time_and_bin_on_the_reference_edges() {
     let mut m = ModelMonitor::new(settings(), &profile(), ModelState::default());
     // window [0, 10m): amounts 0..9 twice, countries DE/FR; window [10m, 20m): all amounts 25
     for i in 0..20 {
-        m.prediction(&record(i, i as i64 * 1000, (i % 10) as f64, if i % 2 == 0 { "DE" } else { "FR" }, "0"));
+        m.prediction(&record(i, i as i64 * 1000, (i % 10) as f64, if i % 2 == 0 { "DE" } else { "FR" }, "0"), 0);
     }
     for i in 20..30 {
-        m.prediction(&record(i, 10 * MIN + i as i64 * 1000, 25.0, "ES", "1"));
+        m.prediction(&record(i, 10 * MIN + i as i64 * 1000, 25.0, "ES", "1"), 0);
     }
     let (points, _) = m.advance(false);
     assert!(find(&points, "fathom_feature_drift", &[]).is_empty(), "newest 10m20s − 1m lateness closes nothing");
-    m.prediction(&record(30, 21 * MIN, 1.0, "DE", "0"));
+    m.prediction(&record(30, 21 * MIN, 1.0, "DE", "0"), 0);
     let (points, _) = m.advance(false);
     let amount = find(&points, "fathom_feature_drift", &[("feature", "tx.amount"), ("window", "tumbling")]);
     assert_eq!(amount.len(), 2, "windows 0 and 10m closed: {points:#?}");
@@ -132,7 +132,7 @@ fn windows_close_on_event_time_and_bin_on_the_reference_edges() {
     assert_eq!(model.len(), 2);
     assert!(matches!(field(model[1], "status"), Field::Str(s) if s == "drift_detected"));
     // a prediction for a closed window is late: counted, not binned
-    m.prediction(&record(31, 5 * MIN, 1.0, "DE", "0"));
+    m.prediction(&record(31, 5 * MIN, 1.0, "DE", "0"), 0);
     assert_eq!(m.state.counters.late_predictions, 1);
     assert_eq!(m.state.windows[&0].predictions, 21);
     assert_eq!(m.state.windows[&0].bins[0].iter().sum::<u64>(), 20);
@@ -145,7 +145,7 @@ fn performance_goes_to_the_prediction_window_and_expires_after_max_delay() {
         |ts_ms, class: &str| Predicted { ts_ms, outcome: Outcome::Class { class: class.into(), probabilities: None } };
     let label = |class: &str| Labelled { ts_ms: 0, label: format!("\"{class}\"") };
     for i in 0..4 {
-        m.prediction(&record(i, i as i64, 1.0, "DE", "1"));
+        m.prediction(&record(i, i as i64, 1.0, "DE", "1"), 0);
     }
     m.pair(&predicted(0, "1"), &label("1"));
     m.pair(&predicted(1, "1"), &label("0"));
@@ -158,7 +158,7 @@ fn performance_goes_to_the_prediction_window_and_expires_after_max_delay() {
     let (again, _) = m.advance(false);
     assert!(find(&again, "fathom_model_performance", &[]).is_empty(), "unchanged: not written again");
     // time passes: 40 minutes later the first window is final; two predictions expired
-    m.prediction(&record(9, 41 * MIN, 1.0, "DE", "1"));
+    m.prediction(&record(9, 41 * MIN, 1.0, "DE", "1"), 0);
     let (points, events) = m.advance(false);
     let perf = find(&points, "fathom_model_performance", &[]);
     assert_eq!(perf.len(), 1);
@@ -183,7 +183,7 @@ fn rules_fire_once_and_a_restored_state_continues_the_same() {
             // windows 2..=5 all "ES" with huge amounts: drifted
             let (amount, country) = if (2..=5).contains(&w) { (1e6, "ES") } else { (3.0, "DE") };
             for i in 0..10 {
-                m.prediction(&record(i, w * 10 * MIN + i as i64, amount, country, "0"));
+                m.prediction(&record(i, w * 10 * MIN + i as i64, amount, country, "0"), 0);
             }
             let (_, e) = m.advance(false);
             events.extend(e);
