@@ -99,3 +99,81 @@ print(json.dumps(out))
         .count();
     assert!(moderate >= 2, "cases with p-values in a range where the formula matters: {expected:?}");
 }
+
+/// Samples for the exact KS comparison: (reference, current), sorted, with ties.
+fn ks_cases() -> Vec<(Vec<f64>, Vec<f64>)> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut uniform = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    // (sizes, shift, rounding to create ties): exact equal sizes, exact unequal, the asymptotic
+    // regime (over 10,000) in both of its branches, and a very unbalanced pair
+    let specs: [(usize, usize, f64, f64); 9] = [
+        (40, 40, 0.3, 0.0),
+        (300, 300, 0.05, 0.0),
+        (120, 77, 0.2, 0.0),
+        (1_000, 700, 0.04, 10.0),
+        (4_000, 9_000, 0.02, 0.0),
+        (10_000, 9_999, 0.0, 0.0),
+        (25_000, 12_000, 0.012, 0.0),
+        (30_000, 20_000, 0.035, 0.0),
+        (20_000, 60, 0.3, 0.0),
+    ];
+    specs
+        .iter()
+        .map(|&(n1, n2, shift, round)| {
+            let mut draw = |n: usize, s: f64| {
+                let mut v: Vec<f64> = (0..n)
+                    .map(|_| {
+                        let x = uniform() + uniform() + uniform() + s;
+                        if round > 0.0 {
+                            (x * round).round() / round
+                        } else {
+                            x
+                        }
+                    })
+                    .collect();
+                v.sort_by(f64::total_cmp);
+                v
+            };
+            (draw(n1, 0.0), draw(n2, shift))
+        })
+        .collect()
+}
+
+#[test]
+fn exact_ks_matches_scipy_ks_2samp() {
+    let script = r#"
+import sys, json
+from scipy.stats import ks_2samp
+cases = json.load(sys.stdin)
+print(json.dumps([[float(r.statistic), float(r.pvalue)] for r in (ks_2samp(a, b) for a, b in cases)]))
+"#;
+    let cases = ks_cases();
+    let mut child = std::process::Command::new(common::python())
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(serde_json::to_string(&cases).unwrap().as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected: Vec<(f64, f64)> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut moderate = 0;
+    for ((a, b), (d, p)) in cases.iter().zip(&expected) {
+        let (got_d, got_p) = fathom_monitor::ks::ks_2samp(a, b);
+        assert!((got_d - d).abs() <= 1e-12, "D for sizes {} / {}: fathom {got_d} vs scipy {d}", a.len(), b.len());
+        let close = if *p < 1e-300 { got_p < 1e-290 } else { (got_p - p).abs() <= 1e-9 * p };
+        assert!(close, "p for sizes {} / {} (D = {d}): fathom {got_p:e} vs scipy {p:e}", a.len(), b.len());
+        moderate += usize::from(*p > 1e-6 && *p < 0.999);
+    }
+    assert!(moderate >= 4, "p-values where the method matters: {expected:?}");
+}

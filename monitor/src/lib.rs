@@ -9,6 +9,7 @@ pub mod alerts;
 pub mod drift;
 pub mod influx;
 pub mod join;
+pub mod ks;
 pub mod performance;
 pub mod profile;
 pub mod records;
