@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fathom::config::{self, ConfigError};
 use fathom::{bench, demo, pipeline, replay, serve, training};
@@ -88,6 +89,35 @@ enum Command {
         /// Categorical values kept by name; the rest count as "other".
         #[arg(long, default_value_t = 20)]
         top_k: usize,
+    },
+    /// Batch drift report: every column of a current table against a reference table (CSV or
+    /// Parquet), with the monitor's statistics, exact KS and Wasserstein on the raw samples, as
+    /// JSON and a self-contained HTML page.
+    Drift {
+        /// Reference table (e.g. the training set).
+        #[arg(long)]
+        reference: PathBuf,
+        /// Current table (e.g. last week's prediction features).
+        #[arg(long)]
+        current: PathBuf,
+        /// A reference profile (`fathom profile`): its bins and categories, and only its features.
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        /// Only these columns (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        columns: Vec<String>,
+        /// JSON report.
+        #[arg(long, default_value = "drift.json")]
+        json: PathBuf,
+        /// HTML report.
+        #[arg(long, default_value = "drift.html")]
+        html: PathBuf,
+        /// Possible-drift threshold.
+        #[arg(long, default_value_t = 0.5)]
+        possible: f64,
+        /// Drift-detected threshold.
+        #[arg(long, default_value_t = 0.7)]
+        detected: f64,
     },
     /// Point-in-time training set: each input row's features as of its timestamp, computed
     /// from the offline store by the online engine.
@@ -280,6 +310,10 @@ fn main() -> ExitCode {
             Ok(())
         }));
     }
+    if let Command::Drift { reference, current, profile, columns, json, html, possible, detected } = &cli.command {
+        let options = DriftOptions { columns, json, html, thresholds: (*possible, *detected) };
+        return report(drift(reference, current, profile.as_deref(), &options));
+    }
     if let Command::Profile { config, model, training_set, output, top_k } = &cli.command {
         return report(profile(config, model, training_set, output.as_deref(), *top_k));
     }
@@ -338,11 +372,68 @@ fn main() -> ExitCode {
                 anyhow::ensure!(mismatches == 0, "{mismatches} mismatches between online and offline values");
                 Ok(())
             }
-            Command::Validate { .. } | Command::Profile { .. } | Command::Dataset { .. } | Command::Bench { .. } => {
+            Command::Validate { .. }
+            | Command::Profile { .. }
+            | Command::Dataset { .. }
+            | Command::Bench { .. }
+            | Command::Drift { .. } => {
                 unreachable!("handled above")
             }
         }
     }))
+}
+
+struct DriftOptions<'a> {
+    columns: &'a [String],
+    json: &'a std::path::Path,
+    html: &'a std::path::Path,
+    thresholds: (f64, f64),
+}
+
+/// `fathom drift`: the report to JSON and HTML, and a summary on stdout.
+fn drift(
+    reference: &std::path::Path,
+    current: &std::path::Path,
+    profile: Option<&std::path::Path>,
+    options: &DriftOptions<'_>,
+) -> anyhow::Result<()> {
+    use fathom_monitor::report;
+    let (possible, detected) = options.thresholds;
+    if !(0.0..=1.0).contains(&possible) || !(0.0..=1.0).contains(&detected) || possible > detected {
+        anyhow::bail!("thresholds must satisfy 0 ≤ --possible ≤ --detected ≤ 1");
+    }
+    let profile = profile.map(fathom_monitor::profile::Profile::load).transpose()?;
+    let columns = (!options.columns.is_empty()).then_some(options.columns);
+    let started = std::time::Instant::now();
+    let result = report::run(reference, current, profile.as_ref(), columns, options.thresholds)?;
+    let elapsed = started.elapsed();
+    std::fs::write(options.json, serde_json::to_vec_pretty(&result)?)
+        .with_context(|| format!("writing {}", options.json.display()))?;
+    std::fs::write(options.html, report::html(&result))
+        .with_context(|| format!("writing {}", options.html.display()))?;
+    let name = |s| fathom_monitor::window::status_name(s);
+    println!("{:<32} {:>8} {:>8} {:>8} {:>10}  status", "feature", "score", "tvd", "ks", "ks_p");
+    for f in &result.features {
+        println!(
+            "{:<32} {:>8.4} {:>8.4} {:>8.4} {:>10.3e}  {}",
+            f.name,
+            f.score,
+            f.drift.tvd,
+            f.drift.ks.unwrap_or(f64::NAN),
+            f.drift.ks_p.or(f.drift.chi2_p).unwrap_or(f64::NAN),
+            name(f.status)
+        );
+    }
+    println!(
+        "overall {} (score {:.4}) over {} features in {:.2} s → {}, {}",
+        name(result.status),
+        result.score,
+        result.features.len(),
+        elapsed.as_secs_f64(),
+        options.json.display(),
+        options.html.display()
+    );
+    Ok(())
 }
 
 fn features_of(list: &[String], vector: &Option<String>, model: &Option<String>) -> training::Features {

@@ -13,4 +13,5 @@ pub mod ks;
 pub mod performance;
 pub mod profile;
 pub mod records;
+pub mod report;
 pub mod window;

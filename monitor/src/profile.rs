@@ -220,7 +220,7 @@ impl CategoricalProfile {
 }
 
 /// Column values as numbers, when the column is numeric.
-fn numbers(array: &ArrayRef) -> Option<Vec<Option<f64>>> {
+pub(crate) fn numbers(array: &ArrayRef) -> Option<Vec<Option<f64>>> {
     macro_rules! cast {
         ($t:ty) => {
             array.as_primitive::<$t>().iter().map(|v| v.map(|v| v as f64)).collect()
@@ -238,7 +238,7 @@ fn numbers(array: &ArrayRef) -> Option<Vec<Option<f64>>> {
 }
 
 /// Column values as text, when the column holds strings or booleans.
-fn texts(array: &ArrayRef) -> Option<Vec<Option<String>>> {
+pub(crate) fn texts(array: &ArrayRef) -> Option<Vec<Option<String>>> {
     Some(match array.data_type() {
         DataType::Utf8 => array.as_string::<i32>().iter().map(|v| v.map(String::from)).collect(),
         DataType::LargeUtf8 => array.as_string::<i64>().iter().map(|v| v.map(String::from)).collect(),
