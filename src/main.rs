@@ -217,6 +217,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2_000)]
         storey_events: usize,
     },
+    /// Predictions/s through the monitor: parse, join with labels, windows, checkpoints.
+    Monitor {
+        /// Prediction records (half of them get a label).
+        #[arg(long, default_value_t = 200_000)]
+        predictions: usize,
+        /// Numeric features per prediction.
+        #[arg(long, default_value_t = 50)]
+        features: usize,
+        /// Records per push (one checkpoint each).
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+    },
     /// Drift statistics for one window of many predictions, optionally with numpy/scipy.
     Drift {
         /// Live rows in the window.
@@ -355,6 +367,9 @@ fn main() -> ExitCode {
             }
             Command::Bench { which: BenchCommand::E2e { brokers, redis, events, keys, partitions, scenario } } => {
                 bench::e2e(&bench::E2eOptions { brokers, redis, events, keys, partitions, scenario }).await
+            }
+            Command::Bench { which: BenchCommand::Monitor { predictions, features, batch } } => {
+                bench::monitor(predictions, features, batch).await
             }
             Command::Consistency { config, features, vector, model, sample } => {
                 let project = load(Some(&config))?;

@@ -178,6 +178,12 @@ fn monitor_tag(project: &str) -> String {
     format!("fathom:{{{project}:__monitor}}")
 }
 
+/// Where the monitor writes without InfluxDB or Kafka: `monitoring/` beside the dead letters
+/// (`data/monitoring` by default).
+pub fn monitoring_dir(project: &Project) -> PathBuf {
+    project.stores.dead_letters.path.with_file_name("monitoring")
+}
+
 /// The store key of a request's join entry.
 pub fn entry_key(project: &str, model: &str, request_id: &str) -> String {
     format!("{}:{model}:{request_id}", monitor_tag(project))
@@ -225,7 +231,7 @@ pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<
     }
     let points = match &project.stores.influxdb {
         Some(influx) => Points::Influx(Box::new(Writer::new(influx.clone()).context("stores.influxdb")?)),
-        None => Points::File(PathBuf::from("data/monitoring/points.lp"), Vec::new()),
+        None => Points::File(monitoring_dir(&project).join("points.lp"), Vec::new()),
     };
     let (dead, consumer, producer) = match &project.stores.kafka {
         Some(config) => {
@@ -710,8 +716,9 @@ impl Monitor {
             match d.target {
                 Target::Topic => {
                     let producer = self.producer.clone();
+                    let dir = monitoring_dir(&self.project);
                     tokio::spawn(async move {
-                        let result = publish(producer, &d.model, &d.body)
+                        let result = publish(producer, &dir, &d.model, &d.body)
                             .await
                             .map(|()| (0, String::new()))
                             .map_err(|e| (e, false));
@@ -984,17 +991,22 @@ async fn send(request: Result<reqwest::RequestBuilder, (String, bool)>) -> Resul
     Err((format!("HTTP {status}: {}", body.chars().take(200).collect::<String>()), !retry))
 }
 
-/// A record on [`RETRAIN_TOPIC`] (Kafka), or a line in `data/monitoring/fathom.retrain.ndjson`.
-async fn publish(producer: Option<rdkafka::producer::FutureProducer>, model: &str, body: &str) -> Result<(), String> {
+/// A record on [`RETRAIN_TOPIC`] (Kafka), or a line in `<monitoring dir>/fathom.retrain.ndjson`.
+async fn publish(
+    producer: Option<rdkafka::producer::FutureProducer>,
+    dir: &std::path::Path,
+    model: &str,
+    body: &str,
+) -> Result<(), String> {
     match producer {
         Some(p) => {
             let record = rdkafka::producer::FutureRecord::to(RETRAIN_TOPIC).key(model).payload(body);
             p.send(record, Duration::from_secs(30)).await.map(drop).map_err(|(e, _)| e.to_string())
         }
         None => {
-            let path = PathBuf::from("data/monitoring").join(format!("{RETRAIN_TOPIC}.ndjson"));
+            let path = dir.join(format!("{RETRAIN_TOPIC}.ndjson"));
             let write = || -> std::io::Result<()> {
-                std::fs::create_dir_all("data/monitoring")?;
+                std::fs::create_dir_all(dir)?;
                 let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
                 writeln!(file, "{body}")?;
                 file.sync_data()
