@@ -49,13 +49,7 @@ fn transaction(rng: &mut SmallRng, card: usize, ts_ms: i64, n: usize) -> Vec<u8>
             _ => json!({"amount": 3.0, "ts": ts_ms}).to_string().into_bytes(),
         };
     }
-    let category = CATEGORIES[rng.random_range(0..CATEGORIES.len())];
-    let base = match category {
-        "travel" | "electronics" => 250.0,
-        "fuel" | "restaurants" => 45.0,
-        _ => 30.0,
-    };
-    let amount = (base * (0.2 + rng.random::<f64>() * 1.6) * 100.0).round() / 100.0;
+    let (category, amount) = purchase(rng, false);
     let ts = chrono::DateTime::from_timestamp_millis(ts_ms).unwrap_or_default();
     json!({
         "card_id": format!("card-{card:04}"),
@@ -118,9 +112,157 @@ fn short(name: &str) -> String {
     name.replace("merchant_id_distinct_count", "merchants").replace("merchant_category", "last_category")
 }
 
+/// Writes the demo model's reference profile (what its training set looked like) if missing.
+pub fn prepare(project: &Project) -> anyhow::Result<()> {
+    use fathom_monitor::profile::{CategoricalProfile, FeatureProfile, NumericProfile, Profile};
+    let path = project.reference_path("fraud");
+    if path.exists() {
+        return Ok(());
+    }
+    let mut rng = SmallRng::seed_from_u64(3);
+    let (mut amounts, mut categories) = (Vec::new(), std::collections::BTreeMap::<String, u64>::new());
+    for _ in 0..20_000 {
+        let (category, amount) = purchase(&mut rng, false);
+        amounts.push(amount);
+        *categories.entry(category.to_string()).or_insert(0) += 1;
+    }
+    let mut top: Vec<(String, u64)> = categories.into_iter().collect();
+    top.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let profile = Profile {
+        format: fathom_monitor::profile::FORMAT.into(),
+        model: "fraud".into(),
+        created: chrono::Utc::now().to_rfc3339(),
+        source: "fathom demo".into(),
+        rows: 20_000,
+        features: [
+            ("card_activity.amount".to_string(), FeatureProfile::Numeric(NumericProfile::build(amounts, 0))),
+            (
+                "card_activity.merchant_category".to_string(),
+                FeatureProfile::Categorical(CategoricalProfile { count: 20_000, missing: 0, top, other: 0 }),
+            ),
+        ]
+        .into(),
+    };
+    profile.save(&path)?;
+    Ok(())
+}
+
+/// A purchase's category and amount; in a fraud wave, only electronics and travel, at eight times
+/// the usual amounts.
+fn purchase(rng: &mut SmallRng, wave: bool) -> (&'static str, f64) {
+    let category = if wave {
+        ["electronics", "travel"][rng.random_range(0..2)]
+    } else {
+        CATEGORIES[rng.random_range(0..CATEGORIES.len())]
+    };
+    let base = match category {
+        "travel" | "electronics" => 250.0,
+        "fuel" | "restaurants" => 45.0,
+        _ => 30.0,
+    };
+    let factor = if wave { 8.0 } else { 1.0 };
+    (category, (base * factor * (0.2 + rng.random::<f64>() * 1.6) * 100.0).round() / 100.0)
+}
+
+/// Two hours of the fraud model's predictions — a fraud wave in the last 40 minutes — and most of
+/// their labels, through the monitor; then each window's drift and accuracy.
+async fn monitoring(project: &Project, running: &Running, now: i64) -> anyhow::Result<()> {
+    use crate::monitoring::{Kind, MonitorPush};
+    let monitor = running.monitor.as_ref().context("the demo model is monitored")?;
+    let points = crate::monitoring::monitoring_dir(project).join("points.lp");
+    let seen = std::fs::metadata(&points).map_or(0, |m| m.len());
+    let mut rng = SmallRng::seed_from_u64(11);
+    let (n, start) = (24_000usize, now - 7_200_000);
+    let (mut predictions, mut labels) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let ts = start + (i as i64 * 7_200_000 / n as i64);
+        let wave = ts > now - 2_400_000;
+        let (category, amount) = purchase(&mut rng, wave);
+        let p = 1.0 / (1.0 + (-(amount - 400.0) / 80.0).exp());
+        let id = format!("demo-{now}-{i}");
+        predictions.push(json!({
+            "request_id": id, "model": "fraud", "timestamp": ts,
+            "features": {"card_activity.amount": amount, "card_activity.merchant_category": category},
+            "prediction": {"class": if p >= 0.5 { "1" } else { "0" }, "probabilities": {"0": 1.0 - p, "1": p}},
+            "latency_ms": 2.0 + 6.0 * rng.random::<f64>(),
+        }));
+        if rng.random::<f64>() < 0.7 {
+            // the truth, known a few minutes later: fraud more likely in the wave
+            let fraud = rng.random::<f64>() < if wave { 0.35 } else { 0.03 };
+            labels.push(json!({"request_id": id, "label": i64::from(fraud), "timestamp": ts + 180_000}));
+        }
+    }
+    println!(
+        "\nmodel monitoring: {n} predictions of the `fraud` model over the same 2 hours (a fraud wave in the last 40 minutes), {} labels…",
+        labels.len()
+    );
+    // as they would flow: each slice of predictions, then the labels known by then
+    let mut batches = Vec::new();
+    for (p, l) in predictions.chunks(2_000).zip(labels.chunks(labels.len().div_ceil(n.div_ceil(2_000)))) {
+        batches.push((Kind::Predictions, p.to_vec()));
+        batches.push((Kind::Labels, l.to_vec()));
+    }
+    for (kind, records) in batches {
+        for chunk in records.chunks(5_000) {
+            let records = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Record {
+                    source: 0,
+                    at: Coordinates { partition: None, offset: i as i64 },
+                    transport_time_ms: None,
+                    key: None,
+                    payload: r.to_string().into_bytes(),
+                })
+                .collect();
+            let (done, answer) = oneshot::channel();
+            monitor
+                .push
+                .send(MonitorPush { model: "fraud".into(), kind, records, done })
+                .await
+                .context("monitor stopped")?;
+            answer.await.context("monitor stopped")?;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await; // the idle close of the last window
+    let (done, answer) = oneshot::channel();
+    monitor.push.send(MonitorPush { model: "fraud".into(), kind: Kind::Labels, records: Vec::new(), done }).await?;
+    answer.await?;
+    let text = std::fs::read(&points).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text[(seen as usize).min(text.len())..]).to_string();
+    let field = |line: &str, name: &str| -> Option<String> {
+        let fields = line.split(' ').nth(1)?;
+        fields.split(',').find_map(|f| {
+            f.strip_prefix(&format!("{name}=")).map(|v| v.trim_matches('"').trim_end_matches('i').to_string())
+        })
+    };
+    let time = |line: &str| line.rsplit(' ').next().and_then(|t| t.parse::<i64>().ok()).unwrap_or(0) / 1_000_000;
+    let mut accuracy = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("fathom_model_performance,")) {
+        if let Some(a) = field(line, "accuracy") {
+            accuracy.insert(time(line), a);
+        }
+    }
+    println!("window end   predictions  drift score  status           accuracy");
+    for line in text.lines().filter(|l| l.starts_with("fathom_model_drift,") && l.contains("window=tumbling")) {
+        let end = chrono::DateTime::from_timestamp_millis(time(line)).unwrap_or_default().format("%H:%M");
+        let score: f64 = field(line, "score").and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+        let accuracy =
+            accuracy.get(&time(line)).and_then(|a| a.parse::<f64>().ok()).map_or("-".into(), |a| format!("{a:.3}"));
+        println!(
+            "{end} UTC    {:>11}  {score:>11.3}  {:<16} {accuracy}",
+            field(line, "predictions").unwrap_or_default(),
+            field(line, "status").unwrap_or_default()
+        );
+    }
+    println!("(every point: {}; with `stores.influxdb` they go to InfluxDB for Grafana)", points.display());
+    Ok(())
+}
+
 /// Runs the demo.
 pub async fn run(options: Options) -> anyhow::Result<()> {
     let project = Arc::new(config::parse(CONFIG).map_err(|e| anyhow::anyhow!("demo config: {e:?}"))?);
+    prepare(&project)?;
     let source = project.source_index("transactions").context("demo source")?;
     let running = pipeline::start(project.clone()).await?;
     let mut rng = SmallRng::seed_from_u64(7);
@@ -165,6 +307,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         println!("\nround {round}: card-0042 makes {burst} quick purchases — its 10-minute window reacts:");
         show(&project, &running, "card-0042").await?;
     }
+    monitoring(&project, &running, now).await?;
     println!(
         "\ndead letters: {}/transactions.dlq · offline Parquet: {}/transactions/",
         project.stores.dead_letters.path.display(),

@@ -89,6 +89,11 @@ enum Command {
         /// Categorical values kept by name; the rest count as "other".
         #[arg(long, default_value_t = 20)]
         top_k: usize,
+        /// A column of the training set that stands for the model's output (its predictions on
+        /// the training set, or the label): profiled as `prediction`, the reference of
+        /// prediction drift.
+        #[arg(long)]
+        prediction: Option<String>,
     },
     /// Batch drift report: every column of a current table against a reference table (CSV or
     /// Parquet), with the monitor's statistics, exact KS and Wasserstein on the raw samples, as
@@ -274,7 +279,11 @@ fn init_logs(format: LogFormat) {
 fn load(path: Option<&PathBuf>) -> anyhow::Result<Arc<config::Project>> {
     let project = match path {
         Some(path) => config::load(path)?,
-        None => config::parse(demo::CONFIG).map_err(|e| anyhow::anyhow!("embedded demo config: {e:?}"))?,
+        None => {
+            let project = config::parse(demo::CONFIG).map_err(|e| anyhow::anyhow!("embedded demo config: {e:?}"))?;
+            demo::prepare(&project)?;
+            project
+        }
     };
     Ok(Arc::new(project))
 }
@@ -326,8 +335,9 @@ fn main() -> ExitCode {
         let options = DriftOptions { columns, json, html, thresholds: (*possible, *detected) };
         return report(drift(reference, current, profile.as_deref(), &options));
     }
-    if let Command::Profile { config, model, training_set, output, top_k } = &cli.command {
-        return report(profile(config, model, training_set, output.as_deref(), *top_k));
+    if let Command::Profile { config, model, training_set, output, top_k, prediction } = &cli.command {
+        let options = ProfileOptions { output: output.as_deref(), top_k: *top_k, prediction: prediction.as_deref() };
+        return report(profile(config, model, training_set, &options));
     }
     if let Command::Bench { which: BenchCommand::Drift { rows, features, numpy_python } } = &cli.command {
         return report(bench::drift(*rows, *features, numpy_python.as_deref()));
@@ -459,17 +469,29 @@ fn features_of(list: &[String], vector: &Option<String>, model: &Option<String>)
     }
 }
 
+struct ProfileOptions<'a> {
+    output: Option<&'a std::path::Path>,
+    top_k: usize,
+    prediction: Option<&'a str>,
+}
+
 fn profile(
     config: &std::path::Path,
     model: &str,
     training_set: &std::path::Path,
-    output: Option<&std::path::Path>,
-    top_k: usize,
+    options: &ProfileOptions<'_>,
 ) -> anyhow::Result<()> {
     let project = config::load(config)?;
-    let features = project.model_features(model)?;
-    let profile = fathom_monitor::profile::build(model, &features, training_set, top_k)?;
-    let path = output.map_or_else(|| project.reference_path(model), std::path::Path::to_path_buf);
+    let mut features = project.model_features(model)?;
+    if let Some(column) = options.prediction {
+        features.push(column.to_string());
+    }
+    let mut profile = fathom_monitor::profile::build(model, &features, training_set, options.top_k)?;
+    if let Some(column) = options.prediction {
+        let entry = profile.features.remove(column).expect("profiled above");
+        profile.features.insert("prediction".into(), entry);
+    }
+    let path = options.output.map_or_else(|| project.reference_path(model), std::path::Path::to_path_buf);
     profile.save(&path)?;
     println!(
         "{}: reference profile of {model:?}: {} rows, {} features",

@@ -38,9 +38,14 @@ pub fn state(project: Arc<Project>, running: &Running) -> anyhow::Result<AppStat
             .with_context(|| format!("models.{name}: building the HTTP client"))?;
         models.insert(name.clone(), Arc::new(client));
     }
-    let sink = match &project.stores.kafka {
-        Some(kafka) => Sink::Kafka(fathom_ingest::kafka::producer(kafka)?),
-        None => Sink::Files(project.stores.dead_letters.path.with_file_name("predictions")),
+    let files = project.stores.dead_letters.path.with_file_name("predictions");
+    let sink = match (&project.stores.kafka, &running.monitor) {
+        (Some(kafka), _) => Sink::Kafka(fathom_ingest::kafka::producer(kafka)?),
+        (None, Some(monitor)) => {
+            let monitored = project.models.iter().filter(|(_, m)| m.monitoring.is_some()).map(|(n, _)| n.clone());
+            Sink::Monitor(monitor.push.clone(), files, monitored.collect())
+        }
+        (None, None) => Sink::Files(files),
     };
     Ok(AppState {
         store: running.store.clone(),

@@ -348,6 +348,18 @@ pub enum Sink {
     Kafka(rdkafka::producer::FutureProducer),
     /// NDJSON files in this directory, one per topic.
     Files(std::path::PathBuf),
+    /// Without Kafka: records of monitored models straight to the monitor, the others to files.
+    Monitor(
+        tokio::sync::mpsc::Sender<crate::monitoring::MonitorPush>,
+        std::path::PathBuf,
+        std::collections::BTreeSet<String>,
+    ),
+}
+
+impl Sink {
+    fn monitors(&self, model: &str) -> bool {
+        matches!(self, Sink::Monitor(_, _, models) if models.contains(model))
+    }
 }
 
 impl PredictionLog {
@@ -367,6 +379,49 @@ impl PredictionLog {
                         producer.send(send, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e.to_string())
                     }
                     Sink::Files(dir) => append(dir, &topic, &payload).map_err(|e| e.to_string()),
+                    Sink::Monitor(_, dir, _) if !sink.monitors(&record.model) => {
+                        append(dir, &topic, &payload).map_err(|e| e.to_string())
+                    }
+                    Sink::Monitor(monitor, dir, _) => {
+                        // what queued up meanwhile goes in the same push
+                        let mut records = vec![payload];
+                        while records.len() < 1_000 {
+                            match rx.try_recv() {
+                                Ok((t, r)) if t == topic && r.model == record.model => {
+                                    records.push(serde_json::to_vec(&r).expect("a record encodes"))
+                                }
+                                Ok((t, r)) => {
+                                    let other = serde_json::to_vec(&r).expect("a record encodes");
+                                    if let Err(e) = append(dir, &t, &other) {
+                                        tracing::warn!(error = %e, topic = t, "prediction record not written");
+                                    }
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        let records = records
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, payload)| fathom_ingest::record::Record {
+                                source: 0,
+                                at: fathom_ingest::record::Coordinates { partition: None, offset: i as i64 },
+                                transport_time_ms: None,
+                                key: None,
+                                payload,
+                            })
+                            .collect();
+                        let (done, answer) = tokio::sync::oneshot::channel();
+                        let push = crate::monitoring::MonitorPush {
+                            model: record.model.clone(),
+                            kind: crate::monitoring::Kind::Predictions,
+                            records,
+                            done,
+                        };
+                        match monitor.send(push).await {
+                            Ok(()) => answer.await.map(drop).map_err(|e| e.to_string()),
+                            Err(_) => Err("the monitor has stopped".to_string()),
+                        }
+                    }
                 };
                 match result {
                     Ok(()) => {
