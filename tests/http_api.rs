@@ -381,7 +381,7 @@ async fn every_route_but_health_needs_a_token_with_its_scope() {
             }
         }
     }
-    assert_eq!(checked, 8, "push, two lookups, feast, enrich, predict, metrics, openapi");
+    assert_eq!(checked, 10, "push, two lookups, feast, enrich, predict, predictions, labels, metrics, openapi");
     server.stop().await;
 }
 
@@ -399,6 +399,8 @@ async fn the_openapi_document_describes_every_route_and_its_schemas() {
         "/get-online-features",
         "/v1/enrich",
         "/v1/models/{model}/predict",
+        "/v1/models/{model}/predictions",
+        "/v1/models/{model}/labels",
         "/healthz",
         "/readyz",
         "/metrics",

@@ -185,3 +185,38 @@ fn models_resolve_features_and_check_imputation_and_endpoints() {
     }
     assert_eq!(found.len(), expected.len(), "{found:#?}");
 }
+
+#[test]
+fn monitoring_settings_are_checked_with_paths() {
+    let found = problems(
+        r#"
+project: p
+models:
+  fraud:
+    features: []
+    labels: { max_delay: 7x }
+    monitoring: { window: 10m, sliding: 25m, drift: { possible: 0.8, detected: 0.7 } }
+    alerts:
+      - { metric: accurcy, op: "<", threshold: 0.9, webhook: "http://hooks.internal/a" }
+      - { when: drift_detected, webhook: "https://hooks.slack.com/x" }
+    retrain: { when: drift_detected }
+  quiet:
+    features: []
+    alerts: [ { when: drift_detected, webhook: "http://x" } ]
+"#,
+    );
+    let has = |path: &str, needle: &str| found.iter().any(|p| p.starts_with(path) && p.contains(needle));
+    assert!(has("models.fraud.labels.max_delay", "not a duration"), "{found:#?}");
+    assert!(has("models.fraud.alerts[1].webhook", "http://"), "{found:#?}");
+    assert!(has("models.fraud.retrain", "kubeflow` or `webhook"), "{found:#?}");
+    assert!(has("models.quiet.monitoring", "need `monitoring:`"), "{found:#?}");
+    // the first settings problem stops the rest of that model's settings check
+    assert!(has("models.fraud.", "sliding") || has("models.fraud.", "multiple"), "{found:#?}");
+    let fixed = problems(
+        "project: p\nmodels:\n  fraud:\n    features: []\n    monitoring: { sliding: 1h, drift: { possible: 0.6 } }\n    alerts:\n      - { metric: accurcy, op: \"<\", threshold: 0.9, webhook: \"http://a\" }\n",
+    );
+    assert!(
+        fixed.iter().any(|p| p.starts_with("models.fraud.alerts[0]") && p.contains("unknown metric \"accurcy\"")),
+        "{fixed:#?}"
+    );
+}
