@@ -133,7 +133,8 @@ struct Model {
 
 /// Where points go.
 enum Points {
-    Influx(Box<Writer>),
+    /// The writer, and when it may try again after a failure.
+    Influx(Box<Writer>, Instant),
     /// Line protocol appended to a file (no InfluxDB configured).
     File(PathBuf, Vec<String>),
 }
@@ -141,7 +142,7 @@ enum Points {
 impl Points {
     fn push(&mut self, points: &[Point]) -> anyhow::Result<()> {
         match self {
-            Points::Influx(w) => w.push(points)?,
+            Points::Influx(w, _) => w.push(points)?,
             Points::File(_, lines) => lines.extend(points.iter().filter_map(Point::encode)),
         }
         Ok(())
@@ -150,10 +151,11 @@ impl Points {
     /// Writes what it can; then makes the rest durable.
     async fn persist(&mut self) -> anyhow::Result<()> {
         match self {
-            Points::Influx(w) => {
-                if w.backoff().is_zero() {
+            Points::Influx(w, retry_at) => {
+                if Instant::now() >= *retry_at {
                     if let Err(e) = w.flush().await {
-                        tracing::warn!(error = %e, backlog = w.backlog(), "InfluxDB write failed; points kept");
+                        *retry_at = Instant::now() + w.backoff();
+                        tracing::warn!(error = %e, backlog = w.backlog(), retry_in = ?w.backoff(), "InfluxDB write failed; points kept");
                     }
                 }
                 w.persist()?;
@@ -230,7 +232,9 @@ pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<
         });
     }
     let points = match &project.stores.influxdb {
-        Some(influx) => Points::Influx(Box::new(Writer::new(influx.clone()).context("stores.influxdb")?)),
+        Some(influx) => {
+            Points::Influx(Box::new(Writer::new(influx.clone()).context("stores.influxdb")?), Instant::now())
+        }
         None => Points::File(monitoring_dir(&project).join("points.lp"), Vec::new()),
     };
     let (dead, consumer, producer) = match &project.stores.kafka {
