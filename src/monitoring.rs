@@ -233,7 +233,9 @@ pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<
     }
     let points = match &project.stores.influxdb {
         Some(influx) => {
-            Points::Influx(Box::new(Writer::new(influx.clone()).context("stores.influxdb")?), Instant::now())
+            let mut config = influx.clone();
+            config.spill_dir = config.spill_dir.join("monitor");
+            Points::Influx(Box::new(Writer::new(config).context("stores.influxdb")?), Instant::now())
         }
         None => Points::File(monitoring_dir(&project).join("points.lp"), Vec::new()),
     };

@@ -175,6 +175,19 @@ pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
         processed: Offsets::new(),
         last_checkpoint: Instant::now(),
         health: health.clone(),
+        stats: IngestStats {
+            records: vec![0; project.sources.len()],
+            newest_ms: vec![None; project.sources.len()],
+            ..IngestStats::default()
+        },
+        influx: match &project.stores.influxdb {
+            Some(config) => {
+                let mut config = config.clone();
+                config.spill_dir = config.spill_dir.join("ingest");
+                Some((fathom_monitor::influx::Writer::new(config).context("stores.influxdb")?, Instant::now()))
+            }
+            None => None,
+        },
     };
     let task = tokio::spawn(pipeline.run(kafka_rx, push_rx, shutdown_rx));
     health.ready.store(true, Ordering::Relaxed);
@@ -256,6 +269,23 @@ struct Pipeline {
     processed: Offsets,
     last_checkpoint: Instant,
     health: Arc<Health>,
+    /// What happened since the last checkpoint, written to InfluxDB as `fathom_ingest` & co.
+    stats: IngestStats,
+    /// The InfluxDB writer, when `stores.influxdb` is configured.
+    influx: Option<(fathom_monitor::influx::Writer, Instant)>,
+}
+
+/// Ingest figures between two checkpoints.
+#[derive(Default)]
+struct IngestStats {
+    /// Records in, per source.
+    records: Vec<u64>,
+    /// Dead letters per (source, reason).
+    dead: BTreeMap<(usize, &'static str), u64>,
+    /// Newest event time applied, per source.
+    newest_ms: Vec<Option<i64>>,
+    /// Flush durations, seconds.
+    flushes: Vec<f64>,
 }
 
 /// What a Debezium record comes to.
@@ -336,6 +366,7 @@ impl Pipeline {
         records.iter().for_each(|r| per_source[r.source] += 1);
         for (i, n) in per_source.into_iter().enumerate().filter(|(_, n)| *n > 0) {
             metrics::counter!("fathom_records_in_total", "source" => self.project.sources[i].0.clone()).increment(n);
+            self.stats.records[i] += n;
         }
         // highest offset per (source, partition) in this batch; topic names only once per batch
         let mut last: BTreeMap<(usize, i32), i64> = BTreeMap::new();
@@ -367,7 +398,11 @@ impl Pipeline {
                 continue;
             }
             match self.decoders[source].decode(record, now) {
-                Ok(event) => events.push(event),
+                Ok(event) => {
+                    let newest = &mut self.stats.newest_ms[source];
+                    *newest = Some(newest.map_or(event.time_ms, |t| t.max(event.time_ms)));
+                    events.push(event)
+                }
                 Err((record, refusal)) => {
                     summary.dead_lettered += 1;
                     let letter = self.letter(&record.payload, source, record.at, refusal.reason, refusal.message);
@@ -487,13 +522,14 @@ impl Pipeline {
     }
 
     fn letter(
-        &self,
+        &mut self,
         payload: &[u8],
         source: usize,
         at: fathom_ingest::record::Coordinates,
         reason: Reason,
         message: String,
     ) -> DeadLetter {
+        *self.stats.dead.entry((source, reason.as_str())).or_insert(0) += 1;
         DeadLetter {
             source: self.project.sources[source].0.clone(),
             topic: self.project.stream_name(source).to_string(),
@@ -516,6 +552,7 @@ impl Pipeline {
         until_ok!(self.health, "flushing table rows to the online store", self.tables.flush().await);
         let written = until_ok!(self.health, "flushing to the online store", self.processor.flush(&offsets).await);
         metrics::histogram!("fathom_flush_seconds").record(started.elapsed().as_secs_f64());
+        self.stats.flushes.push(started.elapsed().as_secs_f64());
         metrics::counter!("fathom_entities_written_total").increment(written as u64);
         metrics::gauge!("fathom_cached_entities").set(self.processor.cached() as f64);
         self.health.recovered();
@@ -552,6 +589,7 @@ impl Pipeline {
                 tokio::task::spawn_blocking(move || saving.save()).await?
             });
         }
+        let mut lags = Vec::new();
         if let Some(committer) = &self.committer {
             let offsets = self.processed.clone();
             let committer = committer.clone();
@@ -560,8 +598,9 @@ impl Pipeline {
                 Ok(lag) => {
                     self.processed.clear();
                     for (topic, partition, lag) in lag {
-                        metrics::gauge!("fathom_consumer_lag", "topic" => topic, "partition" => partition.to_string())
+                        metrics::gauge!("fathom_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
                             .set(lag as f64);
+                        lags.push((topic, partition, lag));
                     }
                 }
                 // a failed commit only means a longer replay after a crash (applied records are
@@ -573,10 +612,90 @@ impl Pipeline {
                 }
             }
         }
-        if let Ok(Some(keys)) = self.processor.store().key_count().await {
+        let keys = self.processor.store().key_count().await.ok().flatten();
+        if let Some(keys) = keys {
             metrics::gauge!("fathom_online_keys").set(keys as f64);
         }
+        self.write_stats(&lags, keys).await;
         self.last_checkpoint = Instant::now();
         Ok(())
+    }
+
+    /// The checkpoint's ingest figures to InfluxDB (when configured): `fathom_ingest` per
+    /// source, `fathom_dead_letters` per source and reason, `fathom_consumer_lag` per partition,
+    /// `fathom_flush`, `fathom_online` and `fathom_freshness` per feature set.
+    async fn write_stats(&mut self, lags: &[(String, i32, i64)], keys: Option<u64>) {
+        use fathom_monitor::influx::{Field, Point};
+        let fresh = IngestStats {
+            records: vec![0; self.project.sources.len()],
+            newest_ms: self.stats.newest_ms.clone(),
+            ..IngestStats::default()
+        };
+        let stats = std::mem::replace(&mut self.stats, fresh);
+        let Some((writer, retry_at)) = &mut self.influx else { return };
+        let now = chrono::Utc::now().timestamp_millis();
+        let time_ns = now * 1_000_000;
+        let seconds = self.last_checkpoint.elapsed().as_secs_f64().max(1e-3);
+        let point = |measurement: &str, tags: Vec<(&str, String)>, fields: Vec<(&str, Field)>| Point {
+            measurement: measurement.into(),
+            tags: tags.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            time_ns,
+        };
+        let mut points = Vec::new();
+        for (i, (name, _)) in self.project.sources.iter().enumerate() {
+            let dead: u64 = stats.dead.iter().filter(|((s, _), _)| *s == i).map(|(_, n)| n).sum();
+            points.push(point(
+                "fathom_ingest",
+                vec![("source", name.clone())],
+                vec![
+                    ("records", Field::Int(stats.records[i] as i64)),
+                    ("rate", Field::Float(stats.records[i] as f64 / seconds)),
+                    ("dead_letters", Field::Int(dead as i64)),
+                ],
+            ));
+        }
+        for ((source, reason), n) in &stats.dead {
+            let tags = vec![("source", self.project.sources[*source].0.clone()), ("reason", reason.to_string())];
+            points.push(point("fathom_dead_letters", tags, vec![("count", Field::Int(*n as i64))]));
+        }
+        for (topic, partition, lag) in lags {
+            let tags = vec![("topic", topic.clone()), ("partition", partition.to_string())];
+            points.push(point("fathom_consumer_lag", tags, vec![("lag", Field::Int(*lag))]));
+        }
+        if !stats.flushes.is_empty() {
+            let mean = stats.flushes.iter().sum::<f64>() / stats.flushes.len() as f64;
+            let max = stats.flushes.iter().copied().fold(0.0, f64::max);
+            points.push(point(
+                "fathom_flush",
+                vec![],
+                vec![
+                    ("flushes", Field::Int(stats.flushes.len() as i64)),
+                    ("mean_ms", Field::Float(mean * 1000.0)),
+                    ("max_ms", Field::Float(max * 1000.0)),
+                ],
+            ));
+        }
+        if let Some(keys) = keys {
+            points.push(point("fathom_online", vec![], vec![("keys", Field::Int(keys as i64))]));
+        }
+        for (plan, &source) in self.project.plans.iter().zip(&self.project.plan_sources) {
+            if let Some(newest) = stats.newest_ms[source] {
+                let fields = vec![("lag_ms", Field::Int(now - newest)), ("newest_ms", Field::Int(newest))];
+                points.push(point("fathom_freshness", vec![("feature_set", plan.name.clone())], fields));
+            }
+        }
+        if let Err(e) = writer.push(&points) {
+            tracing::warn!(error = %e, "ingest points not queued");
+        }
+        if Instant::now() >= *retry_at {
+            if let Err(e) = writer.flush().await {
+                *retry_at = Instant::now() + writer.backoff();
+                tracing::warn!(error = %e, backlog = writer.backlog(), "InfluxDB write failed; ingest points kept");
+            }
+        }
+        if let Err(e) = writer.persist() {
+            tracing::warn!(error = %e, "ingest points not spilled");
+        }
     }
 }

@@ -176,6 +176,15 @@ fn profile(model: &str) -> Profile {
                 "country".to_string(),
                 FeatureProfile::Categorical(CategoricalProfile { count: 20_000, missing: 0, top, other: 0 }),
             ),
+            (
+                "prediction".to_string(),
+                FeatureProfile::Categorical(CategoricalProfile {
+                    count: 20_000,
+                    missing: 0,
+                    top: vec![("0".into(), 18_000), ("1".into(), 2_000)],
+                    other: 0,
+                }),
+            ),
         ]
         .into(),
     }
@@ -233,7 +242,8 @@ async fn drift_alerts_retraining_and_performance_through_kafka_redis_and_influxd
     let run = unique("m").replace('-', "_");
     let model = format!("fraud_{}", &run[2..]);
     let (predictions_topic, labels_topic) = (format!("{run}.predictions"), format!("{run}.labels"));
-    create_topics(&[&predictions_topic, &labels_topic], 2).await;
+    let tx_topic = format!("{run}.tx");
+    create_topics(&[&predictions_topic, &labels_topic, &tx_topic], 2).await;
     let db = format!("mon_{}", &run[2..]);
     influxql(&db, &format!("CREATE DATABASE {db}")).await;
     profile(&model).save(&dir.path().join("profile.json")).unwrap();
@@ -262,6 +272,16 @@ stores:
   influxdb: {{ url: "http://127.0.0.1:8086", database: {db}, spill_dir: {d}/spill, batch_size: 500 }}
 server: {{ listen: "127.0.0.1:{port}" }}
 processing: {{ checkpoint_interval: 300ms }}
+sources:
+  tx: {{ kafka: {{ topic: {tx_topic} }}, key: card_id, timestamp: ts }}
+entities:
+  card: {{ key: card_id }}
+feature_sets:
+  cards:
+    entity: card
+    source: tx
+    features: [amount]
+    aggregations: [ {{ column: amount, functions: [count, sum], windows: [1h] }} ]
 models:
   {model}:
     features: []
@@ -295,6 +315,18 @@ models:
     // phase 1: windows 0..8 — labels first for half of them
     let first = stream(&model, 0, 8);
     send(&first, &predictions_topic, &labels_topic).await;
+    // a little feature traffic too, one record broken, for the feature-store dashboard
+    let mut transactions: Records = (0..40)
+        .map(|i| {
+            let ts = chrono::Utc::now().to_rfc3339();
+            (
+                format!("c{}", i % 7),
+                json!({"card_id": format!("c{}", i % 7), "ts": ts, "amount": i}).to_string().into_bytes(),
+            )
+        })
+        .collect();
+    transactions.push(("c1".into(), b"{\"card_id\": \"c1\", \"amount\": 1".to_vec()));
+    produce(&tx_topic, &transactions).await;
     // drift detected in windows 6 and 7 → the alert fires when window 7 closes (idle after 3 s)
     let hook_ok = || {
         let r = receiver.clone();
@@ -449,9 +481,70 @@ models:
     assert!(serving.iter().all(|r| r["requests"] == json!(PER_WINDOW)));
     assert!((serving[0]["latency_p50"].as_f64().unwrap() - 9.0).abs() < 0.01, "{serving:?}");
 
+    // every query of every dashboard returns series from what this run wrote
+    dashboards_answer(&db, &model, &log).await;
+
     // the malformed prediction is a dead letter naming the field
     let letters = common::dead_letter_headers(&format!("{predictions_topic}.dlq"), 1).await;
     assert_eq!(letters[0]["fathom.reason"], "invalid_record");
     assert!(letters[0]["fathom.message"].contains("`timestamp`"), "{letters:?}");
     fathom.stop();
+}
+
+/// Runs every panel query and variable query of `dashboards/*.json` against InfluxDB with the
+/// template variables substituted (`$model`, `$feature` = all of the model's features as Grafana
+/// formats a multi-value for a regex, `$timeFilter` from the run's first window on, `$__interval`
+/// = 1h) and fails on an error or an empty answer.
+async fn dashboards_answer(db: &str, model: &str, log: &std::path::Path) {
+    let substitute = |q: &str| {
+        q.replace("$model", model)
+            .replace("$feature", "(amount|country)")
+            .replace("$timeFilter", "time >= '2026-01-01T00:00:00Z'")
+            .replace("$__interval", "1h")
+    };
+    // the ingest points come with checkpoints: wait until each measurement has some
+    for measurement in [
+        "fathom_ingest",
+        "fathom_dead_letters",
+        "fathom_consumer_lag",
+        "fathom_flush",
+        "fathom_online",
+        "fathom_freshness",
+    ] {
+        wait_for(measurement, log, || async {
+            !influx_rows(&influxql(db, &format!("SELECT * FROM \"{measurement}\" LIMIT 1")).await).is_empty()
+        })
+        .await;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+    {
+        let board: Value = serde_json::from_str(&std::fs::read_to_string(entry.path()).unwrap()).unwrap();
+        let name = entry.file_name().to_string_lossy().to_string();
+        for variable in board["templating"]["list"].as_array().unwrap() {
+            let q = substitute(variable["query"].as_str().unwrap());
+            let answer = influxql(db, &q).await;
+            let values: Vec<String> =
+                influx_rows(&answer).iter().map(|r| r["value"].as_str().unwrap_or_default().to_string()).collect();
+            let wanted = if variable["name"] == "model" { model.to_string() } else { "amount".to_string() };
+            assert!(values.contains(&wanted), "{name}: variable {} ({q}) gave {values:?}", variable["name"]);
+            checked += 1;
+        }
+        for panel in board["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let q = substitute(target["query"].as_str().unwrap());
+                let answer = influxql(db, &q).await;
+                assert!(
+                    answer["results"][0]["error"].is_null() && answer["error"].is_null(),
+                    "{name} / {}: {q} → {answer}",
+                    panel["title"]
+                );
+                let series = answer["results"][0]["series"].as_array().map_or(0, Vec::len);
+                assert!(series > 0, "{name} / {}: no series for {q}", panel["title"]);
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 37, "3 variable queries and 34 panel queries in the four dashboards");
 }
