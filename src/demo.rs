@@ -323,3 +323,60 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         serve::stop(running).await
     }
 }
+
+/// `fathom demo-producer`: the demo's streams into Kafka, live — card transactions on
+/// `transactions`, the fraud model's prediction records on `fraud.predictions` and most of their
+/// labels on `fraud.labels` a few seconds later — with a fraud wave for `wave` out of every
+/// `period` (wall clock). For the compose stack; runs until stopped.
+pub async fn produce(brokers: &str, rate: u64, period: Duration, wave: Duration) -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .create()
+        .context("creating the Kafka producer")?;
+    let mut rng = SmallRng::seed_from_u64(chrono::Utc::now().timestamp_millis() as u64);
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let per_tick = (rate / 10).max(1);
+    let mut pending_labels: Vec<(Instant, String, Vec<u8>)> = Vec::new();
+    let (mut sent, mut n) = (0u64, 0usize);
+    println!("producing {rate} transactions/s (and predictions, labels) to {brokers}; a fraud wave for {wave:?} every {period:?}");
+    loop {
+        tick.tick().await;
+        let now = chrono::Utc::now().timestamp_millis();
+        let in_wave =
+            started.elapsed().as_millis() % period.as_millis().max(1) >= (period - wave.min(period)).as_millis();
+        for _ in 0..per_tick {
+            n += 1;
+            let card = rng.random_range(0..1000);
+            let key = format!("card-{card:04}");
+            let payload = transaction(&mut rng, card, now, n);
+            let _ = producer.send_result(FutureRecord::to("transactions").key(&key).payload(&payload));
+            let (category, amount) = purchase(&mut rng, in_wave);
+            let p = 1.0 / (1.0 + (-(amount - 400.0) / 80.0).exp());
+            let id = format!("req-{now}-{n}");
+            let prediction = json!({
+                "request_id": id, "model": "fraud", "model_version": "1", "timestamp": now,
+                "features": {"card_activity.amount": amount, "card_activity.merchant_category": category},
+                "prediction": {"class": if p >= 0.5 { "1" } else { "0" }, "probabilities": {"0": 1.0 - p, "1": p}},
+                "latency_ms": 2.0 + 6.0 * rng.random::<f64>(),
+            })
+            .to_string();
+            let _ = producer.send_result(FutureRecord::to("fraud.predictions").key(&id).payload(&prediction));
+            if rng.random::<f64>() < 0.7 {
+                let fraud = rng.random::<f64>() < if in_wave { 0.35 } else { 0.03 };
+                let label = json!({"request_id": id, "label": i64::from(fraud), "timestamp": now + 5_000}).to_string();
+                pending_labels.push((Instant::now() + Duration::from_secs(5), id, label.into_bytes()));
+            }
+            sent += 1;
+        }
+        let due = pending_labels.iter().take_while(|(at, _, _)| *at <= Instant::now()).count();
+        for (_, id, label) in pending_labels.drain(..due) {
+            let _ = producer.send_result(FutureRecord::to("fraud.labels").key(&id).payload(&label));
+        }
+        if sent % (rate * 60).max(1) < per_tick {
+            tracing::info!(sent, in_wave, "demo producer");
+        }
+    }
+}

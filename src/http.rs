@@ -54,6 +54,9 @@ pub struct AppState {
     pub models: Arc<BTreeMap<String, Arc<ModelClient>>>,
     /// Where prediction records go.
     pub predictions: PredictionLog,
+    /// Whether this process serves the API (else only health and metrics: the `ingest` and
+    /// `monitor` roles).
+    pub api: bool,
 }
 
 /// Every API error.
@@ -172,6 +175,7 @@ pub fn app(state: AppState) -> Router {
         .route_layer(guard(Scope::Push));
     let admin = Router::new().route("/metrics", get(metrics)).route_layer(guard(Scope::Admin));
     let timeout = state.project.server.request_timeout_ms();
+    let (read, push) = if state.api { (read, push) } else { (Router::new(), Router::new()) };
     Router::new()
         .merge(read)
         .merge(push)

@@ -17,6 +17,9 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value = "text", env = "FATHOM_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Log filter (`tracing` directives, e.g. `info,fathom=debug`).
+    #[arg(long, global = true, default_value = "info", env = "FATHOM_LOG")]
+    log: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,6 +37,11 @@ enum Command {
         /// Project file.
         #[arg(short, long, env = "FATHOM_CONFIG")]
         config: Option<PathBuf>,
+        /// What this process does: `ingest` (consume the sources), `api` (lookups, predict,
+        /// push), `monitor` (model monitoring), comma-separated, or `all`. Health and metrics are
+        /// served by every role.
+        #[arg(long, env = "FATHOM_ROLES", default_value = "all")]
+        roles: String,
     },
     /// Check a project file; prints every problem with its path and exits 1 if any.
     Validate {
@@ -69,6 +77,22 @@ enum Command {
         /// Keep serving the API afterwards.
         #[arg(long)]
         serve: bool,
+    },
+    /// The demo's streams into Kafka, live (transactions, the fraud model's predictions and
+    /// labels, a fraud wave now and then): the producer of the compose stack.
+    DemoProducer {
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "FATHOM_DEMO_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Transactions (and predictions) per second.
+        #[arg(long, default_value_t = 50)]
+        rate: u64,
+        /// Minutes between the starts of two fraud waves.
+        #[arg(long, default_value_t = 60)]
+        period_minutes: u64,
+        /// Minutes a fraud wave lasts.
+        #[arg(long, default_value_t = 20)]
+        wave_minutes: u64,
     },
     /// Build a model's reference profile from its training set (Parquet): bins, counts and
     /// statistics per feature, written to the model's `reference` path.
@@ -267,8 +291,8 @@ enum BenchCommand {
     },
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FATHOM_LOG").unwrap_or_else(|_| "info".into());
+fn init_logs(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -290,7 +314,7 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Arc<config::Project>> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    init_logs(cli.log_format, &cli.log);
     if let Command::Validate { config } = &cli.command {
         return validate(config);
     }
@@ -362,13 +386,18 @@ fn main() -> ExitCode {
     };
     report(runtime.block_on(async move {
         match cli.command {
-            Command::Serve { config } => {
+            Command::Serve { config, roles } => {
+                let roles = pipeline::Roles::parse(&roles).map_err(|e| anyhow::anyhow!("--roles: {e}"))?;
                 let project = load(config.as_ref())?;
-                let running = pipeline::start(project.clone()).await?;
-                serve::serve_until_signal(project, running).await
+                let running = pipeline::start_with(project.clone(), roles).await?;
+                serve::serve_roles(project, running, roles.api).await
             }
             Command::Replay { file, source, config, serve } => {
                 replay::run(load(config.as_ref())?, &file, &source, serve).await.map(|_| ())
+            }
+            Command::DemoProducer { brokers, rate, period_minutes, wave_minutes } => {
+                let minutes = |m: u64| Duration::from_secs(m.max(1) * 60);
+                demo::produce(&brokers, rate, minutes(period_minutes), minutes(wave_minutes)).await
             }
             Command::Demo { cards, history, rounds, serve } => {
                 let options =

@@ -89,8 +89,49 @@ pub struct Running {
     pub monitor: Option<crate::monitoring::Running>,
 }
 
+/// What a process does: consume the sources (`ingest`), serve the HTTP API (`api`), monitor
+/// models (`monitor`). One process does all three by default; in a cluster each role runs as its
+/// own deployment and scales on its own (health and metrics are served by every role).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// Consume the Kafka sources into the stores.
+    pub ingest: bool,
+    /// Serve lookups, enrichment, predictions and push.
+    pub api: bool,
+    /// Run the model monitor.
+    pub monitor: bool,
+}
+
+impl Roles {
+    /// Every role.
+    pub const ALL: Roles = Roles { ingest: true, api: true, monitor: true };
+
+    /// Parses `ingest,api,monitor` (any subset, or `all`).
+    pub fn parse(text: &str) -> Result<Roles, String> {
+        let mut roles = Roles { ingest: false, api: false, monitor: false };
+        for role in text.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match role {
+                "all" => roles = Roles::ALL,
+                "ingest" => roles.ingest = true,
+                "api" => roles.api = true,
+                "monitor" => roles.monitor = true,
+                other => return Err(format!("unknown role {other:?}: use ingest, api, monitor or all")),
+            }
+        }
+        if roles == (Roles { ingest: false, api: false, monitor: false }) {
+            return Err("no role given: use ingest, api, monitor or all".into());
+        }
+        Ok(roles)
+    }
+}
+
 /// Connects the stores and starts the loop (and the Kafka consumer when configured).
 pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
+    start_with(project, Roles::ALL).await
+}
+
+/// [`start`] for some roles only: the Kafka consumer with `ingest`, the monitor with `monitor`.
+pub async fn start_with(project: Arc<Project>, roles: Roles) -> anyhow::Result<Running> {
     let store = match project.redis()? {
         Some(topology) => OnlineStore::Redis(RedisStore::connect(&topology).await.context("connecting to Redis")?),
         None => match project.stores.online.embedded.as_ref().and_then(|e| e.snapshot.as_deref()) {
@@ -116,7 +157,7 @@ pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
                 tracing::warn!(error = format!("{e:#}"), "dead-letter and prediction topics not ensured");
             }
             let dead = DeadLetters::kafka(kafka::producer(config)?);
-            let consumer = if kafka_sources.is_empty() {
+            let consumer = if kafka_sources.is_empty() || !roles.ingest {
                 None
             } else {
                 Some(KafkaSource::new(config, &project.group_id(), &kafka_sources)?)
@@ -191,7 +232,11 @@ pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
     };
     let task = tokio::spawn(pipeline.run(kafka_rx, push_rx, shutdown_rx));
     health.ready.store(true, Ordering::Relaxed);
-    let monitor = crate::monitoring::start(project.clone(), store.clone()).await.context("starting the monitor")?;
+    let monitor = if roles.monitor {
+        crate::monitoring::start(project.clone(), store.clone()).await.context("starting the monitor")?
+    } else {
+        None
+    };
     Ok(Running { store, push: push_tx, health, shutdown: shutdown_tx, task, monitor })
 }
 
@@ -697,5 +742,18 @@ impl Pipeline {
         if let Err(e) = writer.persist() {
             tracing::warn!(error = %e, "ingest points not spilled");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Roles;
+
+    #[test]
+    fn roles_parse_subsets_and_refuse_unknown_ones() {
+        assert_eq!(Roles::parse("all").unwrap(), Roles::ALL);
+        assert_eq!(Roles::parse("ingest, monitor").unwrap(), Roles { ingest: true, api: false, monitor: true });
+        assert!(Roles::parse("api,web").unwrap_err().contains("\"web\""));
+        assert!(Roles::parse("").is_err());
     }
 }

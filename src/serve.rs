@@ -56,17 +56,25 @@ pub fn state(project: Arc<Project>, running: &Running) -> anyhow::Result<AppStat
         tokens,
         models: Arc::new(models),
         predictions: PredictionLog::start(sink, 100_000),
+        api: true,
         project,
     })
 }
 
 /// Serves the API on the configured address until a shutdown signal.
 pub async fn serve_until_signal(project: Arc<Project>, running: Running) -> anyhow::Result<()> {
+    serve_roles(project, running, true).await
+}
+
+/// [`serve_until_signal`], with the API routes only when `api` (health and metrics always).
+pub async fn serve_roles(project: Arc<Project>, running: Running, api: bool) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(project.server.listen)
         .await
         .with_context(|| format!("binding {}", project.server.listen))?;
-    tracing::info!(address = %listener.local_addr()?, project = %project.name, "serving");
-    let app = http::app(state(project.clone(), &running)?);
+    tracing::info!(address = %listener.local_addr()?, project = %project.name, api, "serving");
+    let mut app_state = state(project.clone(), &running)?;
+    app_state.api = api;
+    let app = http::app(app_state);
     axum::serve(listener, app).with_graceful_shutdown(signal()).await.context("serving HTTP")?;
     stop(running).await
 }
