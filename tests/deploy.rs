@@ -168,7 +168,7 @@ fn the_compose_stack_matches_the_binary() {
 
 #[test]
 fn the_kubernetes_manifests_match_the_binary() {
-    let dir = root().join("deploy/kubernetes");
+    let dir = root().join("deploy");
     let kustomization = &documents(&dir.join("kustomization.yaml"))[0];
     let mut deployments = Vec::new();
     let mut all = Vec::new();
@@ -181,12 +181,19 @@ fn the_kubernetes_manifests_match_the_binary() {
         }
     }
     for generated in kustomization["configMapGenerator"][0]["files"].as_sequence().unwrap() {
-        let (_, file) = generated.as_str().unwrap().split_once('=').unwrap();
+        let entry = generated.as_str().unwrap();
+        let file = entry.split_once('=').map_or(entry, |(_, f)| f);
         assert!(dir.join(file).exists(), "{file}");
+    }
+    // kustomize itself renders it, when kubectl is installed (no cluster needed)
+    if let Ok(out) = Command::new("kubectl").args(["kustomize"]).arg(&dir).output() {
+        assert!(out.status.success(), "kubectl kustomize: {}", String::from_utf8_lossy(&out.stderr));
+        let rendered = String::from_utf8_lossy(&out.stdout);
+        assert!(rendered.contains("kind: ConfigMap") && rendered.contains("fathom-ingest"), "{rendered}");
     }
     let config = root().join("deploy/fathom.yaml");
     let project = fathom::config::load(&config).unwrap();
-    let secret = &documents(&dir.join("secret.example.yaml"))[0];
+    let secret = &documents(&dir.join("kubernetes/secret.example.yaml"))[0];
     let secret_keys: BTreeSet<String> =
         secret["stringData"].as_mapping().unwrap().keys().map(|k| k.as_str().unwrap().to_string()).collect();
     for var in config_env_refs(&config) {
