@@ -45,3 +45,42 @@ async fn features_survive_a_restart_through_the_snapshot() {
     assert_eq!(get("merchant")["value"], json!("m2"));
     second.stop();
 }
+
+/// `--roles`: a process without `api` serves health and metrics but not the API; with `api` it
+/// serves the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_without_api_serve_only_health_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fathom.yaml");
+    let write = |port: u16| {
+        std::fs::write(
+            &config,
+            format!(
+                "project: roles\nstores:\n  offline: {{ parquet: {{ path: \"{d}/offline\" }} }}\n  dead_letters: {{ path: \"{d}/dlq\" }}\nsources:\n  tx: {{ key: card_id, timestamp: ts }}\nentities:\n  card: {{ key: card_id }}\nfeature_sets:\n  cards: {{ entity: card, source: tx, features: [merchant] }}\nserver: {{ listen: \"127.0.0.1:{port}\" }}\n",
+                d = dir.path().display()
+            ),
+        )
+        .unwrap()
+    };
+    for (roles, api) in [("ingest,monitor", false), ("api", true)] {
+        let port = free_port();
+        write(port);
+        let args = ["serve", "-c", config.to_str().unwrap(), "--roles", roles];
+        let mut fathom = Fathom::start(&args, port, &dir.path().join(format!("{roles}.log")));
+        fathom.wait_ready().await;
+        let status = |path: &'static str| {
+            let url = fathom.url(path);
+            async move { reqwest::get(url).await.unwrap().status().as_u16() }
+        };
+        assert_eq!(status("/healthz").await, 200, "{roles}");
+        assert_eq!(status("/metrics").await, 200, "{roles}");
+        assert_eq!(status("/v1/features/cards/c1").await, if api { 200 } else { 404 }, "{roles}");
+        assert_eq!(status("/openapi.json").await, if api { 200 } else { 404 }, "{roles}");
+        fathom.stop();
+    }
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_fathom"))
+        .args(["serve", "-c", config.to_str().unwrap(), "--roles", "web"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown role \"web\""));
+}
