@@ -120,9 +120,10 @@ fleet = dashboard(
         panel(5, "Label coverage", "timeseries",
               [f'SELECT last("label_coverage") FROM "fathom_model_performance" WHERE {T} GROUP BY {I}, "model" fill(none)'],
               16, 8, 8, 8, unit="percentunit"),
-        panel(6, "Alerts (latest state per rule)", "table",
-              [f'SELECT last("value") AS "value", last("threshold") AS "threshold" FROM "fathom_alerts" WHERE {T} GROUP BY "model", "rule", "state"'],
-              0, 16, 24, 8, table=True),
+        panel(6, "Active alerts (firing = 1)", "table",
+              [f'SELECT last("firing") AS "firing", last("value") AS "value", last("threshold") AS "threshold" FROM "fathom_alerts" WHERE {T} GROUP BY "model", "rule"'],
+              0, 16, 24, 8, table=True,
+              description="The latest transition of every alert rule: 1 while it fires, 0 once resolved."),
     ],
     [],
 )

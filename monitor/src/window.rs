@@ -695,6 +695,7 @@ impl ModelMonitor {
                         fields: vec![
                             ("value".into(), Field::Float(value)),
                             ("threshold".into(), Field::Float(rule.threshold)),
+                            ("firing".into(), Field::Int(i64::from(transition == Transition::Fired))),
                         ],
                         time_ns: ns(end),
                     });
