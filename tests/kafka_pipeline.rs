@@ -18,6 +18,10 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 fn project_yaml(project: &str, topic: &str, port: u16, dir: &std::path::Path) -> String {
+    project_yaml_at(&common::redis_url(), project, topic, port, dir)
+}
+
+fn project_yaml_at(redis: &str, project: &str, topic: &str, port: u16, dir: &std::path::Path) -> String {
     format!(
         r#"
 project: {project}
@@ -40,7 +44,6 @@ feature_sets:
 server: {{ listen: "127.0.0.1:{port}" }}
 processing: {{ checkpoint_interval: 1s, batch_size: 2000 }}
 "#,
-        redis = common::redis_url(),
         kafka = common::kafka(),
         dir = dir.display(),
     )
@@ -117,12 +120,21 @@ fn reference(plan: &FeatureSetPlan, produced: &[Produced]) -> (HashMap<String, E
     (states, late)
 }
 
-async fn redis() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(common::redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+async fn redis_at(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
 
 async fn stored_states(project: &str, plan: &FeatureSetPlan, keys: &[String]) -> Vec<Option<EntityState>> {
-    let mut con = redis().await;
+    stored_states_at(&common::redis_url(), project, plan, keys).await
+}
+
+async fn stored_states_at(
+    url: &str,
+    project: &str,
+    plan: &FeatureSetPlan,
+    keys: &[String],
+) -> Vec<Option<EntityState>> {
+    let mut con = redis_at(url).await;
     let mut pipe = redis::pipe();
     for k in keys {
         pipe.hget(online::entity_key(project, &plan.name, k), "state");
@@ -133,9 +145,13 @@ async fn stored_states(project: &str, plan: &FeatureSetPlan, keys: &[String]) ->
 
 /// Waits until the applied-record count satisfies `done`.
 async fn wait_applied(group: &str, topic: &str, what: &str, done: impl Fn(i64) -> bool) {
+    wait_applied_at(&common::redis_url(), group, topic, what, done).await
+}
+
+async fn wait_applied_at(url: &str, group: &str, topic: &str, what: &str, done: impl Fn(i64) -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     loop {
-        let n = applied(group, topic, 4).await;
+        let n = applied_at(url, group, topic, 4).await;
         if done(n) {
             return;
         }
@@ -146,7 +162,11 @@ async fn wait_applied(group: &str, topic: &str, what: &str, done: impl Fn(i64) -
 
 /// Records applied so far, from the offsets the pipeline stores with each flush.
 async fn applied(group: &str, topic: &str, partitions: i32) -> i64 {
-    let mut con = redis().await;
+    applied_at(&common::redis_url(), group, topic, partitions).await
+}
+
+async fn applied_at(url: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    let mut con = redis_at(url).await;
     let mut total = 0;
     for p in 0..partitions {
         let v: Option<i64> =
@@ -301,4 +321,111 @@ async fn sigkill_mid_stream_then_restart_matches_an_uninterrupted_run() {
         assert_eq!(values(&steady.plan, a.as_ref(), at), want, "uninterrupted run, entity {key}");
         assert_eq!(values(&crashed.plan, b.as_ref(), at), want, "killed and restarted run, entity {key}");
     }
+}
+
+/// A Redis server of this test's own (append-only file fsync'd on every write), so it can be
+/// killed and restarted without touching the shared one.
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let mut redis = OwnRedis { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir.path().to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by the test command)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Fault injection: Redis is killed mid-stream and comes back a few seconds later. The process
+/// stays up, `/readyz` reports the degradation while Redis is away, and once it is back every
+/// event is applied exactly once (the online values equal an in-process reference).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_mid_stream_loses_and_duplicates_nothing() {
+    let topic = unique("tx-redis-outage");
+    create_topics(&[&topic], 4).await;
+    let mut redis = OwnRedis::start();
+    let project = unique("outage");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let yaml = project_yaml_at(&redis.url(), &project, &topic, port, dir.path());
+    std::fs::write(dir.path().join("fathom.yaml"), &yaml).unwrap();
+    let plan = config::parse(&yaml).unwrap().plans[0].clone();
+    let produced: Vec<Produced> = stream(12_000, 200, 0, 7).into_iter().filter(|p| p.good.is_some()).collect();
+    let records: Vec<_> = produced.iter().map(|p| (p.key.clone(), p.payload.clone())).collect();
+    let (first, second) = records.split_at(records.len() / 2);
+    produce(&topic, first).await;
+    let config = dir.path().join("fathom.yaml");
+    let mut fathom = Fathom::start(&["serve", "-c", config.to_str().unwrap()], port, &dir.path().join("fathom.log"));
+    fathom.wait_ready().await;
+    let url = redis.url();
+    wait_applied_at(&url, &project, &topic, "some applied", |n| n > 0).await;
+
+    redis.kill();
+    produce(&topic, second).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = reqwest::get(fathom.url("/readyz")).await.unwrap();
+        if ready.status() == 503 {
+            let body: Value = ready.json().await.unwrap();
+            assert_eq!(body["status"], "degraded", "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "readiness never reported the Redis outage");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reqwest::get(fathom.url("/healthz")).await.unwrap().status(), 200, "alive throughout");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(fathom.child.try_wait().unwrap().is_none(), "the process stays up while Redis is down");
+
+    redis.restart();
+    let total = records.len() as i64;
+    wait_applied_at(&url, &project, &topic, "every record applied after Redis came back", |n| n == total).await;
+    let (expected, _) = reference(&plan, &produced);
+    let keys: Vec<String> = expected.keys().cloned().collect();
+    let stored = stored_states_at(&url, &project, &plan, &keys).await;
+    let at = chrono::Utc::now().timestamp_millis();
+    for (key, state) in keys.iter().zip(&stored) {
+        assert_eq!(values(&plan, state.as_ref(), at), values(&plan, expected.get(key), at), "entity {key}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while reqwest::get(fathom.url("/readyz")).await.unwrap().status() != 200 {
+        assert!(std::time::Instant::now() < deadline, "readiness did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fathom.stop();
 }
