@@ -768,11 +768,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let pipeline_ok = state.health.ready.load(Ordering::Relaxed) && monitor_ok;
     let problem = state.health.problem.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let monitor = state.monitor.as_ref().and_then(|(_, h)| h.problem.lock().unwrap_or_else(|e| e.into_inner()).clone());
+    let mut warnings = state.health.warnings();
+    if let Some((_, h)) = &state.monitor {
+        warnings.extend(h.warnings().into_iter().map(|(k, v)| (k, format!("monitor: {v}"))));
+    }
     match (store, pipeline_ok) {
-        (Ok(()), true) => Json(json!({"status": "ready"})).into_response(),
+        (Ok(()), true) if warnings.is_empty() => Json(json!({"status": "ready"})).into_response(),
+        // still serving, but a dependency is failing (its work waits, nothing is lost)
+        (Ok(()), true) => Json(json!({"status": "ready", "warnings": warnings})).into_response(),
         (store, _) => {
             let store = store.err().map(|e| format!("{:#}", anyhow::Error::from(e)));
-            let body = json!({"status": "degraded", "online_store": store, "pipeline": problem, "monitor": monitor});
+            let body = json!({"status": "degraded", "online_store": store, "pipeline": problem, "monitor": monitor, "warnings": warnings});
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }

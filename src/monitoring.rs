@@ -148,14 +148,19 @@ impl Points {
         Ok(())
     }
 
-    /// Writes what it can; then makes the rest durable.
-    async fn persist(&mut self) -> anyhow::Result<()> {
+    /// Writes what it can; then makes the rest durable. An unreachable InfluxDB is a warning in
+    /// `health` (the points wait on disk), cleared once a write succeeds.
+    async fn persist(&mut self, health: &Health) -> anyhow::Result<()> {
         match self {
             Points::Influx(w, retry_at) => {
                 if Instant::now() >= *retry_at {
-                    if let Err(e) = w.flush().await {
-                        *retry_at = Instant::now() + w.backoff();
-                        tracing::warn!(error = %e, backlog = w.backlog(), retry_in = ?w.backoff(), "InfluxDB write failed; points kept");
+                    match w.flush().await {
+                        Ok(_) => health.clear("influxdb"),
+                        Err(e) => {
+                            *retry_at = Instant::now() + w.backoff();
+                            tracing::warn!(error = %e, backlog = w.backlog(), retry_in = ?w.backoff(), "InfluxDB write failed; points kept");
+                            health.warn("influxdb", format!("{e}; {} points waiting (spilled to disk)", w.backlog()));
+                        }
                     }
                 }
                 w.persist()?;
@@ -894,7 +899,7 @@ impl Monitor {
         let now = now_ms();
         let points: Vec<Point> = self.models.iter().map(|m| m.monitor.counters_point(now)).collect();
         self.points.push(&points)?;
-        self.points.persist().await.context("writing monitoring points")?;
+        self.points.persist(&self.health).await.context("writing monitoring points")?;
         let epoch = self.epoch();
         let writes: Vec<Write> = self
             .overlay

@@ -57,9 +57,27 @@ pub struct Health {
     pub ready: AtomicBool,
     /// Why it is not ready, if it says so.
     pub problem: Mutex<Option<String>>,
+    /// Dependencies that are failing without stopping the work (InfluxDB: points wait on disk),
+    /// by name: reported by `/readyz`, which stays ready.
+    pub warnings: Mutex<BTreeMap<&'static str, String>>,
 }
 
 impl Health {
+    /// Reports a dependency failing without stopping the work.
+    pub(crate) fn warn(&self, what: &'static str, message: String) {
+        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).insert(what, message);
+    }
+
+    /// The dependency works again.
+    pub(crate) fn clear(&self, what: &'static str) {
+        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).remove(what);
+    }
+
+    /// The current warnings.
+    pub fn warnings(&self) -> BTreeMap<&'static str, String> {
+        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub(crate) fn degraded(&self, what: &str, error: &anyhow::Error) {
         tracing::warn!(error = format!("{error:#}"), "{what}; retrying");
         self.ready.store(false, Ordering::Relaxed);
@@ -734,9 +752,14 @@ impl Pipeline {
             tracing::warn!(error = %e, "ingest points not queued");
         }
         if Instant::now() >= *retry_at {
-            if let Err(e) = writer.flush().await {
-                *retry_at = Instant::now() + writer.backoff();
-                tracing::warn!(error = %e, backlog = writer.backlog(), "InfluxDB write failed; ingest points kept");
+            match writer.flush().await {
+                Ok(_) => self.health.clear("influxdb"),
+                Err(e) => {
+                    *retry_at = Instant::now() + writer.backoff();
+                    tracing::warn!(error = %e, backlog = writer.backlog(), "InfluxDB write failed; ingest points kept");
+                    let message = format!("{e}; {} points waiting (spilled to disk)", writer.backlog());
+                    self.health.warn("influxdb", message);
+                }
             }
         }
         if let Err(e) = writer.persist() {

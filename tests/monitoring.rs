@@ -548,3 +548,162 @@ async fn dashboards_answer(db: &str, model: &str, log: &std::path::Path) {
     }
     assert_eq!(checked, 37, "3 variable queries and 34 panel queries in the four dashboards");
 }
+
+/// An InfluxDB of this test's own (1.x, temporary directories, free ports), so it can be
+/// stopped and restarted without touching the shared one.
+struct OwnInflux {
+    port: u16,
+    rpc: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnInflux {
+    fn start() -> OwnInflux {
+        let mut influx =
+            OwnInflux { port: free_port(), rpc: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
+        influx.restart();
+        influx
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let d = self.dir.path();
+        let child = std::process::Command::new("influxd")
+            .args(["run", "-config", "/dev/null"])
+            .env("INFLUXDB_REPORTING_DISABLED", "true")
+            .env("INFLUXDB_BIND_ADDRESS", format!("127.0.0.1:{}", self.rpc))
+            .env("INFLUXDB_HTTP_BIND_ADDRESS", format!("127.0.0.1:{}", self.port))
+            .env("INFLUXDB_META_DIR", d.join("meta"))
+            .env("INFLUXDB_DATA_DIR", d.join("data"))
+            .env("INFLUXDB_DATA_WAL_DIR", d.join("wal"))
+            .env("INFLUXDB_MONITOR_STORE_ENABLED", "false")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("influxd (installed by the test command)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "influxd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    async fn query(&self, db: &str, q: &str) -> Value {
+        common::influxql_at(&self.url(), db, q).await
+    }
+}
+
+impl Drop for OwnInflux {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Fault injection: InfluxDB is down for a minute while windows close. The process stays up and
+/// ready, `/readyz` warns about InfluxDB, the points wait on disk, and once InfluxDB is back every
+/// window's points arrive exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_influxdb_outage_loses_no_monitoring_points() {
+    let mut influx = OwnInflux::start();
+    let db = "fathom";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while influx.query(db, "CREATE DATABASE fathom").await["results"][0]["error"].is_string() {
+        assert!(Instant::now() < deadline, "influxd never accepted CREATE DATABASE");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = "fraud";
+    profile(model).save(&dir.path().join("profile.json")).unwrap();
+    let port = free_port();
+    let d = dir.path().display();
+    let config = dir.path().join("fathom.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+project: outage
+stores:
+  offline: {{ parquet: {{ path: {d}/offline }} }}
+  dead_letters: {{ path: {d}/dlq }}
+  influxdb: {{ url: "{url}", database: {db}, spill_dir: {d}/spill }}
+server: {{ listen: "127.0.0.1:{port}" }}
+processing: {{ checkpoint_interval: 300ms }}
+models:
+  {model}:
+    features: []
+    reference: {d}/profile.json
+    monitoring: {{ window: 10m, sliding: none, lateness: 1m, idle: 2s }}
+"#,
+            url = influx.url()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("fathom.log");
+    let mut fathom = Fathom::start(&["serve", "-c", config.to_str().unwrap()], port, &log);
+    fathom.wait_ready().await;
+    let client = reqwest::Client::new();
+    let push = |records: &[(String, Vec<u8>)]| {
+        let body = format!(
+            "[{}]",
+            records.iter().map(|(_, p)| String::from_utf8_lossy(p).to_string()).collect::<Vec<_>>().join(",")
+        );
+        let request = client.post(fathom.url(&format!("/v1/models/{model}/predictions"))).body(body);
+        async move {
+            let answer: Value = request.send().await.unwrap().json().await.unwrap();
+            assert_eq!(answer["dead_lettered"], 0, "{answer}");
+        }
+    };
+    let windows = |rows: Vec<BTreeMap<String, Value>>| rows.len();
+    let drift = "SELECT predictions FROM fathom_model_drift WHERE \"window\" = 'tumbling'";
+
+    // windows 0..3 pushed: 0, 1, 2 close and reach InfluxDB
+    let all = stream(model, 0, 9);
+    for (_, batch, _) in &all.batches[..4] {
+        push(batch).await;
+    }
+    wait_for("three windows in InfluxDB", &log, || async { windows(influx_rows(&influx.query(db, drift).await)) == 3 })
+        .await;
+
+    // InfluxDB goes away; windows 3..7 close meanwhile
+    influx.kill();
+    let down = Instant::now();
+    for (_, batch, _) in &all.batches[4..] {
+        push(batch).await;
+    }
+    wait_for("the InfluxDB warning", &log, || async {
+        let ready = client.get(fathom.url("/readyz")).send().await.unwrap();
+        let status = ready.status();
+        let body: Value = ready.json().await.unwrap();
+        status == 200 && body["warnings"]["influxdb"].is_string()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(60).saturating_sub(down.elapsed())).await;
+    assert!(fathom.child.try_wait().unwrap().is_none(), "the process stays up while InfluxDB is down");
+    assert!(std::fs::read_dir(dir.path().join("spill/monitor")).unwrap().count() > 0, "the points wait on disk");
+
+    // back after a minute: every window (the last closed by idleness) arrives once
+    influx.restart();
+    wait_for("all nine windows", &log, || async { windows(influx_rows(&influx.query(db, drift).await)) == 9 }).await;
+    let rows = influx_rows(&influx.query(db, drift).await);
+    assert!(rows.iter().all(|r| r["predictions"] == json!(PER_WINDOW)), "{rows:?}");
+    let features = influx_rows(&influx.query(db, "SELECT count(tvd) FROM fathom_feature_drift GROUP BY feature").await);
+    assert!(features.iter().all(|r| r["count"] == json!(9)), "{features:?}");
+    wait_for("the warning cleared", &log, || async {
+        let body: Value = client.get(fathom.url("/readyz")).send().await.unwrap().json().await.unwrap();
+        body["status"] == "ready" && body.get("warnings").is_none()
+    })
+    .await;
+    fathom.stop();
+}

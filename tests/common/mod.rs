@@ -206,13 +206,18 @@ pub const INFLUX: &str = "http://127.0.0.1:8086";
 
 /// Runs an InfluxQL statement against the real InfluxDB (v1 API); returns its JSON answer.
 pub async fn influxql(db: &str, q: &str) -> serde_json::Value {
+    influxql_at(INFLUX, db, q).await
+}
+
+/// [`influxql`] against the InfluxDB at `base`.
+pub async fn influxql_at(base: &str, db: &str, q: &str) -> serde_json::Value {
     let encode = |t: &str| {
         t.bytes()
             .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
             .collect::<String>()
     };
     reqwest::Client::new()
-        .post(format!("{INFLUX}/query"))
+        .post(format!("{base}/query"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!("db={}&q={}", encode(db), encode(q)))
         .send()
