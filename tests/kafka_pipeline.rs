@@ -28,7 +28,7 @@ project: {project}
 stores:
   online: {{ redis: {{ url: "{redis}" }} }}
   offline: {{ parquet: {{ path: "{dir}/offline" }} }}
-  kafka: {{ bootstrap_servers: "{kafka}", group_id: "{project}" }}
+  kafka: {{ bootstrap_servers: "{kafka}", group_id: "{project}", options: {{ session.timeout.ms: "6000", heartbeat.interval.ms: "1000" }} }}
 sources:
   tx: {{ kafka: {{ topic: "{topic}" }}, key: card_id, timestamp: ts, max_record_bytes: 512 }}
 entities:
