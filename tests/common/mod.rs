@@ -144,10 +144,15 @@ pub struct Fathom {
 
 impl Fathom {
     pub fn start(args: &[&str], port: u16, log: &Path) -> Fathom {
+        Fathom::start_with(args, port, log, &[("FATHOM_LOG", "warn,fathom=info")])
+    }
+
+    /// [`Fathom::start`] with these environment variables.
+    pub fn start_with(args: &[&str], port: u16, log: &Path, env: &[(&str, &str)]) -> Fathom {
         let file = std::fs::File::create(log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_fathom"))
             .args(args)
-            .env("FATHOM_LOG", "warn,fathom=info")
+            .envs(env.iter().copied())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .stdin(Stdio::null())
