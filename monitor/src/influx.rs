@@ -42,10 +42,24 @@ pub struct Point {
     pub time_ns: i64,
 }
 
+/// Escapes `specials` with a backslash. A run of backslashes right before a special character
+/// (or the end, where a separator follows) is doubled, so it cannot escape what follows it: a
+/// trailing `\` in a tag value used to swallow the separator and shift every later field (found
+/// by the fuzzer, `fuzz/regressions/line_protocol`). Other backslashes are kept as they are.
 fn escape(text: &str, specials: &[char]) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '\\' => {
+                let run = chars[i..].iter().take_while(|c| **c == '\\').count();
+                let next = chars.get(i + run);
+                let doubled = next.is_none_or(|n| specials.contains(n) || *n == '\n');
+                out.extend(std::iter::repeat_n('\\', if doubled { 2 * run } else { run }));
+                i += run;
+                continue;
+            }
             '\n' => out.push_str("\\n"),
             c if specials.contains(&c) => {
                 out.push('\\');
@@ -53,6 +67,7 @@ fn escape(text: &str, specials: &[char]) -> String {
             }
             c => out.push(c),
         }
+        i += 1;
     }
     out
 }
@@ -442,6 +457,22 @@ mod tests {
         assert_eq!(v2.auth.as_deref(), Some("Token t0ken"));
         assert!(Writer::new(config(None, Some("b"), None)).is_err(), "v2 without a token");
         assert!(Writer::new(config(Some("a"), Some("b"), Some("t"))).is_err(), "both APIs at once");
+    }
+
+    #[test]
+    fn a_backslash_before_a_separator_does_not_escape_it() {
+        // fuzz/regressions/line_protocol-*: a measurement "\\" and a tag value ending in one
+        let point = Point {
+            measurement: "\\".into(),
+            tags: vec![("k".into(), "a\\".into()), ("j".into(), "b\\,c".into())],
+            fields: vec![("f\\".into(), Field::Int(1))],
+            time_ns: 7,
+        };
+        assert_eq!(point.encode().unwrap(), "\\\\,j=b\\\\\\,c,k=a\\\\ f\\\\=1i 7");
+        // a backslash before anything else stays as it is
+        let plain =
+            Point { measurement: "a\\b".into(), tags: vec![], fields: vec![("x".into(), Field::Int(1))], time_ns: 1 };
+        assert_eq!(plain.encode().unwrap(), "a\\b x=1i 1");
     }
 
     #[test]
