@@ -270,7 +270,7 @@ pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<
     let (push_tx, push_rx) = mpsc::channel(16);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (kafka_rx, committer) = match consumer {
-        Some((source, committer)) => (Some(spawn_consumer(source, project.processing.batch_size)), Some(committer)),
+        Some((source, committer)) => (Some(crate::pipeline::spawn_consumer(source, &project)), Some(committer)),
         None => (None, None),
     };
     let (results_tx, results_rx) = mpsc::channel(64);
@@ -301,27 +301,6 @@ pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<
     let task = tokio::spawn(monitor.run(kafka_rx, push_rx, results_rx, shutdown_rx));
     health.ready.store(true, Ordering::Relaxed);
     Ok(Some(Running { push: push_tx, health, shutdown: shutdown_tx, task }))
-}
-
-fn spawn_consumer(source: KafkaSource, max: usize) -> mpsc::Receiver<Vec<Record>> {
-    let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(async move {
-        loop {
-            match source.batch(max, Duration::from_millis(50)).await {
-                Ok(batch) if batch.is_empty() => {}
-                Ok(batch) => {
-                    if tx.send(batch).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = format!("{e:#}"), "monitor consumer; retrying in 1s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    });
-    rx
 }
 
 /// A delivery's result: (id, Ok(HTTP status or 0 for a topic) | Err(why, permanent)).

@@ -295,7 +295,9 @@ fn schemas(project: &Project) -> Vec<SourceSchema> {
         .collect()
 }
 
-fn spawn_consumer(source: KafkaSource, project: &Project) -> mpsc::Receiver<Vec<Record>> {
+/// Reads batches (up to `processing.batch_size`, `processing.linger`) in a task of their own,
+/// retrying errors every second; the monitor's consumer reads the same way.
+pub(crate) fn spawn_consumer(source: KafkaSource, project: &Project) -> mpsc::Receiver<Vec<Record>> {
     let (tx, rx) = mpsc::channel(4);
     let max = project.processing.batch_size;
     let linger = Duration::from_millis(project.processing.linger_ms as u64);

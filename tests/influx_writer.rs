@@ -13,10 +13,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
+use common::{influxql, INFLUX};
 use fathom_monitor::influx::{Field, InfluxConfig, Point, Writer};
-use serde_json::Value;
-
-const INFLUX: &str = "http://127.0.0.1:8086";
 
 #[derive(Clone)]
 struct Proxy {
@@ -32,24 +30,6 @@ async fn write(State(proxy): State<Proxy>, RawQuery(query): RawQuery, body: Byte
     let url = format!("{INFLUX}/write?{}", query.unwrap_or_default());
     let r = reqwest::Client::new().post(url).body(body).send().await.unwrap();
     StatusCode::from_u16(r.status().as_u16()).unwrap()
-}
-
-async fn influxql(db: &str, q: &str) -> Value {
-    let encode = |t: &str| {
-        t.bytes()
-            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
-            .collect::<String>()
-    };
-    reqwest::Client::new()
-        .post(format!("{INFLUX}/query"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("db={}&q={}", encode(db), encode(q)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 fn points(from: usize, n: usize) -> Vec<Point> {
