@@ -155,6 +155,12 @@ pub struct ServerConfig {
     /// Most entity rows in one lookup request. Default: 10000.
     #[serde(default = "default_max_rows")]
     pub max_lookup_rows: usize,
+    /// Most features in one lookup request (after `set.*` is expanded). Default: 1000.
+    #[serde(default = "default_max_features")]
+    pub max_lookup_features: usize,
+    /// Longest entity key in a lookup request, bytes. Default: 512.
+    #[serde(default = "default_max_key_bytes")]
+    pub max_key_bytes: usize,
     /// Time a request may take before it is answered 503 `timeout`. Default: `10s`.
     #[serde(default)]
     pub request_timeout: Option<String>,
@@ -162,6 +168,14 @@ pub struct ServerConfig {
 
 fn default_max_rows() -> usize {
     10_000
+}
+
+fn default_max_features() -> usize {
+    1_000
+}
+
+fn default_max_key_bytes() -> usize {
+    512
 }
 
 fn default_listen() -> SocketAddr {
@@ -174,6 +188,8 @@ impl Default for ServerConfig {
             listen: default_listen(),
             auth: None,
             max_lookup_rows: default_max_rows(),
+            max_lookup_features: default_max_features(),
+            max_key_bytes: default_max_key_bytes(),
             request_timeout: None,
         }
     }

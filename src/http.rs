@@ -426,7 +426,16 @@ async fn lookup_rows(
     entities: &BTreeMap<String, Vec<serde_json::Value>>,
 ) -> Result<Lookup, ApiError> {
     let catalog = state.project.catalog();
+    let max_features = state.project.server.max_lookup_features;
+    if references.len() > max_features {
+        let message = format!("{} feature references in one request; the limit is {max_features}", references.len());
+        return Err(ApiError::TooLarge(message));
+    }
     let vector = catalog.resolve(references).map_err(|m| ApiError::BadRequest("unknown_feature", m))?;
+    if vector.names.len() > max_features {
+        let message = format!("{} features in one request; the limit is {max_features}", vector.names.len());
+        return Err(ApiError::TooLarge(message));
+    }
     let n = entities.values().map(Vec::len).max().unwrap_or(0);
     let limit = state.project.server.max_lookup_rows;
     if n > limit {
@@ -453,6 +462,11 @@ async fn lookup_rows(
                     return Err(ApiError::BadRequest("malformed_body", message));
                 }
             };
+            let max_key = state.project.server.max_key_bytes;
+            if text.len() > max_key {
+                let message = format!("entities.{key}[{i}] is {} bytes long; the limit is {max_key}", text.len());
+                return Err(ApiError::BadRequest("key_too_long", message));
+            }
             rows[i].insert(key.clone(), text);
         }
     }

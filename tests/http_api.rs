@@ -260,6 +260,11 @@ async fn batch_lookup_mixes_feature_sets_table_columns_and_table_aggregations() 
         (json!({"feature_vector": "nope", "entities": {}}), "unknown_feature_vector", "\"nope\""),
         (json!({"features": ["cards.*"], "feature_vector": "fraud", "entities": {}}), "malformed_body", "exactly one"),
         (json!({"features": ["cards.*"], "entities": {"card_id": [true]}}), "malformed_body", "entities.card_id[0]"),
+        (
+            json!({"features": ["cards.*"], "entities": {"card_id": ["c1", "k".repeat(513)]}}),
+            "key_too_long",
+            "entities.card_id[1] is 513 bytes long; the limit is 512",
+        ),
     ];
     for (request, code, message) in errors {
         let (status, body) = server.post("/v1/features", request.clone()).await;
@@ -267,6 +272,11 @@ async fn batch_lookup_mixes_feature_sets_table_columns_and_table_aggregations() 
         assert_eq!(body["error"]["code"], code, "{request} → {body}");
         assert!(body["error"]["message"].as_str().unwrap().contains(message), "{request} → {body}");
     }
+    // more features than `server.max_lookup_features` (default 1000) in one request
+    let many = json!({"features": vec!["cards.merchant"; 1001], "entities": {"card_id": ["c1"]}});
+    let (status, body) = server.post("/v1/features", many).await;
+    assert_eq!((status, body["error"]["code"].clone()), (413, json!("too_large")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("the limit is 1000"), "{body}");
     server.stop().await;
 }
 
