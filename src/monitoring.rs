@@ -879,7 +879,6 @@ impl Monitor {
         let points: Vec<Point> = self.models.iter().map(|m| m.monitor.counters_point(now)).collect();
         self.points.push(&points)?;
         self.points.persist(&self.health).await.context("writing monitoring points")?;
-        let epoch = self.epoch();
         let writes: Vec<Write> = self
             .overlay
             .iter()
@@ -895,7 +894,6 @@ impl Monitor {
         if let Some(committer) = &self.committer {
             committer.commit(&self.offsets).context("committing monitor offsets")?;
         }
-        let _ = epoch;
         self.health.recovered();
         self.urgent = false;
         self.last_checkpoint = Instant::now();

@@ -33,16 +33,17 @@ pub fn ks_2samp(x: &[f64], y: &[f64]) -> (f64, f64) {
     (d, kolmogorov_sf(en as u64, d).clamp(0.0, 1.0))
 }
 
-/// max |F₁ − F₂| evaluated at every value of both samples (ties handled as `searchsorted` right).
-fn statistic(x: &[f64], y: &[f64]) -> f64 {
+/// The two empirical CDFs of sorted samples at each distinct value of either, ascending:
+/// `(v, F₁(v), F₂(v))` with ties counted as `searchsorted` right does (every value ≤ v).
+pub(crate) fn ecdf_steps<'a>(x: &'a [f64], y: &'a [f64]) -> impl Iterator<Item = (f64, f64, f64)> + 'a {
     let (n1, n2) = (x.len() as f64, y.len() as f64);
-    let (mut i, mut j, mut d) = (0usize, 0usize, 0.0f64);
-    while i < x.len() || j < y.len() {
+    let (mut i, mut j) = (0usize, 0usize);
+    std::iter::from_fn(move || {
         let v = match (x.get(i), y.get(j)) {
             (Some(a), Some(b)) => a.min(*b),
             (Some(a), None) => *a,
             (None, Some(b)) => *b,
-            (None, None) => break,
+            (None, None) => return None,
         };
         while i < x.len() && x[i] <= v {
             i += 1;
@@ -50,9 +51,13 @@ fn statistic(x: &[f64], y: &[f64]) -> f64 {
         while j < y.len() && y[j] <= v {
             j += 1;
         }
-        d = d.max((i as f64 / n1 - j as f64 / n2).abs());
-    }
-    d
+        Some((v, i as f64 / n1, j as f64 / n2))
+    })
+}
+
+/// max |F₁ − F₂| evaluated at every value of both samples.
+fn statistic(x: &[f64], y: &[f64]) -> f64 {
+    ecdf_steps(x, y).map(|(_, f1, f2)| (f1 - f2).abs()).fold(0.0, f64::max)
 }
 
 fn gcd(a: usize, b: usize) -> usize {

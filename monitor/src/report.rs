@@ -166,26 +166,13 @@ pub struct Report {
 
 /// Exact Wasserstein-1 between two sorted samples: ∫ |F₁ − F₂|.
 pub fn wasserstein(x: &[f64], y: &[f64]) -> f64 {
-    let (n1, n2) = (x.len() as f64, y.len() as f64);
-    let (mut i, mut j, mut total) = (0usize, 0usize, 0.0);
-    let mut previous: Option<f64> = None;
-    while i < x.len() || j < y.len() {
-        let v = match (x.get(i), y.get(j)) {
-            (Some(a), Some(b)) => a.min(*b),
-            (Some(a), None) => *a,
-            (None, Some(b)) => *b,
-            (None, None) => break,
-        };
-        if let Some(p) = previous {
-            total += (i as f64 / n1 - j as f64 / n2).abs() * (v - p);
+    let mut total = 0.0;
+    let mut previous: Option<(f64, f64)> = None; // (value, |F₁ − F₂| from it on)
+    for (v, f1, f2) in crate::ks::ecdf_steps(x, y) {
+        if let Some((p, gap)) = previous {
+            total += gap * (v - p);
         }
-        while i < x.len() && x[i] <= v {
-            i += 1;
-        }
-        while j < y.len() && y[j] <= v {
-            j += 1;
-        }
-        previous = Some(v);
+        previous = Some((v, (f1 - f2).abs()));
     }
     total
 }
