@@ -291,6 +291,7 @@ models:
     monitoring: {{ window: 10m, sliding: 30m, lateness: 1m, idle: 3s }}
     alerts:
       - {{ when: drift_detected, consecutive: 2, cooldown: 1d, webhook: "http://127.0.0.1:{hooks}/hook", secret: "file:{d}/secret" }}
+      - {{ name: drift for Slack, when: drift_detected, consecutive: 2, cooldown: 1d, webhook: "http://127.0.0.1:{hooks}/slack", format: slack }}
     retrain:
       when: drift_detected
       consecutive: 3
@@ -335,7 +336,7 @@ models:
     wait_for("the alert webhook (second attempt)", &log, hook_ok).await;
     // the delivery is recorded at the checkpoint that forgets it
     let delivered = || query(format!("SELECT * FROM fathom_alert_deliveries WHERE model = '{model}'"));
-    wait_for("the delivery record", &log, || async { !delivered().await.is_empty() }).await;
+    wait_for("both delivery records (signed JSON and Slack)", &log, || async { delivered().await.len() >= 2 }).await;
 
     // phase 2: windows 8..10, killed while they are being processed
     let second = stream(&model, 8, 10);
@@ -426,6 +427,19 @@ models:
     let drifted: Vec<&str> =
         alert["drifted_features"].as_array().unwrap().iter().map(|f| f["feature"].as_str().unwrap()).collect();
     assert_eq!(drifted.len(), 2, "{alert}");
+
+    // the Slack-format rule: one `{"text": …}` body, unsigned (no secret), for the same window
+    let slack: Vec<&(String, HeaderMap, String)> = requests.iter().filter(|(p, _, _)| p == "/slack").collect();
+    assert_eq!(slack.len(), 1, "{slack:?}");
+    assert!(slack[0].1.get("x-fathom-signature").is_none());
+    let slack_body: Value = serde_json::from_str(&slack[0].2).unwrap();
+    assert_eq!(slack_body.as_object().unwrap().len(), 1, "only `text`: {slack_body}");
+    let text = slack_body["text"].as_str().unwrap();
+    for needle in
+        [model.as_str(), "drift for Slack fired", "drift_score", "2026-01-01T01:20:00+00:00", "Most drifted: "]
+    {
+        assert!(text.contains(needle), "{needle:?} in {text:?}");
+    }
 
     // exactly one Kubeflow run (windows 6, 7, 8 detected), its trigger and outcome on the topic
     let runs: Vec<&(String, HeaderMap, String)> =
