@@ -51,7 +51,8 @@ pub enum Scope {
 }
 
 impl Scope {
-    fn name(self) -> &'static str {
+    /// Stable name, as in the project file.
+    pub fn name(self) -> &'static str {
         match self {
             Scope::Read => "read",
             Scope::Push => "push",

@@ -2,6 +2,10 @@
 //! 100k keys, and — when a Python with storey is given — storey's `AggregateByKey` on the same
 //! events and windows, side by side.
 
+mod soak;
+
+pub use soak::{soak, SoakOptions};
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -97,7 +97,8 @@ pub struct EmbeddedConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[:password@]host:port[/db]` or `rediss://…` for TLS; `env:NAME` reads it from
+    /// `redis://[:password@]host:port[/db]` (`redis://user:password@…` for an ACL user; TLS
+    /// `rediss://` is not built in yet); `env:NAME` reads it from
     /// the environment.
     #[serde(default)]
     pub url: Option<String>,
@@ -164,6 +165,9 @@ pub struct ServerConfig {
     /// Time a request may take before it is answered 503 `timeout`. Default: `10s`.
     #[serde(default)]
     pub request_timeout: Option<String>,
+    /// Serve HTTPS with this certificate and key (PEM); without it, plain HTTP.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 fn default_max_rows() -> usize {
@@ -191,6 +195,7 @@ impl Default for ServerConfig {
             max_lookup_features: default_max_features(),
             max_key_bytes: default_max_key_bytes(),
             request_timeout: None,
+            tls: None,
         }
     }
 }

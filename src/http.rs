@@ -154,34 +154,64 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
-/// The router: each route group behind the scope it needs (open when no tokens are
-/// configured); health endpoints always open; every request bounded in time and body size.
+/// One route: method, path and the scope a token needs (`None`: open to everyone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// `GET` or `POST`.
+    pub method: &'static str,
+    /// Path as axum matches it, with `{name}` parameters.
+    pub path: &'static str,
+    /// Scope needed; `None` only for the health endpoints.
+    pub scope: Option<Scope>,
+    /// Part of the API (served only by the `api` role).
+    pub api: bool,
+}
+
+/// Every route with its handler. [`app`] builds the router from this table alone, so a test
+/// that walks [`routes`] sees every route a request can reach.
+fn table() -> Vec<(Route, axum::routing::MethodRouter<AppState>)> {
+    let route = |method, path, scope, api| Route { method, path, scope, api };
+    let (read, ingest, admin) = (Some(Scope::Read), Some(Scope::Push), Some(Scope::Admin));
+    vec![
+        (route("POST", "/v1/features", read, true), post(batch_features)),
+        (route("GET", "/v1/features/{feature_set}/{key}", read, true), get(features)),
+        (route("POST", "/get-online-features", read, true), post(feast_online_features)),
+        (route("POST", "/v1/enrich", read, true), post(enrich)),
+        (route("POST", "/v1/models/{model}/predict", read, true), post(predict)),
+        (route("GET", "/openapi.json", read, true), get(openapi)),
+        (route("POST", "/v1/push/{source}", ingest, true), post(push)),
+        (route("POST", "/v1/models/{model}/predictions", ingest, true), post(push_predictions)),
+        (route("POST", "/v1/models/{model}/labels", ingest, true), post(push_labels)),
+        (route("GET", "/metrics", admin, false), get(metrics)),
+        (route("GET", "/healthz", None, false), get(healthz)),
+        (route("GET", "/readyz", None, false), get(readyz)),
+    ]
+}
+
+/// The routes [`app`] serves (all roles), for tests and docs.
+pub fn routes() -> Vec<Route> {
+    table().into_iter().map(|(route, _)| route).collect()
+}
+
+/// The router: each route behind the scope it needs (open when no tokens are configured);
+/// health endpoints always open; every request bounded in time and body size.
 pub fn app(state: AppState) -> Router {
-    let guard = |scope| {
-        axum::middleware::from_fn_with_state(auth::Guard { tokens: state.tokens.clone(), scope }, auth::require)
-    };
-    let read = Router::new()
-        .route("/v1/features", post(batch_features))
-        .route("/get-online-features", post(feast_online_features))
-        .route("/v1/enrich", post(enrich))
-        .route("/v1/models/{model}/predict", post(predict))
-        .route("/openapi.json", get(openapi))
-        .route("/v1/features/{feature_set}/{key}", get(features))
-        .route_layer(guard(Scope::Read));
-    let push = Router::new()
-        .route("/v1/push/{source}", post(push))
-        .route("/v1/models/{model}/predictions", post(push_predictions))
-        .route("/v1/models/{model}/labels", post(push_labels))
-        .route_layer(guard(Scope::Push));
-    let admin = Router::new().route("/metrics", get(metrics)).route_layer(guard(Scope::Admin));
+    let mut router = Router::new();
+    for (route, handler) in table() {
+        if route.api && !state.api {
+            continue;
+        }
+        let handler = match route.scope {
+            Some(scope) => handler.route_layer(axum::middleware::from_fn_with_state(
+                auth::Guard { tokens: state.tokens.clone(), scope },
+                auth::require,
+            )),
+            None => handler,
+        };
+        router = router.route(route.path, handler);
+    }
     let timeout = state.project.server.request_timeout_ms();
-    let (read, push) = if state.api { (read, push) } else { (Router::new(), Router::new()) };
-    Router::new()
-        .merge(read)
-        .merge(push)
-        .merge(admin)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    router
         .layer(axum::middleware::from_fn_with_state(timeout, bounded))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -746,7 +776,21 @@ async fn predict(
         .zip(&enriched.numeric)
         .map(|(n, numeric)| (n.clone(), enriched.features[n].clone(), *numeric))
         .collect();
-    let prediction = client.predict(&request_id, &ordered).await.map_err(ApiError::Model)?;
+    // a failing endpoint shows in /readyz until its next success; nothing is logged for a
+    // prediction that was not made
+    let warning = format!("model:{name}");
+    let prediction = match client.predict(&request_id, &ordered).await {
+        Ok(prediction) => {
+            state.health.clear(&warning);
+            prediction
+        }
+        Err(e) => {
+            if matches!(e, PredictError::Timeout(_) | PredictError::Endpoint(_)) {
+                state.health.warn(&warning, e.to_string());
+            }
+            return Err(ApiError::Model(e));
+        }
+    };
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let version = client.config().version.clone();
     let record = PredictionRecord {

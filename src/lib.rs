@@ -15,4 +15,5 @@ pub mod pipeline;
 pub mod replay;
 pub mod serve;
 pub mod serving;
+pub mod tls;
 pub mod training;

@@ -258,6 +258,9 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10_000)]
         batch: usize,
     },
+    /// A bounded soak of one `fathom serve` with ingest, lookups and monitoring together (needs
+    /// a broker and Redis): sustained rates, lookup latency during ingest, memory over time.
+    Soak(bench::SoakOptions),
     /// Drift statistics for one window of many predictions, optionally with numpy/scipy.
     Drift {
         /// Live rows in the window.
@@ -407,6 +410,7 @@ fn main() -> ExitCode {
             Command::Bench { which: BenchCommand::E2e { brokers, redis, events, keys, partitions, scenario } } => {
                 bench::e2e(&bench::E2eOptions { brokers, redis, events, keys, partitions, scenario }).await
             }
+            Command::Bench { which: BenchCommand::Soak(options) } => bench::soak(&options).await,
             Command::Bench { which: BenchCommand::Monitor { predictions, features, batch } } => {
                 bench::monitor(predictions, features, batch).await
             }

@@ -270,7 +270,10 @@ pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<
     let (push_tx, push_rx) = mpsc::channel(16);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (kafka_rx, committer) = match consumer {
-        Some((source, committer)) => (Some(crate::pipeline::spawn_consumer(source, &project)), Some(committer)),
+        Some(consumer) => {
+            let (rx, committer) = crate::pipeline::spawn_consumer(consumer, &project, health.clone());
+            (Some(rx), Some(committer))
+        }
         None => (None, None),
     };
     let (results_tx, results_rx) = mpsc::channel(64);

@@ -57,24 +57,25 @@ pub struct Health {
     pub ready: AtomicBool,
     /// Why it is not ready, if it says so.
     pub problem: Mutex<Option<String>>,
-    /// Dependencies that are failing without stopping the work (InfluxDB: points wait on disk),
-    /// by name: reported by `/readyz`, which stays ready.
-    pub warnings: Mutex<BTreeMap<&'static str, String>>,
+    /// Dependencies that are failing without stopping the work (InfluxDB: points wait on disk;
+    /// `model:<name>`: its endpoint times out or fails), by name: reported by `/readyz`, which
+    /// stays ready.
+    pub warnings: Mutex<BTreeMap<String, String>>,
 }
 
 impl Health {
     /// Reports a dependency failing without stopping the work.
-    pub(crate) fn warn(&self, what: &'static str, message: String) {
-        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).insert(what, message);
+    pub(crate) fn warn(&self, what: &str, message: String) {
+        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).insert(what.to_string(), message);
     }
 
     /// The dependency works again.
-    pub(crate) fn clear(&self, what: &'static str) {
+    pub(crate) fn clear(&self, what: &str) {
         self.warnings.lock().unwrap_or_else(|e| e.into_inner()).remove(what);
     }
 
     /// The current warnings.
-    pub fn warnings(&self) -> BTreeMap<&'static str, String> {
+    pub fn warnings(&self) -> BTreeMap<String, String> {
         self.warnings.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -219,7 +220,10 @@ pub async fn start_with(project: Arc<Project>, roles: Roles) -> anyhow::Result<R
     let (push_tx, push_rx) = mpsc::channel(16);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (kafka_rx, committer) = match consumer {
-        Some((source, committer)) => (Some(spawn_consumer(source, &project)), Some(committer)),
+        Some(consumer) => {
+            let (rx, committer) = spawn_consumer(consumer, &project, health.clone());
+            (Some(rx), Some(committer))
+        }
         None => (None, None),
     };
     let pipeline = Pipeline {
@@ -296,11 +300,40 @@ fn schemas(project: &Project) -> Vec<SourceSchema> {
 }
 
 /// Reads batches (up to `processing.batch_size`, `processing.linger`) in a task of their own,
-/// retrying errors every second; the monitor's consumer reads the same way.
-pub(crate) fn spawn_consumer(source: KafkaSource, project: &Project) -> mpsc::Receiver<Vec<Record>> {
+/// retrying errors every second; the monitor's consumer reads the same way. Another task asks
+/// the broker every 2 s whether it answers and reports `kafka` in `health`'s warnings while it
+/// does not (consuming simply waits; the records stay in the broker).
+pub(crate) fn spawn_consumer(
+    (source, committer): (KafkaSource, Committer),
+    project: &Project,
+    health: Arc<Health>,
+) -> (mpsc::Receiver<Vec<Record>>, Committer) {
     let (tx, rx) = mpsc::channel(4);
     let max = project.processing.batch_size;
     let linger = Duration::from_millis(project.processing.linger_ms as u64);
+    let watched = tx.clone();
+    let probe = committer.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = watched.closed() => return,
+                _ = every.tick() => {}
+            }
+            let probe = probe.clone();
+            match tokio::task::spawn_blocking(move || probe.probe(Duration::from_secs(2))).await {
+                Ok(Ok(())) => health.clear("kafka"),
+                Ok(Err(e)) => {
+                    let message = format!("{:#}; consuming waits, records stay in the broker", anyhow::Error::from(e));
+                    if !health.warnings().contains_key("kafka") {
+                        tracing::warn!(error = %message, "the Kafka broker does not answer");
+                    }
+                    health.warn("kafka", message);
+                }
+                Err(_) => return,
+            }
+        }
+    });
     tokio::spawn(async move {
         loop {
             match source.batch(max, linger).await {
@@ -317,7 +350,7 @@ pub(crate) fn spawn_consumer(source: KafkaSource, project: &Project) -> mpsc::Re
             }
         }
     });
-    rx
+    (rx, committer)
 }
 
 struct Pipeline {
@@ -572,6 +605,7 @@ impl Pipeline {
         };
         // a key envelope's columns come sorted by name (serde_json maps are ordered)
         let key = change.key.values().map(text).collect::<Vec<_>>().join(":");
+        fathom_ingest::decode::check_key_length(&config.key, &key, config.max_key_bytes)?;
         // the row moves to the table; the change log reads it back from there
         let row = if change.op == Op::Delete { None } else { change.after.take() };
         let row_change = RowChange {

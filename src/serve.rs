@@ -71,11 +71,18 @@ pub async fn serve_roles(project: Arc<Project>, running: Running, api: bool) -> 
     let listener = tokio::net::TcpListener::bind(project.server.listen)
         .await
         .with_context(|| format!("binding {}", project.server.listen))?;
-    tracing::info!(address = %listener.local_addr()?, project = %project.name, api, "serving");
+    let tls = project.server.tls.is_some();
+    tracing::info!(address = %listener.local_addr()?, project = %project.name, api, tls, "serving");
     let mut app_state = state(project.clone(), &running)?;
     app_state.api = api;
     let app = http::app(app_state);
-    axum::serve(listener, app).with_graceful_shutdown(signal()).await.context("serving HTTP")?;
+    match &project.server.tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(signal()).await.context("serving HTTP")?,
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, crate::tls::acceptor(tls)?)?;
+            axum::serve(listener, app).with_graceful_shutdown(signal()).await.context("serving HTTPS")?
+        }
+    }
     stop(running).await
 }
 

@@ -33,7 +33,7 @@ stores:
   offline: {{ parquet: {{ path: "{dir}/offline" }} }}
   dead_letters: {{ path: "{dir}/dlq" }}
 sources:
-  tx: {{ key: card_id, timestamp: ts, max_record_bytes: 300 }}
+  tx: {{ key: card_id, timestamp: ts, max_record_bytes: 300, max_key_bytes: 64 }}
   customers: {{ format: debezium, key: customer_id }}
 entities:
   card: {{ key: card_id }}
@@ -172,19 +172,24 @@ async fn each_bad_record_lands_in_the_dead_letter_file_and_the_stream_keeps_flow
         json!({"card_id": "c3", "ts": now, "amount": "1"}).to_string(),
         json!({"card_id": "c3", "ts": now, "pad": "x".repeat(400)}).to_string(),
         json!({"card_id": "c3", "ts": now - 2 * 3_600_000, "amount": 5}).to_string(),
+        json!({"card_id": "c".repeat(65), "ts": now, "amount": 1}).to_string(),
         good(2.0),
     ]
     .join("\n");
-    assert_eq!(s.push(&body).await, (200, json!({"accepted": 2, "dead_lettered": 6})));
+    assert_eq!(s.push(&body).await, (200, json!({"accepted": 2, "dead_lettered": 7})));
     assert_eq!(s.feature("c3", "amount_sum_1h").await["value"], json!(3.0));
     let dlq = s.project.stores.dead_letters.path.join("tx.dlq");
     let lines: Vec<Value> =
         std::fs::read_to_string(&dlq).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let reasons: Vec<&str> = lines.iter().map(|l| l["reason"].as_str().unwrap()).collect();
-    assert_eq!(reasons, ["malformed_json", "missing_key", "missing_timestamp", "wrong_type", "oversized", "late"]);
+    assert_eq!(
+        reasons,
+        ["malformed_json", "missing_key", "missing_timestamp", "wrong_type", "oversized", "late", "key_too_long"]
+    );
     assert_eq!(lines[0]["payload"], json!("{\"card_id\": \"c3\", \"ts\": "), "original bytes kept");
     assert_eq!(lines[0]["offset"], json!(2), "NDJSON line number");
     assert!(lines[3]["message"].as_str().unwrap().contains("\"amount\" must be a number"));
+    assert_eq!(lines[6]["message"], json!("key field \"card_id\" is 65 bytes, over the limit of 64"));
     let metrics = reqwest::get(format!("{}/metrics", s.base)).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("fathom_dead_letters_total{source=\"tx\",reason=\"late\"}"), "{metrics}");
     s.stop().await;
@@ -361,10 +366,9 @@ async fn every_route_but_health_needs_a_token_with_its_scope() {
     for open in ["/healthz", "/readyz"] {
         assert_eq!(server.call("GET", open, None, "").await.0, 200, "{open} stays open");
     }
-    // every operation the OpenAPI document lists (generated from the handlers) refuses a
-    // request without a token, except the two health endpoints
-    let (status, _) = server.call("GET", "/openapi.json", Some("read-secret"), "").await;
-    assert_eq!(status, 200);
+    // every route the router has (it is built from `routes()` alone) refuses a request without
+    // a token or with a token lacking its scope, except the two health endpoints; and the
+    // OpenAPI document describes each one
     let document: Value = reqwest::Client::new()
         .get(format!("{}/openapi.json", server.base))
         .bearer_auth("read-secret")
@@ -375,21 +379,30 @@ async fn every_route_but_health_needs_a_token_with_its_scope() {
         .await
         .unwrap();
     let mut checked = 0;
-    for (path, operations) in document["paths"].as_object().unwrap() {
-        for method in operations.as_object().unwrap().keys() {
-            let concrete = path
-                .replace("{source}", "tx")
-                .replace("{feature_set}", "cards")
-                .replace("{key}", "c1")
-                .replace("{model}", "m");
-            let (status, code) = server.call(&method.to_uppercase(), &concrete, None, "{}").await;
-            if path == "/healthz" || path == "/readyz" {
-                assert_eq!(status, 200, "{path}");
+    for route in fathom::http::routes() {
+        let operation = &document["paths"][route.path][route.method.to_lowercase()];
+        assert!(operation.is_object(), "{} {} is not in the OpenAPI document", route.method, route.path);
+        let concrete = route
+            .path
+            .replace("{source}", "tx")
+            .replace("{feature_set}", "cards")
+            .replace("{key}", "c1")
+            .replace("{model}", "m");
+        let (status, code) = server.call(route.method, &concrete, None, "{}").await;
+        let Some(scope) = route.scope else {
+            assert_eq!(status, 200, "{concrete} is open");
+            continue;
+        };
+        assert_eq!((status, code), (401, json!("unauthorized")), "{} {} must need a token", route.method, route.path);
+        for (granted, token) in tokens {
+            let (status, code) = server.call(route.method, &concrete, Some(token), "{}").await;
+            if granted == scope.name() || granted == "admin" {
+                assert!(status != 401 && status != 403, "{concrete} with {granted}: {status} {code}");
             } else {
-                assert_eq!((status, code), (401, json!("unauthorized")), "{method} {path} must need a token");
-                checked += 1;
+                assert_eq!((status, code), (403, json!("forbidden")), "{concrete} with {granted}");
             }
         }
+        checked += 1;
     }
     assert_eq!(checked, 10, "push, two lookups, feast, enrich, predict, predictions, labels, metrics, openapi");
     server.stop().await;
@@ -401,23 +414,17 @@ async fn the_openapi_document_describes_every_route_and_its_schemas() {
     let (status, document) = server.get("/openapi.json").await;
     assert_eq!(status, 200);
     assert!(document["openapi"].as_str().unwrap().starts_with("3."), "{document}");
-    let paths: Vec<&String> = document["paths"].as_object().unwrap().keys().collect();
-    for route in [
-        "/v1/push/{source}",
-        "/v1/features",
-        "/v1/features/{feature_set}/{key}",
-        "/get-online-features",
-        "/v1/enrich",
-        "/v1/models/{model}/predict",
-        "/v1/models/{model}/predictions",
-        "/v1/models/{model}/labels",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/openapi.json",
-    ] {
-        assert!(paths.iter().any(|p| *p == route), "{route} missing from {paths:?}");
+    // the document and the router describe the same operations
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        documented.extend(operations.as_object().unwrap().keys().map(|m| (m.to_uppercase(), path.clone())));
     }
+    let mut served: Vec<(String, String)> =
+        fathom::http::routes().iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
+    documented.sort();
+    served.sort();
+    assert_eq!(documented, served);
+    assert_eq!(served.len(), 12);
     // every referenced schema is defined
     let text = document.to_string();
     let schemas = document["components"]["schemas"].as_object().unwrap();

@@ -18,10 +18,10 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 fn project_yaml(project: &str, topic: &str, port: u16, dir: &std::path::Path) -> String {
-    project_yaml_at(&common::redis_url(), project, topic, port, dir)
+    project_yaml_at(&common::redis_url(), &common::kafka(), project, topic, port, dir)
 }
 
-fn project_yaml_at(redis: &str, project: &str, topic: &str, port: u16, dir: &std::path::Path) -> String {
+fn project_yaml_at(redis: &str, kafka: &str, project: &str, topic: &str, port: u16, dir: &std::path::Path) -> String {
     format!(
         r#"
 project: {project}
@@ -44,7 +44,6 @@ feature_sets:
 server: {{ listen: "127.0.0.1:{port}" }}
 processing: {{ checkpoint_interval: 1s, batch_size: 2000 }}
 "#,
-        kafka = common::kafka(),
         dir = dir.display(),
     )
 }
@@ -382,7 +381,7 @@ async fn a_redis_outage_mid_stream_loses_and_duplicates_nothing() {
     let project = unique("outage");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let yaml = project_yaml_at(&redis.url(), &project, &topic, port, dir.path());
+    let yaml = project_yaml_at(&redis.url(), &common::kafka(), &project, &topic, port, dir.path());
     std::fs::write(dir.path().join("fathom.yaml"), &yaml).unwrap();
     let plan = config::parse(&yaml).unwrap().plans[0].clone();
     let produced: Vec<Produced> = stream(12_000, 200, 0, 7).into_iter().filter(|p| p.good.is_some()).collect();
@@ -428,4 +427,216 @@ async fn a_redis_outage_mid_stream_loses_and_duplicates_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     fathom.stop();
+}
+
+/// A Kafka-compatible broker of this test's own (tansu, in memory) that clients reach only
+/// through a TCP relay the test can cut: the broker advertises the relay's port, so every
+/// connection — the test's producer and Fathom's consumer, producer and admin client — runs
+/// through it. Cutting closes every connection and refuses new ones, as a broker that went
+/// away would; the broker keeps its data, as a restarted one with durable storage would.
+struct RelayedBroker {
+    relay: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    child: std::process::Child,
+}
+
+impl RelayedBroker {
+    async fn start(log: &std::path::Path) -> RelayedBroker {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (broker, relay) = (free_port(), free_port());
+        let child = std::process::Command::new("tansu")
+            .args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{broker}")])
+            .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{relay}")])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::fs::File::create(log).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu (installed by the test command)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", broker)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "tansu did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let up = std::sync::Arc::new(AtomicBool::new(true));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", relay)).await.unwrap();
+        let (open, held) = (up.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !open.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection closes at once
+                }
+                let link = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", broker)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                held.lock().unwrap().push(link.abort_handle());
+            }
+        });
+        RelayedBroker { relay, up, links, child }
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.relay)
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.links.lock().unwrap().drain(..).for_each(|link| link.abort());
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for RelayedBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Fault injection: the broker is unreachable for 30 s mid-stream, for Fathom and for the
+/// producer (whose records wait in its buffer). Fathom stays up, `/readyz` stays ready (lookups
+/// still answer) and reports `warnings.kafka` while the broker is away, and afterwards every
+/// event is applied exactly once: the online values equal an in-process reference and the
+/// offline store holds each event once. The warning clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_of_30_s_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = RelayedBroker::start(&dir.path().join("tansu.log")).await;
+    let topic = unique("tx-broker-outage");
+    common::create_topics_at(&broker.bootstrap(), &[&topic], 4).await;
+    let project = unique("broker-outage");
+    let port = free_port();
+    let yaml = project_yaml_at(&common::redis_url(), &broker.bootstrap(), &project, &topic, port, dir.path());
+    std::fs::write(dir.path().join("fathom.yaml"), &yaml).unwrap();
+    let plan = config::parse(&yaml).unwrap().plans[0].clone();
+    let produced: Vec<Produced> = stream(12_000, 200, 0, 11).into_iter().filter(|p| p.good.is_some()).collect();
+    let records: Vec<_> = produced.iter().map(|p| (p.key.clone(), p.payload.clone())).collect();
+    let (first, second) = records.split_at(records.len() / 2);
+    common::produce_at(&broker.bootstrap(), &topic, first).await;
+    let config = dir.path().join("fathom.yaml");
+    let mut fathom = Fathom::start(&["serve", "-c", config.to_str().unwrap()], port, &dir.path().join("fathom.log"));
+    fathom.wait_ready().await;
+    let half = first.len() as i64;
+    wait_applied(&project, &topic, "the first half applied", |n| n == half).await;
+
+    broker.cut();
+    let cut_at = std::time::Instant::now();
+    let (bootstrap, topic_name, second) = (broker.bootstrap(), topic.clone(), second.to_vec());
+    let producing = tokio::spawn(async move { common::produce_at(&bootstrap, &topic_name, &second).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let warning = loop {
+        let ready = reqwest::get(fathom.url("/readyz")).await.unwrap();
+        assert_eq!(ready.status(), 200, "lookups still answer: ready, with a warning");
+        let body: Value = ready.json().await.unwrap();
+        if let Some(warning) = body["warnings"]["kafka"].as_str() {
+            break warning.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "readiness never reported the broker outage: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(warning.contains("reaching the broker"), "{warning}");
+    let key = produced[0].key.clone();
+    let lookup = reqwest::get(fathom.url(&format!("/v1/features/cards/{key}"))).await.unwrap();
+    assert_eq!(lookup.status(), 200, "lookups answer from the online store while the broker is away");
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(cut_at.elapsed())).await;
+    assert!(fathom.child.try_wait().unwrap().is_none(), "the process stays up while the broker is away");
+    assert_eq!(applied(&project, &topic, 4).await, half, "nothing arrives while the broker is away");
+
+    broker.restore();
+    producing.await.unwrap();
+    let total = records.len() as i64;
+    wait_applied(&project, &topic, "every record applied after the broker came back", |n| n == total).await;
+    let (expected, _) = reference(&plan, &produced);
+    let keys: Vec<String> = expected.keys().cloned().collect();
+    let stored = stored_states(&project, &plan, &keys).await;
+    let at = chrono::Utc::now().timestamp_millis();
+    for (key, state) in keys.iter().zip(&stored) {
+        assert_eq!(values(&plan, state.as_ref(), at), values(&plan, expected.get(key), at), "entity {key}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body: Value = reqwest::get(fathom.url("/readyz")).await.unwrap().json().await.unwrap();
+        if body == json!({"status": "ready"}) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the kafka warning did not clear: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fathom.stop();
+    assert_eq!(parquet_rows(&dir.path().join("offline/tx")), produced.len(), "each event once offline");
+}
+
+/// Fault injection: the offline store's directory cannot be written (replaced by a file, as
+/// root ignores permissions). Fathom stays up, `/readyz` turns 503 naming the path, consuming
+/// stops (records wait in the broker: backpressure, not loss), and once the directory is back
+/// every event is applied and written offline exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_offline_store_holds_the_stream_back_and_loses_nothing() {
+    let topic = unique("tx-offline-fault");
+    create_topics(&[&topic], 4).await;
+    let run = run_for(&topic, "offline-fault");
+    let produced: Vec<Produced> = stream(9_000, 200, 0, 13).into_iter().filter(|p| p.good.is_some()).collect();
+    let records: Vec<_> = produced.iter().map(|p| (p.key.clone(), p.payload.clone())).collect();
+    let (first, rest) = records.split_at(3_000);
+    let (second, third) = rest.split_at(3_000);
+    produce(&topic, first).await;
+    let mut fathom = run.start("fathom.log");
+    fathom.wait_ready().await;
+    wait_applied(&run.project, &topic, "the first third applied", |n| n == 3_000).await;
+    let offline = run.dir.path().join("offline/tx");
+    let away = run.dir.path().join("offline/tx.away");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !offline.exists() {
+        assert!(std::time::Instant::now() < deadline, "no offline file was written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::rename(&offline, &away).unwrap();
+    std::fs::write(&offline, b"not a directory").unwrap();
+
+    produce(&topic, second).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let problem = loop {
+        let ready = reqwest::get(fathom.url("/readyz")).await.unwrap();
+        if ready.status() == 503 {
+            let body: Value = ready.json().await.unwrap();
+            break body["pipeline"].as_str().unwrap_or_default().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "readiness never reported the offline store");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(problem.starts_with("writing the offline store: writing "), "{problem}");
+    assert!(problem.contains("offline/tx/date=") && problem.contains("Not a directory"), "{problem}");
+    // backpressure: what arrives now waits in the broker
+    let held = applied(&run.project, &topic, 4).await;
+    produce(&topic, third).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(applied(&run.project, &topic, 4).await, held, "consuming waits for the offline store");
+    assert!(held < records.len() as i64);
+    assert_eq!(reqwest::get(fathom.url("/healthz")).await.unwrap().status(), 200, "alive throughout");
+    assert!(fathom.child.try_wait().unwrap().is_none(), "the process stays up");
+
+    std::fs::remove_file(&offline).unwrap();
+    std::fs::rename(&away, &offline).unwrap();
+    let total = records.len() as i64;
+    wait_applied(&run.project, &topic, "every record applied after the fault", |n| n == total).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while reqwest::get(fathom.url("/readyz")).await.unwrap().status() != 200 {
+        assert!(std::time::Instant::now() < deadline, "readiness did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (expected, _) = reference(&run.plan, &produced);
+    let keys: Vec<String> = expected.keys().cloned().collect();
+    let stored = stored_states(&run.project, &run.plan, &keys).await;
+    let at = chrono::Utc::now().timestamp_millis();
+    for (key, state) in keys.iter().zip(&stored) {
+        assert_eq!(values(&run.plan, state.as_ref(), at), values(&run.plan, expected.get(key), at), "entity {key}");
+    }
+    fathom.stop();
+    assert_eq!(parquet_rows(&offline), produced.len(), "each event once offline");
 }

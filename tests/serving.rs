@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +15,12 @@ use fathom::config;
 use fathom::{http, pipeline, serve};
 use serde_json::{json, Value};
 
+static SLOW: AtomicBool = AtomicBool::new(true);
+static SLOW_CALLS: AtomicUsize = AtomicUsize::new(0);
+
 /// A model server: `/v2/models/fraud/infer` answers `score = amount_sum + 1000·(segment == gold)`
-/// after checking the request's shape; `/slow/infer` never answers in time; `/json` echoes.
+/// after checking the request's shape; `/slow/infer` answers after 5 s while [`SLOW`] is set
+/// (counting its calls in [`SLOW_CALLS`]); `/json` echoes.
 async fn model_server() -> String {
     async fn infer(Json(request): Json<Value>) -> Json<Value> {
         let inputs = request["inputs"].as_array().expect("inputs");
@@ -31,8 +36,11 @@ async fn model_server() -> String {
         )
     }
     async fn slow() -> Json<Value> {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        Json(json!({"outputs": []}))
+        SLOW_CALLS.fetch_add(1, Ordering::SeqCst);
+        if SLOW.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        Json(json!({"outputs": [{"name": "score", "shape": [1], "datatype": "FP64", "data": [0.5]}]}))
     }
     async fn plain(Json(request): Json<Value>) -> Json<Value> {
         Json(json!({"prediction": {"label": "ok", "features_seen": request["features"].as_object().unwrap().len()}}))
@@ -82,7 +90,8 @@ models:
     endpoint: {{ url: "{model}/v2/models/fraud/infer", protocol: open_inference_v2, timeout: 2s }}
   slow:
     features: [cards.amount_count_1h]
-    endpoint: {{ url: "{model}/slow/infer", timeout: 300ms }}
+    predictions_topic: "{slow_predictions}"
+    endpoint: {{ url: "{model}/slow/infer", protocol: open_inference_v2, timeout: 300ms }}
   plain:
     features: [cards.*]
     endpoint: {{ url: "{model}/json", protocol: json }}
@@ -95,6 +104,7 @@ models:
         project = common::unique("serving"),
         dir = dir.path().display(),
         kafka = common::kafka(),
+        slow_predictions = common::unique("slow.predictions"),
     );
     // the reference profile, built by `fathom profile` from a training set
     std::fs::write(dir.path().join("fathom.yaml"), &yaml).unwrap();
@@ -194,10 +204,29 @@ models:
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["prediction"], json!({"cards.amount_sum_1h": 3.0, "customers.segment": "basic"}));
 
+    // a model endpoint timing out: 504, readiness warns (the rest still serves), no record is
+    // logged for the failed prediction; once it answers again the warning clears and each
+    // request reaches the model and the log exactly once
     let started = std::time::Instant::now();
-    let (status, body) = post("/v1/models/slow/predict", json!({"entities": {"card_id": "c1"}})).await;
+    let slow = |id: &str| json!({"entities": {"card_id": "c1"}, "request_id": id});
+    let (status, body) = post("/v1/models/slow/predict", slow("slow-1")).await;
     assert_eq!((status, &body["error"]["code"]), (504, &json!("model_timeout")), "{body}");
     assert!(started.elapsed() < Duration::from_secs(4), "the timeout cut the call short");
+    let readiness = || async { reqwest::get(format!("{base}/readyz")).await.unwrap().json::<Value>().await.unwrap() };
+    let ready = readiness().await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["warnings"]["model:slow"], "the model did not answer within 300 ms", "{ready}");
+    SLOW.store(false, Ordering::SeqCst);
+    for id in ["slow-2", "slow-3"] {
+        let (status, body) = post("/v1/models/slow/predict", slow(id)).await;
+        assert_eq!((status, &body["prediction"]), (200, &json!(0.5)), "{body}");
+    }
+    assert_eq!(readiness().await, json!({"status": "ready"}));
+    assert_eq!(SLOW_CALLS.load(Ordering::SeqCst), 3, "one call per request, no retry");
+    let topic = project.predictions_topic("slow");
+    let mut logged: Vec<Vec<u8>> = common::consume(&topic, 2).await.into_iter().map(|r| r.1).collect();
+    logged.sort();
+    assert_eq!(logged, [b"slow-2".to_vec(), b"slow-3".to_vec()]);
 
     let errors = [
         ("/v1/models/nope/predict", json!({"entities": {}}), 404, "unknown_model"),

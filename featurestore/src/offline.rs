@@ -295,7 +295,17 @@ pub struct OfflineWriter {
     schemas: Vec<SourceSchema>,
     /// Rows per (source, UTC day number).
     pending: BTreeMap<(usize, i64), Pending>,
+    /// Batches a failed commit could not write yet, with their file's directory and name:
+    /// the next commit writes them first, so a full or read-only disk loses nothing.
+    unwritten: Vec<Unwritten>,
     seq: u64,
+}
+
+/// A finished batch waiting for its file.
+struct Unwritten {
+    dir: PathBuf,
+    name: String,
+    batch: RecordBatch,
 }
 
 impl OfflineWriter {
@@ -305,7 +315,7 @@ impl OfflineWriter {
         for schema in &schemas {
             remove_tmp_files(&root.join(&schema.name))?;
         }
-        Ok(OfflineWriter { root: root.to_path_buf(), schemas, pending: BTreeMap::new(), seq: 0 })
+        Ok(OfflineWriter { root: root.to_path_buf(), schemas, pending: BTreeMap::new(), unwritten: Vec::new(), seq: 0 })
     }
 
     /// Buffers events (their source must be one of the writer's, with an events layout);
@@ -346,27 +356,37 @@ impl OfflineWriter {
 
     /// Rows buffered and not yet committed.
     pub fn buffered(&self) -> usize {
-        self.pending.values().map(|p| p.rows).sum()
+        self.pending.values().map(|p| p.rows).sum::<usize>()
+            + self.unwritten.iter().map(|u| u.batch.num_rows()).sum::<usize>()
     }
 
-    /// Writes every buffered row to new files, durably; returns the files written.
+    /// Writes every buffered row to new files, durably; returns the files written. On an error
+    /// (disk full, directory not writable) the rows not yet in a file stay buffered and the next
+    /// call writes them: retrying loses and repeats nothing.
     pub fn commit(&mut self) -> Result<Vec<PathBuf>, OfflineError> {
-        let mut written = Vec::new();
-        for ((source, day), pending) in std::mem::take(&mut self.pending) {
+        while let Some(((source, day), pending)) = self.pending.pop_first() {
             let schema = &self.schemas[source];
             let date = DateTime::from_timestamp_millis(day * 86_400_000).unwrap_or_default().format("%Y-%m-%d");
             let dir = self.root.join(&schema.name).join(format!("date={date}"));
             self.seq += 1;
             let name = format!("part-{}-{}-{}.parquet", pending.first_ms, std::process::id(), self.seq);
-            let path = dir.join(&name);
-            write_file(&dir, &path, pending, schema.arrow_schema())?;
+            let batch = pending
+                .finish(schema.arrow_schema())
+                .map_err(|e| OfflineError::Parquet { path: dir.join(&name), source: e.into() })?;
+            self.unwritten.push(Unwritten { dir, name, batch });
+        }
+        let mut written = Vec::new();
+        while let Some(next) = self.unwritten.first() {
+            let path = next.dir.join(&next.name);
+            write_file(&next.dir, &path, &next.batch)?;
+            self.unwritten.remove(0);
             written.push(path);
         }
         Ok(written)
     }
 }
 
-fn write_file(dir: &Path, path: &Path, pending: Pending, schema: Arc<Schema>) -> Result<(), OfflineError> {
+fn write_file(dir: &Path, path: &Path, batch: &RecordBatch) -> Result<(), OfflineError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| OfflineError::Io { path: p, source }
@@ -374,16 +394,21 @@ fn write_file(dir: &Path, path: &Path, pending: Pending, schema: Arc<Schema>) ->
     let pq = |source| OfflineError::Parquet { path: path.to_path_buf(), source };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let tmp = path.with_extension("parquet.tmp");
-    let batch = pending.finish(schema.clone()).map_err(|e| pq(e.into()))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
         .set_created_by(format!("fathom {}", env!("CARGO_PKG_VERSION")))
         .build();
-    let file = File::create(&tmp).map_err(io(&tmp))?;
-    let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(pq)?;
-    writer.write(&batch).map_err(pq)?;
-    let file = writer.into_inner().map_err(pq)?;
-    file.sync_all().map_err(io(&tmp))?;
+    let written = File::create(&tmp).map_err(io(&tmp)).and_then(|file| {
+        let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(pq)?;
+        writer.write(batch).map_err(pq)?;
+        let file = writer.into_inner().map_err(pq)?;
+        file.sync_all().map_err(io(&tmp))
+    });
+    if let Err(e) = written {
+        // a half-written file would only take space the retry needs
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path).map_err(io(path))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
     Ok(())
@@ -479,6 +504,63 @@ mod tests {
             .unwrap();
         let merchant = other.column(other.schema().index_of("merchant").unwrap());
         assert_eq!(merchant.as_string::<i32>().value(0), "7", "non-string values kept as JSON text");
+    }
+
+    /// A full disk (the kernel's ENOSPC, from /dev/full behind the file's name) and a directory
+    /// that cannot be created: each commit fails naming the path, keeps every row, and the
+    /// commit after the fault writes each row exactly once.
+    #[test]
+    fn a_failed_commit_keeps_its_rows_for_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = SourceSchema {
+            name: "tx".into(),
+            key: "card".into(),
+            layout: Layout::Events(vec![("amount".into(), ColumnType::Float)]),
+        };
+        let mut writer = OfflineWriter::new(dir.path(), vec![schema]).unwrap();
+        let day1 = 1_767_225_600_000; // 2026-01-01
+        writer.append(&[event(1, day1 + 5, json!({"amount": 1.0})), event(2, day1 + 6, json!({"amount": 2.0}))], &[]);
+        let date = dir.path().join("tx/date=2026-01-01");
+        std::fs::create_dir_all(&date).unwrap();
+        let tmp = date.join(format!("part-{}-{}-1.parquet.tmp", day1 + 5, std::process::id()));
+        std::os::unix::fs::symlink("/dev/full", &tmp).unwrap();
+        let chain = |e: OfflineError| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text += &format!(": {cause}");
+                source = cause.source();
+            }
+            text
+        };
+        let error = chain(writer.commit().unwrap_err());
+        assert!(error.contains("date=2026-01-01/part-") && error.contains("No space left on device"), "{error}");
+        assert_eq!(writer.buffered(), 2, "rows kept");
+        std::fs::remove_file(&tmp).unwrap();
+
+        // the source's directory is a file now: nothing can be created under it
+        writer.append(&[event(3, day1 + 7, json!({"amount": 3.0}))], &[]);
+        std::fs::rename(dir.path().join("tx"), dir.path().join("tx.away")).unwrap();
+        std::fs::write(dir.path().join("tx"), b"").unwrap();
+        let error = chain(writer.commit().unwrap_err());
+        assert!(error.contains("/tx/date=2026-01-01") && error.contains("Not a directory"), "{error}");
+        assert_eq!(writer.buffered(), 3);
+        std::fs::remove_file(dir.path().join("tx")).unwrap();
+
+        let files = writer.commit().unwrap();
+        assert_eq!(writer.buffered(), 0);
+        let mut offsets = Vec::new();
+        for file in &files {
+            for batch in ParquetRecordBatchReaderBuilder::try_new(File::open(file).unwrap()).unwrap().build().unwrap() {
+                let batch = batch.unwrap();
+                let column = batch.column(batch.schema().index_of("_offset").unwrap()).clone();
+                offsets.extend(column.as_primitive::<Int64Type>().values().iter().copied());
+            }
+        }
+        offsets.sort();
+        assert_eq!(offsets, [1, 2, 3], "each row once");
+        let leftovers: Vec<_> = std::fs::read_dir(&date).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(leftovers.len(), files.len(), "no temporary file left: {leftovers:?}");
     }
 
     #[test]

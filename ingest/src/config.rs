@@ -27,6 +27,10 @@ pub struct SourceConfig {
     /// Records larger than this many bytes are dead-lettered. Default: 1048576 (1 MiB).
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
+    /// Records whose entity key is longer than this many bytes are dead-lettered with reason
+    /// `key_too_long` (keys become Redis keys and Parquet values). Default: 512.
+    #[serde(default = "default_max_key_bytes")]
+    pub max_key_bytes: usize,
     /// Debezium sources: what a truncate (`op: t`) does. Default: `skip` (logged and counted
     /// in `fathom_truncates_total`); `dead_letter` sends it to the dead letters with reason
     /// `truncate` so an operator sees it. Rows are never cleared by a truncate.
@@ -64,6 +68,10 @@ pub enum TruncatePolicy {
 
 fn default_max_record_bytes() -> usize {
     1 << 20
+}
+
+fn default_max_key_bytes() -> usize {
+    512
 }
 
 /// Where a source's records come from in Kafka.

@@ -22,6 +22,8 @@ pub enum Reason {
     WrongType,
     /// Larger than the source's `max_record_bytes`.
     Oversized,
+    /// The entity key is longer than the source's `max_key_bytes`.
+    KeyTooLong,
     /// Older than its entity's newest event by more than the longest window plus allowed
     /// lateness.
     Late,
@@ -35,12 +37,13 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for metrics initialisation and docs.
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::MalformedJson,
         Reason::MissingKey,
         Reason::MissingTimestamp,
         Reason::WrongType,
         Reason::Oversized,
+        Reason::KeyTooLong,
         Reason::Late,
         Reason::MalformedEnvelope,
         Reason::Truncate,
@@ -55,6 +58,7 @@ impl Reason {
             Reason::MissingTimestamp => "missing_timestamp",
             Reason::WrongType => "wrong_type",
             Reason::Oversized => "oversized",
+            Reason::KeyTooLong => "key_too_long",
             Reason::Late => "late",
             Reason::MalformedEnvelope => "malformed_envelope",
             Reason::Truncate => "truncate",
@@ -83,6 +87,7 @@ pub struct Decoder {
     timestamp: Option<String>,
     format: TimestampFormat,
     max_bytes: usize,
+    max_key_bytes: usize,
     numeric: Vec<String>,
 }
 
@@ -95,6 +100,7 @@ impl Decoder {
             timestamp: source.timestamp.clone(),
             format: source.timestamp_format,
             max_bytes: source.max_record_bytes,
+            max_key_bytes: source.max_key_bytes,
             numeric,
         }
     }
@@ -134,6 +140,7 @@ impl Decoder {
                 ))
             }
         };
+        check_key_length(&self.key, &key, self.max_key_bytes)?;
         let time_ms = match &self.timestamp {
             None => record.transport_time_ms.unwrap_or(now_ms),
             Some(name) => match fields.get(name) {
@@ -154,6 +161,14 @@ impl Decoder {
         }
         Ok((key, time_ms, fields))
     }
+}
+
+/// Refuses an entity key longer than `max` bytes (`key_too_long`, naming the field).
+pub fn check_key_length(field: &str, key: &str, max: usize) -> Result<(), Refusal> {
+    if key.len() <= max {
+        return Ok(());
+    }
+    Err(refuse(Reason::KeyTooLong, format!("key field {field:?} is {} bytes, over the limit of {max}", key.len())))
 }
 
 /// Reads an event time in ms since the epoch.
@@ -201,8 +216,10 @@ mod tests {
     use crate::record::Coordinates;
 
     fn decoder() -> Decoder {
-        let source: SourceConfig =
-            serde_json::from_value(json!({"key": "card_id", "timestamp": "ts", "max_record_bytes": 200})).unwrap();
+        let source: SourceConfig = serde_json::from_value(
+            json!({"key": "card_id", "timestamp": "ts", "max_record_bytes": 200, "max_key_bytes": 16}),
+        )
+        .unwrap();
         Decoder::new(&source, vec!["amount".into()])
     }
 
@@ -264,5 +281,11 @@ mod tests {
             reason(&format!(r#"{{"card_id": "a", "ts": 1, "pad": "{}"}}"#, "x".repeat(300))).0,
             Reason::Oversized
         );
+        assert_eq!(
+            reason(&format!(r#"{{"card_id": "{}", "ts": 1}}"#, "k".repeat(17))),
+            (Reason::KeyTooLong, "key field \"card_id\" is 17 bytes, over the limit of 16".into())
+        );
+        let at_limit = format!(r#"{{"card_id": "{}", "ts": 1}}"#, "k".repeat(16));
+        assert_eq!(decoder().decode(record(&at_limit), 0).unwrap().key.len(), 16);
     }
 }

@@ -148,6 +148,8 @@ pub struct KafkaSource {
 pub struct Committer {
     consumer: Arc<Inner>,
     rebalanced: Arc<AtomicBool>,
+    /// The subscribed topics, for [`Committer::probe`].
+    topics: Arc<[String]>,
 }
 
 /// Next offset to read per (topic, partition).
@@ -173,7 +175,8 @@ impl KafkaSource {
         consumer.subscribe(&names).map_err(|source| SourceError::Kafka { what: "subscribing", source })?;
         let consumer = Arc::new(consumer);
         let source = KafkaSource { consumer: consumer.clone(), topics: topics.iter().cloned().collect() };
-        Ok((source, Committer { consumer, rebalanced }))
+        let topics = names.iter().map(|t| t.to_string()).collect();
+        Ok((source, Committer { consumer, rebalanced, topics }))
     }
 
     /// Up to `max` records: waits for the first one, then takes what arrives within `linger`.
@@ -227,6 +230,16 @@ impl Committer {
         self.consumer
             .commit(&list, CommitMode::Sync)
             .map_err(|source| SourceError::Kafka { what: "committing offsets", source })
+    }
+
+    /// Asks a broker for a subscribed topic's metadata (blocking, at most `timeout`): `Ok` when
+    /// one answers. A consumer waiting for records cannot tell a quiet topic from a lost broker;
+    /// this can.
+    pub fn probe(&self, timeout: Duration) -> Result<(), SourceError> {
+        self.consumer
+            .fetch_metadata(self.topics.first().map(String::as_str), timeout)
+            .map(drop)
+            .map_err(|source| SourceError::Kafka { what: "reaching the broker", source })
     }
 
     /// Consumer lag per (topic, partition): high watermark minus the next offset to read. Asks

@@ -44,8 +44,13 @@ pub fn free_port() -> u16 {
 }
 
 pub async fn create_topics(names: &[&str], partitions: i32) {
+    create_topics_at(&kafka(), names, partitions).await
+}
+
+/// [`create_topics`] on the broker at `bootstrap`.
+pub async fn create_topics_at(bootstrap: &str, names: &[&str], partitions: i32) {
     let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", kafka()).create().expect("admin client");
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
     let topics: Vec<NewTopic> =
         names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
     let results = admin.create_topics(&topics, &AdminOptions::new()).await.expect("create topics");
@@ -56,8 +61,17 @@ pub async fn create_topics(names: &[&str], partitions: i32) {
 
 /// Produces (key, payload) records; returns the highest offset per partition.
 pub async fn produce(topic: &str, records: &[(String, Vec<u8>)]) -> std::collections::BTreeMap<i32, i64> {
+    produce_at(&kafka(), topic, records).await
+}
+
+/// [`produce`] to the broker at `bootstrap`.
+pub async fn produce_at(
+    bootstrap: &str,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+) -> std::collections::BTreeMap<i32, i64> {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka())
+        .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
         .create()

@@ -1,0 +1,306 @@
+//! `fathom bench soak`: a bounded soak of one `fathom serve` process (its own child, so its memory
+//! is its own) with ingest, lookups and monitoring running together against a real broker and
+//! Redis on 127.0.0.1. Transactions and prediction/label records are produced at fixed rates,
+//! lookups are sent at a fixed rate over HTTP; every interval prints the applied ingest rate, the
+//! lookup rate and latency percentiles, and the server's RSS, and the end reports the sustained
+//! rates, the p99 lookup latency during ingest and the RSS growth after warm-up.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use fathom_featurestore::online;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+/// Options of the soak.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SoakOptions {
+    /// Kafka bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Redis URL.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis: String,
+    /// Duration, seconds.
+    #[arg(long, default_value_t = 300)]
+    pub seconds: u64,
+    /// Transactions per second.
+    #[arg(long, default_value_t = 5_000)]
+    pub events_per_sec: u64,
+    /// Lookups per second.
+    #[arg(long, default_value_t = 500)]
+    pub lookups_per_sec: u64,
+    /// Prediction records per second (half of them get a label).
+    #[arg(long, default_value_t = 200)]
+    pub predictions_per_sec: u64,
+    /// Cards.
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: usize,
+    /// Seconds between reports.
+    #[arg(long, default_value_t = 15)]
+    pub interval: u64,
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Calls `tick(n)` `per_sec` times a second (in bursts every 10 ms) until `end`.
+async fn paced(per_sec: u64, end: Instant, mut tick: impl FnMut(u64)) {
+    if per_sec == 0 {
+        return;
+    }
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut every = tokio::time::interval(Duration::from_millis(10));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while Instant::now() < end {
+        every.tick().await;
+        let due = (started.elapsed().as_secs_f64() * per_sec as f64) as u64;
+        while sent < due {
+            tick(sent);
+            sent += 1;
+        }
+    }
+}
+
+/// Runs the soak and prints its figures.
+pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+
+    let run = format!("soak-{}", chrono::Utc::now().timestamp_millis());
+    let dir = std::env::temp_dir().join(&run);
+    std::fs::create_dir_all(&dir)?;
+    let (tx, predictions, labels) = (format!("{run}-tx"), format!("{run}-predictions"), format!("{run}-labels"));
+    let mut client = rdkafka::ClientConfig::new();
+    client.set("bootstrap.servers", &options.brokers);
+    {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = client.create()?;
+        let topics: Vec<NewTopic> = [(&tx, 4), (&predictions, 2), (&labels, 2)]
+            .into_iter()
+            .map(|(t, p)| NewTopic::new(t, p, TopicReplication::Fixed(1)))
+            .collect();
+        for result in admin.create_topics(&topics, &AdminOptions::new()).await? {
+            result.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+        }
+    }
+    // the model's reference: 10 numeric features, uniform on [0, 1)
+    let mut rng = SmallRng::seed_from_u64(3);
+    let names: Vec<String> = (0..10).map(|f| format!("f{f}")).collect();
+    let profile = fathom_monitor::profile::Profile {
+        format: fathom_monitor::profile::FORMAT.into(),
+        model: "soak".into(),
+        created: String::new(),
+        source: "soak".into(),
+        rows: 10_000,
+        features: names
+            .iter()
+            .map(|n| {
+                let values = (0..10_000).map(|_| rng.random::<f64>()).collect();
+                (
+                    n.clone(),
+                    fathom_monitor::profile::FeatureProfile::Numeric(fathom_monitor::profile::NumericProfile::build(
+                        values, 0,
+                    )),
+                )
+            })
+            .collect(),
+    };
+    profile.save(&dir.join("soak.json"))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let yaml = format!(
+        "project: {run}\nstores:\n  online: {{ redis: {{ url: \"{redis}\" }} }}\n  offline: {{ parquet: {{ path: {d}/offline }} }}\n\
+         \x20 dead_letters: {{ path: {d}/dlq }}\n  kafka: {{ bootstrap_servers: \"{brokers}\", group_id: {run} }}\n\
+         server: {{ listen: \"127.0.0.1:{port}\" }}\nsources:\n  tx: {{ kafka: {{ topic: {tx} }}, key: card_id, timestamp: ts }}\n\
+         entities:\n  card: {{ key: card_id }}\nfeature_sets:\n  cards:\n{features}\
+         models:\n  soak:\n    features: []\n    reference: {d}/soak.json\n    predictions_topic: {predictions}\n\
+         \x20   labels: {{ topic: {labels}, max_delay: 2m }}\n    monitoring: {{ window: 1m, sliding: 10m, lateness: 5s, idle: 10s }}\n",
+        redis = options.redis,
+        brokers = options.brokers,
+        d = dir.display(),
+        features = super::FEATURES.lines().map(|l| format!("    {l}\n")).collect::<String>(),
+    );
+    let config = dir.join("fathom.yaml");
+    std::fs::write(&config, yaml)?;
+    let log = std::fs::File::create(dir.join("fathom.log"))?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["serve", "-c"])
+        .arg(&config)
+        .env("FATHOM_LOG", "warn")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting fathom serve")?;
+    let pid = child.id();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "fathom did not become ready; see {}",
+            dir.join("fathom.log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "soak {run}: {} s, {} events/s over {} cards, {} lookups/s, {} predictions/s (+ labels for half); server pid {pid}",
+        options.seconds, options.events_per_sec, options.keys, options.lookups_per_sec, options.predictions_per_sec
+    );
+
+    let end = Instant::now() + Duration::from_secs(options.seconds);
+    let producer: FutureProducer =
+        client.clone().set("linger.ms", "10").set("queue.buffering.max.messages", "1000000").create()?;
+    let produced = Arc::new(AtomicU64::new(0));
+    let keys = options.keys;
+    let events = {
+        let (producer, produced, tx) = (producer.clone(), produced.clone(), tx.clone());
+        let mut rng = SmallRng::seed_from_u64(9);
+        paced(options.events_per_sec, end, move |_| {
+            let card = format!("card-{:06}", rng.random_range(0..keys));
+            let ts = chrono::Utc::now().timestamp_millis();
+            let payload = format!(r#"{{"card_id":"{card}","ts":{ts},"amount":{:.2}}}"#, rng.random::<f64>() * 300.0);
+            if producer.send_result(FutureRecord::to(&tx).key(&card).payload(&payload)).is_ok() {
+                produced.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let monitored = {
+        let (producer, predictions, labels) = (producer.clone(), predictions.clone(), labels.clone());
+        let mut rng = SmallRng::seed_from_u64(10);
+        let names = names.clone();
+        paced(options.predictions_per_sec, end, move |i| {
+            let ts = chrono::Utc::now().timestamp_millis();
+            let features: serde_json::Map<String, serde_json::Value> =
+                names.iter().map(|n| (n.clone(), rng.random::<f64>().into())).collect();
+            let score: f64 = rng.random();
+            let id = format!("r{i}");
+            let record = serde_json::json!({"request_id": id, "model": "soak", "timestamp": ts, "features": features,
+                "prediction": {"class": if score > 0.5 { "1" } else { "0" }, "probabilities": {"0": 1.0 - score, "1": score}},
+                "latency_ms": 2.0 + 5.0 * rng.random::<f64>()})
+            .to_string();
+            let _ = producer.send_result(FutureRecord::to(&predictions).key(&id).payload(&record));
+            if i % 2 == 0 {
+                let label = serde_json::json!({"request_id": id, "label": i64::from(rng.random::<f64>() < score), "timestamp": ts}).to_string();
+                let _ = producer.send_result(FutureRecord::to(&labels).key(&id).payload(&label));
+            }
+        })
+    };
+    // lookups: each tick spawns one GET of a random card's features, timed end to end
+    let latencies = Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let interval_latencies = Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let failed = Arc::new(AtomicU64::new(0));
+    let lookups = {
+        let (http, base) = (http.clone(), base.clone());
+        let (all, recent, failed) = (latencies.clone(), interval_latencies.clone(), failed.clone());
+        let mut rng = SmallRng::seed_from_u64(11);
+        paced(options.lookups_per_sec, end, move |_| {
+            let url = format!("{base}/v1/features/cards/card-{:06}", rng.random_range(0..keys));
+            let (http, all, recent, failed) = (http.clone(), all.clone(), recent.clone(), failed.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let answered = match http.get(url).send().await {
+                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                    _ => false,
+                };
+                match answered {
+                    true => {
+                        let us = started.elapsed().as_micros() as u64;
+                        let _ = all.lock().unwrap().record(us.max(1));
+                        let _ = recent.lock().unwrap().record(us.max(1));
+                    }
+                    false => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        })
+    };
+    let redis = redis::Client::open(options.redis.as_str())?;
+    let mut con = redis.get_multiplexed_async_connection().await?;
+    let offsets: Vec<String> = (0..4).map(|p| online::offsets_key(&run, &tx, p)).collect();
+    let applied = |con: &mut redis::aio::MultiplexedConnection| {
+        let cmd = redis::cmd("MGET").arg(&offsets).clone();
+        let mut con = con.clone();
+        async move {
+            let v: Vec<Option<i64>> = cmd.query_async(&mut con).await.unwrap_or_default();
+            v.iter().map(|o| o.map_or(0, |o| o + 1) as u64).sum::<u64>()
+        }
+    };
+    let reporter = async {
+        let started = Instant::now();
+        let (mut last_applied, mut last_at) = (0u64, Instant::now());
+        let mut samples: Vec<(f64, u64, u64)> = Vec::new(); // (seconds, applied/s, rss KiB)
+        println!(
+            "{:>6} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10}",
+            "s", "applied/s", "lag", "lookups/s", "p50 ms", "p99 ms", "RSS MiB"
+        );
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_secs(options.interval)).await;
+            let now_applied = applied(&mut con).await;
+            let secs = last_at.elapsed().as_secs_f64();
+            let rate = (now_applied - last_applied) as f64 / secs;
+            let (lookups, p50, p99) = {
+                let mut h = interval_latencies.lock().unwrap();
+                let r = (
+                    h.len() as f64 / secs,
+                    h.value_at_quantile(0.5) as f64 / 1e3,
+                    h.value_at_quantile(0.99) as f64 / 1e3,
+                );
+                h.reset();
+                r
+            };
+            let rss = rss_kib(pid);
+            let lag = produced.load(Ordering::Relaxed).saturating_sub(now_applied);
+            println!(
+                "{:>6.0} {rate:>12.0} {lag:>12} {lookups:>10.0} {p50:>10.2} {p99:>10.2} {:>10.1}",
+                started.elapsed().as_secs_f64(),
+                rss as f64 / 1024.0
+            );
+            samples.push((started.elapsed().as_secs_f64(), rate as u64, rss));
+            (last_applied, last_at) = (now_applied, Instant::now());
+        }
+        samples
+    };
+    let ((), (), (), samples) = tokio::join!(events, monitored, lookups, reporter);
+    producer.flush(Duration::from_secs(30))?;
+    let total = produced.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while applied(&mut con).await < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let caught_up = applied(&mut con).await;
+    let h = latencies.lock().unwrap().clone();
+    let warm: Vec<&(f64, u64, u64)> = samples.iter().filter(|s| s.0 >= 60.0).collect();
+    let (first, last) = (warm.first().map_or(0, |s| s.2), warm.last().map_or(0, |s| s.2));
+    let sustained = samples.iter().map(|s| s.1).sum::<u64>() as f64 / samples.len().max(1) as f64;
+    println!(
+        "\nsustained: {sustained:.0} events/s applied ({caught_up} of {total} produced applied at the end), \
+         {:.0} lookups/s ({} failed), lookup latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        h.len() as f64 / options.seconds as f64,
+        failed.load(Ordering::Relaxed),
+        h.value_at_quantile(0.5) as f64 / 1e3,
+        h.value_at_quantile(0.99) as f64 / 1e3,
+        h.value_at_quantile(0.999) as f64 / 1e3,
+        h.max() as f64 / 1e3,
+    );
+    println!(
+        "server RSS after 60 s {:.1} MiB, at the end {:.1} MiB: {:+.1} MiB ({:+.1}%)",
+        first as f64 / 1024.0,
+        last as f64 / 1024.0,
+        (last as f64 - first as f64) / 1024.0,
+        if first > 0 { (last as f64 / first as f64 - 1.0) * 100.0 } else { 0.0 }
+    );
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "fathom serve exited with {status}; see {}", dir.join("fathom.log").display());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! Transport security: the API over HTTPS (rustls) when `server.tls` is set — a client trusting
+//! the certificate gets answers, one that does not is refused, plain HTTP gets nothing — and the
+//! online store behind Redis `requirepass`, its password only in the environment.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{free_port, Fathom};
+
+/// A self-signed certificate for 127.0.0.1 (openssl CLI), as (cert, key) paths.
+fn certificate(dir: &Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (cert.display().to_string(), key.display().to_string())
+}
+
+/// curl's exit code, HTTP status and body.
+fn curl(args: &[&str]) -> (i32, String) {
+    let out = Command::new("curl").args(["-sS", "--max-time", "5"]).args(args).output().expect("curl");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+fn project(dir: &Path, port: u16, online: &str, server: &str) -> String {
+    let d = dir.display();
+    let yaml = format!(
+        r#"
+project: {project}
+stores:
+  online: {online}
+  offline: {{ parquet: {{ path: {d}/offline }} }}
+  dead_letters: {{ path: {d}/dlq }}
+sources:
+  tx: {{ key: card_id, timestamp: ts }}
+entities:
+  card: {{ key: card_id }}
+feature_sets:
+  cards:
+    entity: card
+    source: tx
+    aggregations: [{{ column: amount, functions: [sum], windows: [1h], period: 1m }}]
+server: {{ listen: "127.0.0.1:{port}"{server} }}
+"#,
+        project = common::unique("security"),
+    );
+    let path = dir.join("fathom.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_speaks_https_only_when_tls_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let port = free_port();
+    let config = project(dir.path(), port, "{ embedded: {} }", &format!(", tls: {{ cert: {cert}, key: {key} }}"));
+    let fathom = Fathom::start(&["serve", "-c", &config], port, &dir.path().join("fathom.log"));
+    let https = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while curl(&["--cacert", &cert, &https("/readyz")]).0 != 0 {
+        assert!(Instant::now() < deadline, "no HTTPS answer: {}", std::fs::read_to_string(&fathom.log).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let event =
+        format!(r#"[{{"card_id": "c1", "ts": {now}, "amount": 2.5}}, {{"card_id": "c1", "ts": {now}, "amount": 4}}]"#);
+    let (code, body) =
+        curl(&["--cacert", &cert, "-H", "content-type: application/json", "-d", &event, &https("/v1/push/tx")]);
+    assert_eq!((code, body.as_str()), (0, r#"{"accepted":2,"dead_lettered":0}"#));
+    let (code, body) = curl(&["--cacert", &cert, &https("/v1/features/cards/c1")]);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{code} {body}: {e}"));
+    assert_eq!(body["features"][0]["value"], 6.5, "{body}");
+    // a client that does not trust the certificate stops at verification (curl: 60)
+    assert_eq!(curl(&[&https("/readyz")]).0, 60);
+    // plain HTTP on the HTTPS port gets no HTTP answer
+    let (code, body) = curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/readyz")]);
+    assert!(code != 0 && body == "000", "plain HTTP answered: curl {code}, status {body}");
+    drop(fathom);
+
+    // a key that does not exist: the process refuses to start, naming the field
+    let port = free_port();
+    let config =
+        project(dir.path(), port, "{ embedded: {} }", &format!(", tls: {{ cert: {cert}, key: {cert}.missing }}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_fathom")).args(["serve", "-c", &config]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("server.tls.key: reading"), "{stderr}");
+}
+
+/// A Redis of this test's own with `requirepass`.
+struct GuardedRedis(std::process::Child);
+
+impl Drop for GuardedRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const REDIS_PASSWORD: &str = "redis-sekrit-41d7";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_online_store_authenticates_to_redis_with_a_password_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis_port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &redis_port.to_string(), "--save", "", "--appendonly", "no"])
+        .args(["--requirepass", REDIS_PASSWORD])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let _redis = GuardedRedis(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let online = r#"{ redis: { url: "env:FATHOM_TEST_REDIS_URL" } }"#;
+    let url = format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{redis_port}");
+    let port = free_port();
+    let config = project(dir.path(), port, online, "");
+    let env = [("FATHOM_TEST_REDIS_URL", url.as_str()), ("FATHOM_LOG", "debug")];
+    let mut fathom = Fathom::start_with(&["serve", "-c", &config], port, &dir.path().join("fathom.log"), &env);
+    fathom.wait_ready().await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let client = reqwest::Client::new();
+    let pushed = client
+        .post(fathom.url("/v1/push/tx"))
+        .body(format!(r#"{{"card_id": "c7", "ts": {now}, "amount": 3}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), 200);
+    let body: serde_json::Value =
+        client.get(fathom.url("/v1/features/cards/c7")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["features"][0]["value"], 3.0, "{body}");
+    // the value is in the guarded Redis
+    let mut con = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*c7*").query_async(&mut con).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    fathom.stop();
+
+    // a wrong password: the process does not become ready, and says why without the URL
+    let wrong = format!("redis://:not-{REDIS_PASSWORD}@127.0.0.1:{redis_port}");
+    let env = [("FATHOM_TEST_REDIS_URL", wrong.as_str()), ("FATHOM_LOG", "debug")];
+    let log = dir.path().join("wrong.log");
+    let mut refused = Fathom::start_with(&["serve", "-c", &config], port, &log, &env);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        let ready = reqwest::get(refused.url("/readyz")).await.map(|r| r.status().as_u16()).unwrap_or(0);
+        assert_ne!(ready, 200, "ready with a wrong Redis password");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(refused);
+    for log in [fathom.log.clone(), log] {
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(!text.contains(REDIS_PASSWORD), "the Redis password is in {}: {text}", log.display());
+    }
+    let text = std::fs::read_to_string(dir.path().join("wrong.log")).unwrap();
+    assert!(text.contains("WRONGPASS") || text.contains("invalid username-password"), "{text}");
+}
