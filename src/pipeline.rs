@@ -236,6 +236,7 @@ pub async fn start_with(project: Arc<Project>, roles: Roles) -> anyhow::Result<R
         dead,
         committer,
         processed: Offsets::new(),
+        handled: BTreeMap::new(),
         last_checkpoint: Instant::now(),
         health: health.clone(),
         stats: IngestStats {
@@ -365,6 +366,9 @@ struct Pipeline {
     committer: Option<Committer>,
     /// Next offsets of records processed since the last checkpoint.
     processed: Offsets,
+    /// Highest offset this process handled per (source, partition): a re-delivery at or below
+    /// it is skipped whole.
+    handled: BTreeMap<(usize, i32), i64>,
     last_checkpoint: Instant,
     health: Arc<Health>,
     /// What happened since the last checkpoint, written to InfluxDB as `fathom_ingest` & co.
@@ -456,7 +460,18 @@ impl Pipeline {
     }
 
     /// Decodes, applies and flushes one batch; refused records become dead letters.
-    async fn handle(&mut self, records: Vec<Record>) -> PushSummary {
+    async fn handle(&mut self, mut records: Vec<Record>) -> PushSummary {
+        // the broker re-delivering what this process already handled (its connection was lost
+        // before the offsets were committed): applied, written and dead-lettered once already
+        let handled = &self.handled;
+        let before = records.len();
+        records.retain(|r| {
+            r.at.partition.is_none_or(|p| handled.get(&(r.source, p)).is_none_or(|&through| r.at.offset > through))
+        });
+        if records.len() < before {
+            tracing::info!(records = before - records.len(), "skipped records this process already handled");
+            metrics::counter!("fathom_replayed_records_skipped_total").increment((before - records.len()) as u64);
+        }
         let now = chrono::Utc::now().timestamp_millis();
         let mut events = Vec::with_capacity(records.len());
         let mut summary = PushSummary::default();
@@ -568,6 +583,7 @@ impl Pipeline {
         self.offline.append(&events, &late_for);
         let mut applied = BTreeMap::new();
         for ((source, partition), offset) in last {
+            self.handled.insert((source, partition), offset);
             let topic = self.project.stream_name(source).to_string();
             self.processed.insert((topic.clone(), partition), offset + 1);
             applied.insert((topic, partition), offset);
