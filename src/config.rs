@@ -97,14 +97,17 @@ pub struct EmbeddedConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[:password@]host:port[/db]` (`redis://user:password@…` for an ACL user; TLS
-    /// `rediss://` is not built in yet); `env:NAME` reads it from
-    /// the environment.
+    /// `redis://[user][:password@]host:port[/db]`, or `rediss://…` for TLS (rustls); `env:NAME`
+    /// reads it from the environment (where a password belongs).
     #[serde(default)]
     pub url: Option<String>,
     /// Redis Cluster seed node URLs.
     #[serde(default)]
     pub cluster: Option<Vec<String>>,
+    /// PEM file of the CA that signed the servers' certificates, for `rediss://` with a private
+    /// CA (default: the system's roots).
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// `stores.offline`.
@@ -630,9 +633,18 @@ impl Project {
                 None => Ok(url.clone()),
             }
         };
+        let ca = match &redis.ca {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("stores.online.redis.ca: reading {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
         Ok(Some(match (&redis.url, &redis.cluster) {
-            (Some(url), _) => RedisTopology::Single(resolve(url)?),
-            (None, Some(nodes)) => RedisTopology::Cluster(nodes.iter().map(resolve).collect::<anyhow::Result<_>>()?),
+            (Some(url), _) => RedisTopology::Single { url: resolve(url)?, ca },
+            (None, Some(nodes)) => {
+                RedisTopology::Cluster { nodes: nodes.iter().map(resolve).collect::<anyhow::Result<_>>()?, ca }
+            }
             (None, None) => unreachable!("checked at load"),
         }))
     }

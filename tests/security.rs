@@ -1,6 +1,7 @@
 //! Transport security: the API over HTTPS (rustls) when `server.tls` is set — a client trusting
 //! the certificate gets answers, one that does not is refused, plain HTTP gets nothing — and the
-//! online store behind Redis `requirepass`, its password only in the environment.
+//! online store behind Redis `requirepass` (its password only in the environment, never logged)
+//! and behind Redis TLS (`rediss://`, trusting a private CA from `stores.online.redis.ca`).
 
 mod common;
 
@@ -10,20 +11,46 @@ use std::time::{Duration, Instant};
 
 use common::{free_port, Fathom};
 
-/// A self-signed certificate for 127.0.0.1 (openssl CLI), as (cert, key) paths.
-fn certificate(dir: &Path) -> (String, String) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (cert.display().to_string(), key.display().to_string())
+/// A private CA and a server certificate for 127.0.0.1 it signed (openssl CLI), as
+/// (ca, cert, key) paths.
+fn certificate(dir: &Path) -> (String, String, String) {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let (ca, ca_key) = (path("ca.pem"), path("ca-key.pem"));
+    openssl(
+        &[&["req", "-x509"], &ec[..], &["-days", "1", "-subj", "/CN=fathom test CA", "-keyout", &ca_key, "-out", &ca]]
+            .concat(),
+    );
+    let (cert, key, request) = (path("cert.pem"), path("key.pem"), path("cert.csr"));
+    openssl(&[&["req"], &ec[..], &["-subj", "/CN=127.0.0.1", "-keyout", &key, "-out", &request]].concat());
+    let extensions = path("ext.cnf");
+    std::fs::write(
+        &extensions,
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &request,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &extensions,
+        "-out",
+        &cert,
+    ]);
+    (ca, cert, key)
 }
 
 /// curl's exit code, HTTP status and body.
@@ -62,13 +89,13 @@ server: {{ listen: "127.0.0.1:{port}"{server} }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_speaks_https_only_when_tls_is_configured() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = certificate(dir.path());
+    let (ca, cert, key) = certificate(dir.path());
     let port = free_port();
     let config = project(dir.path(), port, "{ embedded: {} }", &format!(", tls: {{ cert: {cert}, key: {key} }}"));
     let fathom = Fathom::start(&["serve", "-c", &config], port, &dir.path().join("fathom.log"));
     let https = |path: &str| format!("https://127.0.0.1:{port}{path}");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while curl(&["--cacert", &cert, &https("/readyz")]).0 != 0 {
+    while curl(&["--cacert", &ca, &https("/readyz")]).0 != 0 {
         assert!(Instant::now() < deadline, "no HTTPS answer: {}", std::fs::read_to_string(&fathom.log).unwrap());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -76,9 +103,9 @@ async fn the_api_speaks_https_only_when_tls_is_configured() {
     let event =
         format!(r#"[{{"card_id": "c1", "ts": {now}, "amount": 2.5}}, {{"card_id": "c1", "ts": {now}, "amount": 4}}]"#);
     let (code, body) =
-        curl(&["--cacert", &cert, "-H", "content-type: application/json", "-d", &event, &https("/v1/push/tx")]);
+        curl(&["--cacert", &ca, "-H", "content-type: application/json", "-d", &event, &https("/v1/push/tx")]);
     assert_eq!((code, body.as_str()), (0, r#"{"accepted":2,"dead_lettered":0}"#));
-    let (code, body) = curl(&["--cacert", &cert, &https("/v1/features/cards/c1")]);
+    let (code, body) = curl(&["--cacert", &ca, &https("/v1/features/cards/c1")]);
     let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{code} {body}: {e}"));
     assert_eq!(body["features"][0]["value"], 6.5, "{body}");
     // a client that does not trust the certificate stops at verification (curl: 60)
@@ -168,4 +195,57 @@ async fn the_online_store_authenticates_to_redis_with_a_password_from_the_enviro
     }
     let text = std::fs::read_to_string(dir.path().join("wrong.log")).unwrap();
     assert!(text.contains("connecting to Redis") && text.contains("Password authentication failed"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_online_store_reaches_redis_over_tls_trusting_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificate(dir.path());
+    let redis_port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &redis_port.to_string()])
+        .args(["--tls-cert-file", &cert, "--tls-key-file", &key, "--tls-ca-cert-file", &ca])
+        .args(["--tls-auth-clients", "no", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let _redis = GuardedRedis(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = free_port();
+    let online = format!(r#"{{ redis: {{ url: "rediss://127.0.0.1:{redis_port}", ca: {ca} }} }}"#);
+    let config = project(dir.path(), port, &online, "");
+    let mut fathom = Fathom::start(&["serve", "-c", &config], port, &dir.path().join("fathom.log"));
+    fathom.wait_ready().await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let client = reqwest::Client::new();
+    let pushed = client
+        .post(fathom.url("/v1/push/tx"))
+        .body(format!(r#"{{"card_id": "c9", "ts": {now}, "amount": 1.5}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), 200);
+    let body: serde_json::Value =
+        client.get(fathom.url("/v1/features/cards/c9")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["features"][0]["value"], 1.5, "{body}");
+    fathom.stop();
+    // the entity is in the TLS Redis (read back over TLS, trusting the same CA)
+    let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(std::fs::read(&ca).unwrap()) };
+    let url = format!("rediss://127.0.0.1:{redis_port}");
+    let tls = redis::Client::build_with_tls(url.as_str(), certs).unwrap();
+    let mut con = tls.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*c9*").query_async(&mut con).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+
+    // without the CA the server's certificate is not trusted: the process refuses to start
+    let config =
+        project(dir.path(), port, &format!(r#"{{ redis: {{ url: "rediss://127.0.0.1:{redis_port}" }} }}"#), "");
+    let out = Command::new(env!("CARGO_BIN_EXE_fathom")).args(["serve", "-c", &config]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("connecting to Redis"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
 }

@@ -14,13 +14,27 @@ const CHUNK: usize = 2_000;
 /// Single-key commands in flight at once on a cluster.
 const IN_FLIGHT: usize = 256;
 
-/// How the Redis deployment is shaped.
+/// How the Redis deployment is shaped, and whom to trust over TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisTopology {
     /// One server (`redis://` or `rediss://`).
-    Single(String),
+    Single {
+        /// Its URL.
+        url: String,
+        /// PEM certificate(s) of the CA to trust for `rediss://` (else the system's roots).
+        ca: Option<Vec<u8>>,
+    },
     /// Redis Cluster seed nodes.
-    Cluster(Vec<String>),
+    Cluster {
+        /// Their URLs (`rediss://` for TLS).
+        nodes: Vec<String>,
+        /// PEM certificate(s) of the CA to trust for `rediss://` (else the system's roots).
+        ca: Option<Vec<u8>>,
+    },
+}
+
+fn certificates(ca: &Option<Vec<u8>>) -> redis::TlsCertificates {
+    redis::TlsCertificates { client_tls: None, root_cert: ca.clone() }
 }
 
 /// A connected Redis store.
@@ -40,13 +54,21 @@ impl RedisStore {
     /// Connects.
     pub async fn connect(topology: &RedisTopology) -> Result<RedisStore, OnlineError> {
         match topology {
-            RedisTopology::Single(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(err("parsing the URL"))?;
+            RedisTopology::Single { url, ca } => {
+                let client = match ca {
+                    None => redis::Client::open(url.as_str()),
+                    Some(_) => redis::Client::build_with_tls(url.as_str(), certificates(ca)),
+                }
+                .map_err(err("parsing the URL"))?;
                 let manager = client.get_connection_manager().await.map_err(err("connecting"))?;
                 Ok(RedisStore::Single(manager))
             }
-            RedisTopology::Cluster(nodes) => {
-                let client = redis::cluster::ClusterClient::new(nodes.clone()).map_err(err("parsing cluster URLs"))?;
+            RedisTopology::Cluster { nodes, ca } => {
+                let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.clone());
+                if ca.is_some() {
+                    builder = builder.certs(certificates(ca));
+                }
+                let client = builder.build().map_err(err("parsing cluster URLs"))?;
                 let connection = client.get_async_connection().await.map_err(err("connecting to the cluster"))?;
                 Ok(RedisStore::Cluster(connection))
             }
