@@ -200,21 +200,39 @@ fn checkpoint_key(project: &str) -> String {
     format!("{}:checkpoint", monitor_tag(project))
 }
 
+fn lease_key(project: &str) -> String {
+    format!("{}:lease", monitor_tag(project))
+}
+
+/// How long the active monitor's lease lasts unless renewed (every few seconds while active).
+/// A monitor that dies without releasing it is replaced by a standby after at most this long.
+const LEASE_MS: u64 = 10_000;
+/// How often the active monitor renews its lease.
+const RENEW: Duration = Duration::from_millis(2_000);
+
+/// The monitor lost its lease to another process: it must stop writing at once.
+#[derive(Debug, thiserror::Error)]
+#[error("another process ({0}) holds the monitor lease")]
+struct LeaseLost(String);
+
+/// A monitored model's configuration, checked once at start.
+struct Prepared {
+    name: String,
+    config: crate::serving::ModelConfig,
+    profile: Profile,
+    settings: fathom_monitor::window::Settings,
+}
+
 /// Starts the monitor when any model has `monitoring`.
+///
+/// One process per project is the active monitor: it holds a lease in the online store (renewed
+/// every 2 s, lasting 10 s) and writes its checkpoint only while it holds it (one atomic check
+/// and write). Any other process with the `monitor` role stands by — ready, reporting
+/// `warnings.monitor` — and takes over from the checkpoint when the lease lapses, so several
+/// processes may run every role without double counting.
 pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<Option<Running>> {
-    let monitored: Vec<(&String, &crate::serving::ModelConfig)> =
-        project.models.iter().filter(|(_, m)| m.monitoring.is_some()).collect();
-    if monitored.is_empty() {
-        return Ok(None);
-    }
-    let loaded = store.load(&[checkpoint_key(&project.name)]).await.context("reading the monitor checkpoint")?;
-    let mut checkpoint: Checkpoint = match loaded.into_iter().next().flatten() {
-        Some(bytes) => postcard::from_bytes(&bytes).context("the monitor checkpoint is unreadable")?,
-        None => Checkpoint::default(),
-    };
-    let mut models = Vec::new();
-    let mut streams = Vec::new();
-    for (name, config) in monitored {
+    let mut prepared = Vec::new();
+    for (name, config) in project.models.iter().filter(|(_, m)| m.monitoring.is_some()) {
         let path = project.reference_path(name);
         let profile = Profile::load(&path).with_context(|| {
             format!(
@@ -223,6 +241,105 @@ pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<
             )
         })?;
         let settings = settings(name, config).map_err(|(f, m)| anyhow::anyhow!("models.{name}.{f}: {m}"))?;
+        prepared.push(Prepared { name: name.clone(), config: config.clone(), profile, settings });
+    }
+    if prepared.is_empty() {
+        return Ok(None);
+    }
+    let holder = {
+        use rand::Rng as _;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}-{:08x}", host.trim(), std::process::id(), rand::rng().random::<u32>())
+    };
+    let health = Arc::new(Health::default());
+    let (push_tx, mut push_rx) = mpsc::channel(16);
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let key = lease_key(&project.name);
+    // the usual case, one process: active at once, and a bad checkpoint or Kafka setting stops
+    // the start like any other configuration error
+    let mut active = match store.lease(&key, &holder, LEASE_MS).await.context("taking the monitor lease")? {
+        None => Some(activate(&project, &store, &prepared, &holder, &health).await?),
+        Some(other) => {
+            tracing::info!(active = other, "monitor on standby: another process is the active monitor");
+            None
+        }
+    };
+    health.ready.store(true, Ordering::Relaxed);
+    let supervised = health.clone();
+    let task = tokio::spawn(async move {
+        let health = supervised;
+        loop {
+            let (monitor, kafka_rx, results_rx) = match active.take() {
+                Some(active) => active,
+                None => {
+                    if !standby(&store, &key, &holder, &health, &mut push_rx, &mut shutdown_rx).await {
+                        return Ok(());
+                    }
+                    tracing::info!(holder, "taking over as the active monitor");
+                    activate(&project, &store, &prepared, &holder, &health).await?
+                }
+            };
+            match monitor.run(kafka_rx, &mut push_rx, results_rx, &mut shutdown_rx).await {
+                Ok(()) => {
+                    if let Err(e) = store.release(&key, &holder).await {
+                        tracing::warn!(error = format!("{e:#}"), "releasing the monitor lease");
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.downcast_ref::<LeaseLost>().is_some() => {
+                    tracing::warn!(error = format!("{e:#}"), "this process is no longer the active monitor");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    Ok(Some(Running { push: push_tx, health, shutdown: shutdown_tx, task }))
+}
+
+/// Waits until this process holds the lease (`true`) or is shut down (`false`). Pushed records
+/// are refused meanwhile (their request answers 503): only the active monitor counts them.
+async fn standby(
+    store: &OnlineStore,
+    key: &str,
+    holder: &str,
+    health: &Health,
+    push: &mut mpsc::Receiver<MonitorPush>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    loop {
+        match store.lease(key, holder, LEASE_MS).await {
+            Ok(None) => {
+                health.clear("monitor");
+                return true;
+            }
+            Ok(Some(other)) => health.warn("monitor", format!("standby: {other} is the active monitor")),
+            Err(e) => health.warn("monitor", format!("standby: {:#}", anyhow::Error::from(e))),
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return false,
+            Some(request) = push.recv() => drop(request),
+            _ = tokio::time::sleep(RENEW) => {}
+        }
+    }
+}
+
+/// The active monitor, its Kafka batches and its delivery results: the checkpoint loaded, the
+/// interrupted epoch marked aborted and recorded, the consumer joined.
+async fn activate(
+    project: &Arc<Project>,
+    store: &OnlineStore,
+    prepared: &[Prepared],
+    holder: &str,
+    health: &Arc<Health>,
+) -> anyhow::Result<(Monitor, Option<mpsc::Receiver<Vec<Record>>>, mpsc::Receiver<DeliveryResult>)> {
+    let loaded = store.load(&[checkpoint_key(&project.name)]).await.context("reading the monitor checkpoint")?;
+    let mut checkpoint: Checkpoint = match loaded.into_iter().next().flatten() {
+        Some(bytes) => postcard::from_bytes(&bytes).context("the monitor checkpoint is unreadable")?,
+        None => Checkpoint::default(),
+    };
+    let mut models = Vec::new();
+    let mut streams = Vec::new();
+    for Prepared { name, config, profile, settings } in prepared {
         let state = checkpoint.models.remove(name.as_str()).unwrap_or_default();
         let ttl_ms = settings.max_delay_ms + settings.lateness_ms + settings.window_ms;
         streams.push((project.predictions_topic(name), models.len(), Kind::Predictions));
@@ -231,7 +348,7 @@ pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<
         models.push(Model {
             name: name.clone(),
             config: config.clone(),
-            monitor: ModelMonitor::new(settings, &profile, state),
+            monitor: ModelMonitor::new(settings.clone(), profile, state),
             idle_ms: idle_ms(config),
             ttl_ms,
         });
@@ -242,7 +359,7 @@ pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<
             config.spill_dir = config.spill_dir.join("monitor");
             Points::Influx(Box::new(Writer::new(config).context("stores.influxdb")?), Instant::now())
         }
-        None => Points::File(monitoring_dir(&project).join("points.lp"), Vec::new()),
+        None => Points::File(monitoring_dir(project).join("points.lp"), Vec::new()),
     };
     let (dead, consumer, producer) = match &project.stores.kafka {
         Some(config) => {
@@ -266,12 +383,9 @@ pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<
     while checkpoint.aborted.len() > 10_000 {
         checkpoint.aborted.pop_first();
     }
-    let health = Arc::new(Health::default());
-    let (push_tx, push_rx) = mpsc::channel(16);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (kafka_rx, committer) = match consumer {
         Some(consumer) => {
-            let (rx, committer) = crate::pipeline::spawn_consumer(consumer, &project, health.clone());
+            let (rx, committer) = crate::pipeline::spawn_consumer(consumer, project, health.clone());
             (Some(rx), Some(committer))
         }
         None => (None, None),
@@ -279,7 +393,9 @@ pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<
     let (results_tx, results_rx) = mpsc::channel(64);
     let mut monitor = Monitor {
         project: project.clone(),
-        store,
+        store: store.clone(),
+        holder: holder.to_string(),
+        last_renewed: Instant::now(),
         models,
         streams,
         committed: checkpoint.epoch,
@@ -301,9 +417,7 @@ pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<
     };
     // record the aborted epoch before writing anything under a new one
     monitor.write_checkpoint().await.context("writing the monitor checkpoint")?;
-    let task = tokio::spawn(monitor.run(kafka_rx, push_rx, results_rx, shutdown_rx));
-    health.ready.store(true, Ordering::Relaxed);
-    Ok(Some(Running { push: push_tx, health, shutdown: shutdown_tx, task }))
+    Ok((monitor, kafka_rx, results_rx))
 }
 
 /// A delivery's result: (id, Ok(HTTP status or 0 for a topic) | Err(why, permanent)).
@@ -312,6 +426,9 @@ type DeliveryResult = (String, Result<(u16, String), (String, bool)>);
 struct Monitor {
     project: Arc<Project>,
     store: OnlineStore,
+    /// Who this process is in the monitor lease.
+    holder: String,
+    last_renewed: Instant,
     models: Vec<Model>,
     /// (topic, model index, kind) per record source index.
     streams: Vec<(String, usize, Kind)>,
@@ -346,9 +463,9 @@ impl Monitor {
     async fn run(
         mut self,
         mut kafka: Option<mpsc::Receiver<Vec<Record>>>,
-        mut push: mpsc::Receiver<MonitorPush>,
+        push: &mut mpsc::Receiver<MonitorPush>,
         mut results: mpsc::Receiver<DeliveryResult>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
@@ -366,10 +483,13 @@ impl Monitor {
                     };
                     let records = request.records.into_iter().map(|mut r| { r.source = index; r }).collect();
                     let summary = self.handle(records).await;
-                    self.checkpoint_until_done().await;
+                    self.checkpoint_until_done().await?;
                     let _ = request.done.send(summary);
                 }
-                _ = tick.tick() => self.idle(),
+                _ = tick.tick() => {
+                    self.idle();
+                    self.renew().await?;
+                }
             }
             self.deliver();
             let due = self.urgent
@@ -377,20 +497,41 @@ impl Monitor {
                     >= Duration::from_millis(self.project.processing.checkpoint_ms as u64);
             if due {
                 if let Err(e) = self.checkpoint().await {
+                    if e.downcast_ref::<LeaseLost>().is_some() {
+                        return Err(e);
+                    }
                     self.health.degraded("monitor checkpoint", &e);
                     tokio::time::sleep(RETRY).await;
                 }
             }
         }
-        self.checkpoint_until_done().await;
-        Ok(())
+        self.checkpoint_until_done().await
     }
 
-    async fn checkpoint_until_done(&mut self) {
+    /// Checkpoints, retrying store failures; only a lost lease ends it with an error.
+    async fn checkpoint_until_done(&mut self) -> anyhow::Result<()> {
         while let Err(e) = self.checkpoint().await {
+            if e.downcast_ref::<LeaseLost>().is_some() {
+                return Err(e);
+            }
             self.health.degraded("monitor checkpoint", &e);
             tokio::time::sleep(RETRY).await;
         }
+        Ok(())
+    }
+
+    /// Renews the lease every [`RENEW`]; a store that does not answer is retried at the next
+    /// tick (the lease outlasts a few misses).
+    async fn renew(&mut self) -> anyhow::Result<()> {
+        if self.last_renewed.elapsed() < RENEW {
+            return Ok(());
+        }
+        match self.store.lease(&lease_key(&self.project.name), &self.holder, LEASE_MS).await {
+            Ok(None) => self.last_renewed = Instant::now(),
+            Ok(Some(other)) => return Err(LeaseLost(other).into()),
+            Err(e) => tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "renewing the monitor lease"),
+        }
+        Ok(())
     }
 
     fn epoch(&self) -> u64 {
@@ -924,7 +1065,12 @@ impl Monitor {
         };
         let bytes = postcard::to_allocvec(&checkpoint).context("encoding the monitor checkpoint")?;
         let write = Write { key: checkpoint_key(&self.project.name), state: bytes, ttl_ms: None };
-        self.store.write(std::slice::from_ref(&write), &[]).await.context("writing the monitor checkpoint")?;
+        let key = lease_key(&self.project.name);
+        let fenced = self.store.write_fenced(&key, &self.holder, LEASE_MS, &write).await;
+        if let Some(other) = fenced.context("writing the monitor checkpoint")? {
+            return Err(LeaseLost(other).into());
+        }
+        self.last_renewed = Instant::now();
         self.committed = epoch;
         for d in &mut self.outbox {
             d.committed = true;

@@ -338,14 +338,36 @@ models:
     let delivered = || query(format!("SELECT * FROM fathom_alert_deliveries WHERE model = '{model}'"));
     wait_for("both delivery records (signed JSON and Slack)", &log, || async { delivered().await.len() >= 2 }).await;
 
-    // phase 2: windows 8..10, killed while they are being processed
+    // a second process of the same project stands by: ready, not monitoring
+    let standby_port = free_port();
+    let standby_config = dir.path().join("fathom-2.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&standby_config, text.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{standby_port}")))
+        .unwrap();
+    let standby_args = ["serve", "-c", standby_config.to_str().unwrap()];
+    let mut standby = Fathom::start(&standby_args, standby_port, &dir.path().join("fathom-2.log"));
+    standby.wait_ready().await;
+    let ready: Value = reqwest::get(standby.url("/readyz")).await.unwrap().json().await.unwrap();
+    let warning = ready["warnings"]["monitor"].as_str().unwrap_or_default();
+    assert!(warning.starts_with("monitor: standby: ") && warning.ends_with(" is the active monitor"), "{ready}");
+
+    // phase 2: windows 8..10, the active monitor killed while they are being processed: the
+    // standby takes over from its checkpoint once the lease lapses
     let second = stream(&model, 8, 10);
     send(&second, &predictions_topic, &labels_topic).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     fathom.sigkill();
-    let mut fathom = Fathom::start(&args, port, &dir.path().join("fathom-2.log"));
+    let mut fathom = standby;
     let log = dir.path().join("fathom-2.log");
-    fathom.wait_ready().await;
+    let readyz = fathom.url("/readyz");
+    let took_over = || {
+        let readyz = readyz.clone();
+        async move {
+            let ready: Value = reqwest::get(readyz).await.unwrap().json().await.unwrap();
+            ready.get("warnings").is_none_or(|w| w.get("monitor").is_none())
+        }
+    };
+    wait_for("the standby to take over the monitor", &log, took_over).await;
 
     // phase 3: windows 10..12, a repeated prediction and label, labels for window 0 after expiry
     let third = stream(&model, 10, 12);

@@ -14,6 +14,10 @@ use fathom_featurestore::online;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+/// The soak's feature set: 15 features whose windows fill within five minutes, so every
+/// entity's state stops growing after that and the server's memory must too.
+const FEATURES: &str = "entity: card\nsource: tx\naggregations:\n  - { column: amount, functions: [count, sum, mean, max, stddev], windows: [1m, 2m, 5m], period: 10s }\n";
+
 /// Options of the soak.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SoakOptions {
@@ -41,6 +45,9 @@ pub struct SoakOptions {
     /// Seconds between reports.
     #[arg(long, default_value_t = 15)]
     pub interval: u64,
+    /// Seconds of warm-up (windows filling, caches growing) before memory must stay flat.
+    #[arg(long, default_value_t = 360)]
+    pub warmup: u64,
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -125,7 +132,7 @@ pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
         redis = options.redis,
         brokers = options.brokers,
         d = dir.display(),
-        features = super::FEATURES.lines().map(|l| format!("    {l}\n")).collect::<String>(),
+        features = FEATURES.lines().map(|l| format!("    {l}\n")).collect::<String>(),
     );
     let config = dir.join("fathom.yaml");
     std::fs::write(&config, yaml)?;
@@ -278,7 +285,7 @@ pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
     }
     let caught_up = applied(&mut con).await;
     let h = latencies.lock().unwrap().clone();
-    let warm: Vec<&(f64, u64, u64)> = samples.iter().filter(|s| s.0 >= 60.0).collect();
+    let warm: Vec<&(f64, u64, u64)> = samples.iter().filter(|s| s.0 >= options.warmup as f64).collect();
     let (first, last) = (warm.first().map_or(0, |s| s.2), warm.last().map_or(0, |s| s.2));
     let sustained = samples.iter().map(|s| s.1).sum::<u64>() as f64 / samples.len().max(1) as f64;
     println!(
@@ -292,7 +299,8 @@ pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
         h.max() as f64 / 1e3,
     );
     println!(
-        "server RSS after 60 s {:.1} MiB, at the end {:.1} MiB: {:+.1} MiB ({:+.1}%)",
+        "server RSS after the {} s warm-up {:.1} MiB, at the end {:.1} MiB: {:+.1} MiB ({:+.1}%)",
+        options.warmup,
         first as f64 / 1024.0,
         last as f64 / 1024.0,
         (last as f64 - first as f64) / 1024.0,

@@ -84,6 +84,42 @@ impl OnlineStore {
         }
     }
 
+    /// Takes or renews the lease `key` for `holder` for `ttl_ms`, unless another holder has it:
+    /// then returns that holder. The embedded store lives in one process: always granted.
+    pub async fn lease(&self, key: &str, holder: &str, ttl_ms: u64) -> Result<Option<String>, OnlineError> {
+        match self {
+            OnlineStore::Embedded(_) => Ok(None),
+            OnlineStore::Redis(store) => store.lease(key, holder, ttl_ms).await,
+        }
+    }
+
+    /// Gives the lease up if `holder` has it.
+    pub async fn release(&self, key: &str, holder: &str) -> Result<(), OnlineError> {
+        match self {
+            OnlineStore::Embedded(_) => Ok(()),
+            OnlineStore::Redis(store) => store.release(key, holder).await,
+        }
+    }
+
+    /// Writes one state (no TTL) only while `holder` has the lease `lease` (renewing it), in
+    /// one atomic step: a process that lost its lease cannot overwrite its successor's state.
+    /// Returns the other holder when the write was refused. Both keys must share a slot.
+    pub async fn write_fenced(
+        &self,
+        lease: &str,
+        holder: &str,
+        ttl_ms: u64,
+        write: &Write,
+    ) -> Result<Option<String>, OnlineError> {
+        match self {
+            OnlineStore::Embedded(store) => {
+                store.write(std::slice::from_ref(write));
+                Ok(None)
+            }
+            OnlineStore::Redis(store) => store.write_fenced(lease, holder, ttl_ms, write).await,
+        }
+    }
+
     /// Whether the store answers.
     pub async fn ping(&self) -> Result<(), OnlineError> {
         match self {

@@ -99,6 +99,74 @@ impl RedisStore {
         }
     }
 
+    /// Runs a Lua script on the node holding `keys` (one slot).
+    async fn script<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[&[u8]],
+        what: &'static str,
+    ) -> Result<T, OnlineError> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(*key);
+        }
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        match self {
+            RedisStore::Single(c) => invocation.invoke_async(&mut c.clone()).await,
+            RedisStore::Cluster(c) => invocation.invoke_async(&mut c.clone()).await,
+        }
+        .map_err(err(what))
+    }
+
+    pub(super) async fn lease(&self, key: &str, holder: &str, ttl_ms: u64) -> Result<Option<String>, OnlineError> {
+        static LEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                "local current = redis.call('GET', KEYS[1])
+                 if current == false or current == ARGV[1] then
+                   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+                   return false
+                 end
+                 return current",
+            )
+        });
+        let ttl = ttl_ms.to_string();
+        self.script(&LEASE, &[key], &[holder.as_bytes(), ttl.as_bytes()], "taking the lease").await
+    }
+
+    pub(super) async fn release(&self, key: &str, holder: &str) -> Result<(), OnlineError> {
+        static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+                 return 0",
+            )
+        });
+        self.script::<i64>(&RELEASE, &[key], &[holder.as_bytes()], "releasing the lease").await.map(drop)
+    }
+
+    pub(super) async fn write_fenced(
+        &self,
+        lease: &str,
+        holder: &str,
+        ttl_ms: u64,
+        write: &Write,
+    ) -> Result<Option<String>, OnlineError> {
+        static FENCED: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                "local current = redis.call('GET', KEYS[1])
+                 if current ~= false and current ~= ARGV[1] then return current end
+                 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+                 redis.call('HSET', KEYS[2], 'state', ARGV[3], 'updated_ms', ARGV[4])
+                 return false",
+            )
+        });
+        let (ttl, now) = (ttl_ms.to_string(), chrono::Utc::now().timestamp_millis().to_string());
+        let args: [&[u8]; 4] = [holder.as_bytes(), ttl.as_bytes(), &write.state, now.as_bytes()];
+        self.script(&FENCED, &[lease, &write.key], &args, "writing under the lease").await
+    }
+
     pub(super) async fn ping(&self) -> Result<(), OnlineError> {
         let ping = redis::cmd("PING");
         let pong: Result<String, _> = match self {
