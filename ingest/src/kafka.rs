@@ -114,8 +114,23 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[String]) -> Result<()
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = client_config(config)?
         .create()
         .map_err(|source| SourceError::Kafka { what: "creating the admin client", source })?;
-    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(-1))).collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // only the missing ones: a broker (or an ACL) that refuses CreateTopics is not asked in vain
+    let existing: std::collections::HashSet<String> = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map(|m| m.topics().iter().map(|t| t.name().to_string()).collect())
+        .unwrap_or_default();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .filter(|t| !existing.contains(t.as_str()))
+        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(-1)))
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(15)));
     let results = admin
         .create_topics(&new, &options)
         .await
