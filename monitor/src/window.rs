@@ -432,6 +432,12 @@ impl ModelMonitor {
                 self.close(start, &mut points, &mut events);
             }
             self.performance(start, true, &mut points, &mut events);
+            // final: its labelled pairs are never read again, though the window stays for the
+            // sliding drift window — free them rather than carry them (and checkpoint them)
+            if let Some(window) = self.state.windows.get_mut(&start) {
+                window.classified = Vec::new();
+                window.regressed = Vec::new();
+            }
         }
         self.state.final_ms = final_to;
         let dirty: Vec<i64> = self.state.windows.iter().filter(|(_, win)| win.dirty).map(|(s, _)| *s).collect();
