@@ -119,6 +119,17 @@ fn reference(plan: &FeatureSetPlan, produced: &[Produced]) -> (HashMap<String, E
     (states, late)
 }
 
+/// Every entity's online values (shared Redis) equal the in-process reference over `produced`.
+async fn assert_online_matches_reference(project: &str, plan: &FeatureSetPlan, produced: &[Produced]) {
+    let (expected, _) = reference(plan, produced);
+    let keys: Vec<String> = expected.keys().cloned().collect();
+    let stored = stored_states(project, plan, &keys).await;
+    let at = chrono::Utc::now().timestamp_millis();
+    for (key, state) in keys.iter().zip(&stored) {
+        assert_eq!(values(plan, state.as_ref(), at), values(plan, expected.get(key), at), "entity {key}");
+    }
+}
+
 async fn redis_at(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
@@ -552,13 +563,7 @@ async fn a_broker_outage_of_30_s_loses_and_duplicates_nothing() {
     producing.await.unwrap();
     let total = records.len() as i64;
     wait_applied(&project, &topic, "every record applied after the broker came back", |n| n == total).await;
-    let (expected, _) = reference(&plan, &produced);
-    let keys: Vec<String> = expected.keys().cloned().collect();
-    let stored = stored_states(&project, &plan, &keys).await;
-    let at = chrono::Utc::now().timestamp_millis();
-    for (key, state) in keys.iter().zip(&stored) {
-        assert_eq!(values(&plan, state.as_ref(), at), values(&plan, expected.get(key), at), "entity {key}");
-    }
+    assert_online_matches_reference(&project, &plan, &produced).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let body: Value = reqwest::get(fathom.url("/readyz")).await.unwrap().json().await.unwrap();
@@ -630,13 +635,7 @@ async fn an_unwritable_offline_store_holds_the_stream_back_and_loses_nothing() {
         assert!(std::time::Instant::now() < deadline, "readiness did not recover");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (expected, _) = reference(&run.plan, &produced);
-    let keys: Vec<String> = expected.keys().cloned().collect();
-    let stored = stored_states(&run.project, &run.plan, &keys).await;
-    let at = chrono::Utc::now().timestamp_millis();
-    for (key, state) in keys.iter().zip(&stored) {
-        assert_eq!(values(&run.plan, state.as_ref(), at), values(&run.plan, expected.get(key), at), "entity {key}");
-    }
+    assert_online_matches_reference(&run.project, &run.plan, &produced).await;
     fathom.stop();
     assert_eq!(parquet_rows(&offline), produced.len(), "each event once offline");
 }
@@ -730,13 +729,7 @@ async fn a_consumer_group_of_processes_survives_a_member_killed_and_one_added() 
     for m in [&mut a, &mut c, &mut d] {
         m.stop();
     }
-    let (expected, _) = reference(&plan, &produced);
-    let keys: Vec<String> = expected.keys().cloned().collect();
-    let stored = stored_states(&project, &plan, &keys).await;
-    let at = chrono::Utc::now().timestamp_millis();
-    for (key, state) in keys.iter().zip(&stored) {
-        assert_eq!(values(&plan, state.as_ref(), at), values(&plan, expected.get(key), at), "entity {key}");
-    }
+    assert_online_matches_reference(&project, &plan, &produced).await;
     let rows = offline_positions(&dir.path().join("offline/tx"));
     let unique_rows: std::collections::BTreeSet<(i32, i64)> = rows.iter().copied().collect();
     assert_eq!(unique_rows.len(), produced.len(), "every event offline ({} rows before de-duplication)", rows.len());
