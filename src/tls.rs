@@ -39,13 +39,12 @@ pub fn acceptor(config: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
     let key = PrivateKeyDer::from_pem_file(&config.key)
         .with_context(|| format!("server.tls.key: reading {}", config.key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = ServerConfig::builder_with_provider(provider)
+    let mut server = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("server.tls: TLS versions")?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("server.tls: the key does not fit the certificate")?;
-    let mut server = server;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(server)))
 }

@@ -124,6 +124,16 @@ async fn the_api_speaks_https_only_when_tls_is_configured() {
     assert!(!out.status.success() && stderr.contains("server.tls.key: reading"), "{stderr}");
 }
 
+/// Pushes one event for `card` over HTTP and answers the card's features.
+async fn push_and_read(fathom: &Fathom, card: &str, amount: f64) -> serde_json::Value {
+    let now = chrono::Utc::now().timestamp_millis();
+    let client = reqwest::Client::new();
+    let event = serde_json::json!({"card_id": card, "ts": now, "amount": amount});
+    let pushed = client.post(fathom.url("/v1/push/tx")).body(event.to_string()).send().await.unwrap();
+    assert_eq!(pushed.status(), 200);
+    client.get(fathom.url(&format!("/v1/features/cards/{card}"))).send().await.unwrap().json().await.unwrap()
+}
+
 /// A Redis of this test's own with `requirepass`.
 struct GuardedRedis(std::process::Child);
 
@@ -159,17 +169,7 @@ async fn the_online_store_authenticates_to_redis_with_a_password_from_the_enviro
     let env = [("FATHOM_TEST_REDIS_URL", url.as_str()), ("FATHOM_LOG", "debug")];
     let mut fathom = Fathom::start_with(&["serve", "-c", &config], port, &dir.path().join("fathom.log"), &env);
     fathom.wait_ready().await;
-    let now = chrono::Utc::now().timestamp_millis();
-    let client = reqwest::Client::new();
-    let pushed = client
-        .post(fathom.url("/v1/push/tx"))
-        .body(format!(r#"{{"card_id": "c7", "ts": {now}, "amount": 3}}"#))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(pushed.status(), 200);
-    let body: serde_json::Value =
-        client.get(fathom.url("/v1/features/cards/c7")).send().await.unwrap().json().await.unwrap();
+    let body = push_and_read(&fathom, "c7", 3.0).await;
     assert_eq!(body["features"][0]["value"], 3.0, "{body}");
     // the value is in the guarded Redis
     let mut con = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
@@ -220,17 +220,7 @@ async fn the_online_store_reaches_redis_over_tls_trusting_the_configured_ca() {
     let config = project(dir.path(), port, &online, "");
     let mut fathom = Fathom::start(&["serve", "-c", &config], port, &dir.path().join("fathom.log"));
     fathom.wait_ready().await;
-    let now = chrono::Utc::now().timestamp_millis();
-    let client = reqwest::Client::new();
-    let pushed = client
-        .post(fathom.url("/v1/push/tx"))
-        .body(format!(r#"{{"card_id": "c9", "ts": {now}, "amount": 1.5}}"#))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(pushed.status(), 200);
-    let body: serde_json::Value =
-        client.get(fathom.url("/v1/features/cards/c9")).send().await.unwrap().json().await.unwrap();
+    let body = push_and_read(&fathom, "c9", 1.5).await;
     assert_eq!(body["features"][0]["value"], 1.5, "{body}");
     fathom.stop();
     // the entity is in the TLS Redis (read back over TLS, trusting the same CA)
