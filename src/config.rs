@@ -399,7 +399,9 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
     }
     if let Some(kafka) = &stores.kafka {
         for (key, message) in fathom_ingest::kafka::check_options(kafka) {
-            problem(&mut problems, format!("stores.kafka.options.{key}"), format!("librdkafka refuses it: {message}"));
+            let field =
+                if key.is_empty() { "stores.kafka.options".to_string() } else { format!("stores.kafka.options.{key}") };
+            problem(&mut problems, field, format!("librdkafka refuses it: {message}"));
         }
     }
     let server: ServerConfig = root.get("server").and_then(|v| typed(v, "server", &mut problems)).unwrap_or_default();

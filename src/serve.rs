@@ -20,6 +20,16 @@ pub fn metrics() -> PrometheusHandle {
             let handle = recorder.handle();
             // a second recorder (tests running several servers) keeps the first one
             let _ = metrics::set_global_recorder(recorder);
+            // histogram samples wait in the recorder until upkeep folds them in: without it a
+            // process nobody scrapes would keep every sample
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                })
+                .expect("spawning the metrics upkeep thread");
             handle
         })
         .clone()

@@ -1,7 +1,9 @@
 //! Transport security: the API over HTTPS (rustls) when `server.tls` is set — a client trusting
 //! the certificate gets answers, one that does not is refused, plain HTTP gets nothing — and the
 //! online store behind Redis `requirepass` (its password only in the environment, never logged)
-//! and behind Redis TLS (`rediss://`, trusting a private CA from `stores.online.redis.ca`).
+//! and behind Redis TLS (`rediss://`, trusting a private CA from `stores.online.redis.ca`), and
+//! Kafka sources behind SASL: SCRAM-SHA-512 over TLS (`SASL_SSL`), SCRAM-SHA-256 without
+//! (`SASL_PLAINTEXT`).
 
 mod common;
 
@@ -134,10 +136,10 @@ async fn push_and_read(fathom: &Fathom, card: &str, amount: f64) -> serde_json::
     client.get(fathom.url(&format!("/v1/features/cards/{card}"))).send().await.unwrap().json().await.unwrap()
 }
 
-/// A Redis of this test's own with `requirepass`.
-struct GuardedRedis(std::process::Child);
+/// A server of the test's own, killed on drop.
+struct Guarded(std::process::Child);
 
-impl Drop for GuardedRedis {
+impl Drop for Guarded {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -156,7 +158,7 @@ async fn the_online_store_authenticates_to_redis_with_a_password_from_the_enviro
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("redis-server");
-    let _redis = GuardedRedis(child);
+    let _redis = Guarded(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_err() {
         assert!(Instant::now() < deadline, "redis-server did not start");
@@ -209,7 +211,7 @@ async fn the_online_store_reaches_redis_over_tls_trusting_the_configured_ca() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("redis-server");
-    let _redis = GuardedRedis(child);
+    let _redis = Guarded(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_err() {
         assert!(Instant::now() < deadline, "redis-server did not start");
@@ -238,4 +240,218 @@ async fn the_online_store_reaches_redis_over_tls_trusting_the_configured_ca() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("connecting to Redis"), "{stderr}");
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+}
+
+/// A Kafka-compatible broker of the test's own: tansu with `--authentication` (SCRAM-SHA-256
+/// and -512; tansu 0.6.0 offers no PLAIN) on SQLite storage, holding one SCRAM user. With TLS,
+/// clients reach it only through a TLS terminator whose port it advertises: tansu 0.6.0 takes
+/// `--cert`/`--key` but does not use them yet.
+struct SaslBroker {
+    port: u16,
+    /// The CA clients trust, when the broker speaks TLS.
+    ca: Option<String>,
+    _tansu: Guarded,
+}
+
+impl SaslBroker {
+    /// Starts the broker with `user` (name, password) for `mechanism` (`SCRAM-SHA-256` or `-512`).
+    /// The user is added with authentication off — an authenticated broker lets no one in to
+    /// add the first — and the broker then restarts with it on, over the same storage.
+    async fn start(dir: &Path, tls: bool, mechanism: &str, user: (&str, &str)) -> SaslBroker {
+        let (tansu, port) = (free_port(), free_port());
+        let advertised = if tls { port } else { tansu };
+        let broker = |authentication: bool, log: &str| {
+            let mut command = Command::new("tansu");
+            command.current_dir(dir).arg("broker").args(authentication.then_some("--authentication"));
+            command
+                .args(["--listener-url", &format!("tcp://127.0.0.1:{tansu}")])
+                .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{advertised}")])
+                .args(["--storage-engine", "sqlite://tansu.db"])
+                .stdout(std::fs::File::create(dir.join(log)).unwrap())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map(Guarded)
+                .expect("tansu (installed by the test command)")
+        };
+        let listening = || async {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::net::TcpStream::connect(("127.0.0.1", tansu)).is_err() {
+                assert!(Instant::now() < deadline, "tansu did not start");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let open = broker(false, "tansu-setup.log");
+        listening().await;
+        let scram = if mechanism == "SCRAM-SHA-256" { "scram256" } else { "scram512" };
+        let out = Command::new("tansu")
+            .args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{tansu}"), "--mechanism", scram])
+            .args([user.0, user.1])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tansu user create: {}", String::from_utf8_lossy(&out.stderr));
+        drop(open);
+        let guard = broker(true, "tansu.log");
+        listening().await;
+        if !tls {
+            return SaslBroker { port: tansu, ca: None, _tansu: guard };
+        }
+        let (ca, cert, key) = certificate(dir);
+        let acceptor = fathom::tls::acceptor(&fathom::tls::TlsConfig { cert: cert.into(), key: key.into() }).unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut client) = acceptor.accept(client).await else { return };
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", tansu)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        SaslBroker { port, ca: Some(ca), _tansu: guard }
+    }
+
+    /// librdkafka settings for a client of this broker, as (key, value) pairs.
+    fn options(&self, mechanism: &str, user: &str, password: &str) -> Vec<(&'static str, String)> {
+        let protocol = if self.ca.is_some() { "SASL_SSL" } else { "SASL_PLAINTEXT" };
+        let mut options = vec![
+            ("bootstrap.servers", format!("127.0.0.1:{}", self.port)),
+            ("security.protocol", protocol.to_string()),
+            ("sasl.mechanism", mechanism.to_string()),
+            ("sasl.username", user.to_string()),
+            ("sasl.password", password.to_string()),
+        ];
+        options.extend(self.ca.iter().map(|ca| ("ssl.ca.location", ca.clone())));
+        options
+    }
+
+    fn client(&self, mechanism: &str, user: &str, password: &str) -> rdkafka::ClientConfig {
+        let mut config = rdkafka::ClientConfig::new();
+        for (key, value) in self.options(mechanism, user, password) {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+const KAFKA_PASSWORD: &str = "kafka-sekrit-93c1";
+
+/// A project consuming `topic` with the broker's SASL settings, the password from the
+/// environment (`FATHOM_TEST_KAFKA_PASSWORD`).
+fn kafka_project(dir: &Path, port: u16, broker: &SaslBroker, mechanism: &str, topic: &str) -> String {
+    let options: Vec<String> = broker
+        .options(mechanism, "fathom", "env:FATHOM_TEST_KAFKA_PASSWORD")
+        .into_iter()
+        .filter(|(key, _)| *key != "bootstrap.servers")
+        .map(|(key, value)| format!("{key}: \"{value}\""))
+        .collect();
+    let d = dir.display();
+    let yaml = format!(
+        r#"
+project: {project}
+stores:
+  online: {{ embedded: {{}} }}
+  offline: {{ parquet: {{ path: {d}/offline }} }}
+  kafka: {{ bootstrap_servers: "127.0.0.1:{kafka}", options: {{ {options} }} }}
+sources:
+  tx: {{ kafka: {{ topic: {topic} }}, key: card_id, timestamp: ts }}
+entities:
+  card: {{ key: card_id }}
+feature_sets:
+  cards:
+    entity: card
+    source: tx
+    aggregations: [{{ column: amount, functions: [sum], windows: [1h], period: 1m }}]
+server: {{ listen: "127.0.0.1:{port}" }}
+processing: {{ checkpoint_interval: 1s }}
+"#,
+        project = common::unique("kafka-sasl"),
+        kafka = broker.port,
+        options = options.join(", "),
+    );
+    let path = dir.join(format!("{}.yaml", common::unique("project")));
+    std::fs::write(&path, yaml).unwrap();
+    path.display().to_string()
+}
+
+/// Fathom consumes from a broker that requires SASL (over TLS or not): with the right password
+/// (from the environment) every event is applied; with a wrong one nothing is, readiness says
+/// the login was refused, and neither log holds the password.
+async fn consumes_through_sasl(tls: bool, mechanism: &str) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = SaslBroker::start(dir.path(), tls, mechanism, ("fathom", KAFKA_PASSWORD)).await;
+    let topic = common::unique("tx-sasl");
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        broker.client(mechanism, "fathom", KAFKA_PASSWORD).create().unwrap();
+    let new = rdkafka::admin::NewTopic::new(&topic, 2, rdkafka::admin::TopicReplication::Fixed(1));
+    let created = admin.create_topics([&new], &rdkafka::admin::AdminOptions::new()).await.unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let producer: FutureProducer = broker.client(mechanism, "fathom", KAFKA_PASSWORD).create().unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    for i in 0..20 {
+        let event = serde_json::json!({"card_id": format!("c{}", i % 2), "ts": now, "amount": i});
+        let payload = event.to_string();
+        let record = FutureRecord::to(&topic).key("k").payload(&payload).partition(i % 2);
+        producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+    }
+
+    let port = free_port();
+    let config = kafka_project(dir.path(), port, &broker, mechanism, &topic);
+    let env = [("FATHOM_TEST_KAFKA_PASSWORD", KAFKA_PASSWORD), ("FATHOM_LOG", "debug")];
+    let mut fathom = Fathom::start_with(&["serve", "-c", &config], port, &dir.path().join("fathom.log"), &env);
+    fathom.wait_ready().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body: serde_json::Value =
+            reqwest::get(fathom.url("/v1/features/cards/c1")).await.unwrap().json().await.unwrap();
+        // c1 holds the odd amounts 1 + 3 + … + 19
+        if body["features"][0]["value"] == 100.0 {
+            break;
+        }
+        let log = std::fs::read_to_string(&fathom.log).unwrap();
+        assert!(Instant::now() < deadline, "not every event applied: {body}\n{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fathom.stop();
+
+    // a wrong password: readiness names the refused login and nothing is consumed
+    let port = free_port();
+    let config = kafka_project(dir.path(), port, &broker, mechanism, &topic);
+    let env = [("FATHOM_TEST_KAFKA_PASSWORD", "not-the-password"), ("FATHOM_LOG", "debug")];
+    let log = dir.path().join("wrong.log");
+    let refused = Fathom::start_with(&["serve", "-c", &config], port, &log, &env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let complaint = loop {
+        let body: Option<serde_json::Value> = match reqwest::get(refused.url("/readyz")).await {
+            Ok(answer) => answer.json().await.ok(),
+            Err(_) => None,
+        };
+        if let Some(warning) = body.as_ref().and_then(|b| b["warnings"]["kafka"].as_str()) {
+            break warning.to_string();
+        }
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(Instant::now() < deadline, "no refused login reported: {body:?}\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(complaint.contains("SASL authentication error"), "{complaint}");
+    let body: serde_json::Value =
+        reqwest::get(refused.url("/v1/features/cards/c1")).await.unwrap().json().await.unwrap();
+    assert_eq!(body["features"][0]["status"], "NOT_FOUND", "consumed with a wrong password: {body}");
+    drop(refused);
+    for log in [fathom.log.clone(), log] {
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(!text.contains(KAFKA_PASSWORD), "the Kafka password is in {}: {text}", log.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sasl_ssl_with_scram_sha_512() {
+    consumes_through_sasl(true, "SCRAM-SHA-512").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sasl_plaintext_with_scram_sha_256() {
+    consumes_through_sasl(false, "SCRAM-SHA-256").await;
 }

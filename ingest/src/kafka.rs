@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
@@ -29,6 +29,15 @@ pub enum SourceError {
         #[source]
         source: KafkaError,
     },
+    /// The broker did not answer; `reason` is the client's last error, which says why.
+    #[error("kafka reaching the broker: {reason}")]
+    Broker {
+        /// What the metadata call returned.
+        #[source]
+        source: KafkaError,
+        /// librdkafka's last error report (e.g. a failed SASL authentication).
+        reason: String,
+    },
     /// A secret option (`env:` / `file:`) could not be resolved.
     #[error("kafka option {key}: {message}")]
     Secret {
@@ -50,22 +59,38 @@ pub fn client_config(config: &KafkaConfig) -> Result<ClientConfig, SourceError> 
     Ok(client)
 }
 
-/// Asks librdkafka about each option (a property it does not know, or a value it refuses),
-/// without connecting anywhere. Returns (key, librdkafka's message) for every bad one.
-/// `env:`/`file:` values are checked for their key only: the secret may live elsewhere.
+/// Asks librdkafka about the options, without connecting anywhere: all of them together (some
+/// only make sense with others — `security.protocol: SASL_SSL` with its `sasl.mechanism`), and,
+/// when that fails, each alone to name the culprit. Returns (key, librdkafka's message) for every
+/// bad one; (`""`, message) when only the combination is refused. `env:`/`file:` values are
+/// checked for their key only: the secret may live elsewhere.
 pub fn check_options(config: &KafkaConfig) -> Vec<(String, String)> {
-    config
+    let secret = |value: &str| value.starts_with("env:") || value.starts_with("file:");
+    let refused = |options: &[(&String, &str)]| {
+        let mut client = ClientConfig::new();
+        options.iter().for_each(|(key, value)| {
+            client.set(key.as_str(), *value);
+        });
+        client.create::<rdkafka::producer::BaseProducer>().err().map(|e| e.to_string())
+    };
+    let alone: Vec<(String, String)> = config
         .options
         .iter()
         .filter_map(|(key, value)| {
-            let secret = value.starts_with("env:") || value.starts_with("file:");
-            let probe = if secret { "" } else { value.as_str() };
-            let error =
-                ClientConfig::new().set(key, probe).create::<rdkafka::producer::BaseProducer>().err()?.to_string();
+            let probe = if secret(value) { "" } else { value.as_str() };
+            let error = refused(&[(key, probe)])?;
             // a secret's value is not known here: only an unknown property is a problem
-            (!secret || error.contains("No such configuration property")).then(|| (key.clone(), error))
+            (!secret(value) || error.contains("No such configuration property")).then(|| (key.clone(), error))
         })
-        .collect()
+        .collect();
+    // a secret stands in by a placeholder: SCRAM wants a password to be set, whatever it is
+    let together: Vec<(&String, &str)> =
+        config.options.iter().map(|(k, v)| (k, if secret(v) { "placeholder" } else { v.as_str() })).collect();
+    match refused(&together) {
+        None => alone.into_iter().filter(|(key, _)| config.options.get(key).is_some_and(|v| secret(v))).collect(),
+        Some(error) if alone.is_empty() => vec![(String::new(), error)],
+        Some(_) => alone,
+    }
 }
 
 fn resolve_secret(key: &str, value: &str) -> Result<String, SourceError> {
@@ -81,12 +106,44 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, SourceError> {
 }
 
 /// Notes partition assignment changes, so the pipeline can drop cached state for partitions
-/// another group member may have written meanwhile.
+/// another group member may have written meanwhile; and the client's last error, so a failing
+/// probe can say why (a refused SASL login looks like a silent broker otherwise).
 pub struct RebalanceWatch {
     changed: Arc<AtomicBool>,
+    last_error: Arc<Mutex<Option<ClientError>>>,
 }
 
-impl ClientContext for RebalanceWatch {}
+/// An error librdkafka reported on its own (not as the answer to a call).
+#[derive(Clone)]
+struct ClientError {
+    /// "All brokers are down": true, but the error before it says why.
+    vague: bool,
+    /// librdkafka's words.
+    reason: String,
+}
+
+impl ClientContext for RebalanceWatch {
+    /// librdkafka's statistics (every `statistics.interval.ms`): what it holds prefetched, the
+    /// memory a slow pipeline makes it keep.
+    /// Each partition's fetch queue forwards to the consumer's one queue, whose length every
+    /// partition then reports: the largest is the total, a sum would count it once per partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let partitions = statistics.topics.values().flat_map(|t| t.partitions.values()).filter(|p| p.partition >= 0);
+        let (messages, bytes) = partitions.fold((0, 0), |(n, b), p| (n.max(p.fetchq_cnt), b.max(p.fetchq_size)));
+        metrics::gauge!("fathom_kafka_prefetched_messages").set(messages as f64);
+        metrics::gauge!("fathom_kafka_prefetched_bytes").set(bytes as f64);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka client error");
+        let vague = error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown);
+        let mut last = self.last_error.lock().unwrap_or_else(PoisonError::into_inner);
+        // "all brokers are down" follows the error that says why: keep that one
+        if !(vague && last.as_ref().is_some_and(|l| !l.vague)) {
+            *last = Some(ClientError { vague, reason: reason.to_string() });
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceWatch {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -165,6 +222,8 @@ pub struct Committer {
     rebalanced: Arc<AtomicBool>,
     /// The subscribed topics, for [`Committer::probe`].
     topics: Arc<[String]>,
+    /// The client's last error (librdkafka's own words), for [`Committer::probe`].
+    last_error: Arc<Mutex<Option<ClientError>>>,
 }
 
 /// Next offset to read per (topic, partition).
@@ -182,16 +241,20 @@ impl KafkaSource {
         if !config.options.contains_key("auto.offset.reset") {
             client.set("auto.offset.reset", "earliest");
         }
+        if !config.options.contains_key("statistics.interval.ms") {
+            client.set("statistics.interval.ms", "10000");
+        }
         let rebalanced = Arc::new(AtomicBool::new(false));
+        let last_error = Arc::new(Mutex::new(None));
         let consumer: Inner = client
-            .create_with_context(RebalanceWatch { changed: rebalanced.clone() })
+            .create_with_context(RebalanceWatch { changed: rebalanced.clone(), last_error: last_error.clone() })
             .map_err(|source| SourceError::Kafka { what: "creating the consumer", source })?;
         let names: Vec<&str> = topics.iter().map(|(t, _)| t.as_str()).collect();
         consumer.subscribe(&names).map_err(|source| SourceError::Kafka { what: "subscribing", source })?;
         let consumer = Arc::new(consumer);
         let source = KafkaSource { consumer: consumer.clone(), topics: topics.iter().cloned().collect() };
         let topics = names.iter().map(|t| t.to_string()).collect();
-        Ok((source, Committer { consumer, rebalanced, topics }))
+        Ok((source, Committer { consumer, rebalanced, topics, last_error }))
     }
 
     /// Up to `max` records: waits for the first one, then takes what arrives within `linger`.
@@ -249,12 +312,19 @@ impl Committer {
 
     /// Asks a broker for a subscribed topic's metadata (blocking, at most `timeout`): `Ok` when
     /// one answers. A consumer waiting for records cannot tell a quiet topic from a lost broker;
-    /// this can.
+    /// this can. A failure carries the client's last error, which names the cause
+    /// (authentication, TLS, resolution) where the metadata call only timed out.
     pub fn probe(&self, timeout: Duration) -> Result<(), SourceError> {
-        self.consumer
-            .fetch_metadata(self.topics.first().map(String::as_str), timeout)
-            .map(drop)
-            .map_err(|source| SourceError::Kafka { what: "reaching the broker", source })
+        let before = self.last_error.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.consumer.fetch_metadata(self.topics.first().map(String::as_str), timeout).map(drop).map_err(|source| {
+            let during = self.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            // the newest that says why, else the newest
+            let telling = [&during, &before].into_iter().flatten().find(|e| !e.vague);
+            match telling.or(during.as_ref()).or(before.as_ref()) {
+                Some(e) => SourceError::Broker { source, reason: e.reason.clone() },
+                None => SourceError::Kafka { what: "reaching the broker", source },
+            }
+        })
     }
 
     /// Consumer lag per (topic, partition): high watermark minus the next offset to read. Asks

@@ -246,8 +246,8 @@ pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
         let (mut last_applied, mut last_at) = (0u64, Instant::now());
         let mut samples: Vec<(f64, u64, u64)> = Vec::new(); // (seconds, applied/s, rss KiB)
         println!(
-            "{:>6} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10}",
-            "s", "applied/s", "lag", "lookups/s", "p50 ms", "p99 ms", "RSS MiB"
+            "{:>6} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>14}",
+            "s", "applied/s", "lag", "lookups/s", "p50 ms", "p99 ms", "RSS MiB", "cached", "prefetched MiB"
         );
         while Instant::now() < end {
             tokio::time::sleep(Duration::from_secs(options.interval)).await;
@@ -266,10 +266,17 @@ pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
             };
             let rss = rss_kib(pid);
             let lag = produced.load(Ordering::Relaxed).saturating_sub(now_applied);
+            let metrics = http.get(format!("{base}/metrics")).send().await;
+            let metrics = match metrics {
+                Ok(answer) => answer.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
             println!(
-                "{:>6.0} {rate:>12.0} {lag:>12} {lookups:>10.0} {p50:>10.2} {p99:>10.2} {:>10.1}",
+                "{:>6.0} {rate:>12.0} {lag:>12} {lookups:>10.0} {p50:>10.2} {p99:>10.2} {:>10.1} {:>10.0} {:>14.1}",
                 started.elapsed().as_secs_f64(),
-                rss as f64 / 1024.0
+                rss as f64 / 1024.0,
+                gauge(&metrics, "fathom_cached_entities"),
+                gauge(&metrics, "fathom_kafka_prefetched_bytes") / 1048576.0,
             );
             samples.push((started.elapsed().as_secs_f64(), rate as u64, rss));
             (last_applied, last_at) = (now_applied, Instant::now());
@@ -287,6 +294,7 @@ pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
     let h = latencies.lock().unwrap().clone();
     let warm: Vec<&(f64, u64, u64)> = samples.iter().filter(|s| s.0 >= options.warmup as f64).collect();
     let (first, last) = (warm.first().map_or(0, |s| s.2), warm.last().map_or(0, |s| s.2));
+    let slope = slope_mib_per_min(&warm.iter().map(|s| (s.0, s.2)).collect::<Vec<_>>());
     let sustained = samples.iter().map(|s| s.1).sum::<u64>() as f64 / samples.len().max(1) as f64;
     println!(
         "\nsustained: {sustained:.0} events/s applied ({caught_up} of {total} produced applied at the end), \
@@ -299,7 +307,7 @@ pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
         h.max() as f64 / 1e3,
     );
     println!(
-        "server RSS after the {} s warm-up {:.1} MiB, at the end {:.1} MiB: {:+.1} MiB ({:+.1}%)",
+        "server RSS after the {} s warm-up {:.1} MiB, at the end {:.1} MiB: {:+.1} MiB ({:+.1}%), trend {slope:+.2} MiB/min",
         options.warmup,
         first as f64 / 1024.0,
         last as f64 / 1024.0,
@@ -311,4 +319,43 @@ pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "fathom serve exited with {status}; see {}", dir.join("fathom.log").display());
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// A gauge's value in a Prometheus text exposition (0 when absent).
+fn gauge(exposition: &str, name: &str) -> f64 {
+    exposition.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// The least-squares slope of (seconds, RSS KiB) samples, in MiB per minute.
+fn slope_mib_per_min(samples: &[(f64, u64)]) -> f64 {
+    let n = samples.len() as f64;
+    if samples.len() < 2 {
+        return 0.0;
+    }
+    let mean_t = samples.iter().map(|s| s.0).sum::<f64>() / n;
+    let mean_m = samples.iter().map(|s| s.1 as f64).sum::<f64>() / n;
+    let covariance: f64 = samples.iter().map(|s| (s.0 - mean_t) * (s.1 as f64 - mean_m)).sum();
+    let variance: f64 = samples.iter().map(|s| (s.0 - mean_t).powi(2)).sum();
+    covariance / variance * 60.0 / 1024.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_steady_climb_has_its_slope_and_a_flat_line_none() {
+        // 2 MiB (2048 KiB) more every 60 s
+        let climbing: Vec<(f64, u64)> = (0..10).map(|i| (i as f64 * 60.0, 100_000 + i * 2048)).collect();
+        assert!((slope_mib_per_min(&climbing) - 2.0).abs() < 1e-9);
+        let flat: Vec<(f64, u64)> = (0..10).map(|i| (i as f64 * 60.0, 100_000 + (i % 2) * 512)).collect();
+        assert!(slope_mib_per_min(&flat).abs() < 0.1, "{}", slope_mib_per_min(&flat));
+    }
+
+    #[test]
+    fn a_gauge_is_read_by_its_exact_name() {
+        let text = "# TYPE fathom_cached_entities gauge\nfathom_cached_entities_x 9\nfathom_cached_entities 1234\n";
+        assert_eq!(gauge(text, "fathom_cached_entities"), 1234.0);
+        assert_eq!(gauge(text, "fathom_missing"), 0.0);
+    }
 }
