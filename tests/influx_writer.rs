@@ -100,3 +100,85 @@ async fn nothing_is_lost_while_influxdb_is_down_or_the_writer_restarts() {
     assert_eq!(tags["results"][0]["series"][0]["values"][0][1], "fraud v1", "escaped tag round-trips");
     influxql(&db, &format!("DROP DATABASE {db}")).await;
 }
+
+/// An InfluxDB 1.x of the test's own with `auth-enabled`; killed on drop.
+struct GuardedInflux(std::process::Child);
+
+impl Drop for GuardedInflux {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const ADMIN_PASSWORD: &str = "influx-admin-4e2a";
+
+/// Credentials against an InfluxDB that requires them: the right user and password (a header,
+/// the password from the environment) write; a wrong password is refused with 401 and the batch
+/// is kept — not dropped like a malformed one — so once the password is fixed it arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_authenticate_and_a_refused_login_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, rpc) = (common::free_port(), common::free_port());
+    let d = |name: &str| dir.path().join(name).display().to_string();
+    let child = std::process::Command::new("influxd")
+        .args(["run", "-config", "/dev/null"])
+        .env("INFLUXDB_REPORTING_DISABLED", "true")
+        .env("INFLUXDB_BIND_ADDRESS", format!("127.0.0.1:{rpc}"))
+        .env("INFLUXDB_HTTP_BIND_ADDRESS", format!("127.0.0.1:{http}"))
+        .env("INFLUXDB_HTTP_AUTH_ENABLED", "true")
+        .env("INFLUXDB_META_DIR", d("meta"))
+        .env("INFLUXDB_DATA_DIR", d("data"))
+        .env("INFLUXDB_DATA_WAL_DIR", d("wal"))
+        .env("INFLUXDB_MONITOR_STORE_ENABLED", "false")
+        .stdout(std::fs::File::create(d("influxd.log")).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("influxd (installed by the test command)");
+    let _influx = GuardedInflux(child);
+    let base = format!("http://127.0.0.1:{http}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while reqwest::get(format!("{base}/ping")).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "influxd did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // the first user may be created without credentials; everything after needs them
+    let admin = Some(("admin", ADMIN_PASSWORD));
+    let q = format!("CREATE USER admin WITH PASSWORD '{ADMIN_PASSWORD}' WITH ALL PRIVILEGES");
+    assert!(common::influxql_as(&base, admin, "", &q).await.status().is_success());
+    assert!(common::influxql_as(&base, admin, "", "CREATE DATABASE monitoring").await.status().is_success());
+    let anonymous =
+        reqwest::Client::new().post(format!("{base}/write?db=monitoring")).body("m f=1").send().await.unwrap();
+    assert_eq!(anonymous.status(), 401, "the server does require credentials");
+
+    std::env::set_var("FATHOM_TEST_INFLUX_ADMIN_PASSWORD", "not-the-password");
+    let spill = tempfile::tempdir().unwrap();
+    let config = InfluxConfig {
+        url: base.clone(),
+        database: Some("monitoring".into()),
+        user: Some("admin".into()),
+        password: Some("env:FATHOM_TEST_INFLUX_ADMIN_PASSWORD".into()),
+        org: None,
+        bucket: None,
+        token: None,
+        batch_size: 100,
+        max_memory_points: 1_000,
+        spill_dir: spill.path().to_path_buf(),
+    };
+    let mut writer = Writer::new(config.clone()).unwrap();
+    writer.push(&points(0, 250)).unwrap();
+    let refused = writer.flush().await.unwrap_err().to_string();
+    assert!(refused.contains("401"), "{refused}");
+    assert!(!refused.contains("not-the-password"), "{refused}");
+    assert_eq!(writer.backlog(), 250, "a refused login keeps the points");
+    writer.persist().unwrap();
+    drop(writer);
+
+    // the password fixed, the process restarted: the kept points arrive, once
+    std::env::set_var("FATHOM_TEST_INFLUX_ADMIN_PASSWORD", ADMIN_PASSWORD);
+    let mut writer = Writer::new(config).unwrap();
+    assert_eq!(writer.flush().await.unwrap(), 250);
+    let q = "SELECT count(tvd) FROM fathom_feature_drift";
+    let answer: serde_json::Value = common::influxql_as(&base, admin, "monitoring", q).await.json().await.unwrap();
+    assert_eq!(answer["results"][0]["series"][0]["values"][0][1], 250, "{answer}");
+}

@@ -124,9 +124,9 @@ struct ClientError {
 
 impl ClientContext for RebalanceWatch {
     /// librdkafka's statistics (every `statistics.interval.ms`): what it holds prefetched, the
-    /// memory a slow pipeline makes it keep.
-    /// Each partition's fetch queue forwards to the consumer's one queue, whose length every
-    /// partition then reports: the largest is the total, a sum would count it once per partition.
+    /// memory a slow pipeline makes it keep. Each partition's fetch queue forwards to the
+    /// consumer's one queue, whose length every partition then reports: the largest is the
+    /// total, a sum would count it once per partition.
     fn stats(&self, statistics: rdkafka::Statistics) {
         let partitions = statistics.topics.values().flat_map(|t| t.partitions.values()).filter(|p| p.partition >= 0);
         let (messages, bytes) = partitions.fold((0, 0), |(n, b), p| (n.max(p.fetchq_cnt), b.max(p.fetchq_size)));
@@ -168,15 +168,20 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[String]) -> Result<()
     if topics.is_empty() {
         return Ok(());
     }
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = client_config(config)?
-        .create()
-        .map_err(|source| SourceError::Kafka { what: "creating the admin client", source })?;
-    // only the missing ones: a broker (or an ACL) that refuses CreateTopics is not asked in vain
-    let existing: std::collections::HashSet<String> = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(10))
-        .map(|m| m.topics().iter().map(|t| t.name().to_string()).collect())
-        .unwrap_or_default();
+    let client = client_config(config)?;
+    // only the missing ones: a broker (or an ACL) that refuses CreateTopics is not asked in vain.
+    // Asking blocks (up to 10 s): off the async threads.
+    let asked = tokio::task::spawn_blocking(move || {
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            client.create().map_err(|source| SourceError::Kafka { what: "creating the admin client", source })?;
+        let existing: std::collections::HashSet<String> = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map(|m| m.topics().iter().map(|t| t.name().to_string()).collect())
+            .unwrap_or_default();
+        Ok::<_, SourceError>((admin, existing))
+    });
+    let (admin, existing) = asked.await.expect("the metadata request does not panic")?;
     let new: Vec<NewTopic> = topics
         .iter()
         .filter(|t| !existing.contains(t.as_str()))

@@ -162,7 +162,8 @@ pub enum InfluxError {
     /// Not sent or not answered.
     #[error("InfluxDB unreachable: {0}")]
     Unreachable(String),
-    /// Answered with an error status worth retrying (5xx, 429).
+    /// Answered with an error status worth retrying (5xx, 429; 401/403/404: credentials or a
+    /// missing database, which someone can fix).
     #[error("InfluxDB answered {status}: {body}")]
     Retry {
         /// HTTP status.
@@ -222,11 +223,17 @@ impl Writer {
         let base = config.url.trim_end_matches('/');
         let (endpoint, auth) = match (&config.database, &config.bucket) {
             (Some(db), None) => {
-                let mut url = format!("{base}/write?db={}&precision=ns", urlencode(db));
-                if let (Some(user), Some(password)) = (&config.user, secret(&config.password)?) {
-                    url.push_str(&format!("&u={}&p={}", urlencode(user), urlencode(&password)));
-                }
-                (url, None)
+                let url = format!("{base}/write?db={}&precision=ns", urlencode(db));
+                // a header, not `u=`/`p=` in the URL, which proxies and access logs keep
+                let auth = match (&config.user, secret(&config.password)?) {
+                    (Some(user), Some(password)) => {
+                        use base64::Engine as _;
+                        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                        Some(format!("Basic {pair}"))
+                    }
+                    _ => None,
+                };
+                (url, auth)
             }
             (None, Some(bucket)) => {
                 let org = config.org.as_deref().ok_or_else(|| InfluxError::Config("v2 needs `org`".into()))?;
@@ -333,7 +340,9 @@ impl Writer {
             return Ok(());
         }
         let body: String = response.text().await.unwrap_or_default().chars().take(300).collect();
-        if status == 429 || status >= 500 {
+        // 401/403 (credentials) and 404 (database or bucket missing) are the configuration's
+        // fault, not the batch's: kept until someone fixes it, like an outage
+        if status == 429 || status >= 500 || matches!(status, 401 | 403 | 404) {
             Err(InfluxError::Retry { status, body })
         } else {
             Err(InfluxError::Refused { status, body })
@@ -449,8 +458,9 @@ mod tests {
     fn both_write_apis_are_addressed_with_their_credentials() {
         std::env::set_var("FATHOM_TEST_INFLUX_PASSWORD", "p&ss");
         let v1 = Writer::new(config(Some("fathom"), None, None)).unwrap();
-        assert_eq!(v1.endpoint, "http://127.0.0.1:8086/write?db=fathom&precision=ns&u=mon%20itor&p=p%26ss");
-        assert_eq!(v1.auth, None);
+        assert_eq!(v1.endpoint, "http://127.0.0.1:8086/write?db=fathom&precision=ns", "no credentials in the URL");
+        // base64("mon itor:p&ss")
+        assert_eq!(v1.auth.as_deref(), Some("Basic bW9uIGl0b3I6cCZzcw=="));
         std::env::set_var("FATHOM_TEST_INFLUX_TOKEN", "t0ken");
         let v2 = Writer::new(config(None, Some("monitoring"), Some("env:FATHOM_TEST_INFLUX_TOKEN"))).unwrap();
         assert_eq!(v2.endpoint, "http://127.0.0.1:8086/api/v2/write?org=acme%20corp&bucket=monitoring&precision=ns");

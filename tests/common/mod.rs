@@ -230,21 +230,24 @@ pub async fn influxql(db: &str, q: &str) -> serde_json::Value {
 
 /// [`influxql`] against the InfluxDB at `base`.
 pub async fn influxql_at(base: &str, db: &str, q: &str) -> serde_json::Value {
+    influxql_as(base, None, db, q).await.json().await.unwrap()
+}
+
+/// [`influxql_at`] as `user` (name, password), answering the raw response.
+pub async fn influxql_as(base: &str, user: Option<(&str, &str)>, db: &str, q: &str) -> reqwest::Response {
     let encode = |t: &str| {
         t.bytes()
             .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
             .collect::<String>()
     };
-    reqwest::Client::new()
+    let mut request = reqwest::Client::new()
         .post(format!("{base}/query"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("db={}&q={}", encode(db), encode(q)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+        .body(format!("db={}&q={}", encode(db), encode(q)));
+    if let Some((name, password)) = user {
+        request = request.basic_auth(name, Some(password));
+    }
+    request.send().await.unwrap()
 }
 
 /// The rows of the first series of an InfluxQL answer as column name → value maps.

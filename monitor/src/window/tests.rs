@@ -174,6 +174,33 @@ fn performance_goes_to_the_prediction_window_and_expires_after_max_delay() {
 }
 
 #[test]
+fn a_final_window_frees_its_labelled_pairs_but_stays_for_drift() {
+    let settings = Settings { max_delay_ms: 5 * MIN, ..settings() };
+    let mut m = ModelMonitor::new(settings, &profile(), ModelState::default());
+    let predicted =
+        |ts_ms, class: &str| Predicted { ts_ms, outcome: Outcome::Class { class: class.into(), probabilities: None } };
+    let label = |class: &str| Labelled { ts_ms: 0, label: format!("\"{class}\"") };
+    for i in 0..4 {
+        m.prediction(&record(i, i as i64, 1.0, "DE", "1"), 0);
+    }
+    m.pair(&predicted(0, "1"), &label("1"));
+    m.pair(&predicted(1, "1"), &label("0"));
+    m.advance(false);
+    assert_eq!(m.state.windows[&0].classified.len(), 2, "pairs are kept while labels may still come");
+    // 16 minutes: the first window is final (ended 10 min, + 5 min max delay) but within the
+    // 30-minute sliding drift window
+    m.prediction(&record(9, 16 * MIN, 1.0, "DE", "1"), 0);
+    let (points, _) = m.advance(false);
+    let perf = find(&points, "fathom_model_performance", &[]);
+    assert_eq!(perf.len(), 1);
+    assert_eq!(field(perf[0], "final"), &Field::Bool(true));
+    assert_eq!(float(perf[0], "accuracy"), 0.5);
+    let first = m.state.windows.get(&0).expect("kept for the sliding drift window");
+    assert_eq!(first.predictions, 4);
+    assert!(first.classified.is_empty() && first.regressed.is_empty(), "final: its pairs are freed");
+}
+
+#[test]
 fn rules_fire_once_and_a_restored_state_continues_the_same() {
     let run = |split: Option<usize>| {
         let mut state = ModelState::default();
