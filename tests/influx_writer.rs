@@ -101,16 +101,6 @@ async fn nothing_is_lost_while_influxdb_is_down_or_the_writer_restarts() {
     influxql(&db, &format!("DROP DATABASE {db}")).await;
 }
 
-/// An InfluxDB 1.x of the test's own with `auth-enabled`; killed on drop.
-struct GuardedInflux(std::process::Child);
-
-impl Drop for GuardedInflux {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 const ADMIN_PASSWORD: &str = "influx-admin-4e2a";
 
 /// Credentials against an InfluxDB that requires them: the right user and password (a header,
@@ -135,7 +125,7 @@ async fn credentials_authenticate_and_a_refused_login_loses_nothing() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("influxd (installed by the test command)");
-    let _influx = GuardedInflux(child);
+    let _influx = common::Guarded(child);
     let base = format!("http://127.0.0.1:{http}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while reqwest::get(format!("{base}/ping")).await.is_err() {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, Fathom};
+use common::{free_port, Fathom, Guarded};
 
 /// A private CA and a server certificate for 127.0.0.1 it signed (openssl CLI), as
 /// (ca, cert, key) paths.
@@ -134,16 +134,6 @@ async fn push_and_read(fathom: &Fathom, card: &str, amount: f64) -> serde_json::
     let pushed = client.post(fathom.url("/v1/push/tx")).body(event.to_string()).send().await.unwrap();
     assert_eq!(pushed.status(), 200);
     client.get(fathom.url(&format!("/v1/features/cards/{card}"))).send().await.unwrap().json().await.unwrap()
-}
-
-/// A server of the test's own, killed on drop.
-struct Guarded(std::process::Child);
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 const REDIS_PASSWORD: &str = "redis-sekrit-41d7";

@@ -149,6 +149,16 @@ pub async fn consume(topic: &str, n: usize) -> Vec<(std::collections::BTreeMap<S
     out
 }
 
+/// A server a test started for itself (a Redis, a broker, an InfluxDB); killed on drop.
+pub struct Guarded(pub Child);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running `fathom` process; killed on drop.
 pub struct Fathom {
     pub child: Child,

@@ -84,6 +84,25 @@ fn find<'a>(points: &'a [Point], measurement: &str, tags: &[(&str, &str)]) -> Ve
         .collect()
 }
 
+/// A classification prediction as the join remembers it.
+fn predicted(ts_ms: i64, class: &str) -> Predicted {
+    Predicted { ts_ms, outcome: Outcome::Class { class: class.into(), probabilities: None } }
+}
+
+/// A class label as the join remembers it.
+fn label(class: &str) -> Labelled {
+    Labelled { ts_ms: 0, label: format!("\"{class}\"") }
+}
+
+/// Four predictions of class "1" in the first window; two labelled, one right and one wrong.
+fn four_predictions_two_labelled(m: &mut ModelMonitor) {
+    for i in 0..4 {
+        m.prediction(&record(i, i as i64, 1.0, "DE", "1"), 0);
+    }
+    m.pair(&predicted(0, "1"), &label("1"));
+    m.pair(&predicted(1, "1"), &label("0"));
+}
+
 #[test]
 fn windows_close_on_event_time_and_bin_on_the_reference_edges() {
     let mut m = ModelMonitor::new(settings(), &profile(), ModelState::default());
@@ -141,14 +160,7 @@ fn windows_close_on_event_time_and_bin_on_the_reference_edges() {
 #[test]
 fn performance_goes_to_the_prediction_window_and_expires_after_max_delay() {
     let mut m = ModelMonitor::new(settings(), &profile(), ModelState::default());
-    let predicted =
-        |ts_ms, class: &str| Predicted { ts_ms, outcome: Outcome::Class { class: class.into(), probabilities: None } };
-    let label = |class: &str| Labelled { ts_ms: 0, label: format!("\"{class}\"") };
-    for i in 0..4 {
-        m.prediction(&record(i, i as i64, 1.0, "DE", "1"), 0);
-    }
-    m.pair(&predicted(0, "1"), &label("1"));
-    m.pair(&predicted(1, "1"), &label("0"));
+    four_predictions_two_labelled(&mut m);
     let (points, _) = m.advance(false);
     let perf = find(&points, "fathom_model_performance", &[]);
     assert_eq!(perf.len(), 1, "written as soon as labels arrive");
@@ -177,14 +189,7 @@ fn performance_goes_to_the_prediction_window_and_expires_after_max_delay() {
 fn a_final_window_frees_its_labelled_pairs_but_stays_for_drift() {
     let settings = Settings { max_delay_ms: 5 * MIN, ..settings() };
     let mut m = ModelMonitor::new(settings, &profile(), ModelState::default());
-    let predicted =
-        |ts_ms, class: &str| Predicted { ts_ms, outcome: Outcome::Class { class: class.into(), probabilities: None } };
-    let label = |class: &str| Labelled { ts_ms: 0, label: format!("\"{class}\"") };
-    for i in 0..4 {
-        m.prediction(&record(i, i as i64, 1.0, "DE", "1"), 0);
-    }
-    m.pair(&predicted(0, "1"), &label("1"));
-    m.pair(&predicted(1, "1"), &label("0"));
+    four_predictions_two_labelled(&mut m);
     m.advance(false);
     assert_eq!(m.state.windows[&0].classified.len(), 2, "pairs are kept while labels may still come");
     // 16 minutes: the first window is final (ended 10 min, + 5 min max delay) but within the
