@@ -73,6 +73,11 @@ pub fn check_options(config: &KafkaConfig) -> Vec<(String, String)> {
         });
         client.create::<rdkafka::producer::BaseProducer>().err().map(|e| e.to_string())
     };
+    // a secret stands in by a placeholder: SCRAM wants a password to be set, whatever it is
+    let together: Vec<(&String, &str)> =
+        config.options.iter().map(|(k, v)| (k, if secret(v) { "placeholder" } else { v.as_str() })).collect();
+    // accepted together: nothing more to ask (an unknown key would have been refused)
+    let Some(error) = refused(&together) else { return Vec::new() };
     let alone: Vec<(String, String)> = config
         .options
         .iter()
@@ -83,13 +88,10 @@ pub fn check_options(config: &KafkaConfig) -> Vec<(String, String)> {
             (!secret(value) || error.contains("No such configuration property")).then(|| (key.clone(), error))
         })
         .collect();
-    // a secret stands in by a placeholder: SCRAM wants a password to be set, whatever it is
-    let together: Vec<(&String, &str)> =
-        config.options.iter().map(|(k, v)| (k, if secret(v) { "placeholder" } else { v.as_str() })).collect();
-    match refused(&together) {
-        None => alone.into_iter().filter(|(key, _)| config.options.get(key).is_some_and(|v| secret(v))).collect(),
-        Some(error) if alone.is_empty() => vec![(String::new(), error)],
-        Some(_) => alone,
+    if alone.is_empty() {
+        vec![(String::new(), error)]
+    } else {
+        alone
     }
 }
 
