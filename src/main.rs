@@ -10,6 +10,48 @@ use clap::{Parser, Subcommand};
 use fathom::config::{self, ConfigError};
 use fathom::{bench, demo, pipeline, replay, serve, training};
 
+/// jemalloc, not the system malloc: its statistics tell the live heap from what the allocator
+/// holds (the gauges below), and with background purging it returns freed pages after seconds,
+/// where glibc's per-thread arenas keep them. C code (librdkafka) keeps the system malloc.
+#[cfg(all(target_os = "linux", feature = "jemalloc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Memory gauges every 5 s: `fathom_process_resident_bytes` (the process's RSS, C libraries
+/// included) and, with jemalloc, `fathom_memory_heap_bytes` (live Rust allocations) and
+/// `fathom_memory_allocator_resident_bytes` (pages the allocator holds). Also turns on jemalloc's
+/// background purging, so pages freed by a thread that then sleeps go back too.
+#[cfg(target_os = "linux")]
+fn memory_gauges() {
+    serve::metrics(); // the recorder first, or the first readings are lost
+    #[cfg(feature = "jemalloc")]
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!("jemalloc background purging not enabled: {e}");
+    }
+    let spawned = std::thread::Builder::new().name("memory-gauges".into()).spawn(move || loop {
+        #[cfg(feature = "jemalloc")]
+        {
+            use tikv_jemalloc_ctl::{epoch, stats};
+            if epoch::advance().is_ok() {
+                if let (Ok(heap), Ok(resident)) = (stats::allocated::read(), stats::resident::read()) {
+                    metrics::gauge!("fathom_memory_heap_bytes").set(heap as f64);
+                    metrics::gauge!("fathom_memory_allocator_resident_bytes").set(resident as f64);
+                }
+            }
+        }
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let rss_kib =
+            status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix(" kB")?.parse::<f64>().ok());
+        if let Some(kib) = rss_kib {
+            metrics::gauge!("fathom_process_resident_bytes").set(kib * 1024.0);
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("memory gauges not started: {e}");
+    }
+}
+
 /// Fathom: streaming feature store and model monitoring in one binary.
 #[derive(Parser)]
 #[command(version, about)]
@@ -387,6 +429,13 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return report(Err(e.into())),
     };
+    #[cfg(target_os = "linux")]
+    if matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Replay { serve: true, .. } | Command::Demo { serve: true, .. }
+    ) {
+        memory_gauges();
+    }
     report(runtime.block_on(async move {
         match cli.command {
             Command::Serve { config, roles } => {

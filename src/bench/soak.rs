@@ -2,8 +2,8 @@
 //! is its own) with ingest, lookups and monitoring running together against a real broker and
 //! Redis on 127.0.0.1. Transactions and prediction/label records are produced at fixed rates,
 //! lookups are sent at a fixed rate over HTTP; every interval prints the applied ingest rate, the
-//! lookup rate and latency percentiles, and the server's RSS, and the end reports the sustained
-//! rates, the p99 lookup latency during ingest and the RSS growth after warm-up.
+//! lookup rate and latency percentiles, the server's RSS and live heap, and the end reports the
+//! sustained rates, the p99 lookup latency during ingest and the memory growth after warm-up.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -244,10 +244,10 @@ pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
     let reporter = async {
         let started = Instant::now();
         let (mut last_applied, mut last_at) = (0u64, Instant::now());
-        let mut samples: Vec<(f64, u64, u64)> = Vec::new(); // (seconds, applied/s, rss KiB)
+        let mut samples: Vec<Sample> = Vec::new();
         println!(
-            "{:>6} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>14}",
-            "s", "applied/s", "lag", "lookups/s", "p50 ms", "p99 ms", "RSS MiB", "cached", "prefetched MiB"
+            "{:>6} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>14}",
+            "s", "applied/s", "lag", "lookups/s", "p50 ms", "p99 ms", "RSS MiB", "heap MiB", "cached", "prefetched MiB"
         );
         while Instant::now() < end {
             tokio::time::sleep(Duration::from_secs(options.interval)).await;
@@ -271,14 +271,21 @@ pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
                 Ok(answer) => answer.text().await.unwrap_or_default(),
                 Err(_) => String::new(),
             };
+            let heap_kib = (gauge(&metrics, "fathom_memory_heap_bytes") / 1024.0) as u64;
             println!(
-                "{:>6.0} {rate:>12.0} {lag:>12} {lookups:>10.0} {p50:>10.2} {p99:>10.2} {:>10.1} {:>10.0} {:>14.1}",
+                "{:>6.0} {rate:>12.0} {lag:>12} {lookups:>10.0} {p50:>10.2} {p99:>10.2} {:>10.1} {:>10.1} {:>10.0} {:>14.1}",
                 started.elapsed().as_secs_f64(),
                 rss as f64 / 1024.0,
+                heap_kib as f64 / 1024.0,
                 gauge(&metrics, "fathom_cached_entities"),
                 gauge(&metrics, "fathom_kafka_prefetched_bytes") / 1048576.0,
             );
-            samples.push((started.elapsed().as_secs_f64(), rate as u64, rss));
+            samples.push(Sample {
+                secs: started.elapsed().as_secs_f64(),
+                applied: rate as u64,
+                rss_kib: rss,
+                heap_kib,
+            });
             (last_applied, last_at) = (now_applied, Instant::now());
         }
         samples
@@ -292,10 +299,8 @@ pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
     }
     let caught_up = applied(&mut con).await;
     let h = latencies.lock().unwrap().clone();
-    let warm: Vec<&(f64, u64, u64)> = samples.iter().filter(|s| s.0 >= options.warmup as f64).collect();
-    let (first, last) = (warm.first().map_or(0, |s| s.2), warm.last().map_or(0, |s| s.2));
-    let slope = slope_mib_per_min(&warm.iter().map(|s| (s.0, s.2)).collect::<Vec<_>>());
-    let sustained = samples.iter().map(|s| s.1).sum::<u64>() as f64 / samples.len().max(1) as f64;
+    let warm: Vec<&Sample> = samples.iter().filter(|s| s.secs >= options.warmup as f64).collect();
+    let sustained = samples.iter().map(|s| s.applied).sum::<u64>() as f64 / samples.len().max(1) as f64;
     println!(
         "\nsustained: {sustained:.0} events/s applied ({caught_up} of {total} produced applied at the end), \
          {:.0} lookups/s ({} failed), lookup latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
@@ -306,19 +311,32 @@ pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
         h.value_at_quantile(0.999) as f64 / 1e3,
         h.max() as f64 / 1e3,
     );
-    println!(
-        "server RSS after the {} s warm-up {:.1} MiB, at the end {:.1} MiB: {:+.1} MiB ({:+.1}%), trend {slope:+.2} MiB/min",
-        options.warmup,
-        first as f64 / 1024.0,
-        last as f64 / 1024.0,
-        (last as f64 - first as f64) / 1024.0,
-        if first > 0 { (last as f64 / first as f64 - 1.0) * 100.0 } else { 0.0 }
-    );
+    for (what, kib) in [("RSS", (|s: &Sample| s.rss_kib) as fn(&Sample) -> u64), ("heap", |s: &Sample| s.heap_kib)] {
+        let (first, last) = (warm.first().map_or(0, |s| kib(s)), warm.last().map_or(0, |s| kib(s)));
+        let slope = slope_mib_per_min(&warm.iter().map(|s| (s.secs, kib(s))).collect::<Vec<_>>());
+        println!(
+            "server {what} after the {} s warm-up {:.1} MiB, at the end {:.1} MiB: {:+.1} MiB ({:+.1}%), trend {slope:+.2} MiB/min",
+            options.warmup,
+            first as f64 / 1024.0,
+            last as f64 / 1024.0,
+            (last as f64 - first as f64) / 1024.0,
+            if first > 0 { (last as f64 / first as f64 - 1.0) * 100.0 } else { 0.0 }
+        );
+    }
     let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     let status = child.wait()?;
     anyhow::ensure!(status.success(), "fathom serve exited with {status}; see {}", dir.join("fathom.log").display());
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// One report line's figures.
+struct Sample {
+    secs: f64,
+    applied: u64,
+    rss_kib: u64,
+    /// Live heap (`fathom_memory_heap_bytes`), KiB.
+    heap_kib: u64,
 }
 
 /// A gauge's value in a Prometheus text exposition (0 when absent).

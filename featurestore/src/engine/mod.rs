@@ -133,8 +133,11 @@ pub fn apply(
         }
         // only a new newest bucket can push old ones out; checking the front on every event
         // would cost a cache miss for nothing
-        while pushed && ring.front().is_some_and(|b| b.index <= newest - spec.horizon) {
-            ring.pop_front();
+        if pushed {
+            while ring.front().is_some_and(|b| b.index <= newest - spec.horizon) {
+                ring.pop_front();
+            }
+            fit(ring);
         }
     }
     for (slot, value) in state.latest.iter_mut().zip(latest) {
@@ -145,6 +148,19 @@ pub fn apply(
         }
     }
     Applied::Applied
+}
+
+/// Keeps a ring's capacity within about twice its length. A `VecDeque` never gives capacity back
+/// and a ring's length follows its entity's traffic, so without this every ring would end at the
+/// power of two above the longest it ever was: each entity's rare busy spell ratchets it up, and
+/// a steady stream's memory climbs for hours (100k entities × 16 spare 88-byte buckets is 140 MB).
+/// Reallocating only past twice the length keeps it rare.
+#[inline]
+fn fit(ring: &mut VecDeque<Bucket>) {
+    let len = ring.len();
+    if ring.capacity() > 2 * len + 4 {
+        ring.shrink_to(len + len / 2 + 2);
+    }
 }
 
 /// The bucket with `index`, inserted in order if missing, and whether it was pushed at the

@@ -162,6 +162,24 @@ fn count_decays_to_zero_one_window_after_the_last_event() {
 }
 
 #[test]
+fn a_ring_gives_back_the_capacity_of_a_busy_spell() {
+    // an hour of one event a minute fills the 1-minute ring (60 buckets), then two hours of one
+    // event every ten minutes leave it 6; its memory must follow, not stay at the busy peak
+    let plan = sliding_plan();
+    let busy = (0..60).map(|m| (m * MIN, Some(1.0), Some("m".to_string())));
+    let quiet = (7..19).map(|t| (t * 10 * MIN, Some(1.0), Some("m".to_string())));
+    let (state, events) = feed(&plan, &busy.chain(quiet).collect::<Vec<_>>());
+    for ring in &state.rings {
+        assert!(ring.capacity() <= 2 * ring.len() + 4, "{} buckets, capacity {}", ring.len(), ring.capacity());
+    }
+    assert_eq!(state.rings[0].len(), 6);
+    let at = 180 * MIN;
+    for (agg, value) in plan.aggregations.iter().zip(read(&plan, &state, at)) {
+        assert!(close(&value, &reference(&plan, agg, &events, at)), "{}", agg.name);
+    }
+}
+
+#[test]
 fn tumbling_window_restarts_at_the_epoch_aligned_boundary() {
     let plan = sliding_plan();
     let mut events = vec![(110 * MIN, Some(1.0), None), (119 * MIN, Some(2.0), None)];
