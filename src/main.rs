@@ -10,34 +10,17 @@ use clap::{Parser, Subcommand};
 use fathom::config::{self, ConfigError};
 use fathom::{bench, demo, pipeline, replay, serve, training};
 
-/// jemalloc, not the system malloc: its statistics tell the live heap from what the allocator
-/// holds (the gauges below), and with background purging it returns freed pages after seconds,
-/// where glibc's per-thread arenas keep them. C code (librdkafka) keeps the system malloc.
-#[cfg(all(target_os = "linux", feature = "jemalloc"))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// Memory gauges every 5 s: `fathom_process_resident_bytes` (the process's RSS, C libraries
-/// included) and, with jemalloc, `fathom_memory_heap_bytes` (live Rust allocations) and
-/// `fathom_memory_allocator_resident_bytes` (pages the allocator holds). Also turns on jemalloc's
-/// background purging, so pages freed by a thread that then sleeps go back too.
+/// included), `fathom_memory_heap_bytes` (live allocations) and
+/// `fathom_memory_allocator_resident_bytes` (what the allocator holds: the live heap plus freed
+/// memory it has not given back).
 #[cfg(target_os = "linux")]
 fn memory_gauges() {
     serve::metrics(); // the recorder first, or the first readings are lost
-    #[cfg(feature = "jemalloc")]
-    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
-        tracing::warn!("jemalloc background purging not enabled: {e}");
-    }
     let spawned = std::thread::Builder::new().name("memory-gauges".into()).spawn(move || loop {
-        #[cfg(feature = "jemalloc")]
-        {
-            use tikv_jemalloc_ctl::{epoch, stats};
-            if epoch::advance().is_ok() {
-                if let (Ok(heap), Ok(resident)) = (stats::allocated::read(), stats::resident::read()) {
-                    metrics::gauge!("fathom_memory_heap_bytes").set(heap as f64);
-                    metrics::gauge!("fathom_memory_allocator_resident_bytes").set(resident as f64);
-                }
-            }
+        if let Some((heap, held)) = heap_stats() {
+            metrics::gauge!("fathom_memory_heap_bytes").set(heap as f64);
+            metrics::gauge!("fathom_memory_allocator_resident_bytes").set(held as f64);
         }
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let rss_kib =
@@ -50,6 +33,23 @@ fn memory_gauges() {
     if let Err(e) = spawned {
         tracing::warn!("memory gauges not started: {e}");
     }
+}
+
+/// Live heap and what the allocator holds, in bytes: glibc's `mallinfo2`, summed over its arenas
+/// (C libraries such as librdkafka included). In use: `uordblks` in the arenas plus `hblkhd` in
+/// mmapped chunks; held: the arenas' `arena` bytes plus the mmapped ones.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)] // an FFI call into glibc; no safe crate exposes its counters
+fn heap_stats() -> Option<(u64, u64)> {
+    // SAFETY: mallinfo2 takes no arguments and only reads the allocator's counters, under its
+    // arena locks
+    let info = unsafe { libc::mallinfo2() };
+    Some(((info.uordblks + info.hblkhd) as u64, (info.arena + info.hblkhd) as u64))
+}
+
+#[cfg(all(target_os = "linux", not(target_env = "gnu")))]
+fn heap_stats() -> Option<(u64, u64)> {
+    None
 }
 
 /// Fathom: streaming feature store and model monitoring in one binary.
