@@ -48,6 +48,10 @@ pub struct SoakOptions {
     /// Seconds of warm-up (windows filling, caches growing) before memory must stay flat.
     #[arg(long, default_value_t = 360)]
     pub warmup: u64,
+    /// InfluxDB 1.x URL for the monitoring results (database `fathom_soak`, created if absent);
+    /// without it they go to a file in the run's directory.
+    #[arg(long)]
+    pub influxdb: Option<String>,
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -121,9 +125,19 @@ pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
             .collect(),
     };
     profile.save(&dir.join("soak.json"))?;
+    let http = reqwest::Client::new();
+    let influxdb = match &options.influxdb {
+        Some(url) => {
+            influxql(&http, url, "CREATE DATABASE fathom_soak")
+                .await
+                .with_context(|| format!("creating fathom_soak in {url}"))?;
+            format!("  influxdb: {{ url: \"{url}\", database: fathom_soak }}\n")
+        }
+        None => String::new(),
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let yaml = format!(
-        "project: {run}\nstores:\n  online: {{ redis: {{ url: \"{redis}\" }} }}\n  offline: {{ parquet: {{ path: {d}/offline }} }}\n\
+        "project: {run}\nstores:\n{influxdb}  online: {{ redis: {{ url: \"{redis}\" }} }}\n  offline: {{ parquet: {{ path: {d}/offline }} }}\n\
          \x20 dead_letters: {{ path: {d}/dlq }}\n  kafka: {{ bootstrap_servers: \"{brokers}\", group_id: {run} }}\n\
          server: {{ listen: \"127.0.0.1:{port}\" }}\nsources:\n  tx: {{ kafka: {{ topic: {tx} }}, key: card_id, timestamp: ts }}\n\
          entities:\n  card: {{ key: card_id }}\nfeature_sets:\n  cards:\n{features}\
@@ -146,7 +160,6 @@ pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
         .spawn()
         .context("starting fathom serve")?;
     let pid = child.id();
-    let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
@@ -323,11 +336,34 @@ pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
             if first > 0 { (last as f64 / first as f64 - 1.0) * 100.0 } else { 0.0 }
         );
     }
+    if let Some(url) = &options.influxdb {
+        let q = "SELECT count(score) FROM fathom_model_drift WHERE model = 'soak' AND \"window\" = 'tumbling'";
+        let answer = influxql(&http, url, q).await?;
+        let windows = answer["results"][0]["series"][0]["values"][0][1].as_u64().unwrap_or(0);
+        println!("monitoring: {windows} one-minute windows of model drift in InfluxDB ({url}, database fathom_soak)");
+    }
     let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     let status = child.wait()?;
     anyhow::ensure!(status.success(), "fathom serve exited with {status}; see {}", dir.join("fathom.log").display());
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Runs an InfluxQL statement in the soak's database (InfluxDB 1.x `/query`).
+async fn influxql(http: &reqwest::Client, url: &str, q: &str) -> anyhow::Result<serde_json::Value> {
+    let encode = |t: &str| -> String {
+        t.bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect()
+    };
+    let response = http
+        .post(format!("{url}/query"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("db=fathom_soak&q={}", encode(q)))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(response.json().await?)
 }
 
 /// One report line's figures.
