@@ -58,13 +58,15 @@ fn events(n: usize, keys: usize) -> Vec<(u32, i64, f64)> {
         .collect()
 }
 
+/// The resident set of a process (`"self"` or a pid), KiB; 0 where /proc does not say.
+pub fn rss_kib(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok());
+    kib.unwrap_or(0)
+}
+
 fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    rss_kib("self") * 1024
 }
 
 /// Runs the benchmark and prints a report.

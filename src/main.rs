@@ -22,12 +22,7 @@ fn memory_gauges() {
             metrics::gauge!("fathom_memory_heap_bytes").set(heap as f64);
             metrics::gauge!("fathom_memory_allocator_resident_bytes").set(held as f64);
         }
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let rss_kib =
-            status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix(" kB")?.parse::<f64>().ok());
-        if let Some(kib) = rss_kib {
-            metrics::gauge!("fathom_process_resident_bytes").set(kib * 1024.0);
-        }
+        metrics::gauge!("fathom_process_resident_bytes").set(bench::rss_kib("self") as f64 * 1024.0);
         std::thread::sleep(Duration::from_secs(5));
     });
     if let Err(e) = spawned {

@@ -417,7 +417,8 @@ impl Writer {
     }
 }
 
-fn urlencode(text: &str) -> String {
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+pub fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),

@@ -54,14 +54,6 @@ pub struct SoakOptions {
     pub influxdb: Option<String>,
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()))
-        .unwrap_or(0)
-}
-
 /// Calls `tick(n)` `per_sec` times a second (in bursts every 10 ms) until `end`.
 async fn paced(per_sec: u64, end: Instant, mut tick: impl FnMut(u64)) {
     if per_sec == 0 {
@@ -277,7 +269,7 @@ pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
                 h.reset();
                 r
             };
-            let rss = rss_kib(pid);
+            let rss = super::rss_kib(&pid.to_string());
             let lag = produced.load(Ordering::Relaxed).saturating_sub(now_applied);
             let metrics = http.get(format!("{base}/metrics")).send().await;
             let metrics = match metrics {
@@ -351,15 +343,10 @@ pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
 
 /// Runs an InfluxQL statement in the soak's database (InfluxDB 1.x `/query`).
 async fn influxql(http: &reqwest::Client, url: &str, q: &str) -> anyhow::Result<serde_json::Value> {
-    let encode = |t: &str| -> String {
-        t.bytes()
-            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
-            .collect()
-    };
     let response = http
         .post(format!("{url}/query"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("db=fathom_soak&q={}", encode(q)))
+        .body(format!("db=fathom_soak&q={}", fathom_monitor::influx::urlencode(q)))
         .send()
         .await?
         .error_for_status()?;
