@@ -515,21 +515,26 @@ fn drift(
         .with_context(|| format!("writing {}", options.html.display()))?;
     let name = |s| fathom_monitor::window::status_name(s);
     println!("{:<32} {:>8} {:>8} {:>8} {:>10}  status", "feature", "score", "tvd", "ks", "ks_p");
+    let nan = f64::NAN;
     for f in &result.features {
+        let d = f.drift.as_ref();
         println!(
             "{:<32} {:>8.4} {:>8.4} {:>8.4} {:>10.3e}  {}",
             f.name,
-            f.score,
-            f.drift.tvd,
-            f.drift.ks.unwrap_or(f64::NAN),
-            f.drift.ks_p.or(f.drift.chi2_p).unwrap_or(f64::NAN),
+            f.score.unwrap_or(nan),
+            d.map_or(nan, |d| d.tvd),
+            d.and_then(|d| d.ks).unwrap_or(nan),
+            d.and_then(|d| d.ks_p.or(d.chi2_p)).unwrap_or(nan),
             name(f.status)
         );
+    }
+    for s in &result.skipped {
+        println!("{:<32} skipped: {}", s.name, s.reason);
     }
     println!(
         "overall {} (score {:.4}) over {} features in {:.2} s → {}, {}",
         name(result.status),
-        result.score,
+        result.score.unwrap_or(nan),
         result.features.len(),
         elapsed.as_secs_f64(),
         options.json.display(),

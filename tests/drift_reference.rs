@@ -1,5 +1,7 @@
-//! Every drift statistic against numpy/scipy computing the same quantities on the same bins
-//! (scipy installed by the test command), to 1e-9 relative.
+//! Every drift statistic against numpy/scipy (installed by the test command), to 1e-9 relative:
+//! the binned ones on the same bins, each computed by scipy from its definition rather than by
+//! our formula, and the raw-sample KS test against `scipy.stats.ks_2samp` over sizes from 1 to
+//! 10^6.
 
 mod common;
 
@@ -36,12 +38,16 @@ fn cases() -> Vec<(Vec<u64>, Vec<u64>)> {
 #[test]
 fn drift_statistics_match_numpy_and_scipy() {
     let edges: Vec<f64> = (0..=20).map(|i| -3.0 + 0.5 * f64::from(i)).collect();
+    // each statistic from scipy/numpy by a route of its own, not drift.rs's formula: TVD as half
+    // the L1 (cityblock) distance, Hellinger as the Euclidean distance of the square roots over
+    // √2, KL and PSI from scipy's elementwise relative entropy (PSI = KL(p‖q) + KL(q‖p)), KS and
+    // Wasserstein from the two samples with every value at its bin's centre, χ² by scipy
     let script = r#"
 import sys, json
 import numpy as np
-from scipy.spatial.distance import jensenshannon
-from scipy.stats import wasserstein_distance, chi2_contingency
-from scipy.special import kolmogorov
+from scipy.spatial.distance import jensenshannon, cityblock, euclidean
+from scipy.special import rel_entr
+from scipy.stats import wasserstein_distance, chi2_contingency, ks_2samp
 cases, edges = json.loads(sys.argv[1]), np.array(json.loads(sys.argv[2]))
 eps = 1e-4
 out = []
@@ -50,19 +56,19 @@ for ref, live in cases:
     p, q = ref / ref.sum(), live / live.sum()
     pg, qg = np.where(p > 0, p, eps), np.where(q > 0, q, eps)
     r = {
-        "tvd": 0.5 * np.abs(p - q).sum(),
-        "hellinger": np.sqrt(max(0.0, 1 - np.sqrt(p * q).sum())),
-        "kl": 0.5 * ((pg * np.log(pg / qg)).sum() + (qg * np.log(qg / pg)).sum()),
-        "psi": ((qg - pg) * np.log(qg / pg)).sum(),
+        "tvd": cityblock(p, q) / 2,
+        "hellinger": euclidean(np.sqrt(p), np.sqrt(q)) / np.sqrt(2),
+        "kl": (rel_entr(pg, qg).sum() + rel_entr(qg, pg).sum()) / 2,
+        "psi": rel_entr(pg, qg).sum() + rel_entr(qg, pg).sum(),
         "js": jensenshannon(p, q),
     }
     if len(ref) == len(edges) + 1:
         w = edges[1] - edges[0]
         centres = np.concatenate([[edges[0] - w / 2], (edges[:-1] + edges[1:]) / 2, [edges[-1] + w / 2]])
-        r["wasserstein"] = wasserstein_distance(centres, centres, p, q)
-        d = np.abs(np.cumsum(p) - np.cumsum(q)).max()
-        en = np.sqrt(ref.sum() * live.sum() / (ref.sum() + live.sum()))
-        r["ks"], r["ks_p"] = d, kolmogorov((en + 0.12 + 0.11 / en) * d)
+        a, b = np.repeat(centres, ref.astype(int)), np.repeat(centres, live.astype(int))
+        r["wasserstein"] = wasserstein_distance(a, b)
+        ks = ks_2samp(a, b, method="auto")
+        r["ks"], r["ks_p"] = ks.statistic, ks.pvalue
     else:
         keep = (ref + live) > 0
         r["chi2_p"] = chi2_contingency(np.array([ref[keep], live[keep]]), correction=False)[1]
@@ -176,4 +182,126 @@ print(json.dumps([[float(r.statistic), float(r.pvalue)] for r in (ks_2samp(a, b)
         moderate += usize::from(*p > 1e-6 && *p < 0.999);
     }
     assert!(moderate >= 4, "p-values where the method matters: {expected:?}");
+}
+
+/// A deterministic sample source: uniform and normal draws (xorshift, Box–Muller).
+struct Draws(u64);
+
+impl Draws {
+    fn uniform(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self, mean: f64, sd: f64) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        mean + sd * (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+
+    /// A size from 1 to 10^6, log-uniform.
+    fn size(&mut self) -> usize {
+        10f64.powf(self.uniform() * 6.0).floor().max(1.0) as usize
+    }
+}
+
+/// scipy's `ks_2samp(a, b)` (method `auto`) for each pair, the samples passed as raw float64
+/// files so that pairs of 10^6 values stay cheap.
+fn scipy_ks(cases: &[(Vec<f64>, Vec<f64>)]) -> Vec<(f64, f64)> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    for (i, (a, b)) in cases.iter().enumerate() {
+        for (side, sample) in [("a", a), ("b", b)] {
+            let path = dir.path().join(format!("{i}{side}.f64"));
+            let bytes: Vec<u8> = sample.iter().flat_map(|x| x.to_le_bytes()).collect();
+            std::fs::write(&path, bytes).unwrap();
+            paths.push(path.display().to_string());
+        }
+    }
+    let script = r#"
+import sys, json
+import numpy as np
+from scipy.stats import ks_2samp
+paths = sys.argv[1:]
+out = []
+for a, b in zip(paths[::2], paths[1::2]):
+    r = ks_2samp(np.fromfile(a, dtype="<f8"), np.fromfile(b, dtype="<f8"), method="auto")
+    out.append([float(r.statistic), float(r.pvalue)])
+print(json.dumps(out))
+"#;
+    let out = std::process::Command::new(common::python()).arg("-c").arg(script).args(&paths).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Fathom's KS against scipy's for one list of pairs: D to 1e-12, p to 1e-9 relative (or both
+/// below 1e-300).
+fn assert_ks_like_scipy(cases: &[(Vec<f64>, Vec<f64>)], what: &[String]) {
+    let expected = scipy_ks(cases);
+    for (((a, b), (d, p)), what) in cases.iter().zip(&expected).zip(what) {
+        let (mut x, mut y) = (a.clone(), b.clone());
+        x.sort_by(f64::total_cmp);
+        y.sort_by(f64::total_cmp);
+        let (got_d, got_p) = fathom_monitor::ks::ks_2samp(&x, &y);
+        assert!((got_d - d).abs() <= 1e-12, "D for {what}: fathom {got_d} vs scipy {d}");
+        let close = if *p < 1e-300 { got_p < 1e-300 } else { (got_p - p).abs() <= 1e-9 * p };
+        assert!(close, "p for {what} (D = {d}): fathom {got_p:e} vs scipy {p:e}");
+    }
+}
+
+#[test]
+fn ks_p_values_match_scipy_on_the_reported_large_samples() {
+    let mut draws = Draws(0x853c_49e6_748f_ea9b);
+    let reference: Vec<f64> = (0..4_999).map(|_| draws.normal(10.0, 1.0)).collect();
+    let current: Vec<f64> = (0..6_007).map(|_| draws.normal(12.0, 1.0)).collect();
+    let low: Vec<f64> = (0..4_500).map(|_| draws.uniform()).collect();
+    let high: Vec<f64> = (0..4_500).map(|_| 2.0 + draws.uniform()).collect();
+    let cases = vec![(reference, current), (low, high)];
+    assert_ks_like_scipy(&cases, &["N(10,1) x 4999 vs N(12,1) x 6007".into(), "disjoint 4500 vs 4500".into()]);
+}
+
+#[test]
+fn ks_p_values_match_scipy_over_random_sizes_from_1_to_a_million() {
+    let mut draws = Draws(0x9e37_79b9_7f4a_7c15);
+    let (mut cases, mut what) = (Vec::new(), Vec::new());
+    let mut budget = 6_000_000usize; // values in all, to bound the run
+    for case in 0..60 {
+        let (n1, n2) = match case % 6 {
+            0 => (draws.size(), draws.size()),
+            1 => {
+                let n = draws.size();
+                (n, n) // equal sizes: scipy's alternating sum
+            }
+            2 => (draws.size(), 1 + draws.size() / 1000), // skewed
+            _ => (draws.size().min(12_000), draws.size().min(12_000)), // around the exact limit
+        };
+        if n1 + n2 > budget {
+            continue;
+        }
+        budget -= n1 + n2;
+        let kind = case % 5;
+        let shift = [0.0, 0.05, 0.3, 5.0, 0.1][kind]; // 5.0: disjoint samples, D = 1
+        let ties = kind == 4; // values on a grid of 0.1: many ties within and across samples
+        let mut sample = |n: usize, s: f64| -> Vec<f64> {
+            (0..n)
+                .map(|_| {
+                    let x = draws.normal(s, 1.0);
+                    if ties {
+                        (x * 10.0).round() / 10.0
+                    } else if kind == 3 {
+                        s + draws.uniform() // disjoint: [0, 1) against [5, 6)
+                    } else {
+                        x
+                    }
+                })
+                .collect()
+        };
+        let pair = (sample(n1, 0.0), sample(n2, shift));
+        what.push(format!("sizes {n1} / {n2}, shift {shift}, ties {ties}"));
+        cases.push(pair);
+    }
+    assert!(cases.len() >= 40, "{} cases", cases.len());
+    assert!(cases.iter().any(|(a, b)| a.len().max(b.len()) > 100_000), "large sizes drawn");
+    assert_ks_like_scipy(&cases, &what);
 }

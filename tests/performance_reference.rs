@@ -1,12 +1,13 @@
-//! Performance metrics against scikit-learn (installed by the test command) on fixed data, to
-//! 1e-9 relative: binary and multi-class classification with probabilities (tied scores
-//! included), and regression.
+//! Performance metrics against scikit-learn (installed by the test command), to 1e-9 relative:
+//! binary and multi-class classification with probabilities (tied scores included) and
+//! regression on fixed data, and a property test over random windows — single-class ones
+//! included — with scikit-learn's `zero_division=np.nan` as the reference for undefined values.
 
 mod common;
 
 use std::collections::BTreeMap;
 
-use fathom_monitor::performance::{self, Classified};
+use fathom_monitor::performance::{self, Classified, PositiveClass};
 use serde_json::{json, Value};
 
 fn next(state: &mut u64, n: u64) -> u64 {
@@ -98,8 +99,8 @@ print(json.dumps({
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let expected: Value = serde_json::from_slice(&out.stdout).unwrap();
     let got = json!({
-        "binary": performance::classification(&binary),
-        "multi": performance::classification(&multi),
+        "binary": performance::classification(&binary, &PositiveClass::default()),
+        "multi": performance::classification(&multi, &PositiveClass::default()),
         "regression": performance::regression(&regression),
     });
     let mut compared = 0;
@@ -111,4 +112,115 @@ print(json.dumps({
         }
     }
     assert_eq!(compared, 6 + 6 + 3);
+}
+
+/// scikit-learn's metrics of each window as JSON objects (undefined values `null`).
+fn scikit_learn(windows: &[Vec<Classified>], positive: &str) -> Vec<Value> {
+    let input = json!({
+        "positive": positive,
+        "windows": windows.iter().map(|w| w.iter().map(|c| json!({"p": c.predicted, "y": c.label, "proba": c.probabilities})).collect::<Vec<_>>()).collect::<Vec<_>>(),
+    });
+    let script = r#"
+import sys, json, warnings
+import numpy as np
+from sklearn import metrics as m
+warnings.simplefilter("ignore")
+data = json.loads(sys.stdin.read())
+pos = data["positive"]
+def clean(x):
+    x = float(x)
+    return None if np.isnan(x) else x
+out = []
+for records in data["windows"]:
+    y = [r["y"] for r in records]; p = [r["p"] for r in records]
+    labels = sorted(set(y) | set(p))
+    binary = len([c for c in labels if c != pos]) <= 1
+    if binary:
+        kw = dict(pos_label=pos, average="binary", zero_division=np.nan)
+    else:
+        kw = dict(average="macro", zero_division=np.nan)
+    r = {"accuracy": m.accuracy_score(y, p), "precision": clean(m.precision_score(y, p, **kw)),
+         "recall": clean(m.recall_score(y, p, **kw)), "f1": clean(m.f1_score(y, p, **kw))}
+    if binary:
+        classes = sorted(set(records[0]["proba"].keys()))
+        proba = np.array([[rec["proba"][c] for c in classes] for rec in records])
+        r["log_loss"] = m.log_loss(y, proba, labels=classes)
+        if len(set(v == pos for v in y)) == 2 and pos in classes:
+            r["roc_auc"] = m.roc_auc_score([v == pos for v in y], proba[:, classes.index(pos)])
+        else:
+            r["roc_auc"] = None
+    out.append(r)
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new(common::python())
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Random binary windows: sizes 1-30, each window's label and prediction shares drawn anew so
+/// that single-class windows (every label 0, every prediction 1, …) are common; probabilities
+/// rounded so that ties and the clipped extremes 0 and 1 occur.
+fn random_windows(state: &mut u64, count: usize, classes: [&str; 2]) -> Vec<Vec<Classified>> {
+    (0..count)
+        .map(|_| {
+            let size = 1 + next(state, 30) as usize;
+            let (label_share, predicted_share) = (next(state, 5), next(state, 5)); // 0 = never, 4 = always
+            (0..size)
+                .map(|_| {
+                    let label = next(state, 4) < label_share;
+                    let predicted = next(state, 4) < predicted_share;
+                    let score = next(state, 11) as f64 / 10.0;
+                    let probabilities =
+                        BTreeMap::from([(classes[0].to_string(), 1.0 - score), (classes[1].to_string(), score)]);
+                    Classified {
+                        predicted: classes[usize::from(predicted)].into(),
+                        label: classes[usize::from(label)].into(),
+                        probabilities: Some(probabilities),
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn same(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * b.abs().max(1e-300),
+        _ => a.is_null() && b.is_null(),
+    }
+}
+
+#[test]
+fn window_metrics_match_scikit_learn_over_random_windows_single_class_ones_included() {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for (classes, positive) in [(["0", "1"], "1"), (["legit", "fraud"], "fraud"), (["false", "true"], "1")] {
+        let windows = random_windows(&mut state, 150, classes);
+        // scikit-learn spells the default positive class of boolean labels `true`
+        let reference = scikit_learn(&windows, if classes[1] == "true" { "true" } else { positive });
+        let mut single_class = 0;
+        for (window, want) in windows.iter().zip(&reference) {
+            let got = serde_json::to_value(performance::classification(window, &PositiveClass::new(positive))).unwrap();
+            for (name, value) in want.as_object().unwrap() {
+                assert!(
+                    same(&got[name], value),
+                    "{name} with positive class {positive:?}: fathom {} vs scikit-learn {value} for {:?}",
+                    got[name],
+                    window.iter().map(|c| (&c.label, &c.predicted)).collect::<Vec<_>>()
+                );
+            }
+            let labels: std::collections::BTreeSet<&str> =
+                window.iter().flat_map(|c| [c.label.as_str(), c.predicted.as_str()]).collect();
+            single_class += usize::from(labels.len() == 1);
+        }
+        assert!(single_class >= 10, "single-class windows drawn: {single_class}");
+    }
 }

@@ -7,7 +7,8 @@
 //!   natural log (as `scipy.spatial.distance.jensenshannon`)
 //! - numeric only: Wasserstein-1 between the two histograms with every bin's mass at its centre
 //!   (outer bins: half an inner bin beyond the range), KS statistic = max |CDF_p − CDF_q| over the
-//!   bin edges, p-value from the asymptotic Kolmogorov distribution with n_eff = n m / (n + m)
+//!   bin edges, and its p-value as `scipy.stats.ks_2samp` gives it for the two samples with every
+//!   value at its bin's centre ([`crate::ks::p_value`]: exact up to 10,000 values a side)
 //! - categorical only: χ² test of homogeneity of the two count vectors (categories empty in both
 //!   dropped), p-value from the χ² distribution with k − 1 degrees of freedom (statrs)
 //!
@@ -81,28 +82,6 @@ fn common(p: &[f64], q: &[f64]) -> Drift {
     Drift { tvd, hellinger, kl: kl_sym, psi, js, ..Drift::default() }
 }
 
-/// The Kolmogorov distribution's survival function Q(λ) = 2 Σ (−1)^(k−1) e^(−2k²λ²).
-pub fn kolmogorov_sf(lambda: f64) -> f64 {
-    if lambda <= 0.0 {
-        return 1.0;
-    }
-    if lambda < 0.2 {
-        return 1.0; // the series converges slowly here and the value is 1 to double precision
-    }
-    let mut sum = 0.0;
-    let mut sign = 1.0;
-    for k in 1..=100 {
-        let k = f64::from(k);
-        let term = sign * (-2.0 * k * k * lambda * lambda).exp();
-        sum += term;
-        if term.abs() < 1e-18 {
-            break;
-        }
-        sign = -sign;
-    }
-    (2.0 * sum).clamp(0.0, 1.0)
-}
-
 /// Numeric drift between reference and live counts on the same `edges` (`edges.len() - 1` inner
 /// bins, plus one outer bin each side: `counts.len() == edges.len() + 1`).
 pub fn numeric(reference: &[u64], live: &[u64], edges: &[f64]) -> Drift {
@@ -127,10 +106,10 @@ pub fn numeric(reference: &[u64], live: &[u64], edges: &[f64]) -> Drift {
     let (n, m) = (reference.iter().sum::<u64>() as f64, live.iter().sum::<u64>() as f64);
     drift.wasserstein = Some(wasserstein);
     drift.ks = Some(ks);
-    drift.ks_p = (n > 0.0 && m > 0.0).then(|| {
-        let en = (n * m / (n + m)).sqrt();
-        kolmogorov_sf((en + 0.12 + 0.11 / en) * ks)
-    });
+    if n > 0.0 && m > 0.0 {
+        let (d, p) = crate::ks::p_value(n as usize, m as usize, ks);
+        (drift.ks, drift.ks_p) = (Some(d), Some(p));
+    }
     drift
 }
 
@@ -167,6 +146,9 @@ pub enum Status {
     PossibleDrift,
     /// At or above the detected-drift threshold.
     DriftDetected,
+    /// The current data holds no value of the feature: nothing to compare, no statistics, and
+    /// the feature is left out of the model's score.
+    NoData,
 }
 
 /// The model status from its features' drifts: mean of the scores against the thresholds.

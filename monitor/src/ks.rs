@@ -4,8 +4,9 @@
 //! - the statistic D = max |F₁(v) − F₂(v)| over every sample value;
 //! - when both samples have at most 10,000 values, the exact p-value: D is rounded to the lattice
 //!   (h / lcm(n₁, n₂)) and P(D ≥ d) counted over the monotone lattice paths from (0, 0) to
-//!   (n₁, n₂) — the closed alternating sum for equal sizes, else a column-by-column count of the
-//!   paths that stay strictly inside the band, with exponent tracking against overflow;
+//!   (n₁, n₂) — the closed alternating sum for equal sizes, else Viehmann's recursion for the
+//!   share of paths that leave the band, column by column (every entry a probability, so nothing
+//!   overflows and small p-values keep their precision);
 //! - otherwise the distribution of the one-sample statistic, `kstwo.sf(d, round(n₁ n₂ / (n₁ + n₂)))`,
 //!   with scipy's choice of method per region: the Durbin matrix (exact; scipy uses Pomeranz's
 //!   equally exact recursion for part of it), twice the exact one-sided tail (Birnbaum–Tingey)
@@ -18,11 +19,16 @@ pub const MAX_EXACT_N: usize = 10_000;
 
 /// D and its two-sided p-value for two samples, each sorted ascending (NaN-free).
 pub fn ks_2samp(x: &[f64], y: &[f64]) -> (f64, f64) {
-    let (n1, n2) = (x.len(), y.len());
-    if n1 == 0 || n2 == 0 {
+    if x.is_empty() || y.is_empty() {
         return (f64::NAN, f64::NAN);
     }
-    let d = statistic(x, y);
+    p_value(x.len(), y.len(), statistic(x, y))
+}
+
+/// `scipy.stats.ks_2samp`'s two-sided p-value (method `auto`) for the statistic `d` of samples
+/// of sizes `n1` and `n2`, with `d` as scipy reports it (rounded to the lattice h / lcm(n₁, n₂)
+/// when the exact method is used). Sizes must be non-zero.
+pub fn p_value(n1: usize, n2: usize, d: f64) -> (f64, f64) {
     if n1.max(n2) <= MAX_EXACT_N {
         if let Some((d, p)) = exact(n1, n2, d) {
             return (d, p);
@@ -79,7 +85,7 @@ fn exact(n1: usize, n2: usize, d: f64) -> Option<(f64, f64)> {
         return Some((d, 1.0));
     }
     let h = h as u64;
-    let p = if n1 == n2 { outside_square(n1 as u64, h) } else { 1.0 - inside(n1 as u64, n2 as u64, g as u64, h)? };
+    let p = if n1 == n2 { outside_square(n1 as u64, h) } else { outside(n1 as u64, n2 as u64, g as u64, h) };
     (p.is_finite() && (0.0..=1.0).contains(&p)).then_some((d, p))
 }
 
@@ -99,77 +105,41 @@ fn outside_square(n: u64, h: u64) -> f64 {
     2.0 * p
 }
 
-/// The share of lattice paths from (0, 0) to (m, n) that stay strictly inside
-/// |i n/g − j m/g| < h, counted column by column with a separate binary exponent.
-fn inside(m: u64, n: u64, g: u64, h: u64) -> Option<f64> {
-    let (m, n) = if m < n { (n, m) } else { (m, n) };
-    let (mg, ng) = ((m / g) as i128, (n / g) as i128);
-    let h = h as i128;
-    let window = |i: i128| -> (i64, i64) {
-        // j with |i ng − j mg| < h: j in (i ng − h)/mg < j < (i ng + h)/mg
-        let lo = (i * ng - h).div_euclid(mg) + 1;
-        let hi_num = i * ng + h;
-        let hi = hi_num.div_euclid(mg) + i128::from(hi_num.rem_euclid(mg) != 0); // ceil, exclusive
-        (lo.max(0).min(n as i128) as i64, hi.min(n as i128 + 1) as i64)
-    };
-    let (mut lo, mut hi) = window(0);
-    let mut column: Vec<f64> = vec![1.0; (hi - lo).max(0) as usize];
-    let mut exponent: i64 = 0;
-    for i in 1..=m as i128 {
-        let (new_lo, new_hi) = window(i);
-        if new_hi <= new_lo {
-            return Some(0.0);
+/// The share of lattice paths from (0, 0) to (m, n) that leave the band
+/// |i n/g − j m/g| < h, computed directly (not as 1 − the share inside, which cancels to
+/// nothing for small p-values) by Viehmann's recursion over one sliding column, as scipy's
+/// `_compute_outer_prob_inside_method`: every entry is a probability, so nothing overflows.
+/// T. Viehmann, "Numerically more stable computation of the p-values for the two-sample
+/// Kolmogorov-Smirnov test", arXiv:2102.08037 (2021).
+fn outside(m: u64, n: u64, g: u64, h: u64) -> f64 {
+    let (m, n) = if m < n { (n as i64, m as i64) } else { (m as i64, n as i64) };
+    let (mg, ng, h) = ((m / g as i64), (n / g as i64), h as i64);
+    // a[j − min_j] = share of paths to (i, j) that already left the band; entries past the
+    // window are 1 (outside)
+    let mut a = vec![1.0f64; n as usize + 2];
+    let (mut min_j, mut max_j) = (0i64, ((h + mg - 1) / mg).min(n + 1));
+    a[..max_j as usize].fill(0.0);
+    let mut len = max_j - min_j;
+    for i in 1..=m {
+        let (last_min_j, last_len) = (min_j, len);
+        min_j = ((ng * i - h).div_euclid(mg) + 1).clamp(0, n);
+        max_j = ((ng * i + h + mg - 1).div_euclid(mg)).min(n + 1);
+        if max_j <= min_j {
+            return 1.0;
         }
-        let mut next = Vec::with_capacity((new_hi - new_lo) as usize);
-        let mut below = 0.0; // A(i, j − 1)
-        for j in new_lo..new_hi {
-            let left = if j >= lo && j < hi { column[(j - lo) as usize] } else { 0.0 }; // A(i − 1, j)
-            below += left;
-            next.push(below);
+        let mut val = if min_j == 0 { 0.0 } else { 1.0 };
+        let (fi, shift) = (i as f64, min_j - last_min_j);
+        for jj in 0..max_j - min_j {
+            let j = (jj + min_j) as f64;
+            val = (a[(jj + shift) as usize] * fi + val * j) / (fi + j);
+            a[jj as usize] = val;
         }
-        column = next;
-        (lo, hi) = (new_lo, new_hi);
-        let top = column.iter().fold(0.0f64, |a, &b| a.max(b));
-        if !top.is_finite() {
-            return None;
-        }
-        let (_, e) = frexp(top);
-        if e > 900 {
-            let shift = e - 800;
-            for v in &mut column {
-                *v = ldexp(*v, -shift);
-            }
-            exponent += i64::from(shift);
+        len = max_j - min_j;
+        if last_len > len {
+            a[len as usize..last_len as usize].fill(1.0);
         }
     }
-    if !(lo..hi).contains(&(n as i64)) {
-        return Some(0.0);
-    }
-    let mut value = column[(n as i64 - lo) as usize];
-    // divide by the binomial (m + n)! / (m! n!)
-    for i in 1..=n {
-        value = value * i as f64 / (m + i) as f64;
-        let (_, e) = frexp(value);
-        if e < -128 {
-            value = ldexp(value, -e);
-            exponent += i64::from(e);
-        }
-    }
-    Some(ldexp(value, exponent.clamp(-2000, 2000) as i32))
-}
-
-fn frexp(x: f64) -> (f64, i32) {
-    if x == 0.0 || !x.is_finite() {
-        return (x, 0);
-    }
-    let bits = x.to_bits();
-    let exp = ((bits >> 52) & 0x7ff) as i32;
-    if exp == 0 {
-        let (m, e) = frexp(x * 2f64.powi(64));
-        return (m, e - 64);
-    }
-    let e = exp - 1022;
-    (f64::from_bits((bits & !(0x7ff << 52)) | (1022 << 52)), e)
+    a[(max_j - min_j - 1) as usize]
 }
 
 fn ldexp(x: f64, e: i32) -> f64 {

@@ -13,7 +13,7 @@ use std::fs::File;
 use std::path::Path;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type, UInt32Type, UInt64Type};
+use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{Array, ArrayRef};
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -219,32 +219,75 @@ impl CategoricalProfile {
     }
 }
 
-/// Column values as numbers, when the column is numeric.
-pub(crate) fn numbers(array: &ArrayRef) -> Option<Vec<Option<f64>>> {
-    macro_rules! cast {
-        ($t:ty) => {
-            array.as_primitive::<$t>().iter().map(|v| v.map(|v| v as f64)).collect()
-        };
-    }
-    Some(match array.data_type() {
-        DataType::Float64 => array.as_primitive::<Float64Type>().iter().collect(),
-        DataType::Float32 => cast!(Float32Type),
-        DataType::Int64 => cast!(Int64Type),
-        DataType::Int32 => cast!(Int32Type),
-        DataType::UInt64 => cast!(UInt64Type),
-        DataType::UInt32 => cast!(UInt32Type),
+/// How a column of an Arrow type is compared: as numbers (binned, KS, Wasserstein), as text
+/// (top values + other), or not at all, with the reason. `fathom profile`, `fathom drift` and
+/// the monitor's profiles share this one rule.
+///
+/// - numbers: every integer width signed and unsigned, float16/32/64, decimal128/256 (their
+///   value, the scale applied), dates and timestamps (seconds since the epoch, whatever the
+///   unit, so a `timestamp[ms]` column compares with a `timestamp[us]` one);
+/// - text: utf8, large_utf8, utf8view, dictionary-encoded strings (pandas' `category`), and
+///   booleans (`true`/`false`);
+/// - skipped: anything else (lists, structs, binary, durations, …).
+pub fn column_kind(data_type: &DataType) -> Result<ColumnKind, String> {
+    use DataType::*;
+    Ok(match data_type {
+        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 | Float16 | Float32 | Float64
+        | Decimal32(..) | Decimal64(..) | Decimal128(..) | Decimal256(..) => ColumnKind::Numeric,
+        Date32 | Date64 | Timestamp(..) => ColumnKind::Numeric,
+        Utf8 | LargeUtf8 | Utf8View | Boolean => ColumnKind::Text,
+        Dictionary(_, values) if matches!(values.as_ref(), Utf8 | LargeUtf8 | Utf8View) => ColumnKind::Text,
+        Dictionary(_, values) => return column_kind(values),
+        other => return Err(format!("type {other} is neither numeric nor text")),
+    })
+}
+
+/// See [`column_kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// Compared as numbers.
+    Numeric,
+    /// Compared as categories.
+    Text,
+}
+
+/// Seconds per unit of a temporal type's integer value.
+fn seconds_per_unit(data_type: &DataType) -> Option<f64> {
+    use arrow_schema::TimeUnit;
+    Some(match data_type {
+        DataType::Date32 => 86_400.0,
+        DataType::Date64 => 1e-3,
+        DataType::Timestamp(TimeUnit::Second, _) => 1.0,
+        DataType::Timestamp(TimeUnit::Millisecond, _) => 1e-3,
+        DataType::Timestamp(TimeUnit::Microsecond, _) => 1e-6,
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => 1e-9,
+        DataType::Dictionary(_, values) => return seconds_per_unit(values),
         _ => return None,
     })
 }
 
-/// Column values as text, when the column holds strings or booleans.
+/// Column values as numbers, when the column is numeric (see [`column_kind`]).
+pub(crate) fn numbers(array: &ArrayRef) -> Option<Vec<Option<f64>>> {
+    if column_kind(array.data_type()) != Ok(ColumnKind::Numeric) {
+        return None;
+    }
+    if let Some(unit) = seconds_per_unit(array.data_type()) {
+        // temporal values as their integer count of units, then scaled to seconds
+        let ints = arrow_cast::cast(array, &DataType::Int64).ok()?;
+        let ints = ints.as_primitive::<Int64Type>();
+        return Some(ints.iter().map(|v| v.map(|v| v as f64 * unit)).collect());
+    }
+    let floats = arrow_cast::cast(array, &DataType::Float64).ok()?;
+    Some(floats.as_primitive::<Float64Type>().iter().collect())
+}
+
+/// Column values as text, when the column holds strings or booleans (see [`column_kind`]).
 pub(crate) fn texts(array: &ArrayRef) -> Option<Vec<Option<String>>> {
-    Some(match array.data_type() {
-        DataType::Utf8 => array.as_string::<i32>().iter().map(|v| v.map(String::from)).collect(),
-        DataType::LargeUtf8 => array.as_string::<i64>().iter().map(|v| v.map(String::from)).collect(),
-        DataType::Boolean => array.as_boolean().iter().map(|v| v.map(|b| b.to_string())).collect(),
-        _ => return None,
-    })
+    if column_kind(array.data_type()) != Ok(ColumnKind::Text) {
+        return None;
+    }
+    let strings = arrow_cast::cast(array, &DataType::Utf8).ok()?;
+    Some(strings.as_string::<i32>().iter().map(|v| v.map(String::from)).collect())
 }
 
 /// The training-set column of a feature: its name as is, or with `.` written `__` (the dataset

@@ -21,10 +21,24 @@ pub const TOP_K: usize = 20;
 /// One column's values.
 #[derive(Debug, Clone)]
 pub enum Values {
-    /// Finite numbers, and how many were missing (null, empty, NaN).
+    /// Finite numbers, and how many were missing (null, empty, NaN, a missing-value token).
     Numeric(Vec<f64>, u64),
     /// Text (and booleans), and how many were missing.
     Text(Vec<String>, u64),
+    /// A column of a type that is not compared, with the reason.
+    Unsupported(String),
+}
+
+/// The CSV cells read as missing values: pandas' `read_csv` default `na_values`
+/// (`pandas._libs.parsers.STR_NA_VALUES`), the empty cell included. A numeric column may hold
+/// them without becoming text, and they count as `missing`.
+pub const CSV_MISSING: [&str; 19] = [
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+    "NULL", "NaN", "None", "n/a", "nan", "null",
+];
+
+fn csv_missing(cell: &str) -> bool {
+    CSV_MISSING.contains(&cell)
 }
 
 /// Why a table could not be read.
@@ -41,6 +55,12 @@ pub enum ReportError {
     /// Nothing to compare.
     #[error("{0}")]
     Columns(String),
+    /// A table without a single row.
+    #[error("{path}: the table has no rows, so there is nothing to compare")]
+    Empty {
+        /// The file.
+        path: String,
+    },
 }
 
 fn read_err(path: &Path, message: impl std::fmt::Display) -> ReportError {
@@ -59,9 +79,17 @@ pub fn read_table(path: &Path, only: Option<&[String]>) -> Result<Vec<(String, V
             .map_err(|e| read_err(path, e))?;
         let schema = builder.schema().clone();
         let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).filter(|n| wanted(n)).collect();
-        let mut columns: Vec<Option<Values>> = vec![None; names.len()];
+        let mut columns: Vec<Option<Values>> = names
+            .iter()
+            .map(|n| {
+                let field = schema.field_with_name(n).expect("schema column");
+                crate::profile::column_kind(field.data_type()).err().map(Values::Unsupported)
+            })
+            .collect();
+        let mut rows = 0usize;
         for batch in builder.with_batch_size(65_536).build().map_err(|e| read_err(path, e))? {
             let batch = batch.map_err(|e| read_err(path, e))?;
+            rows += batch.num_rows();
             for (i, name) in names.iter().enumerate() {
                 let array = batch.column_by_name(name).expect("schema column");
                 if let Some(numbers) = crate::profile::numbers(array) {
@@ -87,35 +115,44 @@ pub fn read_table(path: &Path, only: Option<&[String]>) -> Result<Vec<(String, V
                 }
             }
         }
+        if rows == 0 {
+            return Err(ReportError::Empty { path: path.display().to_string() });
+        }
         out.extend(names.into_iter().zip(columns).filter_map(|(n, c)| c.map(|c| (n, c))));
     } else {
         let mut reader = csv::Reader::from_path(path).map_err(|e| read_err(path, e))?;
         let headers: Vec<String> = reader.headers().map_err(|e| read_err(path, e))?.iter().map(String::from).collect();
         let keep: Vec<usize> = (0..headers.len()).filter(|&i| wanted(&headers[i])).collect();
         let mut raw: Vec<Vec<String>> = vec![Vec::new(); keep.len()];
+        let mut rows = 0usize;
         for (line, record) in reader.records().enumerate() {
             let record = record.map_err(|e| read_err(path, format!("line {}: {e}", line + 2)))?;
+            rows += 1;
             for (slot, &i) in keep.iter().enumerate() {
                 raw[slot].push(record.get(i).unwrap_or("").to_string());
             }
         }
+        if rows == 0 {
+            return Err(ReportError::Empty { path: path.display().to_string() });
+        }
         for (slot, &i) in keep.iter().enumerate() {
             let column = std::mem::take(&mut raw[slot]);
-            let numeric = column.iter().filter(|v| !v.is_empty()).all(|v| v.trim().parse::<f64>().is_ok());
+            let numeric = column.iter().filter(|v| !csv_missing(v)).all(|v| v.trim().parse::<f64>().is_ok());
             let values = if numeric {
                 let mut missing = 0;
                 let v = column
                     .iter()
                     .filter_map(|v| {
-                        let x = v.trim().parse::<f64>().ok().filter(|x| x.is_finite());
+                        let x = (!csv_missing(v)).then(|| v.trim().parse::<f64>().ok()).flatten();
+                        let x = x.filter(|x| x.is_finite());
                         missing += u64::from(x.is_none());
                         x
                     })
                     .collect();
                 Values::Numeric(v, missing)
             } else {
-                let missing = column.iter().filter(|v| v.is_empty()).count() as u64;
-                Values::Text(column.into_iter().filter(|v| !v.is_empty()).collect(), missing)
+                let missing = column.iter().filter(|v| csv_missing(v)).count() as u64;
+                Values::Text(column.into_iter().filter(|v| !csv_missing(v)).collect(), missing)
             };
             out.push((headers[i].clone(), values));
         }
@@ -135,11 +172,12 @@ pub struct FeatureDrift {
     /// Missing values in the reference / current tables.
     pub missing: [u64; 2],
     /// The statistics: binned ones on the reference bins; `ks`, `ks_p` and `wasserstein` (numeric)
-    /// on the raw samples.
-    pub drift: Drift,
-    /// (TVD + Hellinger) / 2.
-    pub score: f64,
-    /// The feature's status against the thresholds.
+    /// on the raw samples. `None` when either table has no value of the column (status
+    /// `no_data`).
+    pub drift: Option<Drift>,
+    /// (TVD + Hellinger) / 2; `None` with no data.
+    pub score: Option<f64>,
+    /// The feature's status against the thresholds, or `no_data`.
     pub status: Status,
     /// Bin labels (`[a, b)`, `< min`, `> max`, categories, `other`).
     pub bins: Vec<String>,
@@ -156,12 +194,24 @@ pub struct Report {
     pub files: [String; 2],
     /// Possible / detected thresholds.
     pub thresholds: [f64; 2],
-    /// Mean of the features' scores.
-    pub score: f64,
-    /// Overall status.
+    /// Mean of the scores of the features that have data; `None` when none has.
+    pub score: Option<f64>,
+    /// Overall status (`no_data` when no feature has data).
     pub status: Status,
-    /// Per feature, most drifted first.
+    /// Per feature, most drifted first, those without data last.
     pub features: Vec<FeatureDrift>,
+    /// Columns in both tables that are not compared, with the reason.
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
+}
+
+/// A column left out of the report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Skipped {
+    /// Column name.
+    pub name: String,
+    /// Why it is not compared.
+    pub reason: String,
 }
 
 /// Exact Wasserstein-1 between two sorted samples: ∫ |F₁ − F₂|.
@@ -279,63 +329,89 @@ pub fn compare(
     files: [String; 2],
 ) -> Result<Report, ReportError> {
     let mut current: HashMap<String, Values> = current.into_iter().collect();
+    let mut skipped = Vec::new();
     let pairs: Vec<(String, Values, Values)> = reference
         .into_iter()
         .filter(|(name, _)| profile.is_none_or(|p| p.features.contains_key(name)))
         .filter_map(|(name, r)| current.remove(&name).map(|c| (name, r, c)))
-        .collect();
-    if pairs.is_empty() {
-        return Err(ReportError::Columns("no column is in both tables (and the profile)".into()));
-    }
-    let mut features: Vec<FeatureDrift> = pairs
-        .into_par_iter()
-        .map(|(name, r, c)| {
-            let feature_profile = profile.and_then(|p| p.features.get(&name));
-            let (kind, counts, missing, (d, bins, shares)) = match (&r, &c) {
-                (Values::Numeric(a, ma), Values::Numeric(b, mb)) => {
-                    let p = match feature_profile {
-                        Some(FeatureProfile::Numeric(n)) => Some(n),
-                        _ => None,
-                    };
-                    ("numeric", [a.len() as u64, b.len() as u64], [*ma, *mb], numeric(a, b, p))
-                }
-                _ => {
-                    let texts = |v: &Values| match v {
-                        Values::Text(t, m) => (t.clone(), *m),
-                        Values::Numeric(x, m) => (x.iter().map(|x| x.to_string()).collect(), *m),
-                    };
-                    let ((a, ma), (b, mb)) = (texts(&r), texts(&c));
-                    let p = match feature_profile {
-                        Some(FeatureProfile::Categorical(c)) => Some(c),
-                        _ => None,
-                    };
-                    ("categorical", [a.len() as u64, b.len() as u64], [ma, mb], categorical(&a, &b, p))
-                }
-            };
-            let score = d.score();
-            FeatureDrift {
-                name,
-                kind: kind.into(),
-                counts,
-                missing,
-                drift: d,
-                score,
-                status: status(score, thresholds),
-                bins,
-                shares,
+        .filter_map(|(name, r, c)| match (&r, &c) {
+            (Values::Unsupported(reason), _) | (_, Values::Unsupported(reason)) => {
+                skipped.push(Skipped { name, reason: reason.clone() });
+                None
             }
+            _ => Some((name, r, c)),
         })
         .collect();
-    features.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.name.cmp(&b.name)));
-    let score = features.iter().map(|f| f.score).sum::<f64>() / features.len() as f64;
+    if pairs.is_empty() {
+        let why = skipped.iter().map(|s| format!("{}: {}", s.name, s.reason)).collect::<Vec<_>>().join("; ");
+        let message = if skipped.is_empty() {
+            "no column is in both tables (and the profile)".to_string()
+        } else {
+            format!("no column in both tables can be compared ({why})")
+        };
+        return Err(ReportError::Columns(message));
+    }
+    let mut features: Vec<FeatureDrift> =
+        pairs.into_par_iter().map(|(name, r, c)| feature(name, &r, &c, profile, thresholds)).collect();
+    features.sort_by(|a, b| {
+        let score = |f: &FeatureDrift| f.score.unwrap_or(f64::NEG_INFINITY);
+        score(b).total_cmp(&score(a)).then_with(|| a.name.cmp(&b.name))
+    });
+    let scores: Vec<f64> = features.iter().filter_map(|f| f.score).collect();
+    let score = (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64);
     Ok(Report {
         format: "fathom.drift/1".into(),
         files,
         thresholds: [thresholds.0, thresholds.1],
         score,
-        status: status(score, thresholds),
+        status: score.map_or(Status::NoData, |s| status(s, thresholds)),
         features,
+        skipped,
     })
+}
+
+/// One column's comparison; no statistics when either side has no value.
+fn feature(name: String, r: &Values, c: &Values, profile: Option<&Profile>, thresholds: (f64, f64)) -> FeatureDrift {
+    let feature_profile = profile.and_then(|p| p.features.get(&name));
+    let (kind, counts, missing, compared) = match (r, c) {
+        (Values::Numeric(a, ma), Values::Numeric(b, mb)) => {
+            let p = match feature_profile {
+                Some(FeatureProfile::Numeric(n)) => Some(n),
+                _ => None,
+            };
+            let compared = (!a.is_empty() && !b.is_empty()).then(|| numeric(a, b, p));
+            ("numeric", [a.len() as u64, b.len() as u64], [*ma, *mb], compared)
+        }
+        _ => {
+            let texts = |v: &Values| match v {
+                Values::Text(t, m) => (t.clone(), *m),
+                Values::Numeric(x, m) => (x.iter().map(|x| x.to_string()).collect(), *m),
+                Values::Unsupported(_) => (Vec::new(), 0),
+            };
+            let ((a, ma), (b, mb)) = (texts(r), texts(c));
+            let p = match feature_profile {
+                Some(FeatureProfile::Categorical(c)) => Some(c),
+                _ => None,
+            };
+            let compared = (!a.is_empty() && !b.is_empty()).then(|| categorical(&a, &b, p));
+            ("categorical", [a.len() as u64, b.len() as u64], [ma, mb], compared)
+        }
+    };
+    let (drift, score, bins, shares) = match compared {
+        Some((d, bins, shares)) => (Some(d), Some(d.score()), bins, shares),
+        None => (None, None, Vec::new(), [Vec::new(), Vec::new()]),
+    };
+    FeatureDrift {
+        name,
+        kind: kind.into(),
+        counts,
+        missing,
+        drift,
+        score,
+        status: score.map_or(Status::NoData, |s| status(s, thresholds)),
+        bins,
+        shares,
+    }
 }
 
 fn escape(text: &str) -> String {
@@ -347,6 +423,7 @@ fn status_label(s: Status) -> (&'static str, &'static str) {
         Status::NoDrift => ("no drift", "#2e7d32"),
         Status::PossibleDrift => ("possible drift", "#ef6c00"),
         Status::DriftDetected => ("drift detected", "#c62828"),
+        Status::NoData => ("no data", "#757575"),
     }
 }
 
@@ -404,32 +481,30 @@ table{border-collapse:collapse;font-size:.9rem}td,th{padding:2px 10px;text-align
     let _ = write!(
         page,
         r#"<h1>Drift report</h1><p>Reference <code>{}</code> · current <code>{}</code></p>
-<p>Overall: <span class="badge" style="background:{color}">{label}</span> score {:.4} (mean of (TVD + Hellinger) / 2; possible ≥ {}, detected ≥ {}) over {} features, most drifted first.</p>
+<p>Overall: <span class="badge" style="background:{color}">{label}</span> score {} (mean of (TVD + Hellinger) / 2; possible ≥ {}, detected ≥ {}) over {} features, most drifted first.</p>
 <p class="legend"><span style="background:#9e9e9e"></span>reference<span style="background:#1565c0;opacity:.7"></span>current</p>"#,
         escape(&report.files[0]),
         escape(&report.files[1]),
-        report.score,
+        report.score.map_or("none".to_string(), |s| format!("{s:.4}")),
         report.thresholds[0],
         report.thresholds[1],
         report.features.len()
     );
     for f in &report.features {
         let (label, color) = status_label(f.status);
-        let d = &f.drift;
-        let mut rows = vec![
-            ("score", Some(f.score)),
-            ("TVD", Some(d.tvd)),
-            ("Hellinger", Some(d.hellinger)),
-            ("KL (symmetric)", Some(d.kl)),
-            ("PSI", Some(d.psi)),
-            ("Jensen–Shannon", Some(d.js)),
+        let d = f.drift.as_ref();
+        let rows = [
+            ("score", f.score),
+            ("TVD", d.map(|d| d.tvd)),
+            ("Hellinger", d.map(|d| d.hellinger)),
+            ("KL (symmetric)", d.map(|d| d.kl)),
+            ("PSI", d.map(|d| d.psi)),
+            ("Jensen–Shannon", d.map(|d| d.js)),
+            ("Wasserstein-1", d.and_then(|d| d.wasserstein)),
+            ("KS statistic", d.and_then(|d| d.ks)),
+            ("KS p-value", d.and_then(|d| d.ks_p)),
+            ("χ² p-value", d.and_then(|d| d.chi2_p)),
         ];
-        rows.extend([
-            ("Wasserstein-1", d.wasserstein),
-            ("KS statistic", d.ks),
-            ("KS p-value", d.ks_p),
-            ("χ² p-value", d.chi2_p),
-        ]);
         let table: String =
             rows.into_iter().filter_map(|(n, v)| v.map(|v| format!("<tr><th>{n}</th><td>{v:.6e}</td></tr>"))).collect();
         let _ = write!(
@@ -493,10 +568,10 @@ mod tests {
         let report = compare(reference, current, None, (0.5, 0.7), ["a.csv".into(), "b.csv".into()]).unwrap();
         let names: Vec<&str> = report.features.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["moved", "colour", "stable"]);
-        assert_eq!(report.features[2].drift.ks, Some(0.0));
-        assert_eq!(report.features[2].drift.ks_p, Some(1.0));
+        let stable = report.features[2].drift.unwrap();
+        assert_eq!((stable.ks, stable.ks_p), (Some(0.0), Some(1.0)));
         assert_eq!(report.features[0].missing, [2, 0]);
-        assert!((report.features[0].drift.wasserstein.unwrap() - 40.0).abs() < 1e-9);
+        assert!((report.features[0].drift.unwrap().wasserstein.unwrap() - 40.0).abs() < 1e-9);
         let page = html(&report);
         assert_eq!(page.matches("<svg").count(), 3);
         assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("<script"), "self-contained");

@@ -46,6 +46,8 @@ pub struct Settings {
     pub rules: Vec<Rule>,
     /// The retraining rule.
     pub retrain: Option<Rule>,
+    /// The class whose precision, recall and F1 a binary model reports.
+    pub positive_class: performance::PositiveClass,
 }
 
 /// How a feature's values are binned.
@@ -637,12 +639,12 @@ impl ModelMonitor {
             fields.push(("expired".into(), Field::Int(expired as i64)));
         }
         if !window.classified.is_empty() {
-            let m = performance::classification(&window.classified);
+            let m = performance::classification(&window.classified, &self.settings.positive_class);
             for (name, value) in [
                 ("accuracy", Some(m.accuracy)),
-                ("precision", Some(m.precision)),
-                ("recall", Some(m.recall)),
-                ("f1", Some(m.f1)),
+                ("precision", m.precision),
+                ("recall", m.recall),
+                ("f1", m.f1),
                 ("log_loss", m.log_loss),
                 ("roc_auc", m.roc_auc),
             ] {
@@ -759,12 +761,14 @@ pub fn status_name(status: Status) -> &'static str {
         Status::NoDrift => "no_drift",
         Status::PossibleDrift => "possible_drift",
         Status::DriftDetected => "drift_detected",
+        Status::NoData => "no_data",
     }
 }
 
-/// 0, 1, 2.
+/// 0, 1, 2 (and −1 for no data).
 pub fn status_code(status: Status) -> i64 {
     match status {
+        Status::NoData => -1,
         Status::NoDrift => 0,
         Status::PossibleDrift => 1,
         Status::DriftDetected => 2,

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use fathom_featurestore::duration::Span;
 use fathom_monitor::alerts::{Comparison, Rule};
+use fathom_monitor::performance::PositiveClass;
 use fathom_monitor::window::Settings;
 use serde::Deserialize;
 
@@ -40,6 +41,11 @@ pub struct MonitoringConfig {
     /// Drift thresholds.
     #[serde(default)]
     pub drift: DriftConfig,
+    /// The class a binary classifier's precision, recall, F1 and ROC AUC are computed for, as
+    /// labels spell it (a number or boolean label is compared by its text: `1`, `true`).
+    /// Fixed per model, never inferred from a window. Default: `1` (which also matches `true`).
+    #[serde(default)]
+    pub positive_class: Option<String>,
 }
 
 /// `monitoring.drift`.
@@ -340,6 +346,7 @@ pub fn settings(model: &str, config: &ModelConfig) -> Result<Settings, (String, 
         feature_thresholds,
         rules,
         retrain,
+        positive_class: m.positive_class.as_deref().map_or_else(Default::default, PositiveClass::new),
     })
 }
 

@@ -48,6 +48,7 @@ fn settings() -> Settings {
             consecutive: 1,
             cooldown_ms: 0,
         }),
+        positive_class: Default::default(),
     }
 }
 
