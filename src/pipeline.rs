@@ -19,7 +19,7 @@ use fathom_featurestore::processor::Processor;
 use fathom_featurestore::table::{Join, RowChange, TableProcessor};
 use fathom_ingest::config::{Format, KeyFrom, TruncatePolicy};
 use fathom_ingest::deadletter::{DeadLetter, DeadLetters};
-use fathom_ingest::debezium::{self, Change, Decoded, Op};
+use fathom_ingest::debezium::{self, Change, ChangeOrder, Decoded, Op};
 use fathom_ingest::decode::{Decoder, Reason};
 use fathom_ingest::kafka::{self, Committer, KafkaSource, Offsets};
 use fathom_ingest::record::Record;
@@ -393,7 +393,7 @@ struct IngestStats {
 /// What a Debezium record comes to.
 enum Cdc {
     /// A row change, with the decoded change for the change log.
-    Change(RowChange, Box<Change>),
+    Change(Box<RowChange>, Box<Change>),
     /// A tombstone, or a truncate skipped: nothing to apply.
     Consumed,
     /// A truncate its source sends to the dead letters.
@@ -493,7 +493,7 @@ impl Pipeline {
                 match self.change(&record) {
                     Ok(Cdc::Change(row, change)) => {
                         summary.accepted += 1;
-                        changes.push((row, change));
+                        changes.push((*row, change));
                     }
                     Ok(Cdc::Truncate) => {
                         summary.dead_lettered += 1;
@@ -524,12 +524,24 @@ impl Pipeline {
             }
         }
         if !changes.is_empty() {
-            let rows: Vec<&RowChange> = changes.iter().map(|(row, _)| row).collect();
+            let mut rows: Vec<&mut RowChange> = changes.iter_mut().map(|(row, _)| row).collect();
             let outcome =
-                until_ok!(self.health, "loading table rows from the online store", self.tables.apply(&rows).await);
+                until_ok!(self.health, "loading table rows from the online store", self.tables.apply(&mut rows).await);
             metrics::counter!("fathom_table_changes_applied_total").increment(outcome.applied);
             metrics::counter!("fathom_table_changes_stale_total").increment(outcome.stale);
             metrics::counter!("fathom_replayed_records_skipped_total").increment(outcome.duplicates);
+            metrics::counter!("fathom_table_unavailable_without_stored_value_total")
+                .increment(outcome.unavailable_unknown);
+            // an applied change's row has its unavailable columns filled in; a skipped one's
+            // keep Debezium's placeholder in the log, for readers to fill in from the change
+            // before it in order (as `fathom dataset` does)
+            for (row, _) in changes.iter_mut().filter(|(row, _)| !row.unavailable.is_empty()) {
+                if let Some(after) = row.row.as_mut() {
+                    for column in row.unavailable.drain(..) {
+                        after.insert(column, Value::String(debezium::UNAVAILABLE_VALUE.into()));
+                    }
+                }
+            }
             let logged: Vec<LoggedChange<'_>> = changes
                 .iter()
                 .map(|(row, change)| LoggedChange {
@@ -599,7 +611,8 @@ impl Pipeline {
             KeyFrom::Row => std::slice::from_ref(&config.key),
             KeyFrom::Record => &[],
         };
-        let change = match debezium::decode(record.key.as_deref(), &record.payload, columns)? {
+        let placeholder = config.unavailable_value_placeholder.as_deref().unwrap_or(debezium::UNAVAILABLE_VALUE);
+        let change = match debezium::decode(record.key.as_deref(), &record.payload, columns, placeholder)? {
             Decoded::Tombstone => {
                 metrics::counter!("fathom_tombstones_total", "source" => name.clone()).increment(1);
                 return Ok(Cdc::Consumed);
@@ -628,12 +641,12 @@ impl Pipeline {
             source: record.source,
             key,
             row,
-            commit_us: change.commit_us,
-            lsn: change.lsn.unwrap_or(0),
+            unavailable: std::mem::take(&mut change.unavailable),
+            order: ChangeOrder::of(&change, record.at),
             at: record.at,
             snapshot: change.op == Op::Read,
         };
-        Ok(Cdc::Change(row_change, change))
+        Ok(Cdc::Change(Box::new(row_change), change))
     }
 
     fn letter(

@@ -439,3 +439,123 @@ async fn the_openapi_document_describes_every_route_and_its_schemas() {
     assert_eq!(document["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     server.stop().await;
 }
+
+/// Debezium envelopes as each connector's documentation shows them (field names and types of
+/// `source`), pushed to a `format: debezium` source and read back: a change's order is the
+/// connector's log position, never its `ts_ms` alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_changes_apply_in_the_connectors_log_order() {
+    let s = server("{}").await;
+    let envelope = |op: &str, after: Value, source: Value| {
+        json!({"before": null, "after": after, "op": op, "source": source, "ts_ms": 1_795_168_800_000i64}).to_string()
+    };
+    // MySQL 5.7: whole-second ts_ms, binlog file/pos/row, no lsn
+    let mysql = |ts_ms: i64, file: &str, pos: i64, row: i64| {
+        json!({"version": "2.7.3.Final", "connector": "mysql", "name": "dbserver1", "ts_ms": ts_ms, "snapshot": "false",
+               "db": "inventory", "sequence": null, "table": "customers", "server_id": 223344, "gtid": null,
+               "file": file, "pos": pos, "row": row, "thread": 7, "query": null})
+    };
+    let t = 1_795_168_800_000i64; // a whole second
+    let customer =
+        |id: i64, segment: &str, credit: i64| json!({"customer_id": id, "segment": segment, "credit": credit});
+    let body = [
+        envelope("c", customer(1, "bronze", 100), mysql(t, "mysql-bin.000003", 484, 0)),
+        envelope("u", customer(1, "silver", 250), mysql(t, "mysql-bin.000003", 805, 0)),
+        envelope("u", customer(2, "bronze", 10), mysql(t, "mysql-bin.000003", 1100, 0)),
+        envelope("u", customer(2, "gold", 20), mysql(t, "mysql-bin.000003", 1100, 1)),
+    ]
+    .join("\n");
+    assert_eq!(s.push_to("customers", &body).await.0, 200);
+    // a redelivered older change, later, from an earlier binlog file
+    let old = envelope("u", customer(1, "stale", 1), mysql(t + 5_000, "mysql-bin.000002", 99_999, 0));
+    assert_eq!(s.push_to("customers", &old).await.0, 200);
+
+    // PostgreSQL: the snapshot reads row 7 at 10:30; an update committed at 10:05 during the
+    // snapshot streams afterwards at a later LSN
+    let pg = |ts_ms: i64, lsn: i64, snapshot: &str| {
+        json!({"version": "2.7.3.Final", "connector": "postgresql", "name": "pg", "ts_ms": ts_ms, "ts_us": ts_ms * 1000,
+               "ts_ns": ts_ms * 1_000_000, "snapshot": snapshot, "db": "shop", "sequence": format!("[\"{}\",\"{lsn}\"]", lsn - 8),
+               "schema": "public", "table": "customers", "txId": 771, "lsn": lsn, "xmin": null})
+    };
+    let ten = 1_795_168_800_000i64 - 1_795_168_800_000i64 % 86_400_000 + 10 * 3_600_000;
+    let body = [
+        envelope("r", customer(7, "bronze", 1), pg(ten + 30 * 60_000, 33_554_432, "last")),
+        envelope("u", customer(7, "gold", 2), pg(ten + 5 * 60_000, 33_554_600, "false")),
+    ]
+    .join("\n");
+    assert_eq!(s.push_to("customers", &body).await.0, 200);
+
+    // PostgreSQL TOAST: an update that did not touch `notes` sends the placeholder
+    let body = [
+        envelope(
+            "c",
+            json!({"customer_id": 8, "segment": "silver", "notes": "a long text"}),
+            pg(ten, 40_000_000, "false"),
+        ),
+        envelope(
+            "u",
+            json!({"customer_id": 8, "segment": "gold", "notes": "__debezium_unavailable_value"}),
+            pg(ten + 1_000, 40_000_100, "false"),
+        ),
+    ]
+    .join("\n");
+    assert_eq!(s.push_to("customers", &body).await.0, 200);
+
+    // SQL Server: LSNs as fixed-width hex text, event_serial_no; the snapshot row has no change_lsn
+    let mssql = |ts_ms: i64, commit: &str, change: Option<&str>, serial: Option<i64>, snapshot: &str| {
+        json!({"version": "2.7.3.Final", "connector": "sqlserver", "name": "server1", "ts_ms": ts_ms, "snapshot": snapshot,
+               "db": "testDB", "sequence": null, "schema": "dbo", "table": "customers", "change_lsn": change,
+               "commit_lsn": commit, "event_serial_no": serial})
+    };
+    let body = [
+        envelope("r", customer(11, "bronze", 1), mssql(ten + 60_000, "00000025:00000d98:0002", None, None, "true")),
+        envelope(
+            "u",
+            customer(11, "gold", 2),
+            mssql(ten, "00000025:00000f00:0005", Some("00000025:00000f00:0003"), Some(2), "false"),
+        ),
+        envelope(
+            "u",
+            customer(11, "silver", 3),
+            mssql(ten, "00000025:00000f00:0005", Some("00000025:00000f00:0003"), Some(1), "false"),
+        ),
+    ]
+    .join("\n");
+    assert_eq!(s.push_to("customers", &body).await.0, 200);
+
+    // Oracle: SCNs as decimal text
+    let oracle = |ts_ms: i64, scn: &str, commit: Option<&str>| {
+        json!({"version": "2.7.3.Final", "connector": "oracle", "name": "server1", "ts_ms": ts_ms, "snapshot": "false",
+               "db": "ORCLPDB1", "sequence": null, "schema": "DEBEZIUM", "table": "CUSTOMERS", "txId": "6a000300b1030000",
+               "scn": scn, "commit_scn": commit, "lcr_position": null, "rs_id": null, "ssn": 0, "redo_thread": 1})
+    };
+    let body = [
+        envelope("u", customer(12, "gold", 2), oracle(ten, "1513734", Some("1513754"))),
+        envelope("u", customer(12, "bronze", 1), oracle(ten + 60_000, "1513700", Some("1513710"))),
+    ]
+    .join("\n");
+    assert_eq!(s.push_to("customers", &body).await.0, 200);
+
+    let row = |key: i64| {
+        let s = &s;
+        async move {
+            let (status, body) = s.get(&format!("/v1/features/customers/{key}")).await;
+            assert_eq!(status, 200, "{body}");
+            let features = body["features"].as_array().unwrap().clone();
+            let value = |name: &str| {
+                features.iter().find(|f| f["name"] == name).map(|f| (f["value"].clone(), f["status"].clone()))
+            };
+            (value("segment"), value("credit"), value("notes"))
+        }
+    };
+    let present = |v: Value| Some((v, json!("PRESENT")));
+    assert_eq!(row(1).await.0, present(json!("silver")), "MySQL: the update in the same second wins");
+    assert_eq!(row(1).await.1, present(json!(250)));
+    assert_eq!(row(2).await.0, present(json!("gold")), "MySQL: the second row of one event wins");
+    assert_eq!(row(7).await.0, present(json!("gold")), "a snapshot read never outranks a later streamed change");
+    let toast = row(8).await;
+    assert_eq!((toast.0, toast.2), (present(json!("gold")), present(json!("a long text"))), "TOAST column kept");
+    assert_eq!(row(11).await.0, present(json!("gold")), "SQL Server: commit LSN, change LSN, then event serial");
+    assert_eq!(row(12).await.0, present(json!("gold")), "Oracle: an earlier commit SCN is stale");
+    s.stop().await;
+}

@@ -187,7 +187,8 @@ struct SpilledEvent {
 struct SpilledChange {
     key: String,
     commit_us: i64,
-    lsn: i64,
+    /// `_position`: the connector's log position as sortable text.
+    position: Option<String>,
     partition: Option<i32>,
     offset: i64,
     /// `None` after a delete.
@@ -201,8 +202,9 @@ struct SpilledChange {
 struct GroupDelta {
     group: String,
     commit_us: i64,
-    /// (LSN, key, leaving before entering): applies deltas of one commit in a stable order.
-    order: (i64, String, u8),
+    /// (the change's rank among its key's changes, key, leaving before entering): applies
+    /// deltas of one instant in the online table's order.
+    order: (u64, String, u8),
     old: Option<String>,
     new: Option<String>,
 }
@@ -216,7 +218,40 @@ struct Staged {
     fields: String,
 }
 
-/// The row of a key as of `at_ms` among its changes sorted by (commit, LSN): the newest
+/// Sorts table changes by key, then in the order the online table applies them
+/// ([`fathom_ingest::debezium::ChangeOrder`]: log position, Kafka coordinates, commit time),
+/// drops a change read twice (same coordinates, or a redelivery at the same log position: the
+/// online table skips it as stale), and fills the columns a change carried as unavailable from
+/// the change before it.
+fn order_changes(changes: &mut Vec<SpilledChange>) {
+    // ChangeOrder's order on the spilled form: by position when there is one (equal positions
+    // are the same change), else by Kafka coordinates, then commit time
+    let order = |c: &SpilledChange| match &c.position {
+        Some(p) => (Some(p.clone()), None, 0),
+        None => (None, c.partition.map(|p| (p, c.offset)), c.commit_us),
+    };
+    changes.sort_by(|a, b| a.key.cmp(&b.key).then_with(|| order(a).cmp(&order(b))));
+    changes.dedup_by(|b, a| a.key == b.key && order(a) == order(b));
+    let marker = fathom_ingest::debezium::UNAVAILABLE_VALUE;
+    for i in 1..changes.len() {
+        let (done, rest) = changes.split_at_mut(i);
+        let (previous, change) = (&done[i - 1], &mut rest[0]);
+        let Some(after) = change.after.as_deref().filter(|a| previous.key == change.key && a.contains(marker)) else {
+            continue;
+        };
+        let Ok(mut row) = serde_json::from_str::<serde_json::Map<String, Value>>(after) else { continue };
+        let old: serde_json::Map<String, Value> =
+            previous.after.as_deref().and_then(|a| serde_json::from_str(a).ok()).unwrap_or_default();
+        for (column, value) in row.iter_mut() {
+            if value.as_str() == Some(marker) {
+                *value = old.get(column).cloned().unwrap_or(Value::Null);
+            }
+        }
+        change.after = Some(Value::Object(row).to_string());
+    }
+}
+
+/// The row of a key as of `at_ms` among its changes in order ([`order_changes`]): the last one
 /// committed at or before it; before the first change, a snapshot read stands for the past (as
 /// the online join does).
 fn as_of(changes: &[SpilledChange], at_ms: i64) -> Option<&SpilledChange> {
@@ -741,16 +776,16 @@ fn spill_changes(
 ) -> Result<u64, DatasetError> {
     let files = source_files(request.offline_root, table)?;
     progress.phase(&format!("reading {table} changes"), Some(files.len() as u64));
-    let names = ["_partition", "_offset", "_event_time", "_lsn", "_op", "_after", key_column];
+    let names = ["_partition", "_offset", "_event_time", "_position", "_op", "_after", key_column];
     let mut read = 0;
     for file in files {
         for batch in read_columns(&file, &names)? {
             let n = batch[1].as_ref().map_or(0, |a| a.len());
-            let (partitions, offsets, times, lsns, ops, afters, keys) = (
+            let (partitions, offsets, times, positions, ops, afters, keys) = (
                 int32s(&batch[0], n),
                 int64s(&batch[1], n),
                 micros(&batch[2], n),
-                int64s(&batch[3], n),
+                strings(&batch[3], n),
                 strings(&batch[4], n),
                 strings(&batch[5], n),
                 strings(&batch[6], n),
@@ -761,7 +796,7 @@ fn spill_changes(
                 let change = SpilledChange {
                     key: key.clone(),
                     commit_us,
-                    lsn: lsns[i].unwrap_or(0),
+                    position: positions[i].clone(),
                     partition: partitions[i],
                     offset: offsets[i].unwrap_or(i as i64),
                     after: if deleted { None } else { afters[i].clone() },
@@ -846,7 +881,7 @@ fn spill_joined_events(
             .into_par_iter()
             .map(|s| {
                 let mut changes: Vec<SpilledChange> = read_spill(&tables[s])?;
-                changes.sort_by(|a, b| a.key.cmp(&b.key).then(a.commit_us.cmp(&b.commit_us)).then(a.lsn.cmp(&b.lsn)));
+                order_changes(&mut changes);
                 let mut out = Spill::create(scratch(format!("s{j}-{s}")))?;
                 for event in SpillReader::<Staged>::open(&by_key[s])? {
                     let mut event = event?;
@@ -917,10 +952,18 @@ fn spill_group_changes(
     let parse = |row: Option<&str>| row.and_then(|r| serde_json::from_str::<serde_json::Map<String, Value>>(r).ok());
     for file in &by_row {
         let mut changes: Vec<SpilledChange> = read_spill(file)?;
-        changes.sort_by(|a, b| a.key.cmp(&b.key).then(a.commit_us.cmp(&b.commit_us)).then(a.lsn.cmp(&b.lsn)));
-        changes.dedup_by(|a, b| a.key == b.key && a.commit_us == b.commit_us && a.lsn == b.lsn);
+        order_changes(&mut changes);
+        // a group sees a change at its commit time, but never before a change that precedes it
+        // in order (a snapshot read is stamped when it was read, possibly after a change
+        // streamed later): each change's effective time is the least commit time from it on
+        let mut effective: Vec<i64> = changes.iter().map(|c| c.commit_us).collect();
+        for i in (0..changes.len().saturating_sub(1)).rev() {
+            if changes[i].key == changes[i + 1].key {
+                effective[i] = effective[i].min(effective[i + 1]);
+            }
+        }
         let mut previous: Option<&SpilledChange> = None;
-        for change in &changes {
+        for (rank, change) in changes.iter().enumerate() {
             let old_change = previous.filter(|p| p.key == change.key);
             let old = parse(old_change.and_then(|p| p.after.as_deref()));
             let new = parse(change.after.as_deref());
@@ -930,8 +973,8 @@ fn spill_group_changes(
             let new_text = new_group.as_ref().and(change.after.clone());
             let mut emit = |group: String, old: Option<String>, new: Option<String>, side: u8| {
                 let delta = GroupDelta {
-                    commit_us: change.commit_us,
-                    order: (change.lsn, change.key.clone(), side),
+                    commit_us: effective[rank],
+                    order: (rank as u64, change.key.clone(), side),
                     old,
                     new,
                     group,
@@ -1048,7 +1091,7 @@ fn compute_shard(
             }
             Holder::Rows(_) => {
                 let mut changes: Vec<SpilledChange> = read_spill(&holder_files[h][s])?;
-                changes.sort_by(|a, b| a.key.cmp(&b.key).then(a.commit_us.cmp(&b.commit_us)).then(a.lsn.cmp(&b.lsn)));
+                order_changes(&mut changes);
                 rows_as_of(&queries, &changes, &wanted, &mut computed);
             }
             Holder::Table(p) => {

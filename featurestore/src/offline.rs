@@ -11,9 +11,12 @@
 //!
 //! A CDC source's directory holds its change log instead: one row per change with the same
 //! coordinates, `_event_time` = the commit time, the key column, `_op` (`c`, `u`, `d`, `r`),
-//! `_lsn`, `_tx_id`, `_snapshot`, and the rows `_before` and `_after` as JSON text — enough to
-//! answer "what was this row at instant t" (the newest change with `_event_time` ≤ t, ties by
-//! `_lsn`; a `d` means no row).
+//! `_lsn`, `_tx_id`, `_snapshot`, `_position` (the connector's log position as text whose byte
+//! order is the log order, see [`fathom_ingest::debezium::LogPosition::to_sortable`]), and the
+//! rows `_before` and `_after` as JSON text — enough to answer "what was this row at instant t":
+//! order a key's changes by (`_position`, `_partition`, `_offset`, `_event_time`), the order
+//! the online table applies them in, and take the last one with `_event_time` ≤ t (a `d` means
+//! no row). A column the connector sent as unavailable holds the value it kept.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -100,16 +103,17 @@ pub struct SourceSchema {
 pub enum Layout {
     /// Decoded events: these typed fields besides the key, then `_raw`.
     Events(Vec<(String, ColumnType)>),
-    /// A CDC table's changes: `_op`, `_lsn`, `_tx_id`, `_snapshot`, `_before`, `_after`.
+    /// A CDC table's changes: `_op`, `_lsn`, `_tx_id`, `_snapshot`, `_position`, `_before`, `_after`.
     ChangeLog,
 }
 
 /// The change-log columns after the key, with their types.
-const CHANGE_COLUMNS: [(&str, DataType); 6] = [
+const CHANGE_COLUMNS: [(&str, DataType); 7] = [
     ("_op", DataType::Utf8),
     ("_lsn", DataType::Int64),
     ("_tx_id", DataType::Int64),
     ("_snapshot", DataType::Utf8),
+    ("_position", DataType::Utf8),
     ("_before", DataType::Utf8),
     ("_after", DataType::Utf8),
 ];
@@ -253,7 +257,7 @@ impl Pending {
         let json = |row: Option<&serde_json::Map<String, Value>>| {
             row.map(|r| serde_json::to_string(r).expect("a JSON map encodes"))
         };
-        let [Column::Text(op_b), Column::Int(lsn), Column::Int(tx), Column::Text(snapshot), Column::Text(before), Column::Text(after)] =
+        let [Column::Text(op_b), Column::Int(lsn), Column::Int(tx), Column::Text(snapshot), Column::Text(position), Column::Text(before), Column::Text(after)] =
             &mut self.columns[..]
         else {
             unreachable!("change-log builders are created in CHANGE_COLUMNS order")
@@ -262,6 +266,7 @@ impl Pending {
         lsn.append_option(change.lsn);
         tx.append_option(change.tx_id);
         snapshot.append_option(change.snapshot.as_deref());
+        position.append_option(change.position.map(|p| p.to_sortable()));
         before.append_option(json(change.before.as_ref()));
         after.append_option(json(logged.after));
     }
@@ -578,6 +583,11 @@ mod tests {
             commit_ms: commit_us / 1000,
             commit_us,
             lsn,
+            position: lsn.map(|l| fathom_ingest::debezium::LogPosition {
+                connector: fathom_ingest::debezium::Connector::Postgres,
+                parts: [l as u128, 0, 0],
+            }),
+            unavailable: Vec::new(),
             tx_id: Some(99),
             snapshot: Some("false".into()),
             table: Some("public.customers".into()),
@@ -611,6 +621,7 @@ mod tests {
                 "_lsn",
                 "_tx_id",
                 "_snapshot",
+                "_position",
                 "_before",
                 "_after"
             ]
@@ -620,6 +631,9 @@ mod tests {
         assert_eq!(column("_op").as_string::<i32>().iter().collect::<Vec<_>>(), [Some("u"), Some("d")]);
         assert_eq!(column("_lsn").as_primitive::<Int64Type>().iter().collect::<Vec<_>>(), [Some(42), None]);
         assert_eq!(column("_tx_id").as_primitive::<Int64Type>().value(1), 99);
+        let positions = column("_position");
+        assert_eq!(positions.as_string::<i32>().value(0), format!("postgresql:{:032x}:{:032x}:{:032x}", 42, 0, 0));
+        assert!(positions.is_null(1));
         let (before, after) = (column("_before"), column("_after"));
         assert!(before.is_null(0) && after.is_null(1));
         assert_eq!(after.as_string::<i32>().value(0), r#"{"id":7,"segment":"gold"}"#);

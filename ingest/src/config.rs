@@ -42,6 +42,11 @@ pub struct SourceConfig {
     /// order. Either way `key` names the key in lookups and joins.
     #[serde(default)]
     pub key_from: KeyFrom,
+    /// Debezium sources: the connector's `unavailable.value.placeholder`, the value it sends for
+    /// a column it does not have (PostgreSQL TOAST columns an update left alone, …). Such a
+    /// column keeps its stored value. Default: Debezium's, `__debezium_unavailable_value`.
+    #[serde(default)]
+    pub unavailable_value_placeholder: Option<String>,
 }
 
 /// Where a Debezium source's primary key comes from.

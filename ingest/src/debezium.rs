@@ -6,9 +6,126 @@
 //! configured columns, and Debezium 1.x and 2.x time fields (`ts_ms`, `ts_us`, `ts_ns`). A null
 //! value is the tombstone that follows a delete; it is consumed, not refused.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::decode::{Reason, Refusal};
+use crate::record::Coordinates;
+
+/// Debezium's default `unavailable.value.placeholder`: what a connector sends for a column whose
+/// value it does not have (PostgreSQL TOAST columns an update did not touch, Oracle LOBs, …).
+pub const UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
+
+/// The connector a change came from, as `source.connector` names it (or as its position fields
+/// reveal when that field is absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Connector {
+    /// `postgresql`: `lsn` (or the current LSN in `sequence`).
+    Postgres,
+    /// `mysql`, `mariadb`: binlog `file` (its sequence number), `pos`, `row`.
+    MySql,
+    /// `sqlserver`, `db2`, `informix`: `commit_lsn`, `change_lsn`, `event_serial_no`.
+    SqlServer,
+    /// `oracle`: `commit_scn` (the `scn` for snapshot rows), `scn`, `ssn`.
+    Oracle,
+    /// `mongodb`: the oplog time (`ts_ms`, whole seconds) and `ord`.
+    MongoDb,
+}
+
+/// A change's position in its connector's log: changes of one row compare in commit order.
+/// Positions of different connectors do not compare meaningfully (a table has one connector).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LogPosition {
+    /// Which connector's fields `parts` holds.
+    pub connector: Connector,
+    /// The position's components, most significant first (see [`Connector`]).
+    pub parts: [u128; 3],
+}
+
+impl LogPosition {
+    /// The position as text whose byte order is the position order (`mysql:` followed by three
+    /// 32-digit hex numbers), as the offline change log's `_position` column stores it.
+    pub fn to_sortable(&self) -> String {
+        let name = match self.connector {
+            Connector::Postgres => "postgresql",
+            Connector::MySql => "mysql",
+            Connector::SqlServer => "sqlserver",
+            Connector::Oracle => "oracle",
+            Connector::MongoDb => "mongodb",
+        };
+        format!("{name}:{:032x}:{:032x}:{:032x}", self.parts[0], self.parts[1], self.parts[2])
+    }
+
+    /// Reads [`LogPosition::to_sortable`]'s text back.
+    pub fn from_sortable(text: &str) -> Option<LogPosition> {
+        let mut fields = text.split(':');
+        let connector = match fields.next()? {
+            "postgresql" => Connector::Postgres,
+            "mysql" => Connector::MySql,
+            "sqlserver" => Connector::SqlServer,
+            "oracle" => Connector::Oracle,
+            "mongodb" => Connector::MongoDb,
+            _ => return None,
+        };
+        let mut parts = [0u128; 3];
+        for part in &mut parts {
+            *part = u128::from_str_radix(fields.next()?, 16).ok()?;
+        }
+        fields.next().is_none().then_some(LogPosition { connector, parts })
+    }
+}
+
+/// The order of the changes of one row: the connector's log position when both changes have
+/// one — two changes at the same position are the same change, however often Kafka delivers
+/// it; without positions, the Kafka (partition, offset) — Debezium sends one key to one
+/// partition in commit order — then the commit time (HTTP push and file replay, which have no
+/// log). A change without a position orders before one with a position. A change applies only
+/// when it is greater than the stored one, so redelivered and out-of-order changes never
+/// overwrite newer ones, and a snapshot read (stamped with the time the snapshot *read* the
+/// row) never outranks a change streamed at a later position.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ChangeOrder {
+    /// The connector's log position, when the envelope has one.
+    pub position: Option<LogPosition>,
+    /// Kafka (partition, offset); `None` for push and replay.
+    pub kafka: Option<(i32, i64)>,
+    /// Commit time (`source.ts_*`), µs since the epoch.
+    pub commit_us: i64,
+}
+
+impl Ord for ChangeOrder {
+    fn cmp(&self, other: &ChangeOrder) -> std::cmp::Ordering {
+        match (&self.position, &other.position) {
+            (Some(a), Some(b)) => a.cmp(b),
+            (a, b) => a.cmp(b).then_with(|| (self.kafka, self.commit_us).cmp(&(other.kafka, other.commit_us))),
+        }
+    }
+}
+
+impl PartialOrd for ChangeOrder {
+    fn partial_cmp(&self, other: &ChangeOrder) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for ChangeOrder {
+    fn eq(&self, other: &ChangeOrder) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for ChangeOrder {}
+
+impl ChangeOrder {
+    /// The order of `change` read at `at`.
+    pub fn of(change: &Change, at: Coordinates) -> ChangeOrder {
+        ChangeOrder {
+            position: change.position,
+            kafka: at.partition.map(|p| (p, at.offset)),
+            commit_us: change.commit_us,
+        }
+    }
+}
 
 /// What happened to a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +159,11 @@ pub struct Change {
     pub commit_us: i64,
     /// Log sequence number (`source.lsn`), when the connector has one.
     pub lsn: Option<i64>,
+    /// The connector's log position, when the envelope has one ([`position`]).
+    pub position: Option<LogPosition>,
+    /// Columns whose value the connector did not have (the placeholder was sent): removed from
+    /// `after`, to be kept from the stored row.
+    pub unavailable: Vec<String>,
     /// Transaction id (`source.txId`).
     pub tx_id: Option<i64>,
     /// `source.snapshot`: `true`, `last`, `false`, `incremental`, …
@@ -85,9 +207,102 @@ fn integer(source: &Map<String, Value>, field: &str) -> Option<i64> {
     source.get(field).and_then(|v| v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
 }
 
+/// A non-negative integer given as a JSON number or as decimal text (Debezium writes SCNs and
+/// some LSNs as strings).
+fn unsigned(source: &Map<String, Value>, field: &str) -> Option<u128> {
+    match source.get(field)? {
+        Value::Number(n) => n.as_u64().map(u128::from),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// An LSN of SQL Server or Db2 (`"0000002c:00000b28:0004"`: fixed-width hex groups, so the
+/// concatenation orders as the LSN does), or of Informix (a number).
+fn hex_lsn(source: &Map<String, Value>, field: &str) -> Option<u128> {
+    match source.get(field)? {
+        Value::String(s) if s.contains(':') => {
+            let digits: String = s.split(':').collect();
+            (digits.len() <= 32).then(|| u128::from_str_radix(&digits, 16).ok()).flatten()
+        }
+        _ => unsigned(source, field),
+    }
+}
+
+/// The change's log position from Debezium's documented `source` fields, per connector:
+///
+/// | connector | fields, most significant first |
+/// |---|---|
+/// | `postgresql` | `lsn` (else the current LSN, `sequence[1]`) |
+/// | `mysql`, `mariadb` | `file` (the number after its last `.`), `pos`, `row` |
+/// | `sqlserver`, `db2`, `informix` | `commit_lsn`, `change_lsn`, `event_serial_no` |
+/// | `oracle` | `commit_scn` (snapshot rows: `scn`), `scn`, `ssn` |
+/// | `mongodb` | `ts_ms` (the oplog's whole seconds), `ord` |
+///
+/// The connector is `source.connector`, or else the first family whose fields are present.
+/// `None` when the fields are missing: the change is then ordered by Kafka offset or time.
+pub fn position(source: &Map<String, Value>) -> Option<LogPosition> {
+    let named = source.get("connector").and_then(Value::as_str).map(str::to_ascii_lowercase);
+    let connector = match named.as_deref() {
+        Some("postgresql" | "postgres") => Connector::Postgres,
+        Some("mysql" | "mariadb") => Connector::MySql,
+        Some("sqlserver" | "db2" | "informix") => Connector::SqlServer,
+        Some("oracle") => Connector::Oracle,
+        Some("mongodb") => Connector::MongoDb,
+        _ if source.contains_key("lsn") || source.contains_key("sequence") => Connector::Postgres,
+        _ if source.contains_key("file") && source.contains_key("pos") => Connector::MySql,
+        _ if source.contains_key("commit_lsn") || source.contains_key("change_lsn") => Connector::SqlServer,
+        _ if source.contains_key("scn") => Connector::Oracle,
+        _ if source.contains_key("ord") => Connector::MongoDb,
+        _ => return None,
+    };
+    let parts = match connector {
+        Connector::Postgres => {
+            let sequence = || -> Option<u128> {
+                let text = source.get("sequence")?.as_str()?;
+                let list: Vec<Option<String>> = serde_json::from_str(text).ok()?;
+                list.get(1)?.as_deref()?.parse().ok()
+            };
+            [unsigned(source, "lsn").or_else(sequence)?, 0, 0]
+        }
+        Connector::MySql => {
+            let file = source.get("file")?.as_str()?;
+            let number = file.rsplit('.').next()?.parse::<u128>().ok()?;
+            [number, unsigned(source, "pos")?, unsigned(source, "row").unwrap_or(0)]
+        }
+        Connector::SqlServer => {
+            let commit = hex_lsn(source, "commit_lsn")?;
+            [commit, hex_lsn(source, "change_lsn").unwrap_or(0), unsigned(source, "event_serial_no").unwrap_or(0)]
+        }
+        Connector::Oracle => {
+            let scn = unsigned(source, "scn")?;
+            [unsigned(source, "commit_scn").unwrap_or(scn), scn, unsigned(source, "ssn").unwrap_or(0)]
+        }
+        Connector::MongoDb => [unsigned(source, "ts_ms")?, unsigned(source, "ord").unwrap_or(0), 0],
+    };
+    Some(LogPosition { connector, parts })
+}
+
+/// Whether `value` is the connector's placeholder for a value it does not have: the text itself,
+/// its bytes base64-encoded (binary columns), or a one-element array of it (array columns).
+fn is_placeholder(value: &Value, placeholder: &str) -> bool {
+    use base64::Engine as _;
+    match value {
+        Value::String(s) => s == placeholder || base64::engine::general_purpose::STANDARD.encode(placeholder) == *s,
+        Value::Array(items) => items.len() == 1 && items[0].as_str() == Some(placeholder),
+        _ => false,
+    }
+}
+
 /// Decodes one Kafka record of a Debezium topic. `key_columns` names the primary key when the
-/// record key should not be used (empty: take the record key).
-pub fn decode(record_key: Option<&[u8]>, value: &[u8], key_columns: &[String]) -> Result<Decoded, Refusal> {
+/// record key should not be used (empty: take the record key); `placeholder` is the connector's
+/// `unavailable.value.placeholder` ([`UNAVAILABLE_VALUE`] unless configured otherwise).
+pub fn decode(
+    record_key: Option<&[u8]>,
+    value: &[u8],
+    key_columns: &[String],
+    placeholder: &str,
+) -> Result<Decoded, Refusal> {
     if value.is_empty() {
         return Ok(Decoded::Tombstone);
     }
@@ -106,7 +321,17 @@ pub fn decode(record_key: Option<&[u8]>, value: &[u8], key_columns: &[String]) -
         None => return Err(malformed("`op` is missing: not a Debezium change event")),
     };
     let before = object(envelope.remove("before"), "before")?;
-    let after = object(envelope.remove("after"), "after")?;
+    let mut after = object(envelope.remove("after"), "after")?;
+    let mut unavailable = Vec::new();
+    if let Some(row) = after.as_mut() {
+        row.retain(|column, value| {
+            let missing = is_placeholder(value, placeholder);
+            if missing {
+                unavailable.push(column.clone());
+            }
+            !missing
+        });
+    }
     let source = match envelope.remove("source") {
         Some(Value::Object(source)) => source,
         _ => return Err(malformed("`source` is missing or not an object")),
@@ -160,6 +385,8 @@ pub fn decode(record_key: Option<&[u8]>, value: &[u8], key_columns: &[String]) -
         commit_ms: commit_us.div_euclid(1_000),
         commit_us,
         lsn: integer(&source, "lsn"),
+        position: position(&source),
+        unavailable,
         tx_id: integer(&source, "txId"),
         snapshot: source.get("snapshot").and_then(|v| match v {
             Value::String(s) => Some(s.clone()),

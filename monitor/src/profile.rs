@@ -272,8 +272,11 @@ pub(crate) fn numbers(array: &ArrayRef) -> Option<Vec<Option<f64>>> {
         return None;
     }
     if let Some(unit) = seconds_per_unit(array.data_type()) {
-        // temporal values as their integer count of units, then scaled to seconds
-        let ints = arrow_cast::cast(array, &DataType::Int64).ok()?;
+        // temporal values as their integer count of units (date32 by way of its int32 days),
+        // then scaled to seconds
+        let ints = arrow_cast::cast(array, &DataType::Int64)
+            .or_else(|_| arrow_cast::cast(&arrow_cast::cast(array, &DataType::Int32)?, &DataType::Int64))
+            .ok()?;
         let ints = ints.as_primitive::<Int64Type>();
         return Some(ints.iter().map(|v| v.map(|v| v as f64 * unit)).collect());
     }

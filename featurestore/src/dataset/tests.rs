@@ -261,6 +261,8 @@ fn cdc_columns_are_the_newest_change_committed_at_or_before_each_row() {
         commit_ms: at_ms,
         commit_us: at_ms * 1000 + 500,
         lsn: Some(lsn),
+        position: Some(pg(lsn)),
+        unavailable: Vec::new(),
         tx_id: None,
         snapshot: None,
         table: None,
@@ -382,6 +384,8 @@ proptest! {
                     commit_ms: at,
                     commit_us: at * 1000,
                     lsn: Some(i as i64),
+                    position: Some(pg(i as i64)),
+                    unavailable: Vec::new(),
                     tx_id: None,
                     snapshot: None,
                     table: None,
@@ -439,5 +443,13 @@ proptest! {
                 prop_assert_eq!(status.value(i), "NOT_FOUND", "query {}", i);
             }
         }
+    }
+}
+
+/// A PostgreSQL log position at `lsn`.
+fn pg(lsn: i64) -> fathom_ingest::debezium::LogPosition {
+    fathom_ingest::debezium::LogPosition {
+        connector: fathom_ingest::debezium::Connector::Postgres,
+        parts: [lsn as u128, 0, 0],
     }
 }

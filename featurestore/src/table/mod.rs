@@ -1,9 +1,11 @@
 //! Entity tables: the rows of change-data-capture sources, kept in the online store beside the
 //! feature sets, joined into event streams, and aggregated with retraction.
 //!
-//! Each change carries its version — (commit time µs, LSN) — and a change not newer than the
-//! stored one is skipped, so Kafka redelivery and out-of-order partitions never bring back an
-//! old row. A delete keeps the version and the deletion time with no row, so lookups answer
+//! Each change carries its [`ChangeOrder`] — the connector's log position, then the Kafka
+//! (partition, offset), then the commit time — and a change not greater than the stored one is
+//! skipped, so Kafka redelivery and out-of-order partitions never bring back an old row, and a
+//! snapshot read never outranks a change streamed at a later position. A column the connector
+//! sent as unavailable (Debezium's placeholder) keeps the stored row's value. A delete keeps the version and the deletion time with no row, so lookups answer
 //! `NOT_FOUND` rather than stale data. Keys: `fathom:{<project>:@<source>:<key>}`.
 //!
 //! A row also keeps the versions it replaced for as long as a join needs them ([`TableRow::as_of`]),
@@ -17,9 +19,10 @@ pub mod aggregate;
 #[cfg(test)]
 mod tests;
 
-use std::borrow::Borrow;
+use std::borrow::{Borrow, BorrowMut};
 
 use compact_str::CompactString;
+use fathom_ingest::debezium::{ChangeOrder, Connector, LogPosition};
 use fathom_ingest::event::Event;
 use fathom_ingest::record::Coordinates;
 use rustc_hash::FxHashMap;
@@ -41,10 +44,8 @@ pub struct TableRow {
     pub row: Option<String>,
     /// Column names last seen, so a deleted key still lists them as `NOT_FOUND`.
     pub columns: Vec<String>,
-    /// Commit time of the change applied, µs since the epoch.
-    pub commit_us: i64,
-    /// Log sequence number of the change applied (0 when the connector has none).
-    pub lsn: i64,
+    /// The order of the change applied (its commit time is `order.commit_us`).
+    pub order: ChangeOrder,
     /// Versions the current one replaced, oldest first, kept for as-of joins.
     pub history: Vec<Version>,
     /// Whether older versions were dropped: before the oldest kept one, the row is unknown.
@@ -56,13 +57,47 @@ pub struct TableRow {
 pub struct Version {
     /// Commit time, µs.
     pub commit_us: i64,
-    /// LSN.
-    pub lsn: i64,
     /// The row, `None` if it was deleted.
     pub row: Option<String>,
 }
 
-const FORMAT_VERSION: u8 = 2;
+const FORMAT_VERSION: u8 = 3;
+
+/// Format 2: ordered by (commit time, LSN); read so that an upgrade keeps every stored row.
+#[derive(Deserialize)]
+struct TableRowV2 {
+    version: u8,
+    row: Option<String>,
+    columns: Vec<String>,
+    commit_us: i64,
+    lsn: i64,
+    history: Vec<VersionV2>,
+    pruned: bool,
+}
+
+#[derive(Deserialize)]
+struct VersionV2 {
+    commit_us: i64,
+    #[allow(dead_code)]
+    lsn: i64,
+    row: Option<String>,
+}
+
+impl From<TableRowV2> for TableRow {
+    fn from(old: TableRowV2) -> TableRow {
+        // format 2 kept PostgreSQL's LSN (0 for other connectors)
+        let position =
+            (old.lsn > 0).then_some(LogPosition { connector: Connector::Postgres, parts: [old.lsn as u128, 0, 0] });
+        TableRow {
+            version: FORMAT_VERSION,
+            row: old.row,
+            columns: old.columns,
+            order: ChangeOrder { position, kafka: None, commit_us: old.commit_us },
+            history: old.history.into_iter().map(|v| Version { commit_us: v.commit_us, row: v.row }).collect(),
+            pruned: old.pruned,
+        }
+    }
+}
 /// Most replaced versions kept per row, whatever the join history: a hot row must not grow
 /// without bound.
 pub const MAX_HISTORY: usize = 64;
@@ -73,7 +108,7 @@ impl TableRow {
     /// when `at_ms` is before the oldest version kept).
     pub fn as_of(&self, at_ms: i64) -> (Option<&str>, bool) {
         let ms = |us: i64| us.div_euclid(1000);
-        if ms(self.commit_us) <= at_ms {
+        if ms(self.order.commit_us) <= at_ms {
             return (self.row.as_deref(), true);
         }
         if let Some(v) = self.history.iter().rev().find(|v| ms(v.commit_us) <= at_ms) {
@@ -88,16 +123,16 @@ impl TableRow {
 
     /// Replaces the current version, keeping the old one while a read `history_ms` before the
     /// newest change could still need it.
-    fn replace(&mut self, row: Option<String>, columns: Vec<String>, commit_us: i64, lsn: i64, history_ms: i64) {
-        let old = Version { commit_us: self.commit_us, lsn: self.lsn, row: self.row.take() };
+    fn replace(&mut self, row: Option<String>, columns: Vec<String>, order: ChangeOrder, history_ms: i64) {
+        let old = Version { commit_us: self.order.commit_us, row: self.row.take() };
         self.history.push(old);
-        (self.row, self.columns, self.commit_us, self.lsn) = (row, columns, commit_us, lsn);
-        let cutoff_us = commit_us.saturating_sub(history_ms.saturating_mul(1000));
+        (self.row, self.columns, self.order) = (row, columns, order);
+        let cutoff_us = order.commit_us.saturating_sub(history_ms.saturating_mul(1000));
         // version i answers reads in [its commit, the next one's): drop it once that interval
         // lies entirely before the cutoff
         let mut keep_from = 0;
         while keep_from < self.history.len() {
-            let next = self.history.get(keep_from + 1).map_or(self.commit_us, |v| v.commit_us);
+            let next = self.history.get(keep_from + 1).map_or(self.order.commit_us, |v| v.commit_us);
             if next > cutoff_us && self.history.len() - keep_from <= MAX_HISTORY {
                 break;
             }
@@ -117,12 +152,13 @@ pub struct RowChange {
     pub source: usize,
     /// Primary key as text.
     pub key: String,
-    /// Row after the change; `None` deletes.
+    /// Row after the change; `None` deletes. Applying the change fills in the `unavailable`
+    /// columns from the stored row.
     pub row: Option<Map<String, Value>>,
-    /// Commit time, µs.
-    pub commit_us: i64,
-    /// LSN (0 if none).
-    pub lsn: i64,
+    /// Columns the connector did not have (its placeholder was sent): the stored value stays.
+    pub unavailable: Vec<String>,
+    /// Where the change stands among the row's changes.
+    pub order: ChangeOrder,
     /// Position in the source.
     pub at: Coordinates,
     /// A snapshot read (`op: r`): the row's state when the snapshot ran, not when it was made.
@@ -136,6 +172,8 @@ pub struct TableOutcome {
     pub applied: u64,
     /// Changes not newer than the stored row (redelivered or out of order), skipped.
     pub stale: u64,
+    /// Unavailable columns with no stored value to keep (set to null).
+    pub unavailable_unknown: u64,
     /// Group updates skipped because the group already held the change (replay after a crash).
     pub duplicates: u64,
 }
@@ -168,9 +206,13 @@ pub fn row_key(project: &str, source: &str, key: &str) -> String {
     online::entity_key(project, &format!("@{source}"), key)
 }
 
-/// Decodes a stored row; `None` if it was written by another format.
+/// Decodes a stored row (this format or the previous one); `None` if it was written by another.
 pub fn decode(bytes: &[u8]) -> Option<TableRow> {
-    postcard::from_bytes::<TableRow>(bytes).ok().filter(|r| r.version == FORMAT_VERSION)
+    match bytes.first() {
+        Some(&FORMAT_VERSION) => postcard::from_bytes::<TableRow>(bytes).ok(),
+        Some(2) => postcard::from_bytes::<TableRowV2>(bytes).ok().filter(|r| r.version == 2).map(TableRow::from),
+        _ => None,
+    }
 }
 
 fn parse(row: Option<&str>) -> Option<Map<String, Value>> {
@@ -181,7 +223,7 @@ fn parse(row: Option<&str>) -> Option<Map<String, Value>> {
 /// `NOT_FOUND` for a deleted or unknown key.
 pub fn row_values(row: Option<&TableRow>) -> Vec<FeatureValue> {
     let Some(stored) = row else { return Vec::new() };
-    let event_time_ms = Some(stored.commit_us.div_euclid(1000));
+    let event_time_ms = Some(stored.order.commit_us.div_euclid(1000));
     match parse(stored.row.as_deref()) {
         Some(map) => map
             .into_iter()
@@ -326,22 +368,31 @@ impl TableProcessor {
         Ok(())
     }
 
-    /// Applies changes in order, loading missing rows and groups first.
-    pub async fn apply<C: Borrow<RowChange>>(&mut self, changes: &[C]) -> Result<TableOutcome, OnlineError> {
+    /// Applies changes in order, loading missing rows and groups first. An applied change's
+    /// `row` gets its unavailable columns filled in from the stored row.
+    pub async fn apply<C: BorrowMut<RowChange>>(&mut self, changes: &mut [C]) -> Result<TableOutcome, OnlineError> {
         let keys =
             changes.iter().map(Borrow::borrow).map(|c: &RowChange| (c.source, CompactString::from(c.key.as_str())));
         self.load_rows(keys).await?;
         self.load_groups(changes).await?;
         let mut outcome = TableOutcome::default();
-        for change in changes.iter().map(Borrow::borrow) {
+        for change in changes.iter_mut().map(BorrowMut::borrow_mut) {
             let slot =
                 self.rows.get_mut(&(change.source, CompactString::from(change.key.as_str()))).expect("loaded above");
-            let newer = slot.row.as_ref().is_none_or(|r| (change.commit_us, change.lsn) > (r.commit_us, r.lsn));
+            let newer = slot.row.as_ref().is_none_or(|r| change.order > r.order);
             if !newer {
                 outcome.stale += 1;
                 continue;
             }
             let old = slot.row.as_ref().and_then(|r| parse(r.row.as_deref()));
+            if let Some(row) = change.row.as_mut() {
+                for column in change.unavailable.drain(..) {
+                    let kept = old.as_ref().and_then(|o| o.get(&column)).cloned();
+                    outcome.unavailable_unknown += u64::from(kept.is_none());
+                    row.insert(column, kept.unwrap_or(Value::Null));
+                }
+            }
+            let change = &*change;
             let position = change.at.partition.map(|partition| Position { partition, offset: change.at.offset });
             for &p in &self.plans_by_source[change.source] {
                 let plan = &self.plans[p];
@@ -349,7 +400,7 @@ impl TableProcessor {
                 let after = change.row.as_ref().and_then(|r| aggregate::group_of(plan, r).map(|g| (g, r)));
                 let mut update = |group: &str, old: Option<&Map<String, Value>>, new: Option<&Map<String, Value>>| {
                     let slot = self.groups[p].get_mut(group).expect("loaded above");
-                    if slot.state.change(plan, old, new, position, change.commit_us) {
+                    if slot.state.change(plan, old, new, position, change.order.commit_us) {
                         slot.dirty = true;
                     } else {
                         outcome.duplicates += 1;
@@ -375,15 +426,14 @@ impl TableProcessor {
             let row = change.row.as_ref().map(|r| serde_json::to_string(r).expect("a JSON map encodes"));
             match &mut slot.row {
                 Some(stored) => {
-                    stored.replace(row, columns, change.commit_us, change.lsn, self.history_ms[change.source]);
+                    stored.replace(row, columns, change.order, self.history_ms[change.source]);
                 }
                 None => {
                     slot.row = Some(TableRow {
                         version: FORMAT_VERSION,
                         row,
                         columns,
-                        commit_us: change.commit_us,
-                        lsn: change.lsn,
+                        order: change.order,
                         history: Vec::new(),
                         // a snapshot read says nothing of when the row appeared: reads before
                         // it see it, as an approximation

@@ -14,11 +14,17 @@ fn change(key: &str, row: Option<Value>, commit_us: i64, lsn: i64) -> RowChange 
         source: 0,
         key: key.into(),
         row: row.map(|r| r.as_object().unwrap().clone()),
-        commit_us,
-        lsn,
+        unavailable: Vec::new(),
+        order: at_time(commit_us, lsn),
         at: Coordinates { partition: None, offset: 0 },
         snapshot: false,
     }
+}
+
+/// The order of a PostgreSQL change committed at `commit_us` at `lsn` (no position for 0).
+fn at_time(commit_us: i64, lsn: i64) -> ChangeOrder {
+    let position = (lsn > 0).then_some(LogPosition { connector: Connector::Postgres, parts: [lsn as u128, 0, 0] });
+    ChangeOrder { position, kafka: None, commit_us }
 }
 
 fn embedded() -> OnlineStore {
@@ -40,7 +46,7 @@ async fn newest_change_wins_and_deletes_answer_not_found() {
     let store = embedded();
     let mut t = tables(&store, 0, vec![]);
     let outcome = t
-        .apply(&[
+        .apply(&mut [
             change("7", Some(json!({"id": 7, "segment": "gold"})), 1_000, 10),
             change("7", Some(json!({"id": 7, "segment": "platinum"})), 3_000, 30),
             change("7", Some(json!({"id": 7, "segment": "bronze"})), 2_000, 20), // out of order
@@ -49,7 +55,7 @@ async fn newest_change_wins_and_deletes_answer_not_found() {
         ])
         .await
         .unwrap();
-    assert_eq!(outcome, TableOutcome { applied: 3, stale: 2, duplicates: 0 });
+    assert_eq!(outcome, TableOutcome { applied: 3, stale: 2, ..TableOutcome::default() });
     t.flush().await.unwrap();
     assert_eq!(
         lookup(&store, "7").await,
@@ -61,8 +67,8 @@ async fn newest_change_wins_and_deletes_answer_not_found() {
     // a fresh processor (restart): the stored version still guards against old changes
     let mut t = tables(&store, 0, vec![]);
     let outcome =
-        t.apply(&[change("7", None, 4_000, 40), change("7", Some(json!({"id": 7})), 3_500, 35)]).await.unwrap();
-    assert_eq!(outcome, TableOutcome { applied: 1, stale: 1, duplicates: 0 });
+        t.apply(&mut [change("7", None, 4_000, 40), change("7", Some(json!({"id": 7})), 3_500, 35)]).await.unwrap();
+    assert_eq!(outcome, TableOutcome { applied: 1, stale: 1, ..TableOutcome::default() });
     t.flush().await.unwrap();
     assert_eq!(
         lookup(&store, "7").await,
@@ -77,15 +83,14 @@ fn as_of_reads_the_version_current_at_that_time_within_the_history() {
         version: FORMAT_VERSION,
         row: v("a"),
         columns: vec![],
-        commit_us: 10_000_000,
-        lsn: 1,
+        order: at_time(10_000_000, 1),
         history: vec![],
         pruned: false,
     };
     let history_ms = 5_000;
-    row.replace(v("b"), vec![], 20_000_000, 2, history_ms);
-    row.replace(None, vec![], 30_000_000, 3, history_ms);
-    row.replace(v("d"), vec![], 32_000_000, 4, history_ms);
+    row.replace(v("b"), vec![], at_time(20_000_000, 2), history_ms);
+    row.replace(None, vec![], at_time(30_000_000, 3), history_ms);
+    row.replace(v("d"), vec![], at_time(32_000_000, 4), history_ms);
     // kept: the versions current at any time in [32s − 5s, 32s]: b (from 20s), deleted (30s), d
     assert!(row.pruned);
     assert_eq!(row.history.len(), 2, "{row:?}");
@@ -100,7 +105,7 @@ fn as_of_reads_the_version_current_at_that_time_within_the_history() {
     assert_eq!(at(15_000), (v("b"), false), "before the kept history: the oldest kept, flagged");
 
     let mut young = TableRow { history: vec![], pruned: false, ..row.clone() };
-    young.commit_us = 50_000_000;
+    young.order.commit_us = 50_000_000;
     assert_eq!(young.as_of(49_999), (None, true), "before the first version: no row");
 }
 
@@ -110,13 +115,12 @@ fn a_hot_row_keeps_at_most_max_history_versions() {
         version: FORMAT_VERSION,
         row: None,
         columns: vec![],
-        commit_us: 0,
-        lsn: 0,
+        order: at_time(0, 0),
         history: vec![],
         pruned: false,
     };
     for i in 1..1_000 {
-        row.replace(Some(i.to_string()), vec![], i * 1000, i, i64::MAX / 2_000);
+        row.replace(Some(i.to_string()), vec![], at_time(i * 1000, i), i64::MAX / 2_000);
     }
     assert_eq!(row.history.len(), MAX_HISTORY);
     assert_eq!(row.as_of(998).0, Some("998"));
@@ -150,7 +154,7 @@ async fn updates_retract_the_old_row_and_moves_change_groups() {
     let row = |branch: &str, status: &str, balance: f64| {
         Some(json!({"branch": branch, "status": status, "balance": balance}))
     };
-    t.apply(&[
+    t.apply(&mut [
         change("a", row("b1", "active", 10.0), 1, 1),
         change("b", row("b1", "active", 30.0), 2, 2),
         change("c", row("b1", "closed", 1000.0), 3, 3), // filtered out
@@ -184,7 +188,7 @@ async fn replayed_changes_are_not_applied_twice_to_groups_written_before_their_r
         RowChange { at: at(1), ..change("a", Some(json!({"branch": "b2", "status": "active", "balance": 7})), 2, 2) },
     ];
     let mut t = tables(&store, 0, vec![plan.clone()]);
-    t.apply(&batch).await.unwrap();
+    t.apply(&mut batch.clone()).await.unwrap();
     // a crash after the groups were written and before the rows: write only the groups
     let groups: Vec<Write> = t.groups[0]
         .iter()
@@ -192,7 +196,7 @@ async fn replayed_changes_are_not_applied_twice_to_groups_written_before_their_r
         .collect();
     store.write(&groups, &[]).await.unwrap();
     let mut restarted = tables(&store, 0, vec![plan.clone()]);
-    let outcome = restarted.apply(&batch).await.unwrap();
+    let outcome = restarted.apply(&mut batch.clone()).await.unwrap();
     assert_eq!(outcome.duplicates, 3, "b1 add, b1 retract, b2 add already held");
     restarted.flush().await.unwrap();
     assert_eq!(group(&store, &plan, "b1").await["balance_count"], json!(0));
@@ -203,7 +207,7 @@ async fn replayed_changes_are_not_applied_twice_to_groups_written_before_their_r
 async fn joins_take_the_row_as_of_the_event_time() {
     let store = embedded();
     let mut t = tables(&store, 3_600_000, vec![]);
-    t.apply(&[
+    t.apply(&mut [
         change("c1", Some(json!({"country": "FR", "segment": "gold"})), 1_000_000, 1),
         change("c1", Some(json!({"country": "DE", "segment": "gold"})), 5_000_000, 2),
     ])
@@ -264,7 +268,7 @@ proptest! {
                 changes.push(change(&key, row, i as i64 + 1, i as i64 + 1));
             }
             for chunk in changes.chunks(7) {
-                t.apply(chunk).await.unwrap();
+                t.apply(&mut chunk.to_vec()).await.unwrap();
                 t.flush().await.unwrap();
             }
             for b in 0..4 {
