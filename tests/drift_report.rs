@@ -141,7 +141,7 @@ fn csv_columns_are_typed_and_counted_as_pandas_reads_them() {
     }
     let mut csv = (0..columns).map(|c| format!("c{c}")).collect::<Vec<_>>().join(",") + "\n";
     for r in 0..rows {
-        csv += &(0..columns).map(|c| format!("\"{}\"", table[c][r])).collect::<Vec<_>>().join(",");
+        csv += &table.iter().map(|column| format!("\"{}\"", column[r])).collect::<Vec<_>>().join(",");
         csv += "\n";
     }
     std::fs::write(&path, csv).unwrap();
