@@ -152,8 +152,9 @@ async fn debezium_changes_maintain_the_current_row_per_key() {
     );
 }
 
-/// Asks DuckDB, for each (key, instant ms), the newest change of that key committed at or
-/// before the instant: `[op, after.segment, before is not null]`, or null without one.
+/// Asks DuckDB, for each (key, instant ms), the last change of that key in log order
+/// (`_position`) committed at or before the instant: `[op, after.segment, before is not null]`,
+/// or null without one.
 fn duckdb_as_of(root: &Path, asked: &[(&str, i64)]) -> Vec<Value> {
     let script = r#"
 import sys, json, duckdb
@@ -162,14 +163,14 @@ con = duckdb.connect()
 con.execute("set TimeZone = 'UTC'")
 files = f"{root}/**/*.parquet"
 types = dict(con.execute(f"select column_name, column_type from (describe select * from read_parquet('{files}'))").fetchall())
-assert types["_event_time"] == "TIMESTAMP WITH TIME ZONE" and types["_lsn"] == "BIGINT", types
+assert types["_event_time"] == "TIMESTAMP WITH TIME ZONE" and types["_lsn"] == "BIGINT" and types["_position"] == "VARCHAR", types
 out = []
 for key, ms in asked:
     row = con.execute(
         f"""select _op, json_extract_string(_after, '$.segment'), _before is not null
             from read_parquet('{files}')
             where id = ? and _event_time <= make_timestamptz(? * 1000)
-            order by _event_time desc, _lsn desc limit 1""",
+            order by _position desc limit 1""",
         [key, ms],
     ).fetchone()
     out.append(list(row) if row else None)

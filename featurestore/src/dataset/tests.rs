@@ -319,6 +319,78 @@ fn cdc_columns_are_the_newest_change_committed_at_or_before_each_row() {
 }
 
 #[test]
+fn cdc_rows_follow_the_log_position_and_keep_unavailable_columns_as_the_online_table_does() {
+    use fathom_ingest::debezium::{Connector, LogPosition};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("offline");
+    let schema = SourceSchema { name: "customers".into(), key: "customer_id".into(), layout: Layout::ChangeLog };
+    let mut writer = OfflineWriter::new(
+        &root,
+        vec![SourceSchema { name: "tx".into(), key: "card".into(), layout: Layout::Events(vec![]) }, schema],
+    )
+    .unwrap();
+    // MySQL positions: binlog 3; the snapshot read (stamped 30 s, when it read the row) is at
+    // the snapshot's position, before an update committed at 5 s and streamed afterwards
+    let change = |op: Op, segment: &str, notes: &str, at_ms: i64, pos: u128| Change {
+        op,
+        key: json!({"customer_id": 7}).as_object().unwrap().clone(),
+        before: None,
+        after: Some(json!({"customer_id": 7, "segment": segment, "notes": notes}).as_object().unwrap().clone()),
+        commit_ms: at_ms,
+        commit_us: at_ms * 1000,
+        lsn: None,
+        position: Some(LogPosition { connector: Connector::MySql, parts: [3, pos, 0] }),
+        unavailable: Vec::new(),
+        tx_id: None,
+        snapshot: Some(if op == Op::Read { "last" } else { "false" }.into()),
+        table: None,
+    };
+    let marker = fathom_ingest::debezium::UNAVAILABLE_VALUE;
+    let changes = [
+        change(Op::Read, "bronze", "a long text", T0 + 30_000, 100),
+        change(Op::Update, "gold", "a long text", T0 + 5_000, 200),
+        change(Op::Read, "bronze", "a long text", T0 + 30_000, 100), // redelivered: the same change
+        change(Op::Update, "platinum", marker, T0 + 40_000, 300),    // TOAST column left alone
+    ];
+    let logged: Vec<LoggedChange<'_>> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| LoggedChange {
+            source: 1,
+            at: Coordinates { partition: Some(0), offset: i as i64 },
+            key: "7",
+            change: c,
+            after: c.after.as_ref(),
+        })
+        .collect();
+    writer.append_changes(&logged);
+    writer.commit().unwrap();
+    let times = ["2026-01-01T00:00:01Z", "2026-01-01T00:00:10Z", "2026-01-01T00:00:35Z", "2026-01-01T00:00:45Z"];
+    let batch = RecordBatch::try_from_iter([
+        ("customer_id", Arc::new(Int64Array::from(vec![7; times.len()])) as ArrayRef),
+        ("ts", Arc::new(StringArray::from(times.to_vec())) as _),
+    ])
+    .unwrap();
+    let mut input =
+        ArrowWriter::try_new(File::create(dir.path().join("input.parquet")).unwrap(), batch.schema(), None).unwrap();
+    input.write(&batch).unwrap();
+    input.close().unwrap();
+    let tables = [("customers".to_string(), "customer_id".to_string())];
+    let output = run(dir.path(), &["customers.segment", "customers.notes"], &[], &tables, 2);
+    let out = &read_output(&output)[0];
+    let column = |name: &str| -> Vec<Option<String>> {
+        let c = out.column_by_name(name).unwrap().as_string::<i32>();
+        c.iter().map(|v| v.map(String::from)).collect()
+    };
+    let some = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+    // 1 s: before the update, the snapshot row stands for the past; 10 s and 35 s: the update
+    // committed at 5 s, which the database held from then on (the snapshot's 30 s stamp is when
+    // it read the row, not when the row was so); 45 s: the TOAST column keeps its value
+    assert_eq!(column("customers__segment"), some(&["bronze", "gold", "gold", "platinum"]));
+    assert_eq!(column("customers__notes"), some(&["a long text"; 4]));
+}
+
+#[test]
 fn timestamps_without_a_zone_and_missing_columns_are_named() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("offline")).unwrap();
