@@ -196,8 +196,16 @@ pub fn entry_key(project: &str, model: &str, request_id: &str) -> String {
     format!("{}:{model}:{request_id}", monitor_tag(project))
 }
 
-fn checkpoint_key(project: &str) -> String {
+/// The store key of a project's monitor checkpoint.
+pub fn checkpoint_key(project: &str) -> String {
     format!("{}:checkpoint", monitor_tag(project))
+}
+
+/// The input offsets a stored monitor checkpoint holds: the next offset per (topic,
+/// partition), i.e. how far the monitor's work is durable.
+pub fn checkpointed_offsets(bytes: &[u8]) -> anyhow::Result<Vec<((String, i32), i64)>> {
+    let checkpoint: Checkpoint = postcard::from_bytes(bytes).context("the monitor checkpoint is unreadable")?;
+    Ok(checkpoint.offsets)
 }
 
 fn lease_key(project: &str) -> String {

@@ -185,11 +185,20 @@ fn the_kubernetes_manifests_match_the_binary() {
         let file = entry.split_once('=').map_or(entry, |(_, f)| f);
         assert!(dir.join(file).exists(), "{file}");
     }
-    // kustomize itself renders it, when kubectl is installed (no cluster needed)
-    if let Ok(out) = Command::new("kubectl").args(["kustomize"]).arg(&dir).output() {
-        assert!(out.status.success(), "kubectl kustomize: {}", String::from_utf8_lossy(&out.stderr));
-        let rendered = String::from_utf8_lossy(&out.stdout);
-        assert!(rendered.contains("kind: ConfigMap") && rendered.contains("fathom-ingest"), "{rendered}");
+    // kustomize itself renders it (kubectl's built-in kustomize; no cluster needed). The test
+    // command checks that kubectl is there; a missing kubectl fails here rather than skipping
+    let out = Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl is needed to render deploy/ with kustomize: {e}"));
+    assert!(out.status.success(), "kubectl kustomize: {}", String::from_utf8_lossy(&out.stderr));
+    let rendered = String::from_utf8_lossy(&out.stdout);
+    for kind in ["kind: ConfigMap", "kind: Deployment", "kind: Service"] {
+        assert!(rendered.contains(kind), "{kind} in the render: {rendered}");
+    }
+    for role in ["fathom-ingest", "fathom-api", "fathom-monitor"] {
+        assert!(rendered.contains(&format!("name: {role}")), "{role} in the render: {rendered}");
     }
     let config = root().join("deploy/fathom.yaml");
     let project = fathom::config::load(&config).unwrap();

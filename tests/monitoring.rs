@@ -76,6 +76,7 @@ fn shifted_share(window: usize) -> f64 {
 
 type Records = Vec<(String, Vec<u8>)>;
 
+#[derive(Clone)]
 struct Stream {
     predictions: Vec<(String, Vec<u8>)>,
     labels: Vec<(String, Vec<u8>)>,
@@ -188,6 +189,17 @@ fn profile(model: &str) -> Profile {
         ]
         .into(),
     }
+}
+
+/// Records of `topics` the project's monitor checkpoint holds as done (the sum of its next
+/// offsets), read from Redis.
+async fn checkpointed(project: &str, topics: &[String]) -> i64 {
+    let client = redis::Client::open(common::redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let key = fathom::monitoring::checkpoint_key(project);
+    let bytes: Option<Vec<u8>> = redis::cmd("HGET").arg(key).arg("state").query_async(&mut con).await.unwrap();
+    let offsets = bytes.map(|b| fathom::monitoring::checkpointed_offsets(&b).unwrap()).unwrap_or_default();
+    offsets.iter().filter(|((topic, _), _)| topics.contains(topic)).map(|(_, next)| next).sum()
 }
 
 async fn wait_for<F, Fut>(what: &str, log: &std::path::Path, mut check: F)
@@ -351,12 +363,31 @@ models:
     let warning = ready["warnings"]["monitor"].as_str().unwrap_or_default();
     assert!(warning.starts_with("monitor: standby: ") && warning.ends_with(" is the active monitor"), "{ready}");
 
-    // phase 2: windows 8..10, the active monitor killed while they are being processed: the
-    // standby takes over from its checkpoint once the lease lapses
+    // phase 2: windows 8..10, the active monitor killed while it is processing them — once its
+    // checkpoint holds part of them and before it holds all (the producer paces its batches):
+    // the standby takes over from that checkpoint once the lease lapses, mid-window
     let second = stream(&model, 8, 10);
-    send(&second, &predictions_topic, &labels_topic).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let topics = [predictions_topic.clone(), labels_topic.clone()];
+    let phase_1 = (first.predictions.len() + first.labels.len()) as i64;
+    let total = phase_1 + (second.predictions.len() + second.labels.len()) as i64;
+    let sending = tokio::spawn({
+        let (second, topics) = (second.clone(), topics.clone());
+        async move {
+            for (early, batch, late) in &second.batches {
+                for (records, topic) in [(early, &topics[1]), (batch, &topics[0]), (late, &topics[1])] {
+                    produce(topic, records).await;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    });
+    let durable = || checkpointed(&run, &topics);
+    wait_for("the active monitor to checkpoint part of windows 8-9", &log, || async { durable().await > phase_1 })
+        .await;
     fathom.sigkill();
+    let at_kill = durable().await;
+    assert!(at_kill < total, "killed too late to test anything ({at_kill} of {total} records checkpointed)");
+    sending.await.unwrap();
     let mut fathom = standby;
     let log = dir.path().join("fathom-2.log");
     let readyz = fathom.url("/readyz");
