@@ -33,6 +33,8 @@ pub struct Options {
     pub pause: Duration,
     /// Keep serving the API afterwards.
     pub serve: bool,
+    /// Address of the HTTP API with `serve` (default: the demo project's, 127.0.0.1:8080).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 const CATEGORIES: [&str; 6] = ["grocery", "fuel", "travel", "restaurants", "electronics", "online"];
@@ -261,7 +263,11 @@ async fn monitoring(project: &Project, running: &Running, now: i64) -> anyhow::R
 
 /// Runs the demo.
 pub async fn run(options: Options) -> anyhow::Result<()> {
-    let project = Arc::new(config::parse(CONFIG).map_err(|e| anyhow::anyhow!("demo config: {e:?}"))?);
+    let mut project = config::parse(CONFIG).map_err(|e| anyhow::anyhow!("demo config: {e:?}"))?;
+    if let Some(listen) = options.listen {
+        project.server.listen = listen;
+    }
+    let project = Arc::new(project);
     prepare(&project)?;
     let source = project.source_index("transactions").context("demo source")?;
     let running = pipeline::start(project.clone()).await?;

@@ -114,6 +114,9 @@ enum Command {
         /// Keep serving the API afterwards.
         #[arg(long)]
         serve: bool,
+        /// Address of the HTTP API with --serve. Default: 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
     /// The demo's streams into Kafka, live (transactions, the fraud model's predictions and
     /// labels, a fraud wave now and then): the producer of the compose stack.
@@ -446,9 +449,9 @@ fn main() -> ExitCode {
                 let minutes = |m: u64| Duration::from_secs(m.max(1) * 60);
                 demo::produce(&brokers, rate, minutes(period_minutes), minutes(wave_minutes)).await
             }
-            Command::Demo { cards, history, rounds, serve } => {
-                let options =
-                    demo::Options { cards: cards.max(43), history, rounds, pause: Duration::from_secs(2), serve };
+            Command::Demo { cards, history, rounds, serve, listen } => {
+                let pause = Duration::from_secs(2);
+                let options = demo::Options { cards: cards.max(43), history, rounds, pause, serve, listen };
                 demo::run(options).await
             }
             Command::Bench { which: BenchCommand::E2e { brokers, redis, events, keys, partitions, scenario } } => {
