@@ -56,12 +56,10 @@ fn the_demo_ingests_reacts_to_bursts_and_monitors_its_model() {
 
     // the bursts: card-0042's 10-minute count holds at least each round's purchases, and grows
     let before: u64 = cell(card_line(&stdout, "features now", "card-0042"), "amount_count_10m").parse().unwrap();
-    let round_1: u64 = cell(card_line(&stdout, "round 1: card-0042 makes 5 quick", "card-0042"), "amount_count_10m")
-        .parse()
-        .unwrap();
-    let round_2: u64 = cell(card_line(&stdout, "round 2: card-0042 makes 10 quick", "card-0042"), "amount_count_10m")
-        .parse()
-        .unwrap();
+    let round_1: u64 =
+        cell(card_line(&stdout, "round 1: card-0042 makes 5 quick", "card-0042"), "amount_count_10m").parse().unwrap();
+    let round_2: u64 =
+        cell(card_line(&stdout, "round 2: card-0042 makes 10 quick", "card-0042"), "amount_count_10m").parse().unwrap();
     assert!(round_1 >= 5 && round_1 > before, "{before} → {round_1}");
     assert!(round_2 >= 15 && round_2 > round_1, "{round_1} → {round_2}");
 

@@ -214,6 +214,68 @@ impl Run {
     }
 }
 
+/// One card's feature values at `at` from the raw events in arrival order, by the definitions in
+/// docs/semantics.md rather than by the engine: an event is late when its time is at or before
+/// the card's newest accepted time minus the longest window (1 h); a `(window, period)` value
+/// covers the events whose bucket `floor(t / period)` is among the `window / period` buckets
+/// ending with the one holding `at`; stddev is the sample one (null below two values); `last`
+/// and the latest `merchant` go by event time, the later arrival winning ties.
+fn brute_force(events: &[(i64, f64, String)], at: i64) -> BTreeMap<String, Value> {
+    let (mut accepted, mut newest) = (Vec::new(), i64::MIN);
+    for (ts, amount, merchant) in events {
+        if newest != i64::MIN && *ts <= newest - 3_600_000 {
+            continue;
+        }
+        newest = newest.max(*ts);
+        accepted.push((*ts, *amount, merchant.clone()));
+    }
+    let inside = |ts: i64, window: i64, period: i64| {
+        let (bucket, end) = (ts.div_euclid(period), at.div_euclid(period));
+        bucket > end - window / period && bucket <= end
+    };
+    let mut out = BTreeMap::new();
+    for (name, window) in [("10m", 600_000), ("1h", 3_600_000)] {
+        let picked: Vec<&(i64, f64, String)> = accepted.iter().filter(|e| inside(e.0, window, 60_000)).collect();
+        let n = picked.len() as f64;
+        let sum: f64 = picked.iter().map(|e| e.1).sum();
+        let mean = sum / n;
+        let number = |x: f64| if picked.is_empty() { Value::Null } else { json!(x) };
+        let last = picked.iter().fold(None, |acc: Option<&&(i64, f64, String)>, e| match acc {
+            Some(a) if a.0 > e.0 => Some(a),
+            _ => Some(e),
+        });
+        let variance = picked.iter().map(|e| (e.1 - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        out.insert(format!("amount_count_{name}"), json!(picked.len()));
+        out.insert(format!("amount_sum_{name}"), json!(sum));
+        out.insert(format!("amount_mean_{name}"), number(mean));
+        out.insert(format!("amount_min_{name}"), number(picked.iter().map(|e| e.1).fold(f64::INFINITY, f64::min)));
+        out.insert(format!("amount_max_{name}"), number(picked.iter().map(|e| e.1).fold(f64::NEG_INFINITY, f64::max)));
+        out.insert(format!("amount_last_{name}"), last.map_or(Value::Null, |e| json!(e.1)));
+        out.insert(
+            format!("amount_stddev_{name}"),
+            if picked.len() < 2 { Value::Null } else { json!(variance.sqrt()) },
+        );
+    }
+    let merchants: std::collections::BTreeSet<&str> =
+        accepted.iter().filter(|e| inside(e.0, 3_600_000, 600_000)).map(|e| e.2.as_str()).collect();
+    out.insert("merchant_distinct_count_1h".into(), json!(merchants.len()));
+    let latest = accepted.iter().fold(None, |acc: Option<&(i64, f64, String)>, e| match acc {
+        Some(a) if a.0 > e.0 => Some(a),
+        _ => Some(e),
+    });
+    out.insert("merchant".into(), latest.map_or(Value::Null, |e| json!(e.2)));
+    out
+}
+
+/// Whether two served values agree: numbers to 1e-9 relative (sums in another order), the
+/// rest exactly.
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * y.abs().max(1.0),
+        _ => a == b,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_to_redis_applies_every_event_once_and_dead_letters_the_rest() {
     let topic = unique("tx");
@@ -244,6 +306,35 @@ async fn kafka_to_redis_applies_every_event_once_and_dead_letters_the_rest() {
     assert_eq!(count["status"], "PRESENT");
     let want = values(&run.plan, expected.get(&keys[0]), chrono::Utc::now().timestamp_millis());
     assert_eq!(count["value"], want.iter().find(|(n, _)| n == "amount_count_1h").unwrap().1);
+
+    // and what is served equals a brute force from the definitions over the raw events (read
+    // between two instants: the expected values at one of them, as a minute may turn meanwhile)
+    let mut by_card: HashMap<&str, Vec<(i64, f64, String)>> = HashMap::new();
+    for (card, ts, event) in produced.iter().filter_map(|p| p.good.as_ref()) {
+        let merchant = event["merchant"].as_str().unwrap().to_string();
+        by_card.entry(card.as_str()).or_default().push((*ts, event["amount"].as_f64().unwrap(), merchant));
+    }
+    let mut compared = 0;
+    for key in keys.iter().take(40) {
+        let before = chrono::Utc::now().timestamp_millis();
+        let url = fathom.url(&format!("/v1/features/cards/{key}"));
+        let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        let after = chrono::Utc::now().timestamp_millis();
+        let served: BTreeMap<String, Value> = body["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["name"].as_str().unwrap().to_string(), f["value"].clone()))
+            .collect();
+        let matches = |want: &BTreeMap<String, Value>| {
+            want.len() == served.len()
+                && want.iter().all(|(name, v)| served.get(name).is_some_and(|s| same_value(s, v)))
+        };
+        let (early, late) = (brute_force(&by_card[key.as_str()], before), brute_force(&by_card[key.as_str()], after));
+        assert!(matches(&early) || matches(&late), "card {key}: served {served:?}, brute force {early:?}");
+        compared += served.len();
+    }
+    assert!(compared >= 40 * 15, "{compared} values compared");
 
     // every refused record is on <topic>.dlq with its reason and coordinates
     let bad = produced.iter().filter(|p| p.good.is_none()).count() + late;
