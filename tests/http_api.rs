@@ -57,7 +57,12 @@ feature_vectors:
         project = common::unique("api"),
         dir = dir.path().display(),
     );
-    let project = Arc::new(config::parse(&yaml).unwrap());
+    start(&yaml, dir).await
+}
+
+/// A server of the project file `yaml` (whose paths lie in `dir`).
+async fn start(yaml: &str, dir: tempfile::TempDir) -> Server {
+    let project = Arc::new(config::parse(yaml).unwrap());
     let running = pipeline::start(project.clone()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -557,5 +562,73 @@ async fn debezium_changes_apply_in_the_connectors_log_order() {
     assert_eq!((toast.0, toast.2), (present(json!("gold")), present(json!("a long text"))), "TOAST column kept");
     assert_eq!(row(11).await.0, present(json!("gold")), "SQL Server: commit LSN, change LSN, then event serial");
     assert_eq!(row(12).await.0, present(json!("gold")), "Oracle: an earlier commit SCN is stale");
+    s.stop().await;
+}
+
+/// `allowed_lateness` widens what a feature set takes: an event is late only at or before
+/// newest − (longest window + allowed lateness), per docs/semantics.md; and a source without a
+/// `timestamp` field stamps events with their arrival.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_lateness_and_arrival_time_when_a_source_has_no_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"
+project: {project}
+stores:
+  offline: {{ parquet: {{ path: "{d}/offline" }} }}
+  dead_letters: {{ path: "{d}/dlq" }}
+sources:
+  tx: {{ key: card_id, timestamp: ts }}
+  clicks: {{ key: user }}
+entities:
+  card: {{ key: card_id }}
+  user: {{ key: user }}
+feature_sets:
+  strict:
+    entity: card
+    source: tx
+    aggregations: [{{ column: amount, functions: [count], windows: [10m], period: 1m }}]
+  lenient:
+    entity: card
+    source: tx
+    allowed_lateness: 5m
+    aggregations: [{{ column: amount, functions: [count], windows: [10m], period: 1m }}]
+  visits:
+    entity: user
+    source: clicks
+    features: [page]
+    aggregations: [{{ column: page, functions: [count], windows: [1h] }}]
+"#,
+        project = common::unique("late"),
+        d = dir.path().display(),
+    );
+    let s = start(&yaml, dir).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let event = |card: &str, age_min: i64| json!({"card_id": card, "ts": now - age_min * 60_000, "amount": 1.0});
+    // the newest event first, then 14 and 16 minutes older: within 10m + 5m for `lenient` or not
+    let body = [event("c1", 0), event("c1", 14), event("c1", 16)].map(|e| e.to_string()).join("\n");
+    let (status, summary) = s.push_to("tx", &body).await;
+    assert_eq!(status, 200, "{summary}");
+    let late: Vec<Value> = std::fs::read_to_string(s._dir.path().join("dlq/tx.dlq"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let late_for = |name: &str| {
+        late.iter().filter(|l| l["reason"] == "late" && l["message"].as_str().unwrap().contains(name)).count()
+    };
+    assert_eq!(late_for("strict"), 2, "10 m is the strict set's bound: {late:?}");
+    assert_eq!(late_for("lenient"), 1, "15 m is the lenient set's: {late:?}");
+
+    let before = chrono::Utc::now().timestamp_millis();
+    assert_eq!(s.push_to("clicks", r#"{"user": "u1", "page": "/home"}"#).await.0, 200);
+    let after = chrono::Utc::now().timestamp_millis();
+    let (status, body) = s.get("/v1/features/visits/u1").await;
+    assert_eq!(status, 200, "{body}");
+    let page = body["features"].as_array().unwrap().iter().find(|f| f["name"] == "page").unwrap().clone();
+    assert_eq!((page["value"].clone(), page["status"].clone()), (json!("/home"), json!("PRESENT")), "{body}");
+    let stamped =
+        chrono::DateTime::parse_from_rfc3339(page["event_timestamp"].as_str().unwrap()).unwrap().timestamp_millis();
+    assert!((before..=after).contains(&stamped), "the arrival time {stamped} in [{before}, {after}]");
     s.stop().await;
 }
