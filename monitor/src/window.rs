@@ -475,7 +475,18 @@ impl ModelMonitor {
         for (f, (name, binner)) in self.features.iter().enumerate() {
             let live = &bins[f];
             if live.iter().sum::<u64>() == 0 {
-                continue; // the feature never had a value here: nothing to compare
+                // the feature never had a value here: nothing to compare, no statistics, and
+                // left out of the model's score — but said, so a gap is not mistaken for calm
+                points.push(Point {
+                    measurement: "fathom_feature_drift".into(),
+                    tags: self.tags(&[("feature", name), ("window", kind)]),
+                    fields: vec![
+                        ("status".into(), Field::Str(status_name(Status::NoData).into())),
+                        ("count".into(), Field::Int(0)),
+                    ],
+                    time_ns: ns(end_ms),
+                });
+                continue;
             }
             let d = binner.drift(live);
             let (possible, detected) = self.thresholds(name);

@@ -235,3 +235,30 @@ fn rules_fire_once_and_a_restored_state_continues_the_same() {
         assert_eq!(run(Some(split)), uninterrupted, "restored after window {split}");
     }
 }
+
+#[test]
+fn a_feature_without_values_in_a_window_says_no_data_and_stays_out_of_the_score() {
+    let mut m = ModelMonitor::new(settings(), &profile(), ModelState::default());
+    // window [0, 10m): amounts but never a country (null); a later prediction closes it
+    for i in 0..20 {
+        m.prediction(&record_without_country(i, i as i64 * 1000, (i % 10) as f64), 0);
+    }
+    m.prediction(&record(20, 12 * MIN, 1.0, "DE", "0"), 0);
+    let (points, _) = m.advance(false);
+    let tags = [("feature", "tx.country"), ("window", "tumbling")];
+    let country = find(&points, "fathom_feature_drift", &tags);
+    assert_eq!(country.len(), 1, "{points:#?}");
+    assert!(matches!(field(country[0], "status"), Field::Str(s) if s == "no_data"), "{country:?}");
+    assert_eq!(float(country[0], "count"), 0.0);
+    assert!(!country[0].fields.iter().any(|(k, _)| k == "tvd" || k == "score"), "no statistics: {country:?}");
+    let amount = find(&points, "fathom_feature_drift", &[("feature", "tx.amount"), ("window", "tumbling")]);
+    let model = find(&points, "fathom_model_drift", &[("window", "tumbling")]);
+    assert_eq!(float(model[0], "score"), float(amount[0], "score"), "the model's score is the amount's alone");
+}
+
+/// A prediction whose `country` feature is null.
+fn record_without_country(id: usize, ts_ms: i64, amount: f64) -> Prediction {
+    let mut r = record(id, ts_ms, amount, "DE", "0");
+    r.features.insert("country".into(), serde_json::Value::Null);
+    r
+}
