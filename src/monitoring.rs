@@ -707,7 +707,7 @@ impl Monitor {
     fn alert(&self, m: &Model, i: usize, event: &Event) -> Delivery {
         let alert = &m.config.alerts[i];
         let rule = &m.monitor.settings.rules[i];
-        let name = alert.name.clone().unwrap_or_else(|| rule_name(rule));
+        let name = rule_name(rule);
         let state = match event.transition {
             Transition::Fired => "fired",
             Transition::Resolved => "resolved",

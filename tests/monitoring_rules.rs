@@ -259,5 +259,10 @@ models:
     assert_eq!(delivery(0), record("delivered", "1"));
     assert_eq!(delivery(1), record("failed", "1"), "a 4xx fails at once");
     assert_eq!(delivery(2), record("failed", "2"), "max_attempts exhausted");
+    // each alert's points carry its configured name
+    for name in ["low\\ recall", "rejected", "flaky"] {
+        let tag = format!(",rule={name}");
+        assert!(points.lines().any(|l| l.starts_with("fathom_alerts,") && l.contains(&tag)), "{tag} in {points}");
+    }
     serve::stop(running).await.unwrap();
 }

@@ -28,6 +28,10 @@ pub enum Comparison {
 /// One rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rule {
+    /// The name alerts and points show (the `rule` tag); `None`: the condition,
+    /// `<metric> <op> <threshold>`.
+    #[serde(default)]
+    pub name: Option<String>,
     /// The metric watched, e.g. `drift_score` or `accuracy`.
     pub metric: String,
     /// Comparison.
@@ -117,7 +121,8 @@ mod tests {
     use super::*;
 
     fn rule(consecutive: u32, cooldown_ms: i64) -> Rule {
-        Rule { metric: "drift_score".into(), comparison: Comparison::AtLeast, threshold: 0.7, consecutive, cooldown_ms }
+        let metric = "drift_score".into();
+        Rule { name: None, metric, comparison: Comparison::AtLeast, threshold: 0.7, consecutive, cooldown_ms }
     }
 
     /// Feeds values for windows 1, 2, 3, … (ms) and returns the transitions with their window.

@@ -755,6 +755,9 @@ impl ModelMonitor {
 
 /// A rule's name in tags and alerts: `metric >= threshold`.
 pub fn rule_name(rule: &Rule) -> String {
+    if let Some(name) = &rule.name {
+        return name.clone();
+    }
     let op = serde_json::to_value(rule.comparison).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
     format!("{} {op} {}", rule.metric, rule.threshold)
 }

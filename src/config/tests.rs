@@ -234,3 +234,19 @@ models:
         "{fixed:#?}"
     );
 }
+
+#[test]
+fn alerts_of_one_model_need_distinct_names() {
+    // the name is the `rule` tag of the alert's points: two alike would overwrite each other
+    let alike = "project: p\nmodels:\n  fraud:\n    features: []\n    monitoring: {}\n    alerts:\n      - { metric: accuracy, op: \"<\", threshold: 0.9, webhook: \"http://a\" }\n      - { metric: accuracy, op: \"<\", threshold: 0.9, webhook: \"http://b\" }\n";
+    let found = problems(alike);
+    assert!(
+        found.iter().any(|p| p.starts_with("models.fraud.alerts[1]") && p.contains("like alerts[0]")),
+        "{found:#?}"
+    );
+    let named = alike.replace(
+        "{ metric: accuracy, op: \"<\", threshold: 0.9, webhook: \"http://b\" }",
+        "{ name: pager, metric: accuracy, op: \"<\", threshold: 0.9, webhook: \"http://b\" }",
+    );
+    assert!(problems(&named).is_empty(), "{:#?}", problems(&named));
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use fathom_featurestore::duration::Span;
 use fathom_monitor::alerts::{Comparison, Rule};
 use fathom_monitor::performance::PositiveClass;
-use fathom_monitor::window::Settings;
+use fathom_monitor::window::{rule_name, Settings};
 use serde::Deserialize;
 
 use crate::serving::ModelConfig;
@@ -239,7 +239,7 @@ impl Condition {
         if consecutive == 0 {
             return Err("`consecutive` must be at least 1".into());
         }
-        Ok(Rule { metric, comparison, threshold, consecutive, cooldown_ms })
+        Ok(Rule { name: None, metric, comparison, threshold, consecutive, cooldown_ms })
     }
 }
 
@@ -319,15 +319,23 @@ pub fn settings(model: &str, config: &ModelConfig) -> Result<Settings, (String, 
         }
         feature_thresholds.insert(feature.clone(), (t.possible, t.detected));
     }
-    let mut rules = Vec::new();
+    let mut rules: Vec<Rule> = Vec::new();
     for (i, alert) in config.alerts.iter().enumerate() {
         let cooldown = span(&alert.cooldown, "1h").map_err(field(&format!("alerts[{i}].cooldown")))?;
-        rules.push(
-            alert
-                .condition
-                .rule("drift_detected", alert.consecutive, cooldown, thresholds)
-                .map_err(field(&format!("alerts[{i}]")))?,
-        );
+        let mut rule = alert
+            .condition
+            .rule("drift_detected", alert.consecutive, cooldown, thresholds)
+            .map_err(field(&format!("alerts[{i}]")))?;
+        rule.name = alert.name.clone();
+        // the name is the `rule` tag of the alert's points: two alike would overwrite each other
+        let name = rule_name(&rule);
+        if let Some(j) = rules.iter().position(|r| rule_name(r) == name) {
+            return Err((
+                format!("alerts[{i}]"),
+                format!("named {name:?} like alerts[{j}]; give each alert its own `name`"),
+            ));
+        }
+        rules.push(rule);
     }
     let retrain = match &config.retrain {
         Some(r) => {

@@ -35,6 +35,7 @@ fn settings() -> Settings {
         thresholds: (0.5, 0.7),
         feature_thresholds: BTreeMap::new(),
         rules: vec![Rule {
+            name: None,
             metric: "drift_score".into(),
             comparison: Comparison::AtLeast,
             threshold: 0.7,
@@ -42,6 +43,7 @@ fn settings() -> Settings {
             cooldown_ms: 0,
         }],
         retrain: Some(Rule {
+            name: None,
             metric: "accuracy".into(),
             comparison: Comparison::Below,
             threshold: 0.5,
