@@ -83,9 +83,13 @@ impl Binner {
         let value = value?;
         match self {
             Binner::Numeric(n) => {
+                // an RFC 3339 time counts in seconds since the epoch, as `fathom profile` reads
+                // date and timestamp columns
                 let x = match value {
                     serde_json::Value::Number(x) => x.as_f64(),
-                    serde_json::Value::String(s) => s.parse::<f64>().ok(),
+                    serde_json::Value::String(s) => s.parse::<f64>().ok().or_else(|| {
+                        chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_micros() as f64 / 1e6)
+                    }),
                     serde_json::Value::Bool(b) => Some(f64::from(u8::from(*b))),
                     _ => None,
                 }?;

@@ -264,3 +264,17 @@ fn record_without_country(id: usize, ts_ms: i64, amount: f64) -> Prediction {
     r.features.insert("country".into(), serde_json::Value::Null);
     r
 }
+
+#[test]
+fn a_timestamp_feature_bins_in_seconds_since_the_epoch_as_its_profile_does() {
+    // `fathom profile` reads a timestamp column as seconds since the epoch: a live RFC 3339
+    // value lands in the bin of the same instant given as a number
+    let seconds: Vec<f64> = (0..100).map(|i| 1_795_168_800.0 + f64::from(i) * 60.0).collect();
+    let binner = Binner::Numeric(NumericProfile::build(seconds, 0));
+    for (text, number) in [("2026-11-20T10:00:00Z", 1_795_168_800.0), ("2026-11-20T11:10:30+01:00", 1_795_169_430.0)] {
+        let at_text = binner.bin(Some(&serde_json::json!(text)));
+        assert_eq!(at_text, binner.bin(Some(&serde_json::json!(number))), "{text}");
+        assert!(at_text.is_some());
+    }
+    assert_eq!(binner.bin(Some(&serde_json::json!("not a time"))), None, "missing, not a bin");
+}
