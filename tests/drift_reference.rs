@@ -159,20 +159,8 @@ cases = json.load(sys.stdin)
 print(json.dumps([[float(r.statistic), float(r.pvalue)] for r in (ks_2samp(a, b) for a, b in cases)]))
 "#;
     let cases = ks_cases();
-    let mut child = std::process::Command::new(common::python())
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        child.stdin.take().unwrap().write_all(serde_json::to_string(&cases).unwrap().as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let expected: Vec<(f64, f64)> = serde_json::from_slice(&out.stdout).unwrap();
+    let expected: Vec<(f64, f64)> =
+        serde_json::from_value(common::python_json(script, &[], &serde_json::to_string(&cases).unwrap())).unwrap();
     let mut moderate = 0;
     for ((a, b), (d, p)) in cases.iter().zip(&expected) {
         let (got_d, got_p) = fathom_monitor::ks::ks_2samp(a, b);
@@ -230,9 +218,8 @@ for a, b in zip(paths[::2], paths[1::2]):
     out.append([float(r.statistic), float(r.pvalue)])
 print(json.dumps(out))
 "#;
-    let out = std::process::Command::new(common::python()).arg("-c").arg(script).args(&paths).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    serde_json::from_value(common::python_json(script, &paths, "")).unwrap()
 }
 
 /// Fathom's KS against scipy's for one list of pairs: D to 1e-12, p to 1e-9 relative (or both

@@ -92,13 +92,6 @@ fn drift_report_matches_scipy_on_csv_and_parquet() {
     assert!(!page.contains("<script") && !page.contains("src=\"http"), "self-contained");
 }
 
-/// Runs a Python script with arguments; its stdout as JSON.
-fn python_json(script: &str, args: &[&str]) -> Value {
-    let out = std::process::Command::new(common::python()).arg("-c").arg(script).args(args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// The tokens pandas' `read_csv` reads as missing by default, and look-alikes it keeps as text.
 const TOKENS: [&str; 24] = [
     "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
@@ -145,7 +138,7 @@ fn csv_columns_are_typed_and_counted_as_pandas_reads_them() {
         csv += "\n";
     }
     std::fs::write(&path, csv).unwrap();
-    let expected = python_json(
+    let expected = common::python_json(
         r#"
 import sys, json
 import pandas as pd
@@ -154,6 +147,7 @@ print(json.dumps({c: {"numeric": bool(pd.api.types.is_numeric_dtype(df[c])), "mi
                       "sum": float(df[c].sum()) if pd.api.types.is_numeric_dtype(df[c]) else None} for c in df.columns}))
 "#,
         &[path.to_str().unwrap()],
+        "",
     );
     let got = fathom_monitor::report::read_table(&path, None).unwrap();
     assert_eq!(got.len(), columns);
@@ -181,7 +175,7 @@ fn a_numeric_column_with_na_cells_is_compared_as_numbers() {
     // the reported case: a half-standard-deviation shift in a column whose gaps are written NA
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let expected = python_json(
+    let expected = common::python_json(
         r#"
 import sys, json
 import numpy as np, pandas as pd
@@ -197,6 +191,7 @@ r = ks_2samp(ref.dropna(), cur.dropna())
 print(json.dumps({"ks": r.statistic, "ks_p": r.pvalue, "missing": [int(ref.isna().sum()), int(cur.isna().sum())]}))
 "#,
         &[d],
+        "",
     );
     let report = fathom_monitor::report::run(
         &dir.path().join("reference.csv"),
@@ -222,7 +217,7 @@ fn every_parquet_column_type_is_compared_or_listed_as_skipped() {
     let d = dir.path().to_str().unwrap();
     // pyarrow writes both tables with one column per type, and says what each column's values
     // are as numbers (decimals at their value, times in seconds since the epoch) or as text
-    let expected = python_json(
+    let expected = common::python_json(
         r#"
 import sys, json, datetime, decimal
 import numpy as np, pyarrow as pa, pyarrow.parquet as pq, pandas as pd
@@ -278,6 +273,7 @@ for name in ref.column_names:
 print(json.dumps(out))
 "#,
         &[d],
+        "",
     );
     let (reference, current) = (dir.path().join("reference.parquet"), dir.path().join("current.parquet"));
     let report = fathom_monitor::report::run(&reference, &current, None, None, (0.5, 0.7)).unwrap();

@@ -86,18 +86,7 @@ print(json.dumps({
                    "r2": m.r2_score(reg[:, 1], reg[:, 0])},
 }))
 "#;
-    let mut child = std::process::Command::new(common::python())
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let expected: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected = common::python_json(script, &[], &input.to_string());
     let got = json!({
         "binary": performance::classification(&binary, &PositiveClass::default()),
         "multi": performance::classification(&multi, &PositiveClass::default()),
@@ -152,18 +141,7 @@ for records in data["windows"]:
     out.append(r)
 print(json.dumps(out))
 "#;
-    let mut child = std::process::Command::new(common::python())
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_value(common::python_json(script, &[], &input.to_string())).unwrap()
 }
 
 /// Random binary windows: sizes 1-30, each window's label and prediction shares drawn anew so

@@ -279,3 +279,22 @@ pub fn influx_rows(answer: &serde_json::Value) -> Vec<std::collections::BTreeMap
     }
     out
 }
+
+/// Runs `script` with the test venv's Python (`python -c script args…`), `stdin` on its standard
+/// input; its standard output parsed as JSON. Fails the test with Python's stderr on an error.
+pub fn python_json(script: &str, args: &[&str], stdin: &str) -> serde_json::Value {
+    use std::io::Write as _;
+    let mut child = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
