@@ -243,16 +243,46 @@ proptest! {
     }
 }
 
-#[test]
-fn cdc_columns_are_the_newest_change_committed_at_or_before_each_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("offline");
+/// Writes `changes` of customer 7 to the `customers` change log under `root` (Kafka partition
+/// 0, offsets in order).
+fn log_customer_changes(root: &Path, changes: &[Change]) {
     let schema = SourceSchema { name: "customers".into(), key: "customer_id".into(), layout: Layout::ChangeLog };
     let mut writer = OfflineWriter::new(
-        &root,
+        root,
         vec![SourceSchema { name: "tx".into(), key: "card".into(), layout: Layout::Events(vec![]) }, schema],
     )
     .unwrap();
+    let logged: Vec<LoggedChange<'_>> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| LoggedChange {
+            source: 1,
+            at: Coordinates { partition: Some(0), offset: i as i64 },
+            key: "7",
+            change: c,
+            after: c.after.as_ref(),
+        })
+        .collect();
+    writer.append_changes(&logged);
+    writer.commit().unwrap();
+}
+
+/// Entity rows `(customer_id, ts)` as `input.parquet` in `dir`.
+fn write_customer_rows(dir: &Path, ids: Vec<i64>, times: Vec<&str>) {
+    let batch = RecordBatch::try_from_iter([
+        ("customer_id", Arc::new(Int64Array::from(ids)) as ArrayRef),
+        ("ts", Arc::new(StringArray::from(times)) as _),
+    ])
+    .unwrap();
+    let mut input =
+        ArrowWriter::try_new(File::create(dir.join("input.parquet")).unwrap(), batch.schema(), None).unwrap();
+    input.write(&batch).unwrap();
+    input.close().unwrap();
+}
+
+#[test]
+fn cdc_columns_are_the_newest_change_committed_at_or_before_each_row() {
+    let dir = tempfile::tempdir().unwrap();
     let change = |op: Op, segment: Option<&str>, at_ms: i64, lsn: i64| Change {
         op,
         key: json!({"customer_id": 7}).as_object().unwrap().clone(),
@@ -274,38 +304,16 @@ fn cdc_columns_are_the_newest_change_committed_at_or_before_each_row() {
         change(Op::Delete, None, T0 + 20_000, 4),
         change(Op::Create, Some("platinum"), T0 + 30_000, 5),
     ];
-    let logged: Vec<LoggedChange<'_>> = changes
-        .iter()
-        .enumerate()
-        .map(|(i, c)| LoggedChange {
-            source: 1,
-            at: Coordinates { partition: Some(0), offset: i as i64 },
-            key: "7",
-            change: c,
-            after: c.after.as_ref(),
-        })
-        .collect();
-    writer.append_changes(&logged);
-    writer.commit().unwrap();
-    let batch = RecordBatch::try_from_iter([
-        ("customer_id", Arc::new(Int64Array::from(vec![7, 7, 7, 7, 7, 8])) as ArrayRef),
-        (
-            "ts",
-            Arc::new(StringArray::from(vec![
-                "2025-12-31T23:59:59Z",
-                "2026-01-01T00:00:05Z",
-                "2026-01-01T00:00:10Z",
-                "2026-01-01T00:00:25Z",
-                "2026-01-01T01:00:00+01:00",
-                "2026-01-01T00:00:05Z",
-            ])) as _,
-        ),
-    ])
-    .unwrap();
-    let mut input =
-        ArrowWriter::try_new(File::create(dir.path().join("input.parquet")).unwrap(), batch.schema(), None).unwrap();
-    input.write(&batch).unwrap();
-    input.close().unwrap();
+    log_customer_changes(&dir.path().join("offline"), &changes);
+    let times = [
+        "2025-12-31T23:59:59Z",
+        "2026-01-01T00:00:05Z",
+        "2026-01-01T00:00:10Z",
+        "2026-01-01T00:00:25Z",
+        "2026-01-01T01:00:00+01:00",
+        "2026-01-01T00:00:05Z",
+    ];
+    write_customer_rows(dir.path(), vec![7, 7, 7, 7, 7, 8], times.to_vec());
     let tables = [("customers".to_string(), "customer_id".to_string())];
     let output = run(dir.path(), &["customers.segment"], &[], &tables, 2);
     let out = &read_output(&output)[0];
@@ -322,13 +330,6 @@ fn cdc_columns_are_the_newest_change_committed_at_or_before_each_row() {
 fn cdc_rows_follow_the_log_position_and_keep_unavailable_columns_as_the_online_table_does() {
     use fathom_ingest::debezium::{Connector, LogPosition};
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("offline");
-    let schema = SourceSchema { name: "customers".into(), key: "customer_id".into(), layout: Layout::ChangeLog };
-    let mut writer = OfflineWriter::new(
-        &root,
-        vec![SourceSchema { name: "tx".into(), key: "card".into(), layout: Layout::Events(vec![]) }, schema],
-    )
-    .unwrap();
     // MySQL positions: binlog 3; the snapshot read (stamped 30 s, when it read the row) is at
     // the snapshot's position, before an update committed at 5 s and streamed afterwards
     let change = |op: Op, segment: &str, notes: &str, at_ms: i64, pos: u128| Change {
@@ -352,29 +353,9 @@ fn cdc_rows_follow_the_log_position_and_keep_unavailable_columns_as_the_online_t
         change(Op::Read, "bronze", "a long text", T0 + 30_000, 100), // redelivered: the same change
         change(Op::Update, "platinum", marker, T0 + 40_000, 300),    // TOAST column left alone
     ];
-    let logged: Vec<LoggedChange<'_>> = changes
-        .iter()
-        .enumerate()
-        .map(|(i, c)| LoggedChange {
-            source: 1,
-            at: Coordinates { partition: Some(0), offset: i as i64 },
-            key: "7",
-            change: c,
-            after: c.after.as_ref(),
-        })
-        .collect();
-    writer.append_changes(&logged);
-    writer.commit().unwrap();
+    log_customer_changes(&dir.path().join("offline"), &changes);
     let times = ["2026-01-01T00:00:01Z", "2026-01-01T00:00:10Z", "2026-01-01T00:00:35Z", "2026-01-01T00:00:45Z"];
-    let batch = RecordBatch::try_from_iter([
-        ("customer_id", Arc::new(Int64Array::from(vec![7; times.len()])) as ArrayRef),
-        ("ts", Arc::new(StringArray::from(times.to_vec())) as _),
-    ])
-    .unwrap();
-    let mut input =
-        ArrowWriter::try_new(File::create(dir.path().join("input.parquet")).unwrap(), batch.schema(), None).unwrap();
-    input.write(&batch).unwrap();
-    input.close().unwrap();
+    write_customer_rows(dir.path(), vec![7; times.len()], times.to_vec());
     let tables = [("customers".to_string(), "customer_id".to_string())];
     let output = run(dir.path(), &["customers.segment", "customers.notes"], &[], &tables, 2);
     let out = &read_output(&output)[0];
