@@ -5,8 +5,9 @@
 //! (partition, offset), then the commit time — and a change not greater than the stored one is
 //! skipped, so Kafka redelivery and out-of-order partitions never bring back an old row, and a
 //! snapshot read never outranks a change streamed at a later position. A column the connector
-//! sent as unavailable (Debezium's placeholder) keeps the stored row's value. A delete keeps the version and the deletion time with no row, so lookups answer
-//! `NOT_FOUND` rather than stale data. Keys: `fathom:{<project>:@<source>:<key>}`.
+//! sent as unavailable (Debezium's placeholder) keeps the stored row's value. A delete keeps the
+//! version and the deletion time with no row, so lookups answer `NOT_FOUND` rather than stale
+//! data. Keys: `fathom:{<project>:@<source>:<key>}`.
 //!
 //! A row also keeps the versions it replaced for as long as a join needs them ([`TableRow::as_of`]),
 //! so an event is enriched with the row as it was at the event's time. Aggregations over a table
