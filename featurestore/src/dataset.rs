@@ -251,6 +251,12 @@ fn order_changes(changes: &mut Vec<SpilledChange>) {
     }
 }
 
+/// PostgreSQL's LSN as `_position` text.
+fn postgres_position(lsn: i64) -> String {
+    use fathom_ingest::debezium::{Connector, LogPosition};
+    LogPosition { connector: Connector::Postgres, parts: [lsn as u128, 0, 0] }.to_sortable()
+}
+
 /// The row of a key as of `at_ms` among its changes in order ([`order_changes`]): the last one
 /// committed at or before it; before the first change, a snapshot read stands for the past (as
 /// the online join does).
@@ -776,12 +782,14 @@ fn spill_changes(
 ) -> Result<u64, DatasetError> {
     let files = source_files(request.offline_root, table)?;
     progress.phase(&format!("reading {table} changes"), Some(files.len() as u64));
-    let names = ["_partition", "_offset", "_event_time", "_position", "_op", "_after", key_column];
+    // `_lsn` stands in for `_position` in files written before it (PostgreSQL's LSN, as the
+    // online table reads rows stored then)
+    let names = ["_partition", "_offset", "_event_time", "_position", "_op", "_after", key_column, "_lsn"];
     let mut read = 0;
     for file in files {
         for batch in read_columns(&file, &names)? {
             let n = batch[1].as_ref().map_or(0, |a| a.len());
-            let (partitions, offsets, times, positions, ops, afters, keys) = (
+            let (partitions, offsets, times, mut positions, ops, afters, keys) = (
                 int32s(&batch[0], n),
                 int64s(&batch[1], n),
                 micros(&batch[2], n),
@@ -790,6 +798,10 @@ fn spill_changes(
                 strings(&batch[5], n),
                 strings(&batch[6], n),
             );
+            if batch[3].is_none() {
+                positions =
+                    int64s(&batch[7], n).into_iter().map(|lsn| lsn.filter(|l| *l > 0).map(postgres_position)).collect();
+            }
             for i in 0..n {
                 let (Some(key), Some(commit_us)) = (&keys[i], times[i]) else { continue };
                 let deleted = ops[i].as_deref() == Some("d");

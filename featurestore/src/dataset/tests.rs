@@ -506,3 +506,43 @@ fn pg(lsn: i64) -> fathom_ingest::debezium::LogPosition {
         parts: [lsn as u128, 0, 0],
     }
 }
+
+#[test]
+fn a_change_log_written_before_positions_orders_by_its_lsn() {
+    // the change-log columns of the previous version: no `_position`; two updates of customer 7
+    // in one millisecond whose LSNs disagree with their Kafka order
+    use arrow_array::{Int32Array, TimestampMicrosecondArray};
+    let dir = tempfile::tempdir().unwrap();
+    let day = dir.path().join("offline/customers/date=2026-01-01");
+    std::fs::create_dir_all(&day).unwrap();
+    let commit = (T0 + 10_000) * 1000;
+    let utc = |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as ArrayRef;
+    let text = |v: Vec<Option<&str>>| Arc::new(StringArray::from(v)) as ArrayRef;
+    let batch = RecordBatch::try_from_iter([
+        ("_partition", Arc::new(Int32Array::from(vec![0, 0])) as ArrayRef),
+        ("_offset", Arc::new(Int64Array::from(vec![5, 6])) as _),
+        ("_event_time", utc(vec![commit, commit])),
+        ("_ingest_time", utc(vec![commit, commit])),
+        ("customer_id", text(vec![Some("7"), Some("7")])),
+        ("_op", text(vec![Some("u"), Some("u")])),
+        ("_lsn", Arc::new(Int64Array::from(vec![30, 20])) as _),
+        ("_tx_id", Arc::new(Int64Array::from(vec![None::<i64>, None])) as _),
+        ("_snapshot", text(vec![None, None])),
+        ("_before", text(vec![None, None])),
+        (
+            "_after",
+            text(vec![Some(r#"{"customer_id":7,"segment":"gold"}"#), Some(r#"{"customer_id":7,"segment":"silver"}"#)]),
+        ),
+    ])
+    .unwrap();
+    let mut file =
+        ArrowWriter::try_new(File::create(day.join("part-0.parquet")).unwrap(), batch.schema(), None).unwrap();
+    file.write(&batch).unwrap();
+    file.close().unwrap();
+    write_customer_rows(dir.path(), vec![7], vec!["2026-01-01T00:00:20Z"]);
+    let tables = [("customers".to_string(), "customer_id".to_string())];
+    let output = run(dir.path(), &["customers.segment"], &[], &tables, 2);
+    let out = &read_output(&output)[0];
+    let segment = out.column_by_name("customers__segment").unwrap().as_string::<i32>();
+    assert_eq!(segment.value(0), "gold", "the higher LSN wins, as it did when the file was written");
+}
