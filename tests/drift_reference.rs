@@ -35,20 +35,18 @@ fn cases() -> Vec<(Vec<u64>, Vec<u64>)> {
         .collect()
 }
 
-#[test]
-fn drift_statistics_match_numpy_and_scipy() {
-    let edges: Vec<f64> = (0..=20).map(|i| -3.0 + 0.5 * f64::from(i)).collect();
-    // each statistic from scipy/numpy by a route of its own, not drift.rs's formula: TVD as half
-    // the L1 (cityblock) distance, Hellinger as the Euclidean distance of the square roots over
-    // √2, KL and PSI from scipy's elementwise relative entropy (PSI = KL(p‖q) + KL(q‖p)), KS and
-    // Wasserstein from the two samples with every value at its bin's centre, χ² by scipy
-    let script = r#"
+/// Each statistic from scipy/numpy by a route of its own, not drift.rs's formula: TVD as half
+/// the L1 (cityblock) distance, Hellinger as the Euclidean distance of the square roots over √2,
+/// KL and PSI from scipy's elementwise relative entropy (PSI = KL(p‖q) + KL(q‖p)), KS and
+/// Wasserstein from the two samples with every value at its bin's centre, χ² by scipy. The
+/// cases come on standard input.
+const BINNED: &str = r#"
 import sys, json
 import numpy as np
 from scipy.spatial.distance import jensenshannon, cityblock, euclidean
 from scipy.special import rel_entr
 from scipy.stats import wasserstein_distance, chi2_contingency, ks_2samp
-cases, edges = json.loads(sys.argv[1]), np.array(json.loads(sys.argv[2]))
+cases, edges = json.load(sys.stdin), np.array(json.loads(sys.argv[1]))
 eps = 1e-4
 out = []
 for ref, live in cases:
@@ -75,35 +73,95 @@ for ref, live in cases:
     out.append({k: float(v) for k, v in r.items()})
 print(json.dumps(out))
 "#;
-    let cases = cases();
-    let out = std::process::Command::new(common::python())
-        .args(["-c", script, &serde_json::to_string(&cases).unwrap(), &serde_json::to_string(&edges).unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let expected: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+
+/// Fathom's binned statistics against [`BINNED`] for each (reference, live) pair of counts (22
+/// bins: numeric on `edges`; otherwise categorical); returns the statistics compared and the
+/// reference values.
+fn assert_binned_like_scipy(cases: &[(Vec<u64>, Vec<u64>)], edges: &[f64]) -> (usize, Vec<Value>) {
+    let input = serde_json::to_string(cases).unwrap();
+    let expected: Vec<Value> =
+        serde_json::from_value(common::python_json(BINNED, &[&serde_json::to_string(edges).unwrap()], &input)).unwrap();
     let mut compared = 0;
     for ((reference, live), want) in cases.iter().zip(&expected) {
         let got = if reference.len() == edges.len() + 1 {
-            drift::numeric(reference, live, &edges)
+            drift::numeric(reference, live, edges)
         } else {
             drift::categorical(reference, live)
         };
         let got = serde_json::to_value(got).unwrap();
         for (name, value) in want.as_object().unwrap() {
             let (a, b) = (got[name].as_f64().unwrap(), value.as_f64().unwrap());
-            // relative everywhere (tiny p-values too); exact zeros must match exactly
-            let close = if b == 0.0 { a.abs() < 1e-15 } else { (a - b).abs() <= 1e-9 * b.abs() };
-            assert!(close, "{name}: fathom {a} vs scipy {b} for {reference:?} / {live:?}");
+            // relative everywhere (tiny p-values too, or both below 1e-300); exact zeros exactly
+            let close =
+                if b == 0.0 { a.abs() < 1e-15 } else { (a - b).abs() <= 1e-9 * b.abs() || (b < 1e-300 && a < 1e-300) };
+            let sizes = (reference.iter().sum::<u64>(), live.iter().sum::<u64>());
+            assert!(close, "{name}: fathom {a} vs scipy {b} for {sizes:?} values: {reference:?} / {live:?}");
             compared += 1;
         }
     }
+    (compared, expected)
+}
+
+fn edges() -> Vec<f64> {
+    (0..=20).map(|i| -3.0 + 0.5 * f64::from(i)).collect()
+}
+
+#[test]
+fn drift_statistics_match_numpy_and_scipy() {
+    let (compared, expected) = assert_binned_like_scipy(&cases(), &edges());
     assert_eq!(compared, 8 * 8 + 8 * 6, "every statistic of every case");
     let moderate = expected
         .iter()
         .filter(|w| w["ks_p"].as_f64().or(w["chi2_p"].as_f64()).is_some_and(|p| p > 1e-6 && p < 0.999))
         .count();
     assert!(moderate >= 2, "cases with p-values in a range where the formula matters: {expected:?}");
+}
+
+#[test]
+fn binned_statistics_match_scipy_over_random_sizes_from_1_to_a_million() {
+    // numeric windows of 1 … 10^6 values a side (log-uniform), from one bin to all 22, some the
+    // same shape as the reference and some shifted; the KS p-value goes through every branch
+    let mut draws = Draws(0x5851_f42d_4c95_7f2d);
+    let mut cases = Vec::new();
+    let mut budget = 8_000_000u64;
+    while cases.len() < 40 {
+        let (n, m) = (draws.size() as u64, draws.size() as u64);
+        if n + m > budget {
+            continue;
+        }
+        budget -= n + m;
+        let shape: Vec<f64> = (0..22).map(|_| if draws.uniform() < 0.2 { 0.0 } else { draws.uniform() }).collect();
+        let shift = (draws.uniform() * 4.0) as usize; // 0: the same shape
+        let spread = |total: u64, offset: usize, draws: &mut Draws| -> Vec<u64> {
+            let mut counts = vec![0u64; 22];
+            let weights: f64 = shape.iter().sum::<f64>().max(1e-9);
+            for _ in 0..total.min(2_000) {
+                // a few thousand draws place the mass; the rest follows the shares
+                let mut u = draws.uniform() * weights;
+                let bin = shape.iter().position(|w| {
+                    u -= w;
+                    u < 0.0
+                });
+                counts[(bin.unwrap_or(0) + offset) % 22] += 1;
+            }
+            let placed: u64 = counts.iter().sum();
+            if total > placed {
+                let scale = total as f64 / placed as f64;
+                let mut scaled: Vec<u64> = counts.iter().map(|c| (*c as f64 * scale).floor() as u64).collect();
+                let rest = total - scaled.iter().sum::<u64>();
+                let top = (0..22).max_by_key(|&i| counts[i]).unwrap();
+                scaled[top] += rest;
+                counts = scaled;
+            }
+            counts
+        };
+        let reference = spread(n, 0, &mut draws);
+        let live = spread(m, shift, &mut draws);
+        cases.push((reference, live));
+    }
+    assert!(cases.iter().any(|(r, l)| r.iter().sum::<u64>().max(l.iter().sum()) > 100_000), "large sizes drawn");
+    let (compared, _) = assert_binned_like_scipy(&cases, &edges());
+    assert_eq!(compared, 40 * 8);
 }
 
 /// Samples for the exact KS comparison: (reference, current), sorted, with ties.
