@@ -273,6 +273,7 @@ fn key_text(value: Option<&Value>) -> Option<String> {
     match value? {
         Value::Null => None,
         Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(fathom_ingest::decode::number_key(n).unwrap_or_else(|_| n.to_string())),
         other => Some(other.to_string()),
     }
 }
@@ -393,13 +394,12 @@ fn parse_time(text: &str, assume_utc: bool) -> Result<i64, String> {
     Err(format!("{text:?} is not a timestamp (RFC 3339, e.g. 2026-11-24T14:03:00Z)"))
 }
 
+/// Epoch ms of an integer by its magnitude (s, ms, µs or ns), exact and rounded toward the past,
+/// as the ingest decoder reads it. (Every i64 is in range in its magnitude's unit.)
 fn by_magnitude(n: i64) -> i64 {
-    match n.unsigned_abs() {
-        0..100_000_000_000 => n * 1000,
-        100_000_000_000..100_000_000_000_000 => n,
-        100_000_000_000_000..100_000_000_000_000_000 => n / 1000,
-        _ => n / 1_000_000,
-    }
+    use fathom_ingest::decode::{epoch_ms, EpochUnit};
+    let n = i128::from(n);
+    epoch_ms(n, EpochUnit::of_integer(n)).unwrap_or(i64::MIN)
 }
 
 /// The input's rows in batches: Parquet as typed, CSV as text columns.

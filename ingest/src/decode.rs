@@ -132,7 +132,9 @@ impl Decoder {
                 return Err(refuse(Reason::MissingKey, format!("key field {:?} is missing", self.key)))
             }
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+            Some(Value::Number(n)) => number_key(n).map_err(|why| {
+                refuse(Reason::WrongType, format!("key field {:?} must be a string or an integer: {why}", self.key))
+            })?,
             Some(other) => {
                 return Err(refuse(
                     Reason::WrongType,
@@ -178,34 +180,114 @@ pub fn parse_time(value: &Value, format: TimestampFormat) -> Result<i64, String>
             .map(|t| t.timestamp_millis())
             .map_err(|e| format!("{s:?} is not an RFC 3339 time with an offset ({e})")),
         (Value::Number(n), format) if format != TimestampFormat::Rfc3339 => {
-            let x = n.as_f64().ok_or("not a finite number")?;
-            let scale = match format {
-                TimestampFormat::Seconds => 1e3,
-                TimestampFormat::Millis => 1.0,
-                TimestampFormat::Micros => 1e-3,
-                TimestampFormat::Nanos => 1e-6,
-                _ => magnitude_scale(x),
+            let configured = match format {
+                TimestampFormat::Seconds => Some(EpochUnit::Seconds),
+                TimestampFormat::Millis => Some(EpochUnit::Millis),
+                TimestampFormat::Micros => Some(EpochUnit::Micros),
+                TimestampFormat::Nanos => Some(EpochUnit::Nanos),
+                _ => None,
             };
-            let ms = x * scale;
-            if ms.is_finite() && ms.abs() < 1e16 {
-                Ok(ms.floor() as i64)
-            } else {
-                Err(format!("{n} is out of range"))
-            }
+            let integer = n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
+            let ms = match integer {
+                // integers exactly: a nanosecond time is not rounded through a float
+                Some(i) => epoch_ms(i, configured.unwrap_or_else(|| EpochUnit::of_integer(i))),
+                None => {
+                    let x = n.as_f64().ok_or("not a finite number")?;
+                    let ms = x * configured.unwrap_or_else(|| EpochUnit::of_magnitude(x.abs())).ms_per_unit();
+                    (ms.is_finite() && ms.abs() < MAX_EPOCH_MS as f64).then(|| ms.floor() as i64)
+                }
+            };
+            ms.ok_or_else(|| format!("{n} is out of range"))
         }
         (other, format) => Err(format!("{other} cannot be read as {format:?}")),
     }
 }
 
-/// Epoch numbers by magnitude: below 1e11 seconds (until year 5138), below 1e14 milliseconds,
-/// below 1e17 microseconds, else nanoseconds.
-fn magnitude_scale(x: f64) -> f64 {
-    match x.abs() {
-        v if v < 1e11 => 1e3,
-        v if v < 1e14 => 1.0,
-        v if v < 1e17 => 1e-3,
-        _ => 1e-6,
+/// The key text of a JSON number: an integer as its decimal digits, and a number written with a
+/// fraction or an exponent (`1001.0`, `1.001e3`, what pandas writes for integers beside a NaN)
+/// as the same integer when it is one and is exact in a float (|x| ≤ 2^53), so all three are one
+/// key. A number is never turned into key text through a float's formatting. `Err` says why a
+/// number is no key: not integral, or too large to be exact.
+pub fn number_key(n: &serde_json::Number) -> Result<String, String> {
+    if n.is_i64() || n.is_u64() {
+        return Ok(n.to_string());
     }
+    let x = n.as_f64().ok_or_else(|| format!("{n} is not a number"))?;
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if x.fract() != 0.0 {
+        return Err(format!("{n} is not an integer"));
+    }
+    if x.abs() > EXACT {
+        return Err(format!("{n} is too large to be an exact integer key (write it as an integer or a string)"));
+    }
+    Ok((x as i64).to_string())
+}
+
+/// The text after a leading UTF-8 byte order mark (which editors and Windows tools write), so it
+/// is never read as data; every text input (push bodies, NDJSON and CSV files) goes through here.
+pub fn without_bom(text: &[u8]) -> &[u8] {
+    text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text)
+}
+
+/// Epoch times are accepted up to this many ms from 1970 (about the year 318,857).
+const MAX_EPOCH_MS: i64 = 10_000_000_000_000_000;
+
+/// The unit of an epoch number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochUnit {
+    /// Seconds.
+    Seconds,
+    /// Milliseconds.
+    Millis,
+    /// Microseconds.
+    Micros,
+    /// Nanoseconds.
+    Nanos,
+}
+
+impl EpochUnit {
+    /// The unit of an epoch number by its magnitude: below 1e11 seconds (until the year 5138),
+    /// below 1e14 milliseconds, below 1e17 microseconds, else nanoseconds.
+    pub fn of_magnitude(magnitude: f64) -> EpochUnit {
+        match magnitude {
+            v if v < 1e11 => EpochUnit::Seconds,
+            v if v < 1e14 => EpochUnit::Millis,
+            v if v < 1e17 => EpochUnit::Micros,
+            _ => EpochUnit::Nanos,
+        }
+    }
+
+    /// [`EpochUnit::of_magnitude`] for an integer, compared exactly.
+    pub fn of_integer(n: i128) -> EpochUnit {
+        match n.unsigned_abs() {
+            v if v < 100_000_000_000 => EpochUnit::Seconds,
+            v if v < 100_000_000_000_000 => EpochUnit::Millis,
+            v if v < 100_000_000_000_000_000 => EpochUnit::Micros,
+            _ => EpochUnit::Nanos,
+        }
+    }
+
+    fn ms_per_unit(self) -> f64 {
+        match self {
+            EpochUnit::Seconds => 1e3,
+            EpochUnit::Millis => 1.0,
+            EpochUnit::Micros => 1e-3,
+            EpochUnit::Nanos => 1e-6,
+        }
+    }
+}
+
+/// Epoch ms of the integer `n` counted in `unit`, in integer arithmetic: exact, and where
+/// precision is dropped rounded toward the past (floor, as numpy's `datetime64` casts do), never
+/// into the future. `None` beyond ±10^16 ms.
+pub fn epoch_ms(n: i128, unit: EpochUnit) -> Option<i64> {
+    let ms = match unit {
+        EpochUnit::Seconds => n.checked_mul(1000)?,
+        EpochUnit::Millis => n,
+        EpochUnit::Micros => n.div_euclid(1000),
+        EpochUnit::Nanos => n.div_euclid(1_000_000),
+    };
+    (ms.unsigned_abs() < MAX_EPOCH_MS as u128).then_some(ms as i64)
 }
 
 #[cfg(test)]
