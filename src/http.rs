@@ -240,18 +240,35 @@ pub fn split_body(body: &[u8], source: usize) -> Result<Vec<Record>, ApiError> {
         key: None,
         payload,
     };
+    let body = fathom_ingest::decode::without_bom(body);
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let records: Vec<Record> = if first == Some(&b'[') {
         let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
             ApiError::BadRequest("malformed_body", format!("body starts like a JSON array but is not one: {e}"))
         })?;
         items.into_iter().enumerate().map(|(i, raw)| record(i, raw.get().as_bytes().to_vec())).collect()
+    } else if serde_json::from_slice::<&RawValue>(body).is_ok() {
+        // one JSON value, however it is laid out over lines (e.g. pretty-printed)
+        vec![record(1, body.trim_ascii().to_vec())]
     } else {
-        body.split(|b| *b == b'\n')
+        let lines: Vec<(usize, &[u8])> = body
+            .split(|b| *b == b'\n')
             .enumerate()
             .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
-            .map(|(i, line)| record(i + 1, line.to_vec()))
-            .collect()
+            .collect();
+        // NDJSON has one value per line: a body whose values spread over lines is neither
+        // form, and is refused whole rather than cut into lines that each fail
+        let values = serde_json::Deserializer::from_slice(body).into_iter::<&RawValue>().collect::<Result<Vec<_>, _>>();
+        let opens_a_value = |line: &[u8]| matches!(line.trim_ascii(), b"{" | b"[");
+        if values.is_ok_and(|v| v.len() != lines.len()) || lines.first().is_some_and(|(_, l)| opens_a_value(l)) {
+            return Err(ApiError::BadRequest(
+                "malformed_body",
+                "the body is neither one JSON value (an event, or an array of events) nor NDJSON (one event per line): \
+                 its values spread over several lines"
+                    .into(),
+            ));
+        }
+        lines.into_iter().map(|(i, line)| record(i + 1, line.to_vec())).collect()
     };
     if records.len() > MAX_PUSH_RECORDS {
         return Err(ApiError::TooLarge(format!(
@@ -486,7 +503,12 @@ async fn lookup_rows(
         for (i, value) in column.iter().enumerate() {
             let text = match value {
                 serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Number(n) => fathom_ingest::decode::number_key(n).map_err(|why| {
+                    ApiError::BadRequest(
+                        "malformed_body",
+                        format!("entities.{key}[{i}] must be a string or an integer: {why}"),
+                    )
+                })?,
                 other => {
                     let message = format!("entities.{key}[{i}] must be a string or an integer, got {other}");
                     return Err(ApiError::BadRequest("malformed_body", message));
@@ -616,6 +638,9 @@ async fn feast_online_features(State(state): State<AppState>, body: Bytes) -> Re
         }
     };
     let Lookup { vector, values, .. } = lookup_rows(&state, &references, &request.entities).await?;
+    if !request.full_feature_names {
+        refuse_name_collisions(&vector.names)?;
+    }
     let epoch = "1970-01-01T00:00:00Z".to_string();
     let mut names = Vec::new();
     let mut results = Vec::new();
@@ -641,6 +666,32 @@ async fn feast_online_features(State(state): State<AppState>, body: Bytes) -> Re
         });
     }
     Ok(Json(FeastResponse { metadata: FeastMetadata { feature_names: names }, results }))
+}
+
+/// Feast's `FeatureNameCollisionError`: without `full_feature_names`, two views' features of one
+/// name would answer under one name, and a client building a dict would keep only one of them.
+fn refuse_name_collisions(names: &[String]) -> Result<(), ApiError> {
+    let mut views: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for name in names {
+        let (view, feature) = name.split_once('.').expect("resolved names are <set>.<feature>");
+        views.entry(feature).or_default().push(view);
+    }
+    let collided: Vec<String> = views
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(feature, v)| format!("{feature:?} (in {})", v.join(", ")))
+        .collect();
+    if collided.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::BadRequest(
+        "feature_name_collision",
+        format!(
+            "duplicate features named {} found; to resolve this collision, use the full feature names \
+             (set `full_feature_names: true`) or ask for one of them",
+            collided.join(", ")
+        ),
+    ))
 }
 
 /// `POST /v1/models/{model}/predict` and `POST /v1/enrich` body.

@@ -609,7 +609,7 @@ impl Monitor {
                         self.health.degraded("writing a dead letter", &e.into());
                         tokio::time::sleep(RETRY).await;
                     }
-                    summary.dead_lettered += 1;
+                    summary.refused(&letter);
                 }
             }
         }

@@ -48,6 +48,40 @@ pub struct PushSummary {
     pub accepted: usize,
     /// Records sent to the dead letters (malformed, or late for a feature set).
     pub dead_lettered: usize,
+    /// Why, for the first [`PushSummary::MAX_ERRORS`] dead-lettered records (all of them are in
+    /// the dead letters with their bytes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<PushError>,
+}
+
+/// One dead-lettered record of a push.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct PushError {
+    /// The record's place in the push: its index in a JSON array (from 0), or its line (from 1).
+    pub index: i64,
+    /// The dead-letter reason code (`malformed_json`, `missing_key`, `late`, …).
+    pub reason: String,
+    /// What was wrong, naming the field.
+    pub message: String,
+}
+
+impl PushSummary {
+    /// Reasons kept per answer.
+    pub const MAX_ERRORS: usize = 10;
+
+    /// Counts a dead-lettered record, keeping its reason while there is room.
+    pub fn refused(&mut self, letter: &DeadLetter) {
+        self.dead_lettered += 1;
+        self.note(letter);
+    }
+
+    /// Keeps a dead-lettered record's reason while there is room (without counting it).
+    pub fn note(&mut self, letter: &DeadLetter) {
+        if self.errors.len() < Self::MAX_ERRORS {
+            let (index, reason, message) = (letter.offset, letter.reason.as_str().to_string(), letter.message.clone());
+            self.errors.push(PushError { index, reason, message });
+        }
+    }
 }
 
 /// Readiness as the HTTP layer reports it.
@@ -496,15 +530,15 @@ impl Pipeline {
                         changes.push((*row, change));
                     }
                     Ok(Cdc::Truncate) => {
-                        summary.dead_lettered += 1;
                         let message = "truncate of a CDC table (rows are not cleared; on_truncate: dead_letter)".into();
                         let letter = self.letter(&record.payload, source, record.at, Reason::Truncate, message);
+                        summary.refused(&letter);
                         self.dead_letter(letter).await;
                     }
                     Ok(Cdc::Consumed) => summary.accepted += 1,
                     Err(refusal) => {
-                        summary.dead_lettered += 1;
                         let letter = self.letter(&record.payload, source, record.at, refusal.reason, refusal.message);
+                        summary.refused(&letter);
                         self.dead_letter(letter).await;
                     }
                 }
@@ -517,8 +551,8 @@ impl Pipeline {
                     events.push(event)
                 }
                 Err((record, refusal)) => {
-                    summary.dead_lettered += 1;
                     let letter = self.letter(&record.payload, source, record.at, refusal.reason, refusal.message);
+                    summary.refused(&letter);
                     self.dead_letter(letter).await;
                 }
             }
@@ -579,6 +613,7 @@ impl Pipeline {
                 "event time {} is more than {} ms behind entity {:?}'s newest event in feature set {:?}",
                 event.time_ms, plan.late_after_ms, event.key, plan.name
             );
+            let first = late_for[i].is_none();
             match &mut late_for[i] {
                 Some(names) => {
                     names.push(',');
@@ -587,6 +622,9 @@ impl Pipeline {
                 none => *none = Some(plan.name.clone()),
             }
             let letter = self.letter(&event.raw, event.source, event.at, Reason::Late, message);
+            if first {
+                summary.note(&letter); // counted once per event below
+            }
             self.dead_letter(letter).await;
         }
         let late = late_for.iter().filter(|l| l.is_some()).count();
@@ -630,6 +668,7 @@ impl Pipeline {
         let mut change = change;
         let text = |v: &Value| match v {
             Value::String(s) => s.clone(),
+            Value::Number(n) => fathom_ingest::decode::number_key(n).unwrap_or_else(|_| n.to_string()),
             other => other.to_string(),
         };
         // a key envelope's columns come sorted by name (serde_json maps are ordered)

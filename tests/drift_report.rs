@@ -314,7 +314,8 @@ fn a_current_table_without_values_says_no_data_and_an_empty_one_is_an_error() {
         std::fs::write(&path, text).unwrap();
         path
     };
-    let reference = write("reference.csv", "amount,country\n1.5,DE\n2.5,FR\n3.5,DE\n");
+    // a byte order mark (Excel's "CSV UTF-8") is not part of the first column's name
+    let reference = write("reference.csv", "\u{feff}amount,country\n1.5,DE\n2.5,FR\n3.5,DE\n");
     let current = write("current.csv", "amount,country\n,DE\nNA,FR\n");
     let report = fathom_monitor::report::run(&reference, &current, None, None, (0.5, 0.7)).unwrap();
     let amount = report.features.iter().find(|f| f.name == "amount").unwrap();

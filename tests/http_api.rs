@@ -181,7 +181,8 @@ async fn each_bad_record_lands_in_the_dead_letter_file_and_the_stream_keeps_flow
         good(2.0),
     ]
     .join("\n");
-    assert_eq!(s.push(&body).await, (200, json!({"accepted": 2, "dead_lettered": 7})));
+    let (status, summary) = s.push(&body).await;
+    assert_eq!((status, summary["accepted"].clone(), summary["dead_lettered"].clone()), (200, json!(2), json!(7)));
     assert_eq!(s.feature("c3", "amount_sum_1h").await["value"], json!(3.0));
     let dlq = s.project.stores.dead_letters.path.join("tx.dlq");
     let lines: Vec<Value> =
@@ -191,6 +192,18 @@ async fn each_bad_record_lands_in_the_dead_letter_file_and_the_stream_keeps_flow
         reasons,
         ["malformed_json", "missing_key", "missing_timestamp", "wrong_type", "oversized", "key_too_long", "late"]
     );
+    // the answer says why, record by record, as the dead letters do
+    let answered: Vec<(i64, &str, &str)> = summary["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["index"].as_i64().unwrap(), e["reason"].as_str().unwrap(), e["message"].as_str().unwrap()))
+        .collect();
+    let lettered: Vec<(i64, &str, &str)> = lines
+        .iter()
+        .map(|l| (l["offset"].as_i64().unwrap(), l["reason"].as_str().unwrap(), l["message"].as_str().unwrap()))
+        .collect();
+    assert_eq!(answered, lettered, "{summary}");
     assert_eq!(lines[0]["payload"], json!("{\"card_id\": \"c3\", \"ts\": "), "original bytes kept");
     assert_eq!(lines[0]["offset"], json!(2), "NDJSON line number");
     assert!(lines[3]["message"].as_str().unwrap().contains("\"amount\" must be a number"));
@@ -630,5 +643,138 @@ feature_sets:
     let stamped =
         chrono::DateTime::parse_from_rfc3339(page["event_timestamp"].as_str().unwrap()).unwrap().timestamp_millis();
     assert!((before..=after).contains(&stamped), "the arrival time {stamped} in [{before}, {after}]");
+    s.stop().await;
+}
+
+/// Push bodies in every shape JSON producers write — NDJSON (LF or CRLF), a compact or
+/// pretty-printed array, one compact or pretty-printed object — with or without a UTF-8 byte
+/// order mark: every event is accepted, none is cut into lines that fail (RFC 8259 allows any
+/// whitespace between tokens; a BOM is not data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_bodies_of_every_json_shape_with_or_without_a_bom_are_read_whole() {
+    let s = server("{}").await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let mut shapes_seen = std::collections::BTreeSet::new();
+    for round in 0..60 {
+        let shape = next(5);
+        let count = if shape >= 3 { 1 } else { 1 + next(14) as usize };
+        let events: Vec<Value> = (0..count)
+            .map(|i| json!({"card_id": format!("b{round}"), "ts": now - i as i64, "amount": 1.5, "merchant": "m"}))
+            .collect();
+        let mut body = match shape {
+            0 => events.iter().map(Value::to_string).collect::<Vec<_>>().join(if next(2) == 0 { "\n" } else { "\r\n" }),
+            1 => serde_json::to_string(&events).unwrap(),
+            2 => serde_json::to_string_pretty(&events).unwrap(),
+            3 => events[0].to_string(),
+            _ => serde_json::to_string_pretty(&events[0]).unwrap(), // json.dumps(event, indent=2)
+        };
+        let bom = next(2) == 0;
+        if bom {
+            body.insert(0, '\u{feff}');
+        }
+        let (status, summary) = s.push(&body).await;
+        assert_eq!(status, 200, "shape {shape}, BOM {bom}: {summary}");
+        assert_eq!(
+            (summary["accepted"].clone(), summary["dead_lettered"].clone()),
+            (json!(count), json!(0)),
+            "shape {shape}, BOM {bom}: {body:?}"
+        );
+        shapes_seen.insert((shape, bom));
+    }
+    assert_eq!(shapes_seen.len(), 10, "every shape with and without a BOM: {shapes_seen:?}");
+
+    // what is neither one JSON value nor NDJSON is refused whole, naming the formats
+    let pretty = serde_json::to_string_pretty(&json!({"card_id": "x", "ts": now, "amount": 1})).unwrap();
+    for body in [format!("{pretty}\n{pretty}"), pretty.replace("\"amount\": 1", "\"amount\": ")] {
+        let (status, answer) = s.push(&body).await;
+        assert_eq!((status, answer["error"]["code"].clone()), (400, json!("malformed_body")), "{body}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains("NDJSON"), "{answer}");
+    }
+    // an NDJSON body with one broken line still dead-letters just that line
+    let lines = format!(
+        "{}\n{{\"card_id\": \"y\",\n{}",
+        json!({"card_id": "y", "ts": now, "amount": 1}),
+        json!({"card_id": "y", "ts": now, "amount": 2})
+    );
+    let (status, summary) = s.push(&lines).await;
+    assert_eq!(
+        (status, summary["accepted"].clone(), summary["dead_lettered"].clone()),
+        (200, json!(2), json!(1)),
+        "{summary}"
+    );
+    s.stop().await;
+}
+
+/// An entity key sent as a JSON number is the same key however it is written — `1001`,
+/// `1001.0`, `1.001e3` — on ingest and on every lookup route; a number that is no integer key is
+/// a 400 naming `entities.<key>[i]`, never a silent NOT_FOUND.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numeric_entity_keys_are_one_key_however_they_are_written() {
+    let s = server("{}").await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let events = json!([{"card_id": 1001, "ts": now - 2_000, "amount": 4.5, "merchant": "m1"},
+                        {"card_id": 1001.0, "ts": now - 1_000, "amount": 1.5, "merchant": "m2"}]);
+    let (status, summary) = s.push(&events.to_string()).await;
+    assert_eq!((status, summary["accepted"].clone()), (200, json!(2)), "{summary}");
+    for written in ["1001", "1001.0", "1.001e3", "\"1001\""] {
+        let body: Value = serde_json::from_str(&format!(
+            r#"{{"features": ["cards.amount_count_1h", "cards.merchant"], "entities": {{"card_id": [{written}]}}}}"#
+        ))
+        .unwrap();
+        let (status, answer) = s.post("/v1/features", body).await;
+        assert_eq!(status, 200, "{written}: {answer}");
+        assert_eq!(answer["rows"][0]["values"], json!([2, "m2"]), "{written}: {answer}");
+        let feast: Value = serde_json::from_str(&format!(
+            r#"{{"features": ["cards:amount_count_1h"], "entities": {{"card_id": [{written}]}}}}"#
+        ))
+        .unwrap();
+        let (status, answer) = s.post("/get-online-features", feast).await;
+        assert_eq!((status, answer["results"][1]["values"].clone()), (200, json!([2])), "{written}: {answer}");
+    }
+    for (written, why) in [("1001.5", "not an integer"), ("1e20", "too large"), ("true", "got true")] {
+        let body: Value = serde_json::from_str(&format!(
+            r#"{{"features": ["cards.merchant"], "entities": {{"card_id": ["x", {written}]}}}}"#
+        ))
+        .unwrap();
+        let (status, answer) = s.post("/v1/features", body).await;
+        let message = answer["error"]["message"].as_str().unwrap_or_default().to_string();
+        assert_eq!(status, 400, "{written}: {answer}");
+        assert!(message.contains("entities.card_id[1]") && message.contains(why), "{written}: {message}");
+    }
+    s.stop().await;
+}
+
+/// Feast refuses features of one name from two views unless `full_feature_names` is set; so do we.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feast_feature_name_collisions_are_refused_as_feast_does() {
+    let s = server("{}").await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let change = json!({"before": null, "after": {"customer_id": 7, "merchant": "m9"}, "op": "c",
+                        "source": {"connector": "postgresql", "ts_ms": now - 1_000, "lsn": 1}});
+    assert_eq!(s.push_to("customers", &change.to_string()).await.0, 200);
+    let request = |full: bool| {
+        json!({"features": ["cards:merchant", "customers:merchant"], "entities": {"card_id": ["c1"], "customer_id": [7]},
+               "full_feature_names": full})
+    };
+    let (status, answer) = s.post("/get-online-features", request(false)).await;
+    assert_eq!((status, answer["error"]["code"].clone()), (400, json!("feature_name_collision")), "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"merchant\" (in cards, customers)") && message.contains("full_feature_names"),
+        "{message}"
+    );
+    let (status, answer) = s.post("/get-online-features", request(true)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["metadata"]["feature_names"],
+        json!(["card_id", "customer_id", "cards__merchant", "customers__merchant"])
+    );
     s.stop().await;
 }

@@ -61,6 +61,8 @@ pub fn records(
         .enumerate()
         .filter(|(_, line)| !matches!(line, Ok(l) if l.iter().all(u8::is_ascii_whitespace)))
         .map(move |(i, line)| {
+            // a byte order mark before the first line is not data
+            let line = line.map(|bytes| if i == 0 { crate::decode::without_bom(&bytes).to_vec() } else { bytes });
             line.map(|bytes| record(i + 1, bytes)).map_err(|source| ReplayError::Io { path: owned.clone(), source })
         });
     Ok(Box::new(lines))
@@ -96,4 +98,21 @@ pub fn count(path: &Path) -> Result<u64, ReplayError> {
         n += u64::from(!line.map_err(io)?.iter().all(u8::is_ascii_whitespace));
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_line_is_not_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.ndjson");
+        std::fs::write(&path, "\u{feff}{\"id\": 1}\r\n{\"id\": 2}\n").unwrap();
+        let payloads: Vec<Vec<u8>> = records(&path, 0).unwrap().map(|r| r.unwrap().payload).collect();
+        assert_eq!(payloads[0], b"{\"id\": 1}\r");
+        for payload in &payloads {
+            assert!(serde_json::from_slice::<serde_json::Value>(payload).is_ok(), "{payload:?}");
+        }
+    }
 }

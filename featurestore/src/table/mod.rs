@@ -246,11 +246,15 @@ pub fn row_values(row: Option<&TableRow>) -> Vec<FeatureValue> {
     }
 }
 
-/// A key as text: strings as is, other JSON values as JSON.
+/// A key as text: strings as is, integral numbers as the integer (as ingest keys them), other
+/// JSON values as JSON.
 fn key_text(value: &Value) -> Option<CompactString> {
     match value {
         Value::Null => None,
         Value::String(s) => Some(CompactString::from(s.as_str())),
+        Value::Number(n) => {
+            Some(CompactString::from(fathom_ingest::decode::number_key(n).unwrap_or_else(|_| n.to_string())))
+        }
         other => Some(CompactString::from(other.to_string())),
     }
 }
