@@ -738,6 +738,36 @@ async fn numeric_entity_keys_are_one_key_however_they_are_written() {
         let (status, answer) = s.post("/get-online-features", feast).await;
         assert_eq!((status, answer["results"][1]["values"].clone()), (200, json!([2])), "{written}: {answer}");
     }
+    // over the range: integers up to ±2^53 pushed as integers, looked up written with a
+    // fraction or an exponent (and the other way round)
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut keys = Vec::new();
+    for i in 0..40 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let magnitude = 10f64.powf((state % 1_000) as f64 / 1_000.0 * 15.0) as i64; // 7 × up to 1e15 < 2^53
+        let key = if i % 2 == 0 { magnitude } else { -magnitude } * 7 + i; // distinct keys
+        keys.push(key);
+        let written = if i % 3 == 0 { format!("{key}.0") } else { key.to_string() };
+        let event = format!(r#"{{"card_id": {written}, "ts": {now}, "amount": 1, "merchant": "k{i}"}}"#);
+        assert_eq!(s.push(&event).await.1["accepted"], json!(1), "{event}");
+    }
+    let forms = |key: i64| [key.to_string(), format!("{key}.0"), format!("{}e0", key), format!("\"{key}\"")];
+    for (i, key) in keys.iter().enumerate() {
+        for written in forms(*key) {
+            let body: Value = serde_json::from_str(&format!(
+                r#"{{"features": ["cards.merchant"], "entities": {{"card_id": [{written}]}}}}"#
+            ))
+            .unwrap();
+            let (status, answer) = s.post("/v1/features", body).await;
+            assert_eq!(
+                (status, answer["rows"][0]["values"][0].clone()),
+                (200, json!(format!("k{i}"))),
+                "{written}: {answer}"
+            );
+        }
+    }
     for (written, why) in [("1001.5", "not an integer"), ("1e20", "too large"), ("true", "got true")] {
         let body: Value = serde_json::from_str(&format!(
             r#"{{"features": ["cards.merchant"], "entities": {{"card_id": ["x", {written}]}}}}"#
