@@ -195,10 +195,16 @@ fn payload(value: Value) -> Value {
     }
 }
 
+/// A row: an object, or — as the MongoDB connector sends its documents — a string holding one
+/// (MongoDB extended JSON, whose typed values such as `{"$numberLong": "1004"}` stay objects).
 fn object(value: Option<Value>, what: &str) -> Result<Option<Map<String, Value>>, Refusal> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(map)) => Ok(Some(map)),
+        Some(Value::String(text)) => match serde_json::from_str(&text) {
+            Ok(Value::Object(map)) => Ok(Some(map)),
+            _ => Err(malformed(format!("`{what}` is a string but not a JSON document: {text:?}"))),
+        },
         Some(other) => Err(malformed(format!("`{what}` must be an object or null, got {other}"))),
     }
 }
@@ -371,7 +377,7 @@ pub fn decode(
     };
     let table = match (
         source.get("schema").or(source.get("db")).and_then(Value::as_str),
-        source.get("table").and_then(Value::as_str),
+        source.get("table").or(source.get("collection")).and_then(Value::as_str),
     ) {
         (Some(schema), Some(table)) => Some(format!("{schema}.{table}")),
         (None, Some(table)) => Some(table.to_string()),

@@ -191,3 +191,26 @@ fn unavailable_values_are_taken_out_of_the_row_and_named() {
     let c = unwrap(decode(None, value.to_string().as_bytes(), &["id".to_string()], "??"));
     assert_eq!(c.unavailable, ["notes"]);
 }
+
+#[test]
+fn mongodb_documents_arrive_as_json_strings_and_decode_as_rows() {
+    // the MongoDB connector's change event (Debezium documentation): `after` is a string of
+    // extended JSON, `source` has `rs`, `collection`, `ord`, and a boolean `snapshot`
+    let value = json!({
+        "after": "{\"_id\": {\"$numberLong\": \"1004\"},\"first_name\": \"Anne\",\"last_name\": \"Kretchmar\",\"email\": \"annek@noanswer.org\"}",
+        "source": {"version": "2.7.3.Final", "connector": "mongodb", "name": "fulfillment", "ts_ms": 1_558_965_508_000i64,
+                   "snapshot": false, "db": "inventory", "rs": "rs0", "collection": "customers", "ord": 31},
+        "op": "c", "ts_ms": 1_558_965_515_240i64});
+    let key = json!({"id": "1004"});
+    let c = unwrap(change(&value, Some(&key)));
+    let after = c.after.unwrap();
+    assert_eq!((after["first_name"].clone(), after["_id"].clone()), (json!("Anne"), json!({"$numberLong": "1004"})));
+    assert_eq!(c.key, json!({"id": "1004"}).as_object().unwrap().clone());
+    assert_eq!(c.table.as_deref(), Some("inventory.customers"));
+    assert_eq!(c.snapshot.as_deref(), Some("false"));
+    assert_eq!(c.position, Some(LogPosition { connector: Connector::MongoDb, parts: [1_558_965_508_000, 31, 0] }));
+    // a string that is not a document is refused with the reason
+    let bad = json!({"after": "not json", "source": {"connector": "mongodb", "ts_ms": 1, "ord": 1}, "op": "c"});
+    let refused = change(&bad, Some(&key)).unwrap_err();
+    assert!(refused.message.contains("not a JSON document"), "{}", refused.message);
+}
