@@ -429,7 +429,25 @@ async fn activate(
 }
 
 /// A delivery's result: (id, Ok(HTTP status or 0 for a topic) | Err(why, permanent)).
-type DeliveryResult = (String, Result<(u16, String), (String, bool)>);
+type DeliveryResult = (String, Result<(u16, String), Failure>);
+
+/// Why a delivery attempt failed.
+#[derive(Debug, Clone)]
+struct Failure {
+    /// What went wrong.
+    why: String,
+    /// Whether trying again cannot help (a 4xx other than 408/425/429, a missing secret).
+    permanent: bool,
+    /// The HTTP status answered; 0 when there was no answer.
+    status: u16,
+}
+
+impl Failure {
+    /// A failure without an HTTP answer.
+    fn unanswered(why: String, permanent: bool) -> Failure {
+        Failure { why, permanent, status: 0 }
+    }
+}
 
 struct Monitor {
     project: Arc<Project>,
@@ -863,7 +881,7 @@ impl Monitor {
                         let result = publish(producer, &dir, &d.model, &d.body)
                             .await
                             .map(|()| (0, String::new()))
-                            .map_err(|e| (e, false));
+                            .map_err(|e| Failure::unanswered(e, false));
                         let _ = tx.send((id, result)).await;
                     });
                 }
@@ -890,9 +908,10 @@ impl Monitor {
                                 Ok(Some(token)) => r = r.bearer_auth(token),
                                 Ok(None) => {}
                                 Err(e) => {
-                                    let _ = self
-                                        .results_tx
-                                        .try_send((id, Err((format!("retrain.kubeflow.token: {e}"), true))));
+                                    let _ = self.results_tx.try_send((
+                                        id,
+                                        Err(Failure::unanswered(format!("retrain.kubeflow.token: {e}"), true)),
+                                    ));
                                     continue;
                                 }
                             }
@@ -915,7 +934,7 @@ impl Monitor {
     }
 
     /// A delivery finished: drop it, or schedule the next attempt.
-    fn delivered(&mut self, id: &str, result: Result<(u16, String), (String, bool)>) {
+    fn delivered(&mut self, id: &str, result: Result<(u16, String), Failure>) {
         self.in_flight.remove(id);
         let Some(index) = self.outbox.iter().position(|d| d.id == id) else { return };
         let mut d = self.outbox[index].clone();
@@ -929,10 +948,10 @@ impl Monitor {
         .unwrap_or(12);
         let finished = match &result {
             Ok(_) => true,
-            Err((_, permanent)) => *permanent || d.attempts >= max,
+            Err(failure) => failure.permanent || d.attempts >= max,
         };
         if !finished {
-            let (why, _) = result.as_ref().err().cloned().unwrap_or_default();
+            let why = result.as_ref().err().map(|f| f.why.clone()).unwrap_or_default();
             let backoff = 1000i64 * (1i64 << d.attempts.min(9)).min(300);
             tracing::warn!(delivery = %d.id, attempt = d.attempts, error = %why, retry_in_ms = backoff, "delivery failed; retrying");
             d.due_ms = now_ms() + backoff;
@@ -943,7 +962,7 @@ impl Monitor {
         self.urgent = true;
         let (status, detail, ok) = match &result {
             Ok((status, body)) => (*status, body.clone(), true),
-            Err((why, _)) => (0, why.clone(), false),
+            Err(failure) => (failure.status, failure.why.clone(), false),
         };
         if !ok {
             tracing::error!(delivery = %d.id, attempts = d.attempts, error = %detail, "delivery failed for good");
@@ -1109,7 +1128,7 @@ fn signed(
     d: &Delivery,
     secret: Option<&str>,
     event: &str,
-) -> Result<reqwest::RequestBuilder, (String, bool)> {
+) -> Result<reqwest::RequestBuilder, Failure> {
     let mut request = http
         .post(url)
         .header("Content-Type", "application/json")
@@ -1118,22 +1137,24 @@ fn signed(
         .header("Idempotency-Key", &d.id)
         .body(d.body.clone());
     if let Some(secret) = secret {
-        let key = fathom_ingest::config::resolve_secret(secret).map_err(|e| (format!("secret: {e}"), true))?;
+        let key = fathom_ingest::config::resolve_secret(secret)
+            .map_err(|e| Failure::unanswered(format!("secret: {e}"), true))?;
         request = request.header("X-Fathom-Signature", signature(key.as_bytes(), d.body.as_bytes()));
     }
     Ok(request)
 }
 
 /// Sends; 2xx is done, 408/425/429/5xx and connection failures are retried, other 4xx are not.
-async fn send(request: Result<reqwest::RequestBuilder, (String, bool)>) -> Result<(u16, String), (String, bool)> {
-    let response = request?.send().await.map_err(|e| (e.without_url().to_string(), false))?;
+async fn send(request: Result<reqwest::RequestBuilder, Failure>) -> Result<(u16, String), Failure> {
+    let response = request?.send().await.map_err(|e| Failure::unanswered(e.without_url().to_string(), false))?;
     let status = response.status().as_u16();
     let body: String = response.text().await.unwrap_or_default().chars().take(2000).collect();
     if (200..300).contains(&status) {
         return Ok((status, body));
     }
     let retry = matches!(status, 408 | 425 | 429) || status >= 500;
-    Err((format!("HTTP {status}: {}", body.chars().take(200).collect::<String>()), !retry))
+    let why = format!("HTTP {status}: {}", body.chars().take(200).collect::<String>());
+    Err(Failure { why, permanent: !retry, status })
 }
 
 /// A record on [`RETRAIN_TOPIC`] (Kafka), or a line in `<monitoring dir>/fathom.retrain.ndjson`.

@@ -246,19 +246,21 @@ models:
     let score: f64 = field(model, "score").unwrap().parse().unwrap();
     assert!(score < 0.5 && field(model, "status").as_deref() == Some("no_drift"), "the model's thresholds: {model}");
     // a delivery record per alert, by its id (`<model>:alert:<rule index>:<window end>:fired`)
-    let delivery = |rule: usize| -> (String, Option<String>) {
+    let delivery = |rule: usize| -> (String, Option<String>, Option<String>) {
         let id = format!("id=\"churn:alert:{rule}:");
         let line = points
             .lines()
             .find(|l| l.starts_with("fathom_alert_deliveries,") && l.contains(&id))
             .unwrap_or_else(|| panic!("rule {rule}'s delivery in {points}"));
         let outcome = line.split(",outcome=").nth(1).unwrap().split([',', ' ']).next().unwrap().to_string();
-        (outcome, field(line, "attempts"))
+        (outcome, field(line, "attempts"), field(line, "status"))
     };
-    let record = |outcome: &str, attempts: &str| (outcome.to_string(), Some(attempts.to_string()));
-    assert_eq!(delivery(0), record("delivered", "1"));
-    assert_eq!(delivery(1), record("failed", "1"), "a 4xx fails at once");
-    assert_eq!(delivery(2), record("failed", "2"), "max_attempts exhausted");
+    let record = |outcome: &str, attempts: &str, status: &str| {
+        (outcome.to_string(), Some(attempts.to_string()), Some(status.to_string()))
+    };
+    assert_eq!(delivery(0), record("delivered", "1", "200"));
+    assert_eq!(delivery(1), record("failed", "1", "400"), "a 4xx fails at once, its status recorded");
+    assert_eq!(delivery(2), record("failed", "2", "500"), "max_attempts exhausted");
     // each alert's points carry its configured name
     for name in ["low\\ recall", "rejected", "flaky"] {
         let tag = format!(",rule={name}");
