@@ -247,28 +247,36 @@ pub fn split_body(body: &[u8], source: usize) -> Result<Vec<Record>, ApiError> {
             ApiError::BadRequest("malformed_body", format!("body starts like a JSON array but is not one: {e}"))
         })?;
         items.into_iter().enumerate().map(|(i, raw)| record(i, raw.get().as_bytes().to_vec())).collect()
-    } else if serde_json::from_slice::<&RawValue>(body).is_ok() {
-        // one JSON value, however it is laid out over lines (e.g. pretty-printed)
-        vec![record(1, body.trim_ascii().to_vec())]
     } else {
         let lines: Vec<(usize, &[u8])> = body
             .split(|b| *b == b'\n')
             .enumerate()
             .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
             .collect();
-        // NDJSON has one value per line: a body whose values spread over lines is neither
-        // form, and is refused whole rather than cut into lines that each fail
+        // one pass over the body as a stream of JSON values decides its form: one value (laid
+        // out over any number of lines, e.g. pretty-printed), NDJSON (one value per line), or
+        // values spread over lines — neither, refused whole rather than cut into lines that each
+        // fail. A body that does not parse is NDJSON whose bad lines are dead-lettered, unless
+        // its first line only opens a value.
         let values = serde_json::Deserializer::from_slice(body).into_iter::<&RawValue>().collect::<Result<Vec<_>, _>>();
         let opens_a_value = |line: &[u8]| matches!(line.trim_ascii(), b"{" | b"[");
-        if values.is_ok_and(|v| v.len() != lines.len()) || lines.first().is_some_and(|(_, l)| opens_a_value(l)) {
-            return Err(ApiError::BadRequest(
-                "malformed_body",
-                "the body is neither one JSON value (an event, or an array of events) nor NDJSON (one event per line): \
-                 its values spread over several lines"
-                    .into(),
-            ));
+        match values {
+            Ok(values) if values.len() == 1 => vec![record(1, values[0].get().as_bytes().to_vec())],
+            Ok(values) if values.len() == lines.len() => {
+                lines.into_iter().map(|(i, line)| record(i + 1, line.to_vec())).collect()
+            }
+            Err(_) if !lines.first().is_some_and(|(_, l)| opens_a_value(l)) => {
+                lines.into_iter().map(|(i, line)| record(i + 1, line.to_vec())).collect()
+            }
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "malformed_body",
+                    "the body is neither one JSON value (an event, or an array of events) nor NDJSON (one event \
+                     per line): its values spread over several lines"
+                        .into(),
+                ))
+            }
         }
-        lines.into_iter().map(|(i, line)| record(i + 1, line.to_vec())).collect()
     };
     if records.len() > MAX_PUSH_RECORDS {
         return Err(ApiError::TooLarge(format!(

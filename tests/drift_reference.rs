@@ -5,18 +5,14 @@
 
 mod common;
 
+use common::Xorshift;
 use fathom_monitor::drift;
 use serde_json::Value;
 
 /// Deterministic counts: (reference, live) per case, 22 bins numeric or 6 categories.
 fn cases() -> Vec<(Vec<u64>, Vec<u64>)> {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % n
-    };
+    let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
+    let mut next = |n: u64| rng.below(n);
     (0..16)
         .map(|case| {
             let bins = if case % 2 == 0 { 22 } else { 6 };
@@ -121,7 +117,7 @@ fn drift_statistics_match_numpy_and_scipy() {
 fn binned_statistics_match_scipy_over_random_sizes_from_1_to_a_million() {
     // numeric windows of 1 … 10^6 values a side (log-uniform), from one bin to all 22, some the
     // same shape as the reference and some shifted; the KS p-value goes through every branch
-    let mut draws = Draws(0x5851_f42d_4c95_7f2d);
+    let mut draws = Xorshift(0x5851_f42d_4c95_7f2d);
     let mut cases = Vec::new();
     let mut budget = 8_000_000u64;
     while cases.len() < 40 {
@@ -132,7 +128,7 @@ fn binned_statistics_match_scipy_over_random_sizes_from_1_to_a_million() {
         budget -= n + m;
         let shape: Vec<f64> = (0..22).map(|_| if draws.uniform() < 0.2 { 0.0 } else { draws.uniform() }).collect();
         let shift = (draws.uniform() * 4.0) as usize; // 0: the same shape
-        let spread = |total: u64, offset: usize, draws: &mut Draws| -> Vec<u64> {
+        let spread = |total: u64, offset: usize, draws: &mut Xorshift| -> Vec<u64> {
             let mut counts = vec![0u64; 22];
             let weights: f64 = shape.iter().sum::<f64>().max(1e-9);
             for _ in 0..total.min(2_000) {
@@ -230,28 +226,6 @@ print(json.dumps([[float(r.statistic), float(r.pvalue)] for r in (ks_2samp(a, b)
     assert!(moderate >= 4, "p-values where the method matters: {expected:?}");
 }
 
-/// A deterministic sample source: uniform and normal draws (xorshift, Box–Muller).
-struct Draws(u64);
-
-impl Draws {
-    fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self, mean: f64, sd: f64) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        mean + sd * (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-
-    /// A size from 1 to 10^6, log-uniform.
-    fn size(&mut self) -> usize {
-        10f64.powf(self.uniform() * 6.0).floor().max(1.0) as usize
-    }
-}
-
 /// scipy's `ks_2samp(a, b)` (method `auto`) for each pair, the samples passed as raw float64
 /// files so that pairs of 10^6 values stay cheap.
 fn scipy_ks(cases: &[(Vec<f64>, Vec<f64>)]) -> Vec<(f64, f64)> {
@@ -297,7 +271,7 @@ fn assert_ks_like_scipy(cases: &[(Vec<f64>, Vec<f64>)], what: &[String]) {
 
 #[test]
 fn ks_p_values_match_scipy_on_the_reported_large_samples() {
-    let mut draws = Draws(0x853c_49e6_748f_ea9b);
+    let mut draws = Xorshift(0x853c_49e6_748f_ea9b);
     let reference: Vec<f64> = (0..4_999).map(|_| draws.normal(10.0, 1.0)).collect();
     let current: Vec<f64> = (0..6_007).map(|_| draws.normal(12.0, 1.0)).collect();
     let low: Vec<f64> = (0..4_500).map(|_| draws.uniform()).collect();
@@ -308,7 +282,7 @@ fn ks_p_values_match_scipy_on_the_reported_large_samples() {
 
 #[test]
 fn ks_p_values_match_scipy_over_random_sizes_from_1_to_a_million() {
-    let mut draws = Draws(0x9e37_79b9_7f4a_7c15);
+    let mut draws = Xorshift(0x9e37_79b9_7f4a_7c15);
     let (mut cases, mut what) = (Vec::new(), Vec::new());
     let mut budget = 6_000_000usize; // values in all, to bound the run
     for case in 0..60 {

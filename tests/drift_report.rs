@@ -102,13 +102,8 @@ const TOKENS: [&str; 24] = [
 fn csv_columns_are_typed_and_counted_as_pandas_reads_them() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("table.csv");
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % n
-    };
+    let mut rng = common::Xorshift(0x2545_f491_4f6c_dd1d);
+    let mut next = |n: u64| rng.below(n);
     // 60 columns of 200 rows: numbers with a random share of cells replaced by random tokens
     // (one token kind per column, so some columns only hold pandas' missing tokens and stay
     // numeric while others hold a look-alike and become text)

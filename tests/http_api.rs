@@ -654,13 +654,8 @@ feature_sets:
 async fn push_bodies_of_every_json_shape_with_or_without_a_bom_are_read_whole() {
     let s = server("{}").await;
     let now = chrono::Utc::now().timestamp_millis();
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % n
-    };
+    let mut rng = common::Xorshift(0x9e37_79b9_7f4a_7c15);
+    let mut next = |n: u64| rng.below(n);
     let mut shapes_seen = std::collections::BTreeSet::new();
     for round in 0..60 {
         let shape = next(5);
@@ -740,13 +735,10 @@ async fn numeric_entity_keys_are_one_key_however_they_are_written() {
     }
     // over the range: integers up to ±2^53 pushed as integers, looked up written with a
     // fraction or an exponent (and the other way round)
-    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut rng = common::Xorshift(0x2545_f491_4f6c_dd1d);
     let mut keys = Vec::new();
     for i in 0..40 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let magnitude = 10f64.powf((state % 1_000) as f64 / 1_000.0 * 15.0) as i64; // 7 × up to 1e15 < 2^53
+        let magnitude = 10f64.powf(rng.below(1_000) as f64 / 1_000.0 * 15.0) as i64; // 7 × up to 1e15 < 2^53
         let key = if i % 2 == 0 { magnitude } else { -magnitude } * 7 + i; // distinct keys
         keys.push(key);
         let written = if i % 3 == 0 { format!("{key}.0") } else { key.to_string() };

@@ -298,3 +298,37 @@ pub fn python_json(script: &str, args: &[&str], stdin: &str) -> serde_json::Valu
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
+
+/// A deterministic pseudo-random sequence (xorshift64), so that a failing property test replays.
+pub struct Xorshift(pub u64);
+
+impl Xorshift {
+    /// The next raw state.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// A float in (0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    /// A draw from N(mean, sd²) (Box–Muller).
+    pub fn normal(&mut self, mean: f64, sd: f64) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        mean + sd * (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+
+    /// A size from 1 to 10^6, log-uniform.
+    pub fn size(&mut self) -> usize {
+        10f64.powf(self.uniform() * 6.0).floor().max(1.0) as usize
+    }
+}
