@@ -4,7 +4,7 @@
 
 mod soak;
 
-pub use soak::{soak, SoakOptions};
+pub(crate) use soak::{soak, SoakOptions};
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -23,11 +23,11 @@ use rustc_hash::FxHashMap;
 use serde_json::Value;
 
 /// The benchmark's feature set: 5 functions × 3 windows over one column.
-pub const FEATURES: &str = "entity: card\nsource: tx\naggregations:\n  - { column: amount, functions: [count, sum, mean, max, stddev], windows: [10m, 1h, 24h], period: 1m }\n";
+pub(crate) const FEATURES: &str = "entity: card\nsource: tx\naggregations:\n  - { column: amount, functions: [count, sum, mean, max, stddev], windows: [10m, 1h, 24h], period: 1m }\n";
 
 /// Options.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Events.
     pub events: usize,
     /// Distinct keys.
@@ -59,7 +59,7 @@ fn events(n: usize, keys: usize) -> Vec<(u32, i64, f64)> {
 }
 
 /// The resident set of a process (`"self"` or a pid), KiB; 0 where /proc does not say.
-pub fn rss_kib(pid: &str) -> u64 {
+pub(crate) fn rss_kib(pid: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok());
     kib.unwrap_or(0)
@@ -70,7 +70,7 @@ fn rss_bytes() -> u64 {
 }
 
 /// Runs the benchmark and prints a report.
-pub fn run(options: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(options: &Options) -> anyhow::Result<()> {
     let plan = plan();
     let stream = events(options.events, options.keys);
     let names: Vec<String> = (0..options.keys).map(|k| format!("card-{k:06}")).collect();
@@ -162,7 +162,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 
 /// Options of the end-to-end benchmark.
 #[derive(Debug, Clone)]
-pub struct E2eOptions {
+pub(crate) struct E2eOptions {
     /// Kafka bootstrap servers.
     pub brokers: String,
     /// Redis URL.
@@ -179,7 +179,7 @@ pub struct E2eOptions {
 
 /// End-to-end benchmark scenarios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Scenario {
+pub(crate) enum Scenario {
     /// JSON transactions → 15 windowed features per card.
     Events,
     /// Debezium changes → the current row per key plus a retracting sum/mean/count per branch.
@@ -274,11 +274,11 @@ async fn run_until_applied(
     topic: &str,
     records: usize,
 ) -> anyhow::Result<f64> {
-    let project = std::sync::Arc::new(crate::config::parse(yaml).map_err(|e| anyhow::anyhow!("bench config: {e:?}"))?);
+    let project = std::sync::Arc::new(fathom_project::parse(yaml).map_err(|e| anyhow::anyhow!("bench config: {e:?}"))?);
     let redis = redis::Client::open(options.redis.as_str())?;
     let mut con = redis.get_multiplexed_async_connection().await?;
     let started = Instant::now();
-    let running = crate::pipeline::start(project).await?;
+    let running = fathom_runtime::pipeline::start(project).await?;
     let offsets: Vec<String> = (0..options.partitions).map(|p| online::offsets_key(group, topic, p)).collect();
     loop {
         let applied: Vec<Option<i64>> = redis::cmd("MGET").arg(&offsets).query_async(&mut con).await?;
@@ -289,13 +289,13 @@ async fn run_until_applied(
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let secs = started.elapsed().as_secs_f64();
-    crate::serve::stop(running).await?;
+    fathom_runtime::stop(running).await?;
     Ok(secs)
 }
 
 /// Broker → decode → aggregate → Redis: produces to fresh topics, then times the pipeline from
 /// start until every record is applied in Redis.
-pub async fn e2e(options: &E2eOptions) -> anyhow::Result<()> {
+pub(crate) async fn e2e(options: &E2eOptions) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 
     let run = format!("bench-{}", chrono::Utc::now().timestamp_millis());
@@ -410,7 +410,7 @@ fn report(what: &str, unit: &str, options: &E2eOptions, secs: f64) {
 
 /// Options of the training-set benchmark.
 #[derive(Debug, Clone)]
-pub struct DatasetOptions {
+pub(crate) struct DatasetOptions {
     /// Entity rows.
     pub rows: usize,
     /// Events in the offline store.
@@ -425,7 +425,7 @@ pub struct DatasetOptions {
 
 /// The benchmark's project: three feature sets over one source, two keyed by card, one by
 /// merchant.
-pub const DATASET_PROJECT: &str = r#"project: bench
+pub(crate) const DATASET_PROJECT: &str = r#"project: bench
 stores:
   offline: { parquet: { path: offline } }
 sources:
@@ -451,7 +451,7 @@ feature_sets:
 /// Point-in-time retrieval at scale: writes `events` over seven days to the offline store (as
 /// the pipeline would), `rows` entity rows, then times `fathom dataset` over all three feature
 /// sets, and pandas on the same files when asked.
-pub fn dataset(options: &DatasetOptions) -> anyhow::Result<()> {
+pub(crate) fn dataset(options: &DatasetOptions) -> anyhow::Result<()> {
     use fathom_featurestore::offline::{ColumnType, Layout, OfflineWriter, SourceSchema};
     use fathom_ingest::event::Event;
     use fathom_ingest::record::Coordinates;
@@ -523,19 +523,19 @@ pub fn dataset(options: &DatasetOptions) -> anyhow::Result<()> {
         writer.write(&batch)?;
         writer.close()?;
     }
-    let project = crate::config::load(&yaml)?;
+    let project = fathom_project::load(&yaml)?;
     let output = dir.join("train.parquet");
     let cwd = std::env::current_dir()?;
     std::env::set_current_dir(dir)?; // the project's offline path is relative, as users write it
                                      // peak RSS of the dataset alone: reset the high-water mark first (Linux)
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let started = Instant::now();
-    let summary = crate::training::dataset(
+    let summary = crate::commands::dataset::dataset(
         &project,
-        &crate::training::DatasetOptions {
+        &crate::commands::dataset::DatasetOptions {
             input: input.clone(),
             timestamp: "ts".into(),
-            features: crate::training::Features::List(vec![
+            features: crate::commands::dataset::Features::List(vec![
                 "cards.*".into(),
                 "cards_weekly.*".into(),
                 "merchants.*".into(),
@@ -581,7 +581,7 @@ fn peak_rss() -> String {
 /// Drift over a window: `rows` live values of each of `features` numeric features binned on the
 /// reference edges, then every statistic per feature and the model status; optionally numpy/scipy
 /// doing the same on data of the same shape in the same run.
-pub fn drift(rows: usize, features: usize, numpy_python: Option<&Path>) -> anyhow::Result<()> {
+pub(crate) fn drift(rows: usize, features: usize, numpy_python: Option<&Path>) -> anyhow::Result<()> {
     use fathom_monitor::drift;
     use fathom_monitor::profile::NumericProfile;
 
@@ -630,7 +630,7 @@ pub fn drift(rows: usize, features: usize, numpy_python: Option<&Path>) -> anyho
 /// `fathom bench monitor`: prediction records (50 numeric features by default) and labels for
 /// half of them pushed through the monitor — parse, join in the (embedded) online store, bin
 /// into windows, close windows, checkpoint — and the rate reported.
-pub async fn monitor(predictions: usize, features: usize, batch: usize) -> anyhow::Result<()> {
+pub(crate) async fn monitor(predictions: usize, features: usize, batch: usize) -> anyhow::Result<()> {
     use fathom_featurestore::online::{EmbeddedStore, OnlineStore};
     use fathom_ingest::record::{Coordinates, Record};
     use fathom_monitor::profile::{FeatureProfile, NumericProfile, Profile};
@@ -660,9 +660,9 @@ pub async fn monitor(predictions: usize, features: usize, batch: usize) -> anyho
         d = dir.display()
     );
     std::fs::write(dir.join("fathom.yaml"), yaml)?;
-    let project = Arc::new(crate::config::load(&dir.join("fathom.yaml"))?);
+    let project = Arc::new(fathom_project::load(&dir.join("fathom.yaml"))?);
     let store = OnlineStore::Embedded(Arc::new(EmbeddedStore::new()));
-    let running = crate::monitoring::start(project, store).await?.context("the model is monitored")?;
+    let running = fathom_runtime::monitoring::start(project, store).await?.context("the model is monitored")?;
     // one prediction every 10 ms of event time; half labelled a minute later
     let t0 = 1_767_225_600_000i64;
     let record = |i: usize, payload: Vec<u8>| Record {
@@ -696,9 +696,11 @@ pub async fn monitor(predictions: usize, features: usize, batch: usize) -> anyho
     }
     let started = Instant::now();
     for (p, l) in encoded {
-        for (kind, records) in [(crate::monitoring::Kind::Predictions, p), (crate::monitoring::Kind::Labels, l)] {
+        for (kind, records) in
+            [(fathom_runtime::monitoring::Kind::Predictions, p), (fathom_runtime::monitoring::Kind::Labels, l)]
+        {
             let (done, answer) = tokio::sync::oneshot::channel();
-            let push = crate::monitoring::MonitorPush { model: "bench".into(), kind, records, done };
+            let push = fathom_runtime::monitoring::MonitorPush { model: "bench".into(), kind, records, done };
             running.push.send(push).await.map_err(|_| anyhow::anyhow!("the monitor stopped"))?;
             answer.await?;
         }

@@ -120,7 +120,7 @@ fn the_compose_stack_matches_the_binary() {
     let (ok, out) = fathom(&["validate", "-c", config.to_str().unwrap()]);
     assert!(ok, "{out}");
     // the reference profile (relative to the config) is mounted too and is a profile
-    let project = fathom::config::load(&config).unwrap();
+    let project = fathom_project::load(&config).unwrap();
     for (model, m) in &project.models {
         let reference = m.reference.clone().unwrap_or_else(|| format!("profiles/{model}.json").into());
         let inside = Path::new(&config_at).parent().unwrap().join(&reference);
@@ -201,7 +201,7 @@ fn the_kubernetes_manifests_match_the_binary() {
         assert!(rendered.contains(&format!("name: {role}")), "{role} in the render: {rendered}");
     }
     let config = root().join("deploy/fathom.yaml");
-    let project = fathom::config::load(&config).unwrap();
+    let project = fathom_project::load(&config).unwrap();
     let secret = &documents(&dir.join("kubernetes/secret.example.yaml"))[0];
     let secret_keys: BTreeSet<String> =
         secret["stringData"].as_mapping().unwrap().keys().map(|k| k.as_str().unwrap().to_string()).collect();
@@ -216,7 +216,7 @@ fn the_kubernetes_manifests_match_the_binary() {
             container["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
         check_command(&args, name);
         let role = args.iter().skip_while(|a| *a != "--roles").nth(1).expect("--roles").clone();
-        fathom::pipeline::Roles::parse(&role).unwrap_or_else(|e| panic!("{name}: {e}"));
+        fathom_runtime::Roles::parse(&role).unwrap_or_else(|e| panic!("{name}: {e}"));
         roles.insert(role);
         let config_at = args.iter().skip_while(|a| *a != "-c").nth(1).expect("-c").clone();
         let mounts = container["volumeMounts"].as_sequence().unwrap();

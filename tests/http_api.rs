@@ -7,13 +7,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fathom::config::{self, Project};
-use fathom::{http, pipeline, serve};
+use fathom_api::{self as http, serve};
+use fathom_project::{self as config, Project};
+use fathom_runtime::pipeline;
 use serde_json::{json, Value};
 
 struct Server {
     base: String,
-    running: Option<fathom::pipeline::Running>,
+    running: Option<fathom_runtime::pipeline::Running>,
     _dir: tempfile::TempDir,
     project: Arc<Project>,
 }
@@ -397,7 +398,7 @@ async fn every_route_but_health_needs_a_token_with_its_scope() {
         .await
         .unwrap();
     let mut checked = 0;
-    for route in fathom::http::routes() {
+    for route in fathom_api::routes() {
         let operation = &document["paths"][route.path][route.method.to_lowercase()];
         assert!(operation.is_object(), "{} {} is not in the OpenAPI document", route.method, route.path);
         let concrete = route
@@ -438,7 +439,7 @@ async fn the_openapi_document_describes_every_route_and_its_schemas() {
         documented.extend(operations.as_object().unwrap().keys().map(|m| (m.to_uppercase(), path.clone())));
     }
     let mut served: Vec<(String, String)> =
-        fathom::http::routes().iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
+        fathom_api::routes().iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
     documented.sort();
     served.sort();
     assert_eq!(documented, served);

@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use common::{create_topics, free_port, produce, unique, Fathom};
-use fathom::config;
 use fathom_featurestore::definition::FeatureSetPlan;
 use fathom_featurestore::engine::{self, EntityState};
 use fathom_featurestore::lookup;
 use fathom_featurestore::online;
+use fathom_project as config;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};

@@ -196,9 +196,9 @@ fn profile(model: &str) -> Profile {
 async fn checkpointed(project: &str, topics: &[String]) -> i64 {
     let client = redis::Client::open(common::redis_url()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let key = fathom::monitoring::checkpoint_key(project);
+    let key = fathom_runtime::monitoring::checkpoint_key(project);
     let bytes: Option<Vec<u8>> = redis::cmd("HGET").arg(key).arg("state").query_async(&mut con).await.unwrap();
-    let offsets = bytes.map(|b| fathom::monitoring::checkpointed_offsets(&b).unwrap()).unwrap_or_default();
+    let offsets = bytes.map(|b| fathom_runtime::monitoring::checkpointed_offsets(&b).unwrap()).unwrap_or_default();
     offsets.iter().filter(|((topic, _), _)| topics.contains(topic)).map(|(_, next)| next).sum()
 }
 

@@ -14,8 +14,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::post;
 use axum::Router;
-use fathom::{config, http, pipeline, serve};
+use fathom_api::{self as http, serve};
 use fathom_monitor::profile::{CategoricalProfile, FeatureProfile, NumericProfile, Profile};
+use fathom_project as config;
+use fathom_runtime::pipeline;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 

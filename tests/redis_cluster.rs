@@ -5,10 +5,12 @@ mod common;
 
 use std::sync::Arc;
 
-use fathom::{config, pipeline, serve};
+use fathom_api::serve;
 use fathom_featurestore::lookup::{self, Status};
 use fathom_featurestore::online;
 use fathom_ingest::record::{Coordinates, Record};
+use fathom_project as config;
+use fathom_runtime::pipeline;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

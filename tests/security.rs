@@ -286,7 +286,8 @@ impl SaslBroker {
             return SaslBroker { port: tansu, ca: None, _tansu: guard };
         }
         let (ca, cert, key) = certificate(dir);
-        let acceptor = fathom::tls::acceptor(&fathom::tls::TlsConfig { cert: cert.into(), key: key.into() }).unwrap();
+        let acceptor =
+            fathom_api::tls::acceptor(&fathom_project::tls::TlsConfig { cert: cert.into(), key: key.into() }).unwrap();
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use axum::routing::post;
 use axum::{Json, Router};
-use fathom::config;
-use fathom::{http, pipeline, serve};
+use fathom_api::{self as http, serve};
+use fathom_project as config;
+use fathom_runtime::pipeline;
 use serde_json::{json, Value};
 
 static SLOW: AtomicBool = AtomicBool::new(true);

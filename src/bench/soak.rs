@@ -20,7 +20,7 @@ const FEATURES: &str = "entity: card\nsource: tx\naggregations:\n  - { column: a
 
 /// Options of the soak.
 #[derive(Debug, Clone, clap::Args)]
-pub struct SoakOptions {
+pub(crate) struct SoakOptions {
     /// Kafka bootstrap servers.
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub brokers: String,
@@ -74,7 +74,7 @@ async fn paced(per_sec: u64, end: Instant, mut tick: impl FnMut(u64)) {
 }
 
 /// Runs the soak and prints its figures.
-pub async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
+pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
     use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
     let run = format!("soak-{}", chrono::Utc::now().timestamp_millis());

@@ -9,12 +9,17 @@ use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::oneshot;
 
-use crate::config::Project;
-use crate::pipeline::{self, Push, PushSummary};
-use crate::serve;
+use fathom_api::serve;
+use fathom_project::Project;
+use fathom_runtime::pipeline::{self, Push, PushSummary};
 
 /// Replays `file` into `source`; serves the API afterwards when `then_serve`.
-pub async fn run(project: Arc<Project>, file: &Path, source: &str, then_serve: bool) -> anyhow::Result<PushSummary> {
+pub(crate) async fn run(
+    project: Arc<Project>,
+    file: &Path,
+    source: &str,
+    then_serve: bool,
+) -> anyhow::Result<PushSummary> {
     let index = project.source_index(source).with_context(|| {
         let known: Vec<_> = project.sources.iter().map(|(n, _)| n.as_str()).collect();
         format!("no source named {source:?} (declared: {})", known.join(", "))

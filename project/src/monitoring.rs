@@ -8,7 +8,7 @@ use fathom_monitor::performance::PositiveClass;
 use fathom_monitor::window::{rule_name, Settings};
 use serde::Deserialize;
 
-use crate::serving::ModelConfig;
+use crate::models::ModelConfig;
 
 /// `models.<m>.labels`.
 #[derive(Debug, Clone, Default, Deserialize)]

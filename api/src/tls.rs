@@ -3,12 +3,11 @@
 //! cannot hold the others back.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde::Deserialize;
+use fathom_project::tls::TlsConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
@@ -19,16 +18,6 @@ use tokio_rustls::TlsAcceptor;
 
 /// Longest a client may take to complete its handshake.
 const HANDSHAKE: Duration = Duration::from_secs(10);
-
-/// `server.tls`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM file with the server certificate, then its chain.
-    pub cert: PathBuf,
-    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-}
 
 /// Reads the certificate and key; errors name the field and file.
 pub fn acceptor(config: &TlsConfig) -> anyhow::Result<TlsAcceptor> {

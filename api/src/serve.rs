@@ -1,15 +1,17 @@
-//! `fathom serve`: the pipeline plus the HTTP API until SIGINT/SIGTERM, then a final checkpoint.
+//! Serving a running pipeline: the router's state, the listener (HTTP or HTTPS) until
+//! SIGINT/SIGTERM, then the runtime's final checkpoints.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use fathom_project::Project;
+use fathom_runtime::models::{ModelClient, PredictionLog, Sink};
+use fathom_runtime::pipeline::Running;
+
 use crate::auth::Tokens;
-use crate::config::Project;
-use crate::http::{self, AppState};
-use crate::pipeline::Running;
-use crate::serving::{ModelClient, PredictionLog, Sink};
+use crate::AppState;
 
 /// Installs the Prometheus recorder (once per process) and returns its handle.
 pub fn metrics() -> PrometheusHandle {
@@ -43,7 +45,8 @@ pub fn state(project: Arc<Project>, running: &Running) -> anyhow::Result<AppStat
     };
     let mut models = std::collections::BTreeMap::new();
     for (name, config) in &project.models {
-        let resolved = crate::serving::resolve_imputations(name, config.clone(), &project.reference_path(name))?;
+        let resolved =
+            fathom_runtime::models::resolve_imputations(name, config.clone(), &project.reference_path(name))?;
         let client = ModelClient::new(name, resolved, project.model_timeout_ms(config))
             .with_context(|| format!("models.{name}: building the HTTP client"))?;
         models.insert(name.clone(), Arc::new(client));
@@ -85,7 +88,7 @@ pub async fn serve_roles(project: Arc<Project>, running: Running, api: bool) -> 
     tracing::info!(address = %listener.local_addr()?, project = %project.name, api, tls, "serving");
     let mut app_state = state(project.clone(), &running)?;
     app_state.api = api;
-    let app = http::app(app_state);
+    let app = crate::app(app_state);
     match &project.server.tls {
         None => axum::serve(listener, app).with_graceful_shutdown(signal()).await.context("serving HTTP")?,
         Some(tls) => {
@@ -96,15 +99,7 @@ pub async fn serve_roles(project: Arc<Project>, running: Running, api: bool) -> 
     stop(running).await
 }
 
-/// Stops the pipeline and the monitor after their final checkpoints.
-pub async fn stop(running: Running) -> anyhow::Result<()> {
-    let _ = running.shutdown.send(true);
-    if let Some(monitor) = running.monitor {
-        let _ = monitor.shutdown.send(true);
-        monitor.task.await.context("monitor task")?.context("monitor")?;
-    }
-    running.task.await.context("pipeline task")?.context("pipeline")
-}
+pub use fathom_runtime::stop;
 
 async fn signal() {
     let ctrl_c = async {

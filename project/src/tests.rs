@@ -1,4 +1,5 @@
 use super::*;
+use std::path::Path;
 
 fn problems(yaml: &str) -> Vec<String> {
     match parse(yaml) {
@@ -10,7 +11,7 @@ fn problems(yaml: &str) -> Vec<String> {
 
 #[test]
 fn every_example_config_in_the_repo_parses() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace");
     let mut seen = 0;
     for dir in ["examples", "deploy"] {
         let Ok(files) = std::fs::read_dir(root.join(dir)) else {
@@ -25,7 +26,6 @@ fn every_example_config_in_the_repo_parses() {
             }
         }
     }
-    parse(crate::demo::CONFIG).expect("the embedded demo config parses");
     assert!(seen >= 1, "no example configs found");
 }
 

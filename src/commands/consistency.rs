@@ -1,160 +1,25 @@
-//! `fathom dataset` (point-in-time training sets from the offline store) and `fathom consistency`
-//! (online values against the same values recomputed offline), wired to the project file and a
-//! progress bar.
+//! `fathom consistency`: online values against the same values recomputed offline by the code
+//! `fathom dataset` runs.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray};
-use fathom_featurestore::dataset::{self, Progress};
+use fathom_featurestore::dataset;
 use fathom_featurestore::online::{EmbeddedStore, OnlineStore, RedisStore};
 use fathom_featurestore::vector::Vector;
-use indicatif::{ProgressBar, ProgressStyle};
+use fathom_project::Project;
 use serde_json::Value;
 
-use crate::config::Project;
-
-/// What the features are: references, a feature vector or a model.
-#[derive(Debug, Clone)]
-pub enum Features {
-    /// References (`set.feature`, `set.*`, `table.column`).
-    List(Vec<String>),
-    /// A `feature_vectors` entry.
-    Vector(String),
-    /// A model's stored features.
-    Model(String),
-}
-
-fn resolve(project: &Project, features: &Features) -> anyhow::Result<Vector> {
-    let references = match features {
-        Features::List(list) if list.is_empty() => anyhow::bail!("name the features: --features, --vector or --model"),
-        Features::List(list) => list.clone(),
-        Features::Vector(name) => project
-            .vectors
-            .get(name)
-            .cloned()
-            .with_context(|| format!("no feature vector named {name:?} under `feature_vectors`"))?,
-        Features::Model(name) => project
-            .models
-            .get(name)
-            .with_context(|| format!("no model named {name:?} under `models`"))?
-            .features
-            .clone(),
-    };
-    project.catalog().resolve(&references).map_err(anyhow::Error::msg)
-}
-
-/// An indicatif bar per phase.
-struct Bar(Mutex<Option<ProgressBar>>);
-
-impl Progress for Bar {
-    fn phase(&self, name: &str, total: Option<u64>) {
-        let mut current = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(bar) = current.take() {
-            bar.finish();
-        }
-        let bar = match total {
-            Some(total) => ProgressBar::new(total).with_style(
-                ProgressStyle::with_template(
-                    "{msg:>24} [{elapsed_precise}] {wide_bar} {pos}/{len}, {per_sec}, ETA {eta}",
-                )
-                .expect("valid template"),
-            ),
-            None => ProgressBar::new_spinner().with_style(
-                ProgressStyle::with_template("{msg:>24} [{elapsed_precise}] {spinner} {pos} rows, {per_sec}")
-                    .expect("valid template"),
-            ),
-        };
-        bar.set_message(name.to_string());
-        *current = Some(bar);
-    }
-
-    fn advance(&self, n: u64) {
-        if let Some(bar) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            bar.inc(n);
-        }
-    }
-}
-
-impl Bar {
-    fn finish(&self) {
-        if let Some(bar) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            bar.finish();
-        }
-    }
-}
-
-/// Options of `fathom dataset`.
-#[derive(Debug, Clone)]
-pub struct DatasetOptions {
-    /// Entity rows (Parquet or CSV).
-    pub input: PathBuf,
-    /// Their timestamp column.
-    pub timestamp: String,
-    /// The features.
-    pub features: Features,
-    /// Output Parquet.
-    pub output: PathBuf,
-    /// Read zone-less timestamps as UTC.
-    pub assume_utc: bool,
-    /// Add status columns.
-    pub statuses: bool,
-    /// Hash partitions.
-    pub shards: usize,
-    /// Show a progress bar.
-    pub progress: bool,
-}
-
-fn sources(project: &Project) -> Vec<(String, String, bool)> {
-    project
-        .sources
-        .iter()
-        .map(|(n, s)| (n.clone(), s.key.clone(), s.format == fathom_ingest::config::Format::Debezium))
-        .collect()
-}
-
-/// Builds a training set; returns its summary.
-pub fn dataset(project: &Project, options: &DatasetOptions) -> anyhow::Result<dataset::Summary> {
-    let vector = resolve(project, &options.features)?;
-    let scratch = options.output.with_extension("fathom-scratch");
-    let sources = sources(project);
-    let offline = project.stores.offline.parquet.path.clone(); // as the pipeline writes it
-    let request = dataset::Request {
-        catalog: project.catalog(),
-        vector: &vector,
-        sources: &sources,
-        offline_root: &offline,
-        input: &options.input,
-        timestamp: &options.timestamp,
-        assume_utc: options.assume_utc,
-        output: &options.output,
-        statuses: options.statuses,
-        shards: options.shards,
-        scratch: &scratch,
-    };
-    let bar = Bar(Mutex::new(None));
-    let silent = Silent;
-    let progress: &dyn Progress = if options.progress { &bar } else { &silent };
-    let summary = dataset::build(&request, progress);
-    bar.finish();
-    let _ = std::fs::remove_dir_all(&scratch);
-    Ok(summary?)
-}
-
-struct Silent;
-
-impl Progress for Silent {
-    fn phase(&self, _: &str, _: Option<u64>) {}
-    fn advance(&self, _: u64) {}
-}
+use super::dataset::{dataset as build, resolve, DatasetOptions, Features};
 
 /// One feature's comparison.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct FeatureReport {
+pub(crate) struct FeatureReport {
     /// Entities compared.
     pub compared: u64,
     /// Entities whose online and offline values differ (beyond 1e-9 relative for numbers) or
@@ -167,7 +32,7 @@ pub struct FeatureReport {
 
 /// Samples up to `sample` entities of each key field from the offline store, reads their values
 /// online and recomputes them offline as of the same instant; per feature, the mismatches.
-pub async fn consistency(
+pub(crate) async fn consistency(
     project: Arc<Project>,
     features: &Features,
     sample: usize,
@@ -215,7 +80,7 @@ pub async fn consistency(
         shards: 4,
         progress: false,
     };
-    dataset(&project, &options)?;
+    build(&project, &options)?;
     let online = project.catalog().read(&store, &vector, &rows, at_ms).await?;
     let offline = read_values(&output, &vector, n)?;
     let mut report: BTreeMap<String, FeatureReport> = BTreeMap::new();
@@ -363,4 +228,21 @@ fn read_values(path: &Path, vector: &Vector, n: usize) -> anyhow::Result<Vec<Vec
         }
     }
     Ok(out)
+}
+
+/// `fathom consistency`: prints each feature's comparison; an error when any value differs.
+pub(crate) async fn run(config: &Path, features: &Features, sample: usize) -> anyhow::Result<()> {
+    let project = super::load(Some(&config.to_path_buf()))?;
+    let at = chrono::Utc::now().timestamp_millis();
+    let report = consistency(project, features, sample, at).await?;
+    let mut mismatches = 0;
+    for (feature, r) in &report {
+        mismatches += r.mismatches;
+        println!("{feature}: {} compared, {} mismatches", r.compared, r.mismatches);
+        if let Some((key, online, offline)) = &r.worst {
+            println!("  worst: {key}: online {online}, offline {offline}");
+        }
+    }
+    anyhow::ensure!(mismatches == 0, "{mismatches} mismatches between online and offline values");
+    Ok(())
 }

@@ -13,16 +13,16 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::config::{self, Project};
-use crate::pipeline::{self, Push, PushSummary, Running};
-use crate::serve;
+use fathom_api::serve;
+use fathom_project::{self as config, Project};
+use fathom_runtime::pipeline::{self, Push, PushSummary, Running};
 
 /// The demo's project file; also what `fathom serve` runs without `-c`.
-pub const CONFIG: &str = include_str!("../examples/demo.fathom.yaml");
+pub(crate) const CONFIG: &str = include_str!("../../examples/demo.fathom.yaml");
 
 /// Options of the demo.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Cards in the stream.
     pub cards: usize,
     /// Transactions of history (spread over the last two hours).
@@ -115,7 +115,7 @@ fn short(name: &str) -> String {
 }
 
 /// Writes the demo model's reference profile (what its training set looked like) if missing.
-pub fn prepare(project: &Project) -> anyhow::Result<()> {
+pub(crate) fn prepare(project: &Project) -> anyhow::Result<()> {
     use fathom_monitor::profile::{CategoricalProfile, FeatureProfile, NumericProfile, Profile};
     let path = project.reference_path("fraud");
     if path.exists() {
@@ -169,9 +169,9 @@ fn purchase(rng: &mut SmallRng, wave: bool) -> (&'static str, f64) {
 /// Two hours of the fraud model's predictions — a fraud wave in the last 40 minutes — and most of
 /// their labels, through the monitor; then each window's drift and accuracy.
 async fn monitoring(project: &Project, running: &Running, now: i64) -> anyhow::Result<()> {
-    use crate::monitoring::{Kind, MonitorPush};
+    use fathom_runtime::monitoring::{Kind, MonitorPush};
     let monitor = running.monitor.as_ref().context("the demo model is monitored")?;
-    let points = crate::monitoring::monitoring_dir(project).join("points.lp");
+    let points = fathom_runtime::monitoring::monitoring_dir(project).join("points.lp");
     let seen = std::fs::metadata(&points).map_or(0, |m| m.len());
     let mut rng = SmallRng::seed_from_u64(11);
     let (n, start) = (24_000usize, now - 7_200_000);
@@ -262,7 +262,7 @@ async fn monitoring(project: &Project, running: &Running, now: i64) -> anyhow::R
 }
 
 /// Runs the demo.
-pub async fn run(options: Options) -> anyhow::Result<()> {
+pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     let mut project = config::parse(CONFIG).map_err(|e| anyhow::anyhow!("demo config: {e:?}"))?;
     if let Some(listen) = options.listen {
         project.server.listen = listen;
@@ -334,7 +334,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 /// `transactions`, the fraud model's prediction records on `fraud.predictions` and most of their
 /// labels on `fraud.labels` a few seconds later — with a fraud wave for `wave` out of every
 /// `period` (wall clock). For the compose stack; runs until stopped.
-pub async fn produce(brokers: &str, rate: u64, period: Duration, wave: Duration) -> anyhow::Result<()> {
+pub(crate) async fn produce(brokers: &str, rate: u64, period: Duration, wave: Duration) -> anyhow::Result<()> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -384,5 +384,13 @@ pub async fn produce(brokers: &str, rate: u64, period: Duration, wave: Duration)
         if sent % (rate * 60).max(1) < per_tick {
             tracing::info!(sent, in_wave, "demo producer");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_embedded_demo_config_parses() {
+        fathom_project::parse(super::CONFIG).expect("the embedded demo config parses");
     }
 }

@@ -1,0 +1,65 @@
+//! The Kafka consumer task both loops read batches from.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fathom_ingest::kafka::{Committer, KafkaSource};
+use fathom_ingest::record::Record;
+use fathom_project::Project;
+use tokio::sync::mpsc;
+
+use crate::health::Health;
+
+/// Reads batches (up to `processing.batch_size`, `processing.linger`) in a task of their own,
+/// retrying errors every second; the monitor's consumer reads the same way. Another task asks
+/// the broker every 2 s whether it answers and reports `kafka` in `health`'s warnings while it
+/// does not (consuming simply waits; the records stay in the broker).
+pub(crate) fn spawn_consumer(
+    (source, committer): (KafkaSource, Committer),
+    project: &Project,
+    health: Arc<Health>,
+) -> (mpsc::Receiver<Vec<Record>>, Committer) {
+    let (tx, rx) = mpsc::channel(4);
+    let max = project.processing.batch_size;
+    let linger = Duration::from_millis(project.processing.linger_ms as u64);
+    let watched = tx.clone();
+    let probe = committer.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = watched.closed() => return,
+                _ = every.tick() => {}
+            }
+            let probe = probe.clone();
+            match tokio::task::spawn_blocking(move || probe.probe(Duration::from_secs(2))).await {
+                Ok(Ok(())) => health.clear("kafka"),
+                Ok(Err(e)) => {
+                    let message = format!("{:#}; consuming waits, records stay in the broker", anyhow::Error::from(e));
+                    if !health.warnings().contains_key("kafka") {
+                        tracing::warn!(error = %message, "the Kafka broker does not answer");
+                    }
+                    health.warn("kafka", message);
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            match source.batch(max, linger).await {
+                Ok(batch) if batch.is_empty() => {}
+                Ok(batch) => {
+                    if tx.send(batch).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), "kafka consumer; retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    (rx, committer)
+}

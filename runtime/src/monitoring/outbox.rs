@@ -1,0 +1,245 @@
+//! The delivery outbox: webhooks, pipeline runs and topic records sent after the checkpoint
+//! that created them, retried with back-off.
+
+use fathom_monitor::influx::{Field, Point};
+use fathom_monitor::window::rule_name;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::transport::{publish, send, signed};
+use super::{monitoring_dir, now_ms, Monitor};
+
+/// Where a delivery goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) enum Target {
+    /// The model's alert rule of this index.
+    Alert(usize),
+    /// The model's retraining endpoint (Kubeflow or webhook).
+    Retrain,
+    /// A record on [`RETRAIN_TOPIC`].
+    Topic,
+}
+
+/// A webhook, pipeline run or topic record waiting to be delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Delivery {
+    /// Stable id: `<model>:<alert|retrain>:<rule>:<window end>:<transition>`.
+    pub(super) id: String,
+    pub(super) model: String,
+    pub(super) target: Target,
+    pub(super) body: String,
+    pub(super) attempts: u32,
+    /// Not before, ms (wall clock).
+    pub(super) due_ms: i64,
+    /// Created by a committed checkpoint (only those are sent).
+    pub(super) committed: bool,
+    /// For retraining: the trigger's reason and window, recorded with the outcome.
+    pub(super) context: Option<String>,
+}
+
+/// A delivery's result: (id, Ok(HTTP status or 0 for a topic) | Err(why, permanent)).
+pub(super) type DeliveryResult = (String, Result<(u16, String), Failure>);
+
+/// Why a delivery attempt failed.
+#[derive(Debug, Clone)]
+pub(super) struct Failure {
+    /// What went wrong.
+    pub(super) why: String,
+    /// Whether trying again cannot help (a 4xx other than 408/425/429, a missing secret).
+    pub(super) permanent: bool,
+    /// The HTTP status answered; 0 when there was no answer.
+    pub(super) status: u16,
+}
+
+impl Failure {
+    /// A failure without an HTTP answer.
+    pub(super) fn unanswered(why: String, permanent: bool) -> Failure {
+        Failure { why, permanent, status: 0 }
+    }
+}
+
+impl Monitor {
+    /// Starts sending committed deliveries that are due.
+    pub(super) fn deliver(&mut self) {
+        let now = now_ms();
+        let due: Vec<Delivery> = self
+            .outbox
+            .iter()
+            .filter(|d| d.committed && d.due_ms <= now && !self.in_flight.contains(&d.id))
+            .cloned()
+            .collect();
+        for d in due {
+            let Some(m) = self.models.iter().find(|m| m.name == d.model) else { continue };
+            self.in_flight.insert(d.id.clone());
+            let tx = self.results_tx.clone();
+            let id = d.id.clone();
+            match d.target {
+                Target::Topic => {
+                    let producer = self.producer.clone();
+                    let dir = monitoring_dir(&self.project);
+                    tokio::spawn(async move {
+                        let result = publish(producer, &dir, &d.model, &d.body)
+                            .await
+                            .map(|()| (0, String::new()))
+                            .map_err(|e| Failure::unanswered(e, false));
+                        let _ = tx.send((id, result)).await;
+                    });
+                }
+                Target::Alert(i) => {
+                    let alert = &m.config.alerts[i];
+                    let request = signed(&self.http, &alert.webhook, &d, alert.secret.as_deref(), "alert");
+                    tokio::spawn(async move {
+                        let _ = tx.send((id, send(request).await)).await;
+                    });
+                }
+                Target::Retrain => {
+                    let retrain = m.config.retrain.as_ref().expect("config");
+                    let request = match &retrain.kubeflow {
+                        Some(k) => {
+                            let url = format!("{}/runs", k.url.trim_end_matches('/'));
+                            let mut r = self
+                                .http
+                                .post(url)
+                                .header("Content-Type", "application/json")
+                                .header("Idempotency-Key", &d.id)
+                                .header("X-Fathom-Delivery", &d.id)
+                                .body(d.body.clone());
+                            match k.token.as_deref().map(fathom_ingest::config::resolve_secret).transpose() {
+                                Ok(Some(token)) => r = r.bearer_auth(token),
+                                Ok(None) => {}
+                                Err(e) => {
+                                    let _ = self.results_tx.try_send((
+                                        id,
+                                        Err(Failure::unanswered(format!("retrain.kubeflow.token: {e}"), true)),
+                                    ));
+                                    continue;
+                                }
+                            }
+                            Ok(r)
+                        }
+                        None => signed(
+                            &self.http,
+                            retrain.webhook.as_deref().unwrap_or_default(),
+                            &d,
+                            retrain.secret.as_deref(),
+                            "retrain",
+                        ),
+                    };
+                    tokio::spawn(async move {
+                        let _ = tx.send((id, send(request).await)).await;
+                    });
+                }
+            }
+        }
+    }
+
+    /// A delivery finished: drop it, or schedule the next attempt.
+    pub(super) fn delivered(&mut self, id: &str, result: Result<(u16, String), Failure>) {
+        self.in_flight.remove(id);
+        let Some(index) = self.outbox.iter().position(|d| d.id == id) else { return };
+        let mut d = self.outbox[index].clone();
+        d.attempts += 1;
+        let Some(m) = self.models.iter().position(|m| m.name == d.model) else { return };
+        let max = match d.target {
+            Target::Alert(i) => self.models[m].config.alerts[i].max_attempts,
+            Target::Retrain => self.models[m].config.retrain.as_ref().and_then(|r| r.max_attempts),
+            Target::Topic => Some(u32::MAX),
+        }
+        .unwrap_or(12);
+        let finished = match &result {
+            Ok(_) => true,
+            Err(failure) => failure.permanent || d.attempts >= max,
+        };
+        if !finished {
+            let why = result.as_ref().err().map(|f| f.why.clone()).unwrap_or_default();
+            let backoff = 1000i64 * (1i64 << d.attempts.min(9)).min(300);
+            tracing::warn!(delivery = %d.id, attempt = d.attempts, error = %why, retry_in_ms = backoff, "delivery failed; retrying");
+            d.due_ms = now_ms() + backoff;
+            self.outbox[index] = d;
+            return;
+        }
+        self.outbox.remove(index);
+        self.urgent = true;
+        let (status, detail, ok) = match &result {
+            Ok((status, body)) => (*status, body.clone(), true),
+            Err(failure) => (failure.status, failure.why.clone(), false),
+        };
+        if !ok {
+            tracing::error!(delivery = %d.id, attempts = d.attempts, error = %detail, "delivery failed for good");
+        }
+        let model = self.models[m].name.clone();
+        let time_ns = now_ms() * 1_000_000;
+        let mut points = Vec::new();
+        match d.target {
+            Target::Alert(i) => {
+                let rule = rule_name(&self.models[m].monitor.settings.rules[i]);
+                points.push(Point {
+                    measurement: "fathom_alert_deliveries".into(),
+                    tags: vec![
+                        ("model".into(), model),
+                        ("rule".into(), rule),
+                        ("outcome".into(), if ok { "delivered" } else { "failed" }.into()),
+                    ],
+                    fields: vec![
+                        ("id".into(), Field::Str(d.id.clone())),
+                        ("attempts".into(), Field::Int(i64::from(d.attempts))),
+                        ("status".into(), Field::Int(i64::from(status))),
+                    ],
+                    time_ns,
+                });
+            }
+            Target::Retrain => {
+                let target = if self.models[m].config.retrain.as_ref().is_some_and(|r| r.kubeflow.is_some()) {
+                    "kubeflow"
+                } else {
+                    "webhook"
+                };
+                let run_id = serde_json::from_str::<Value>(&detail)
+                    .ok()
+                    .and_then(|v| v.get("run_id").and_then(Value::as_str).map(String::from))
+                    .unwrap_or_default();
+                let outcome = if ok { "started" } else { "failed" };
+                points.push(Point {
+                    measurement: "fathom_retrain".into(),
+                    tags: vec![
+                        ("model".into(), model.clone()),
+                        ("target".into(), target.into()),
+                        ("outcome".into(), outcome.into()),
+                    ],
+                    fields: vec![
+                        ("id".into(), Field::Str(d.id.clone())),
+                        ("run_id".into(), Field::Str(run_id.clone())),
+                        ("attempts".into(), Field::Int(i64::from(d.attempts))),
+                        ("status".into(), Field::Int(i64::from(status))),
+                    ],
+                    time_ns,
+                });
+                let context: Value =
+                    d.context.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or(Value::Null);
+                let mut record = json!({"id": d.id, "model": model, "stage": outcome, "target": target, "attempts": d.attempts, "status": status, "run_id": run_id});
+                if !ok {
+                    record["error"] = json!(detail);
+                }
+                if let Value::Object(c) = context {
+                    for (k, v) in c {
+                        record[k] = v;
+                    }
+                }
+                self.outbox.push(Delivery {
+                    id: format!("{}:{outcome}", d.id),
+                    model: d.model.clone(),
+                    target: Target::Topic,
+                    body: record.to_string(),
+                    attempts: 0,
+                    due_ms: 0,
+                    committed: false,
+                    context: None,
+                });
+            }
+            Target::Topic => {}
+        }
+        if let Err(e) = self.points.push(&points) {
+            tracing::warn!(error = format!("{e:#}"), "delivery points not queued");
+        }
+    }
+}

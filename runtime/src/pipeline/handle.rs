@@ -1,0 +1,231 @@
+//! One batch: decoded, applied to the feature sets and CDC tables, flushed online.
+
+use std::collections::BTreeMap;
+
+use fathom_featurestore::offline::LoggedChange;
+use fathom_featurestore::table::RowChange;
+use fathom_ingest::config::{Format, KeyFrom, TruncatePolicy};
+use fathom_ingest::deadletter::DeadLetter;
+use fathom_ingest::debezium::{self, Change, ChangeOrder, Decoded, Op};
+use fathom_ingest::decode::Reason;
+use fathom_ingest::record::Record;
+use serde_json::Value;
+
+use super::{Cdc, Pipeline, PushSummary};
+
+impl Pipeline {
+    /// Decodes, applies and flushes one batch; refused records become dead letters.
+    pub(super) async fn handle(&mut self, mut records: Vec<Record>) -> PushSummary {
+        // the broker re-delivering what this process already handled (its connection was lost
+        // before the offsets were committed): applied, written and dead-lettered once already
+        let handled = &self.handled;
+        let before = records.len();
+        records.retain(|r| {
+            r.at.partition.is_none_or(|p| handled.get(&(r.source, p)).is_none_or(|&through| r.at.offset > through))
+        });
+        if records.len() < before {
+            tracing::info!(records = before - records.len(), "skipped records this process already handled");
+            metrics::counter!("fathom_replayed_records_skipped_total").increment((before - records.len()) as u64);
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut events = Vec::with_capacity(records.len());
+        let mut summary = PushSummary::default();
+        let mut per_source = vec![0u64; self.project.sources.len()];
+        records.iter().for_each(|r| per_source[r.source] += 1);
+        for (i, n) in per_source.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+            metrics::counter!("fathom_records_in_total", "source" => self.project.sources[i].0.clone()).increment(n);
+            self.stats.records[i] += n;
+        }
+        // highest offset per (source, partition) in this batch; topic names only once per batch
+        let mut last: BTreeMap<(usize, i32), i64> = BTreeMap::new();
+        let mut changes: Vec<(RowChange, Box<Change>)> = Vec::new();
+        for record in records {
+            let source = record.source;
+            if let Some(partition) = record.at.partition {
+                last.insert((source, partition), record.at.offset);
+            }
+            if self.project.sources[source].1.format == Format::Debezium {
+                match self.change(&record) {
+                    Ok(Cdc::Change(row, change)) => {
+                        summary.accepted += 1;
+                        changes.push((*row, change));
+                    }
+                    Ok(Cdc::Truncate) => {
+                        let message = "truncate of a CDC table (rows are not cleared; on_truncate: dead_letter)".into();
+                        let letter = self.letter(&record.payload, source, record.at, Reason::Truncate, message);
+                        summary.refused(&letter);
+                        self.dead_letter(letter).await;
+                    }
+                    Ok(Cdc::Consumed) => summary.accepted += 1,
+                    Err(refusal) => {
+                        let letter = self.letter(&record.payload, source, record.at, refusal.reason, refusal.message);
+                        summary.refused(&letter);
+                        self.dead_letter(letter).await;
+                    }
+                }
+                continue;
+            }
+            match self.decoders[source].decode(record, now) {
+                Ok(event) => {
+                    let newest = &mut self.stats.newest_ms[source];
+                    *newest = Some(newest.map_or(event.time_ms, |t| t.max(event.time_ms)));
+                    events.push(event)
+                }
+                Err((record, refusal)) => {
+                    let letter = self.letter(&record.payload, source, record.at, refusal.reason, refusal.message);
+                    summary.refused(&letter);
+                    self.dead_letter(letter).await;
+                }
+            }
+        }
+        if !changes.is_empty() {
+            let mut rows: Vec<&mut RowChange> = changes.iter_mut().map(|(row, _)| row).collect();
+            let outcome =
+                until_ok!(self.health, "loading table rows from the online store", self.tables.apply(&mut rows).await);
+            metrics::counter!("fathom_table_changes_applied_total").increment(outcome.applied);
+            metrics::counter!("fathom_table_changes_stale_total").increment(outcome.stale);
+            metrics::counter!("fathom_replayed_records_skipped_total").increment(outcome.duplicates);
+            metrics::counter!("fathom_table_unavailable_without_stored_value_total")
+                .increment(outcome.unavailable_unknown);
+            // an applied change's row has its unavailable columns filled in; a skipped one's
+            // keep Debezium's placeholder in the log, for readers to fill in from the change
+            // before it in order (as `fathom dataset` does)
+            for (row, _) in changes.iter_mut().filter(|(row, _)| !row.unavailable.is_empty()) {
+                if let Some(after) = row.row.as_mut() {
+                    for column in row.unavailable.drain(..) {
+                        after.insert(column, Value::String(debezium::UNAVAILABLE_VALUE.into()));
+                    }
+                }
+            }
+            let logged: Vec<LoggedChange<'_>> = changes
+                .iter()
+                .map(|(row, change)| LoggedChange {
+                    source: row.source,
+                    at: row.at,
+                    key: &row.key,
+                    change,
+                    after: row.row.as_ref(),
+                })
+                .collect();
+            self.offline.append_changes(&logged);
+        }
+        if self.joins.iter().any(|j| !j.is_empty()) {
+            let outcome = until_ok!(
+                self.health,
+                "loading joined table rows from the online store",
+                self.tables.enrich(&self.joins, &mut events).await
+            );
+            metrics::counter!("fathom_join_matched_total").increment(outcome.matched);
+            metrics::counter!("fathom_join_missed_total").increment(outcome.missed);
+            metrics::counter!("fathom_join_approximate_total").increment(outcome.approximate);
+        }
+        let outcome =
+            until_ok!(self.health, "loading state from the online store", self.processor.process(&events).await);
+        metrics::counter!("fathom_events_applied_total").increment(outcome.applied);
+        metrics::counter!("fathom_replayed_records_skipped_total").increment(outcome.duplicates);
+        metrics::counter!("fathom_events_without_key_total").increment(outcome.unkeyed);
+        // per event, the feature sets that refused it as late: the offline row says so, so
+        // point-in-time retrieval leaves it out of exactly those
+        let mut late_for: Vec<Option<String>> = vec![None; events.len()];
+        for &(i, plan) in &outcome.late {
+            let event = &events[i];
+            let plan = &self.processor.plans()[plan];
+            let message = format!(
+                "event time {} is more than {} ms behind entity {:?}'s newest event in feature set {:?}",
+                event.time_ms, plan.late_after_ms, event.key, plan.name
+            );
+            let first = late_for[i].is_none();
+            match &mut late_for[i] {
+                Some(names) => {
+                    names.push(',');
+                    names.push_str(&plan.name);
+                }
+                none => *none = Some(plan.name.clone()),
+            }
+            let letter = self.letter(&event.raw, event.source, event.at, Reason::Late, message);
+            if first {
+                summary.note(&letter); // counted once per event below
+            }
+            self.dead_letter(letter).await;
+        }
+        let late = late_for.iter().filter(|l| l.is_some()).count();
+        summary.dead_lettered += late;
+        summary.accepted += events.len() - late;
+        self.offline.append(&events, &late_for);
+        let mut applied = BTreeMap::new();
+        for ((source, partition), offset) in last {
+            self.handled.insert((source, partition), offset);
+            let topic = self.project.stream_name(source).to_string();
+            self.processed.insert((topic.clone(), partition), offset + 1);
+            applied.insert((topic, partition), offset);
+        }
+        self.flush(&applied).await;
+        summary
+    }
+
+    /// A Debezium record as a row change plus the decoded change for the change log.
+    pub(super) fn change(&self, record: &Record) -> Result<Cdc, fathom_ingest::decode::Refusal> {
+        let (name, config) = &self.project.sources[record.source];
+        let columns = match config.key_from {
+            KeyFrom::Row => std::slice::from_ref(&config.key),
+            KeyFrom::Record => &[],
+        };
+        let placeholder = config.unavailable_value_placeholder.as_deref().unwrap_or(debezium::UNAVAILABLE_VALUE);
+        let change = match debezium::decode(record.key.as_deref(), &record.payload, columns, placeholder)? {
+            Decoded::Tombstone => {
+                metrics::counter!("fathom_tombstones_total", "source" => name.clone()).increment(1);
+                return Ok(Cdc::Consumed);
+            }
+            Decoded::Change(change) if change.op == Op::Truncate => {
+                tracing::info!(source = %name, table = ?change.table, "truncate: rows are not cleared");
+                metrics::counter!("fathom_truncates_total", "source" => name.clone()).increment(1);
+                return Ok(match config.on_truncate {
+                    TruncatePolicy::Skip => Cdc::Consumed,
+                    TruncatePolicy::DeadLetter => Cdc::Truncate,
+                });
+            }
+            Decoded::Change(change) => change,
+        };
+        let mut change = change;
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => fathom_ingest::decode::number_key(n).unwrap_or_else(|_| n.to_string()),
+            other => other.to_string(),
+        };
+        // a key envelope's columns come sorted by name (serde_json maps are ordered)
+        let key = change.key.values().map(text).collect::<Vec<_>>().join(":");
+        fathom_ingest::decode::check_key_length(&config.key, &key, config.max_key_bytes)?;
+        // the row moves to the table; the change log reads it back from there
+        let row = if change.op == Op::Delete { None } else { change.after.take() };
+        let row_change = RowChange {
+            source: record.source,
+            key,
+            row,
+            unavailable: std::mem::take(&mut change.unavailable),
+            order: ChangeOrder::of(&change, record.at),
+            at: record.at,
+            snapshot: change.op == Op::Read,
+        };
+        Ok(Cdc::Change(Box::new(row_change), change))
+    }
+
+    pub(super) fn letter(
+        &mut self,
+        payload: &[u8],
+        source: usize,
+        at: fathom_ingest::record::Coordinates,
+        reason: Reason,
+        message: String,
+    ) -> DeadLetter {
+        *self.stats.dead.entry((source, reason.as_str())).or_insert(0) += 1;
+        DeadLetter {
+            source: self.project.sources[source].0.clone(),
+            topic: self.project.stream_name(source).to_string(),
+            partition: at.partition,
+            offset: at.offset,
+            reason,
+            message,
+            payload: payload.to_vec(),
+        }
+    }
+}

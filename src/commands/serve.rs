@@ -1,0 +1,53 @@
+//! `fathom serve`: the pipeline, the monitor and the HTTP API until SIGINT/SIGTERM, then the final
+//! checkpoints.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fathom_api::serve;
+use fathom_runtime::{pipeline, Roles};
+
+/// Runs the roles `--roles` names with the project (the embedded demo without one).
+pub(crate) async fn run(config: Option<&PathBuf>, roles: &str) -> anyhow::Result<()> {
+    let roles = Roles::parse(roles).map_err(|e| anyhow::anyhow!("--roles: {e}"))?;
+    let project = super::load(config)?;
+    let running = pipeline::start_with(project.clone(), roles).await?;
+    serve::serve_roles(project, running, roles.api).await
+}
+
+/// Memory gauges every 5 s: `fathom_process_resident_bytes` (the process's RSS, C libraries
+/// included), `fathom_memory_heap_bytes` (live allocations) and
+/// `fathom_memory_allocator_resident_bytes` (what the allocator holds: the live heap plus freed
+/// memory it has not given back).
+#[cfg(target_os = "linux")]
+pub(crate) fn memory_gauges() {
+    serve::metrics(); // the recorder first, or the first readings are lost
+    let spawned = std::thread::Builder::new().name("memory-gauges".into()).spawn(move || loop {
+        if let Some((heap, held)) = heap_stats() {
+            metrics::gauge!("fathom_memory_heap_bytes").set(heap as f64);
+            metrics::gauge!("fathom_memory_allocator_resident_bytes").set(held as f64);
+        }
+        metrics::gauge!("fathom_process_resident_bytes").set(crate::bench::rss_kib("self") as f64 * 1024.0);
+        std::thread::sleep(Duration::from_secs(5));
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("memory gauges not started: {e}");
+    }
+}
+
+/// Live heap and what the allocator holds, in bytes: glibc's `mallinfo2`, summed over its arenas
+/// (C libraries such as librdkafka included). In use: `uordblks` in the arenas plus `hblkhd` in
+/// mmapped chunks; held: the arenas' `arena` bytes plus the mmapped ones.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)] // an FFI call into glibc; no safe crate exposes its counters
+fn heap_stats() -> Option<(u64, u64)> {
+    // SAFETY: mallinfo2 takes no arguments and only reads the allocator's counters, under its
+    // arena locks
+    let info = unsafe { libc::mallinfo2() };
+    Some(((info.uordblks + info.hblkhd) as u64, (info.arena + info.hblkhd) as u64))
+}
+
+#[cfg(all(target_os = "linux", not(target_env = "gnu")))]
+fn heap_stats() -> Option<(u64, u64)> {
+    None
+}
