@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use fathom_ingest::decode::{Reason, Refusal};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -82,12 +83,18 @@ fn timestamp(object: &Map<String, Value>, field: &str) -> Result<i64, String> {
     }
 }
 
-fn object(bytes: &[u8]) -> Result<Map<String, Value>, String> {
+/// The record's JSON object: `malformed_json` when the bytes are not JSON, `invalid_record` when
+/// they are JSON but not an object.
+fn object(bytes: &[u8]) -> Result<Map<String, Value>, Refusal> {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(format!("expected a JSON object, got {}", kind(&other))),
-        Err(e) => Err(format!("not JSON: {e}")),
+        Ok(other) => Err(invalid(format!("expected a JSON object, got {}", kind(&other)))),
+        Err(e) => Err(Refusal { reason: Reason::MalformedJson, message: format!("not JSON: {e}") }),
     }
+}
+
+fn invalid(message: String) -> Refusal {
+    Refusal { reason: Reason::InvalidRecord, message }
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -161,9 +168,13 @@ fn outcome(value: &Value) -> Result<Outcome, String> {
 }
 
 impl Prediction {
-    /// Parses a prediction record.
-    pub fn parse(bytes: &[u8]) -> Result<Prediction, String> {
-        let mut map = object(bytes)?;
+    /// Parses a prediction record; a refusal is `malformed_json` or `invalid_record` (naming the
+    /// field).
+    pub fn parse(bytes: &[u8]) -> Result<Prediction, Refusal> {
+        Self::from_object(object(bytes)?).map_err(invalid)
+    }
+
+    fn from_object(mut map: Map<String, Value>) -> Result<Prediction, String> {
         let request_id = request_id(&map)?;
         let ts_ms = timestamp(&map, "timestamp")?;
         let model = match map.get("model") {
@@ -191,9 +202,12 @@ impl Prediction {
 }
 
 impl Label {
-    /// Parses a label record.
-    pub fn parse(bytes: &[u8]) -> Result<Label, String> {
-        let map = object(bytes)?;
+    /// Parses a label record; a refusal is `malformed_json` or `invalid_record` (naming the field).
+    pub fn parse(bytes: &[u8]) -> Result<Label, Refusal> {
+        Self::from_object(object(bytes)?).map_err(invalid)
+    }
+
+    fn from_object(map: Map<String, Value>) -> Result<Label, String> {
         let request_id = request_id(&map)?;
         let ts_ms = timestamp(&map, "timestamp")?;
         let label = match map.get("label") {
@@ -245,8 +259,10 @@ mod tests {
             (br#"[1]"#, "JSON object"),
         ] {
             let e = Prediction::parse(bytes).unwrap_err();
-            assert!(e.contains(needle), "{e:?} should name {needle}");
+            assert!(e.message.contains(needle), "{e:?} should name {needle}");
+            assert_eq!(e.reason, Reason::InvalidRecord, "{e:?}");
         }
-        assert!(Label::parse(br#"{"request_id":"a","timestamp":0}"#).unwrap_err().contains("`label`"));
+        assert!(Label::parse(br#"{"request_id":"a","timestamp":0}"#).unwrap_err().message.contains("`label`"));
+        assert_eq!(Prediction::parse(b"{nope").unwrap_err().reason, Reason::MalformedJson);
     }
 }

@@ -32,6 +32,7 @@ pub mod models;
 pub mod monitoring;
 pub mod pipeline;
 mod points;
+mod stage;
 
 pub use health::{Health, Roles};
 

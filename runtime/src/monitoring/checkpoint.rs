@@ -26,21 +26,32 @@ pub(super) struct Checkpoint {
     pub(super) outbox: Vec<Delivery>,
 }
 
+/// Why a checkpoint was not written.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CheckpointError {
+    /// Another process is the active monitor: stop at once, write nothing more.
+    #[error(transparent)]
+    LeaseLost(#[from] LeaseLost),
+    /// A store, InfluxDB, the spill directory or Kafka failed: retry.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
 impl Monitor {
     /// Checkpoints, retrying store failures; only a lost lease ends it with an error.
-    pub(super) async fn checkpoint_until_done(&mut self) -> anyhow::Result<()> {
-        while let Err(e) = self.checkpoint().await {
-            if e.downcast_ref::<LeaseLost>().is_some() {
-                return Err(e);
+    pub(super) async fn checkpoint_until_done(&mut self) -> Result<(), LeaseLost> {
+        loop {
+            match self.checkpoint().await {
+                Ok(()) => return Ok(()),
+                Err(CheckpointError::LeaseLost(lost)) => return Err(lost),
+                Err(CheckpointError::Failed(e)) => self.health.degraded("monitor checkpoint", &e),
             }
-            self.health.degraded("monitor checkpoint", &e);
             tokio::time::sleep(RETRY).await;
         }
-        Ok(())
     }
 
     /// Makes everything durable (see the module documentation for the order).
-    pub(super) async fn checkpoint(&mut self) -> anyhow::Result<()> {
+    pub(super) async fn checkpoint(&mut self) -> Result<(), CheckpointError> {
         self.dead.flush().await.context("flushing dead letters")?;
         let now = now_ms();
         let points: Vec<Point> = self.models.iter().map(|m| m.monitor.counters_point(now)).collect();
@@ -68,7 +79,7 @@ impl Monitor {
     }
 
     /// Writes the checkpoint as epoch `committed + 1` and moves on to the next epoch.
-    pub(super) async fn write_checkpoint(&mut self) -> anyhow::Result<()> {
+    pub(super) async fn write_checkpoint(&mut self) -> Result<(), CheckpointError> {
         let epoch = self.epoch();
         let outbox: Vec<Delivery> = self
             .outbox

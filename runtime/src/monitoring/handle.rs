@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use fathom_ingest::deadletter::DeadLetter;
-use fathom_ingest::decode::Reason;
+use fathom_ingest::decode::{Reason, Refusal};
 use fathom_ingest::record::Record;
 use fathom_monitor::alerts::Transition;
 use fathom_monitor::influx::Point;
@@ -63,7 +63,8 @@ impl Monitor {
                 Kind::Predictions => Prediction::parse(&record.payload).and_then(|p| {
                     let name = &self.models[model].name;
                     if !p.model.is_empty() && &p.model != name {
-                        return Err(format!("field `model`: {:?} on the topic of model {name:?}", p.model));
+                        let message = format!("field `model`: {:?} on the topic of model {name:?}", p.model);
+                        return Err(Refusal { reason: Reason::InvalidRecord, message });
                     }
                     Ok(Parsed::Prediction(p))
                 }),
@@ -71,9 +72,7 @@ impl Monitor {
             };
             match result {
                 Ok(p) => parsed.push((model, record.at.partition.unwrap_or(-1), p)),
-                Err(message) => {
-                    let reason =
-                        if message.starts_with("not JSON") { Reason::MalformedJson } else { Reason::InvalidRecord };
+                Err(Refusal { reason, message }) => {
                     let letter = self.letter(&record, reason, message);
                     while let Err(e) = self.dead.send(&letter) {
                         self.health.degraded("writing a dead letter", &e.into());

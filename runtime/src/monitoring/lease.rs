@@ -53,13 +53,13 @@ pub(super) async fn standby(
 impl Monitor {
     /// Renews the lease every [`RENEW`]; a store that does not answer is retried at the next
     /// tick (the lease outlasts a few misses).
-    pub(super) async fn renew(&mut self) -> anyhow::Result<()> {
+    pub(super) async fn renew(&mut self) -> Result<(), LeaseLost> {
         if self.last_renewed.elapsed() < RENEW {
             return Ok(());
         }
         match self.store.lease(&lease_key(&self.project.name), &self.holder, LEASE_MS).await {
             Ok(None) => self.last_renewed = Instant::now(),
-            Ok(Some(other)) => return Err(LeaseLost(other).into()),
+            Ok(Some(other)) => return Err(LeaseLost(other)),
             Err(e) => tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "renewing the monitor lease"),
         }
         Ok(())

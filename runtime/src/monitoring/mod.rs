@@ -42,12 +42,13 @@ use fathom_project::Project;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use self::checkpoint::Checkpoint;
+use self::checkpoint::{Checkpoint, CheckpointError};
 use self::lease::{lease_key, standby, LeaseLost, LEASE_MS};
 use self::outbox::{Delivery, DeliveryResult};
 use crate::health::Health;
 use crate::pipeline::PushSummary;
 use crate::points::Points;
+use crate::stage::{self, Inputs, Stage};
 use crate::RETRY;
 
 /// The topic retraining triggers and their outcomes are published to.
@@ -192,10 +193,9 @@ pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<
                     }
                     return Ok(());
                 }
-                Err(e) if e.downcast_ref::<LeaseLost>().is_some() => {
-                    tracing::warn!(error = format!("{e:#}"), "this process is no longer the active monitor");
+                Err(lost) => {
+                    tracing::warn!(error = %lost, "this process is no longer the active monitor");
                 }
-                Err(e) => return Err(e),
             }
         }
     });
@@ -334,55 +334,87 @@ fn now_ms() -> i64 {
 }
 
 impl Monitor {
+    /// Runs as the active monitor until shutdown (`Ok`, after a final checkpoint) or until
+    /// another process holds the lease.
     async fn run(
         mut self,
-        mut kafka: Option<mpsc::Receiver<Vec<Record>>>,
+        kafka: Option<mpsc::Receiver<Vec<Record>>>,
         push: &mut mpsc::Receiver<MonitorPush>,
-        mut results: mpsc::Receiver<DeliveryResult>,
+        results: mpsc::Receiver<DeliveryResult>,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => break,
-                Some((id, result)) = results.recv() => self.delivered(&id, result),
-                Some(batch) = async { kafka.as_mut()?.recv().await } => {
-                    self.handle(batch).await;
-                }
-                Some(request) = push.recv() => {
-                    let Some(index) = self.streams.iter().position(|(_, m, k)| self.models[*m].name == request.model && *k == request.kind) else {
-                        let _ = request.done.send(PushSummary::default());
-                        continue;
-                    };
-                    let records = request.records.into_iter().map(|mut r| { r.source = index; r }).collect();
-                    let summary = self.handle(records).await;
-                    self.checkpoint_until_done().await?;
-                    let _ = request.done.send(summary);
-                }
-                _ = tick.tick() => {
-                    self.idle();
-                    self.renew().await?;
-                }
-            }
-            self.deliver();
-            let due = self.urgent
-                || self.last_checkpoint.elapsed()
-                    >= Duration::from_millis(self.project.processing.checkpoint_ms as u64);
-            if due {
-                if let Err(e) = self.checkpoint().await {
-                    if e.downcast_ref::<LeaseLost>().is_some() {
-                        return Err(e);
-                    }
-                    self.health.degraded("monitor checkpoint", &e);
-                    tokio::time::sleep(RETRY).await;
-                }
-            }
-        }
-        self.checkpoint_until_done().await
+    ) -> Result<(), LeaseLost> {
+        stage::run(&mut self, Inputs { kafka, push, results: Some(results), shutdown }).await
     }
 
     fn epoch(&self) -> u64 {
         self.committed + 1
+    }
+}
+
+impl Stage for Monitor {
+    type Push = MonitorPush;
+    type Result = DeliveryResult;
+    type Error = LeaseLost;
+
+    async fn process_batch(&mut self, batch: Vec<Record>) -> Result<(), LeaseLost> {
+        self.handle(batch).await;
+        Ok(())
+    }
+
+    /// Answers once the records' effects are checkpointed.
+    async fn handle_push(&mut self, request: MonitorPush) -> Result<(), LeaseLost> {
+        let stream =
+            self.streams.iter().position(|(_, m, k)| self.models[*m].name == request.model && *k == request.kind);
+        let Some(index) = stream else {
+            let _ = request.done.send(PushSummary::default());
+            return Ok(());
+        };
+        let records = request
+            .records
+            .into_iter()
+            .map(|mut r| {
+                r.source = index;
+                r
+            })
+            .collect();
+        let summary = self.handle(records).await;
+        self.checkpoint_until_done().await?;
+        let _ = request.done.send(summary);
+        Ok(())
+    }
+
+    fn handle_result(&mut self, (id, result): DeliveryResult) {
+        self.delivered(&id, result);
+    }
+
+    async fn handle_tick(&mut self) -> Result<(), LeaseLost> {
+        self.idle();
+        self.renew().await
+    }
+
+    fn after_event(&mut self) {
+        self.deliver();
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.urgent
+            || self.last_checkpoint.elapsed() >= Duration::from_millis(self.project.processing.checkpoint_ms as u64)
+    }
+
+    /// One attempt: a store failure is reported and retried at the next event.
+    async fn handle_checkpoint(&mut self) -> Result<(), LeaseLost> {
+        match self.checkpoint().await {
+            Ok(()) => Ok(()),
+            Err(CheckpointError::LeaseLost(lost)) => Err(lost),
+            Err(CheckpointError::Failed(e)) => {
+                self.health.degraded("monitor checkpoint", &e);
+                tokio::time::sleep(RETRY).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn finish(&mut self) -> Result<(), LeaseLost> {
+        self.checkpoint_until_done().await
     }
 }

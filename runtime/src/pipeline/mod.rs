@@ -13,6 +13,7 @@ mod schema;
 mod stats;
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +38,7 @@ use self::schema::schemas;
 use self::stats::IngestStats;
 use crate::consumer::spawn_consumer;
 use crate::health::{Health, Roles};
+use crate::stage::{self, Inputs, NoResults, Stage};
 
 /// Records pushed over HTTP (or by replay), answered once applied and flushed online.
 pub struct Push {
@@ -262,43 +264,61 @@ enum Cdc {
 impl Pipeline {
     async fn run(
         mut self,
-        mut kafka: Option<mpsc::Receiver<Vec<Record>>>,
+        kafka: Option<mpsc::Receiver<Vec<Record>>>,
         mut push: mpsc::Receiver<Push>,
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => break,
-                Some(batch) = async { kafka.as_mut()?.recv().await } => {
-                    if self.committer.as_ref().is_some_and(Committer::take_rebalanced) {
-                        // every batch ends flushed, so the cache is clean: drop it rather than
-                        // serve entities another member may have changed
-                        self.processor.forget();
-                        self.tables.forget();
-                    }
-                    let span = tracing::debug_span!("batch", records = batch.len(), from = "kafka");
-                    self.handle(batch).instrument(span).await;
-                }
-                Some(request) = push.recv() => {
-                    let span = tracing::debug_span!("batch", records = request.records.len(), from = "push");
-                    let summary = self.handle(request.records).instrument(span).await;
-                    if summary.dead_lettered > 0 {
-                        // the answer reports them: make them durable first
-                        self.flush_dead_letters().await;
-                    }
-                    let _ = request.done.send(summary);
-                }
-                _ = tick.tick() => {}
-            }
-            let due = self.last_checkpoint.elapsed()
-                >= Duration::from_millis(self.project.processing.checkpoint_ms as u64)
-                || self.offline.buffered() >= self.project.processing.max_buffered_rows;
-            if due {
-                self.checkpoint().await?;
-            }
+        let inputs = Inputs { kafka, push: &mut push, results: NoResults::None, shutdown: &mut shutdown };
+        stage::run(&mut self, inputs).await
+    }
+}
+
+impl Stage for Pipeline {
+    type Push = Push;
+    type Result = Infallible;
+    type Error = anyhow::Error;
+
+    async fn process_batch(&mut self, batch: Vec<Record>) -> anyhow::Result<()> {
+        if self.committer.as_ref().is_some_and(Committer::take_rebalanced) {
+            // every batch ends flushed, so the cache is clean: drop it rather than
+            // serve entities another member may have changed
+            self.processor.forget();
+            self.tables.forget();
         }
+        let span = tracing::debug_span!("batch", records = batch.len(), from = "kafka");
+        self.handle(batch).instrument(span).await;
+        Ok(())
+    }
+
+    async fn handle_push(&mut self, request: Push) -> anyhow::Result<()> {
+        let span = tracing::debug_span!("batch", records = request.records.len(), from = "push");
+        let summary = self.handle(request.records).instrument(span).await;
+        if summary.dead_lettered > 0 {
+            // the answer reports them: make them durable first
+            self.flush_dead_letters().await;
+        }
+        let _ = request.done.send(summary);
+        Ok(())
+    }
+
+    fn handle_result(&mut self, result: Infallible) {
+        match result {}
+    }
+
+    async fn handle_tick(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.last_checkpoint.elapsed() >= Duration::from_millis(self.project.processing.checkpoint_ms as u64)
+            || self.offline.buffered() >= self.project.processing.max_buffered_rows
+    }
+
+    async fn handle_checkpoint(&mut self) -> anyhow::Result<()> {
+        self.checkpoint().await
+    }
+
+    async fn finish(&mut self) -> anyhow::Result<()> {
         self.checkpoint().await
     }
 }
