@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use fathom_monitor::influx::{Point, Writer};
+use fathom_monitor::influx::{InfluxConfig, Point, Writer};
 
 use crate::health::Health;
 
@@ -18,6 +18,15 @@ pub(crate) enum Points {
 }
 
 impl Points {
+    /// InfluxDB for one loop (`ingest`, `monitor`): points wait under `<spill_dir>/<role>` while
+    /// it is away.
+    pub(crate) fn influx(config: &InfluxConfig, role: &str) -> anyhow::Result<Points> {
+        let mut config = config.clone();
+        config.spill_dir = config.spill_dir.join(role);
+        Ok(Points::Influx(Box::new(Writer::new(config)?), Instant::now()))
+    }
+
+    /// Queues points.
     pub(crate) fn push(&mut self, points: &[Point]) -> anyhow::Result<()> {
         match self {
             Points::Influx(w, _) => w.push(points)?,

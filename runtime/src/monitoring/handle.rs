@@ -48,6 +48,23 @@ impl Monitor {
     pub(super) async fn handle(&mut self, records: Vec<Record>) -> PushSummary {
         self.last_record = Instant::now();
         let mut summary = PushSummary::default();
+        let parsed = self.parse(records, &mut summary).await;
+        self.load_entries(&parsed).await;
+        let epoch = self.epoch();
+        for (m, partition, record) in parsed {
+            summary.accepted += 1;
+            self.join(m, partition, &record, epoch);
+        }
+        for i in 0..self.models.len() {
+            let (points, events) = self.models[i].monitor.advance(false);
+            self.emit(i, points, events);
+        }
+        summary
+    }
+
+    /// The records not yet in the checkpoint, parsed as (model, partition, record); refused
+    /// ones dead-lettered.
+    async fn parse(&mut self, records: Vec<Record>, summary: &mut PushSummary) -> Vec<(usize, i32, Parsed)> {
         let mut parsed = Vec::with_capacity(records.len());
         for record in records {
             let (topic, model, kind) = self.streams[record.source].clone();
@@ -82,7 +99,12 @@ impl Monitor {
                 }
             }
         }
-        // one round trip for the entries not touched since the last checkpoint
+        parsed
+    }
+
+    /// Loads the join entries not touched since the last checkpoint, in one round trip, as of
+    /// the last committed epoch.
+    async fn load_entries(&mut self, parsed: &[(usize, i32, Parsed)]) {
         let mut missing: Vec<String> = parsed
             .iter()
             .map(|(m, _, p)| entry_key(&self.project.name, &self.models[*m].name, p.request_id()))
@@ -90,60 +112,56 @@ impl Monitor {
             .collect();
         missing.sort_unstable();
         missing.dedup();
-        if !missing.is_empty() {
-            let loaded = loop {
-                match self.store.load(&missing).await {
-                    Ok(v) => break v,
-                    Err(e) => self.health.degraded("reading join entries", &e.into()),
-                }
-                tokio::time::sleep(RETRY).await;
-            };
-            self.health.recovered();
-            let (committed, aborted) = (self.committed, &self.aborted);
-            for (key, bytes) in missing.into_iter().zip(loaded) {
-                let entry = bytes
-                    .and_then(|b| postcard::from_bytes::<Entry>(&b).ok())
-                    .unwrap_or_default()
-                    .as_of(|e| e <= committed && !aborted.contains(&e));
-                self.overlay.insert(key, (0, entry));
+        if missing.is_empty() {
+            return;
+        }
+        let loaded = loop {
+            match self.store.load(&missing).await {
+                Ok(v) => break v,
+                Err(e) => self.health.degraded("reading join entries", &e.into()),
             }
+            tokio::time::sleep(RETRY).await;
+        };
+        self.health.recovered();
+        let (committed, aborted) = (self.committed, &self.aborted);
+        for (key, bytes) in missing.into_iter().zip(loaded) {
+            let entry = bytes
+                .and_then(|b| postcard::from_bytes::<Entry>(&b).ok())
+                .unwrap_or_default()
+                .as_of(|e| e <= committed && !aborted.contains(&e));
+            self.overlay.insert(key, (0, entry));
         }
-        let epoch = self.epoch();
-        for (m, partition, record) in parsed {
-            summary.accepted += 1;
-            let key = entry_key(&self.project.name, &self.models[m].name, record.request_id());
-            let model = &mut self.models[m];
-            let (ttl, entry) = self.overlay.get_mut(&key).expect("loaded above");
-            *ttl = model.ttl_ms;
-            let joined = match &record {
-                Parsed::Prediction(p) => {
-                    let joined = entry.predict(Predicted { ts_ms: p.ts_ms, outcome: p.outcome.clone() }, epoch);
-                    match joined {
-                        Joined::Duplicate => model.monitor.state.counters.duplicate_predictions += 1,
-                        _ => model.monitor.prediction(p, partition),
-                    }
-                    joined
+    }
+
+    /// Joins one record to its request's entry (written in `epoch`) and counts it.
+    fn join(&mut self, m: usize, partition: i32, record: &Parsed, epoch: u64) {
+        let key = entry_key(&self.project.name, &self.models[m].name, record.request_id());
+        let model = &mut self.models[m];
+        let (ttl, entry) = self.overlay.get_mut(&key).expect("loaded above");
+        *ttl = model.ttl_ms;
+        let joined = match record {
+            Parsed::Prediction(p) => {
+                let joined = entry.predict(Predicted { ts_ms: p.ts_ms, outcome: p.outcome.clone() }, epoch);
+                match joined {
+                    Joined::Duplicate => model.monitor.state.counters.duplicate_predictions += 1,
+                    _ => model.monitor.prediction(p, partition),
                 }
-                Parsed::Label(l) => {
-                    model.monitor.state.counters.labels += 1;
-                    model.monitor.label_seen(l.ts_ms, partition);
-                    let labelled = Labelled { ts_ms: l.ts_ms, label: l.label.to_string() };
-                    let joined = entry.label(labelled, epoch);
-                    if joined == Joined::Duplicate {
-                        model.monitor.state.counters.duplicate_labels += 1;
-                    }
-                    joined
-                }
-            };
-            if let Joined::Pair(predicted, labelled) = joined {
-                model.monitor.pair(&predicted, &labelled);
+                joined
             }
+            Parsed::Label(l) => {
+                model.monitor.state.counters.labels += 1;
+                model.monitor.label_seen(l.ts_ms, partition);
+                let labelled = Labelled { ts_ms: l.ts_ms, label: l.label.to_string() };
+                let joined = entry.label(labelled, epoch);
+                if joined == Joined::Duplicate {
+                    model.monitor.state.counters.duplicate_labels += 1;
+                }
+                joined
+            }
+        };
+        if let Joined::Pair(predicted, labelled) = joined {
+            model.monitor.pair(&predicted, &labelled);
         }
-        for i in 0..self.models.len() {
-            let (points, events) = self.models[i].monitor.advance(false);
-            self.emit(i, points, events);
-        }
-        summary
     }
 
     /// Queues points; turns rule transitions into deliveries (sent after the next checkpoint).

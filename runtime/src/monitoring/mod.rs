@@ -32,13 +32,13 @@ use fathom_featurestore::online::OnlineStore;
 use fathom_ingest::deadletter::DeadLetters;
 use fathom_ingest::kafka::{self, Committer, KafkaSource, Offsets};
 use fathom_ingest::record::Record;
-use fathom_monitor::influx::Writer;
 use fathom_monitor::join::Entry;
 use fathom_monitor::profile::Profile;
 use fathom_monitor::window::ModelMonitor;
 use fathom_project::models::ModelConfig;
 use fathom_project::monitoring::{idle_ms, settings};
 use fathom_project::Project;
+use rdkafka::producer::FutureProducer;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -203,19 +203,11 @@ pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<
 }
 
 /// The active monitor, its Kafka batches and its delivery results: the checkpoint loaded, the
-/// interrupted epoch marked aborted and recorded, the consumer joined.
-async fn activate(
-    project: &Arc<Project>,
-    store: &OnlineStore,
-    prepared: &[Prepared],
-    holder: &str,
-    health: &Arc<Health>,
-) -> anyhow::Result<(Monitor, Option<mpsc::Receiver<Vec<Record>>>, mpsc::Receiver<DeliveryResult>)> {
-    let loaded = store.load(&[checkpoint_key(&project.name)]).await.context("reading the monitor checkpoint")?;
-    let mut checkpoint: Checkpoint = match loaded.into_iter().next().flatten() {
-        Some(bytes) => postcard::from_bytes(&bytes).context("the monitor checkpoint is unreadable")?,
-        None => Checkpoint::default(),
-    };
+/// (topic, model index, kind) of each stream the monitor reads, by record source index.
+type Streams = Vec<(String, usize, Kind)>;
+
+/// The monitored models, their state taken from the checkpoint, and the streams they read.
+fn models(project: &Project, prepared: &[Prepared], checkpoint: &mut Checkpoint) -> (Vec<Model>, Streams) {
     let mut models = Vec::new();
     let mut streams = Vec::new();
     for Prepared { name, config, profile, settings } in prepared {
@@ -232,29 +224,49 @@ async fn activate(
             ttl_ms,
         });
     }
+    (models, streams)
+}
+
+/// With Kafka: dead letters to `<topic>.dlq`, the consumer of the streams (group
+/// `<group>.monitor`) and a producer for the retraining topic, the topics ensured first. Without:
+/// dead-letter files.
+async fn kafka_io(
+    project: &Project,
+    streams: &Streams,
+) -> anyhow::Result<(DeadLetters, Option<(KafkaSource, Committer)>, Option<FutureProducer>)> {
+    let Some(config) = &project.stores.kafka else {
+        return Ok((DeadLetters::files(project.stores.dead_letters.path.clone()), None, None));
+    };
+    let mut topics: Vec<String> = streams.iter().map(|(t, _, _)| t.clone()).collect();
+    topics.extend(streams.iter().map(|(t, _, _)| format!("{t}.dlq")));
+    topics.push(RETRAIN_TOPIC.into());
+    if let Err(e) = kafka::ensure_topics(config, &topics).await {
+        tracing::warn!(error = format!("{e:#}"), "monitoring topics not ensured");
+    }
+    let subscribed: Vec<(String, usize)> = streams.iter().enumerate().map(|(i, (t, _, _))| (t.clone(), i)).collect();
+    let consumer = KafkaSource::new(config, &format!("{}.monitor", project.group_id()), &subscribed)?;
+    Ok((DeadLetters::kafka(kafka::producer(config)?), Some(consumer), Some(kafka::producer(config)?)))
+}
+
+/// interrupted epoch marked aborted and recorded, the consumer joined.
+async fn activate(
+    project: &Arc<Project>,
+    store: &OnlineStore,
+    prepared: &[Prepared],
+    holder: &str,
+    health: &Arc<Health>,
+) -> anyhow::Result<(Monitor, Option<mpsc::Receiver<Vec<Record>>>, mpsc::Receiver<DeliveryResult>)> {
+    let loaded = store.load(&[checkpoint_key(&project.name)]).await.context("reading the monitor checkpoint")?;
+    let mut checkpoint: Checkpoint = match loaded.into_iter().next().flatten() {
+        Some(bytes) => postcard::from_bytes(&bytes).context("the monitor checkpoint is unreadable")?,
+        None => Checkpoint::default(),
+    };
+    let (models, streams) = models(project, prepared, &mut checkpoint);
     let points = match &project.stores.influxdb {
-        Some(influx) => {
-            let mut config = influx.clone();
-            config.spill_dir = config.spill_dir.join("monitor");
-            Points::Influx(Box::new(Writer::new(config).context("stores.influxdb")?), Instant::now())
-        }
+        Some(influx) => Points::influx(influx, "monitor").context("stores.influxdb")?,
         None => Points::File(monitoring_dir(project).join("points.lp"), Vec::new()),
     };
-    let (dead, consumer, producer) = match &project.stores.kafka {
-        Some(config) => {
-            let mut topics: Vec<String> = streams.iter().map(|(t, _, _)| t.clone()).collect();
-            topics.extend(streams.iter().map(|(t, _, _)| format!("{t}.dlq")));
-            topics.push(RETRAIN_TOPIC.into());
-            if let Err(e) = kafka::ensure_topics(config, &topics).await {
-                tracing::warn!(error = format!("{e:#}"), "monitoring topics not ensured");
-            }
-            let subscribed: Vec<(String, usize)> =
-                streams.iter().enumerate().map(|(i, (t, _, _))| (t.clone(), i)).collect();
-            let consumer = KafkaSource::new(config, &format!("{}.monitor", project.group_id()), &subscribed)?;
-            (DeadLetters::kafka(kafka::producer(config)?), Some(consumer), Some(kafka::producer(config)?))
-        }
-        None => (DeadLetters::files(project.stores.dead_letters.path.clone()), None, None),
-    };
+    let (dead, consumer, producer) = kafka_io(project, &streams).await?;
     // a crash left the epoch after the last checkpoint half-written: never count it
     checkpoint.epoch += 1;
     let aborted_epoch = checkpoint.epoch;
@@ -307,7 +319,7 @@ struct Monitor {
     last_renewed: Instant,
     models: Vec<Model>,
     /// (topic, model index, kind) per record source index.
-    streams: Vec<(String, usize, Kind)>,
+    streams: Streams,
     /// The last committed epoch (the next writes belong to `committed + 1`).
     committed: u64,
     aborted: BTreeSet<u64>,
@@ -318,7 +330,7 @@ struct Monitor {
     points: Points,
     dead: DeadLetters,
     committer: Option<Committer>,
-    producer: Option<rdkafka::producer::FutureProducer>,
+    producer: Option<FutureProducer>,
     http: reqwest::Client,
     last_record: Instant,
     last_checkpoint: Instant,

@@ -4,8 +4,8 @@
 use fathom_monitor::influx::{Field, Point};
 use fathom_monitor::window::rule_name;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
+use super::payloads::retrain_outcome;
 use super::transport::{publish, send, signed};
 use super::{monitoring_dir, now_ms, Monitor};
 
@@ -58,6 +58,18 @@ impl Failure {
     }
 }
 
+impl Delivery {
+    /// A delivery not yet attempted nor committed.
+    pub(super) fn new(id: String, model: &str, target: Target, body: String, context: Option<String>) -> Delivery {
+        Delivery { id, model: model.to_string(), target, body, attempts: 0, due_ms: 0, committed: false, context }
+    }
+}
+
+/// The next attempt's delay after `attempts` failed ones: 2 s, 4 s, … doubling up to 5 min.
+fn backoff_ms(attempts: u32) -> i64 {
+    1000i64 * (1i64 << attempts.min(9)).min(300)
+}
+
 impl Monitor {
     /// Starts sending committed deliveries that are due.
     pub(super) fn deliver(&mut self) {
@@ -69,11 +81,11 @@ impl Monitor {
             .cloned()
             .collect();
         for d in due {
-            let Some(m) = self.models.iter().find(|m| m.name == d.model) else { continue };
+            let Some(m) = self.models.iter().position(|m| m.name == d.model) else { continue };
             self.in_flight.insert(d.id.clone());
             let tx = self.results_tx.clone();
             let id = d.id.clone();
-            match d.target {
+            let request = match d.target {
                 Target::Topic => {
                     let producer = self.producer.clone();
                     let dir = monitoring_dir(&self.project);
@@ -84,53 +96,48 @@ impl Monitor {
                             .map_err(|e| Failure::unanswered(e, false));
                         let _ = tx.send((id, result)).await;
                     });
+                    continue;
                 }
                 Target::Alert(i) => {
-                    let alert = &m.config.alerts[i];
-                    let request = signed(&self.http, &alert.webhook, &d, alert.secret.as_deref(), "alert");
-                    tokio::spawn(async move {
-                        let _ = tx.send((id, send(request).await)).await;
-                    });
+                    let alert = &self.models[m].config.alerts[i];
+                    signed(&self.http, &alert.webhook, &d, alert.secret.as_deref(), "alert")
                 }
-                Target::Retrain => {
-                    let retrain = m.config.retrain.as_ref().expect("config");
-                    let request = match &retrain.kubeflow {
-                        Some(k) => {
-                            let url = format!("{}/runs", k.url.trim_end_matches('/'));
-                            let mut r = self
-                                .http
-                                .post(url)
-                                .header("Content-Type", "application/json")
-                                .header("Idempotency-Key", &d.id)
-                                .header("X-Fathom-Delivery", &d.id)
-                                .body(d.body.clone());
-                            match k.token.as_deref().map(fathom_ingest::config::resolve_secret).transpose() {
-                                Ok(Some(token)) => r = r.bearer_auth(token),
-                                Ok(None) => {}
-                                Err(e) => {
-                                    let _ = self.results_tx.try_send((
-                                        id,
-                                        Err(Failure::unanswered(format!("retrain.kubeflow.token: {e}"), true)),
-                                    ));
-                                    continue;
-                                }
-                            }
-                            Ok(r)
-                        }
-                        None => signed(
-                            &self.http,
-                            retrain.webhook.as_deref().unwrap_or_default(),
-                            &d,
-                            retrain.secret.as_deref(),
-                            "retrain",
-                        ),
-                    };
-                    tokio::spawn(async move {
-                        let _ = tx.send((id, send(request).await)).await;
-                    });
-                }
-            }
+                Target::Retrain => match self.retrain_request(m, &d) {
+                    Ok(request) => Ok(request),
+                    Err(failure) => {
+                        let _ = self.results_tx.try_send((id, Err(failure)));
+                        continue;
+                    }
+                },
+            };
+            tokio::spawn(async move {
+                let _ = tx.send((id, send(request).await)).await;
+            });
         }
+    }
+
+    /// The retraining request of model `m`: a Kubeflow run (bearer token resolved; a missing
+    /// secret fails for good) or a signed webhook.
+    fn retrain_request(&self, m: usize, d: &Delivery) -> Result<reqwest::RequestBuilder, Failure> {
+        let retrain = self.models[m].config.retrain.as_ref().expect("config");
+        let Some(k) = &retrain.kubeflow else {
+            let url = retrain.webhook.as_deref().unwrap_or_default();
+            return signed(&self.http, url, d, retrain.secret.as_deref(), "retrain");
+        };
+        let url = format!("{}/runs", k.url.trim_end_matches('/'));
+        let mut r = self
+            .http
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", &d.id)
+            .header("X-Fathom-Delivery", &d.id)
+            .body(d.body.clone());
+        match k.token.as_deref().map(fathom_ingest::config::resolve_secret).transpose() {
+            Ok(Some(token)) => r = r.bearer_auth(token),
+            Ok(None) => {}
+            Err(e) => return Err(Failure::unanswered(format!("retrain.kubeflow.token: {e}"), true)),
+        }
+        Ok(r)
     }
 
     /// A delivery finished: drop it, or schedule the next attempt.
@@ -152,7 +159,7 @@ impl Monitor {
         };
         if !finished {
             let why = result.as_ref().err().map(|f| f.why.clone()).unwrap_or_default();
-            let backoff = 1000i64 * (1i64 << d.attempts.min(9)).min(300);
+            let backoff = backoff_ms(d.attempts);
             tracing::warn!(delivery = %d.id, attempt = d.attempts, error = %why, retry_in_ms = backoff, "delivery failed; retrying");
             d.due_ms = now_ms() + backoff;
             self.outbox[index] = d;
@@ -160,11 +167,17 @@ impl Monitor {
         }
         self.outbox.remove(index);
         self.urgent = true;
-        let (status, detail, ok) = match &result {
-            Ok((status, body)) => (*status, body.clone(), true),
-            Err(failure) => (failure.status, failure.why.clone(), false),
+        self.record_outcome(m, &d, result);
+    }
+
+    /// A finished delivery's point (`fathom_alert_deliveries`, `fathom_retrain`) and, for
+    /// retraining, its outcome record on the retraining topic.
+    fn record_outcome(&mut self, m: usize, d: &Delivery, result: Result<(u16, String), Failure>) {
+        let (status, answer) = match &result {
+            Ok((status, body)) => (*status, Ok(body.as_str())),
+            Err(failure) => (failure.status, Err(failure.why.as_str())),
         };
-        if !ok {
+        if let Err(detail) = answer {
             tracing::error!(delivery = %d.id, attempts = d.attempts, error = %detail, "delivery failed for good");
         }
         let model = self.models[m].name.clone();
@@ -178,7 +191,7 @@ impl Monitor {
                     tags: vec![
                         ("model".into(), model),
                         ("rule".into(), rule),
-                        ("outcome".into(), if ok { "delivered" } else { "failed" }.into()),
+                        ("outcome".into(), if answer.is_ok() { "delivered" } else { "failed" }.into()),
                     ],
                     fields: vec![
                         ("id".into(), Field::Str(d.id.clone())),
@@ -189,16 +202,10 @@ impl Monitor {
                 });
             }
             Target::Retrain => {
-                let target = if self.models[m].config.retrain.as_ref().is_some_and(|r| r.kubeflow.is_some()) {
-                    "kubeflow"
-                } else {
-                    "webhook"
-                };
-                let run_id = serde_json::from_str::<Value>(&detail)
-                    .ok()
-                    .and_then(|v| v.get("run_id").and_then(Value::as_str).map(String::from))
-                    .unwrap_or_default();
-                let outcome = if ok { "started" } else { "failed" };
+                let kubeflow = self.models[m].config.retrain.as_ref().is_some_and(|r| r.kubeflow.is_some());
+                let target = if kubeflow { "kubeflow" } else { "webhook" };
+                let (outcome, run_id, record) =
+                    retrain_outcome(&d.id, &model, target, d.attempts, status, answer, d.context.as_deref());
                 points.push(Point {
                     measurement: "fathom_retrain".into(),
                     tags: vec![
@@ -208,38 +215,28 @@ impl Monitor {
                     ],
                     fields: vec![
                         ("id".into(), Field::Str(d.id.clone())),
-                        ("run_id".into(), Field::Str(run_id.clone())),
+                        ("run_id".into(), Field::Str(run_id)),
                         ("attempts".into(), Field::Int(i64::from(d.attempts))),
                         ("status".into(), Field::Int(i64::from(status))),
                     ],
                     time_ns,
                 });
-                let context: Value =
-                    d.context.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or(Value::Null);
-                let mut record = json!({"id": d.id, "model": model, "stage": outcome, "target": target, "attempts": d.attempts, "status": status, "run_id": run_id});
-                if !ok {
-                    record["error"] = json!(detail);
-                }
-                if let Value::Object(c) = context {
-                    for (k, v) in c {
-                        record[k] = v;
-                    }
-                }
-                self.outbox.push(Delivery {
-                    id: format!("{}:{outcome}", d.id),
-                    model: d.model.clone(),
-                    target: Target::Topic,
-                    body: record.to_string(),
-                    attempts: 0,
-                    due_ms: 0,
-                    committed: false,
-                    context: None,
-                });
+                let id = format!("{}:{outcome}", d.id);
+                self.outbox.push(Delivery::new(id, &d.model, Target::Topic, record.to_string(), None));
             }
             Target::Topic => {}
         }
         if let Err(e) = self.points.push(&points) {
             tracing::warn!(error = format!("{e:#}"), "delivery points not queued");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn backoff_doubles_from_two_seconds_up_to_five_minutes() {
+        let delays: Vec<i64> = (1..=10).map(super::backoff_ms).collect();
+        assert_eq!(delays, [2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 300_000, 300_000]);
     }
 }

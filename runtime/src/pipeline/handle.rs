@@ -7,17 +7,42 @@ use fathom_featurestore::table::RowChange;
 use fathom_ingest::config::{Format, KeyFrom, TruncatePolicy};
 use fathom_ingest::deadletter::DeadLetter;
 use fathom_ingest::debezium::{self, Change, ChangeOrder, Decoded, Op};
-use fathom_ingest::decode::Reason;
+use fathom_ingest::decode::{Reason, Refusal};
+use fathom_ingest::event::Event;
 use fathom_ingest::record::Record;
 use serde_json::Value;
 
 use super::{Cdc, Pipeline, PushSummary};
 
+/// One batch, decoded.
+struct Batch {
+    /// Events of event sources.
+    events: Vec<Event>,
+    /// Changes of CDC tables, with the decoded change for the change log.
+    changes: Vec<(RowChange, Box<Change>)>,
+    /// Highest offset per (source, partition) in the batch (topic names only once per batch).
+    last: BTreeMap<(usize, i32), i64>,
+}
+
 impl Pipeline {
     /// Decodes, applies and flushes one batch; refused records become dead letters.
     pub(super) async fn handle(&mut self, mut records: Vec<Record>) -> PushSummary {
-        // the broker re-delivering what this process already handled (its connection was lost
-        // before the offsets were committed): applied, written and dead-lettered once already
+        self.skip_handled(&mut records);
+        self.count_in(&records);
+        let mut summary = PushSummary::default();
+        let Batch { mut events, changes, last } = self.decode(records, &mut summary).await;
+        if !changes.is_empty() {
+            self.apply_changes(changes).await;
+        }
+        self.apply_events(&mut events, &mut summary).await;
+        self.mark_applied(last).await;
+        summary
+    }
+
+    /// Drops what the broker re-delivers though this process already handled it (its
+    /// connection was lost before the offsets were committed): applied, written and
+    /// dead-lettered once already.
+    fn skip_handled(&self, records: &mut Vec<Record>) {
         let handled = &self.handled;
         let before = records.len();
         records.retain(|r| {
@@ -27,49 +52,54 @@ impl Pipeline {
             tracing::info!(records = before - records.len(), "skipped records this process already handled");
             metrics::counter!("fathom_replayed_records_skipped_total").increment((before - records.len()) as u64);
         }
-        let now = chrono::Utc::now().timestamp_millis();
-        let mut events = Vec::with_capacity(records.len());
-        let mut summary = PushSummary::default();
+    }
+
+    /// Counts records in, per source.
+    fn count_in(&mut self, records: &[Record]) {
         let mut per_source = vec![0u64; self.project.sources.len()];
         records.iter().for_each(|r| per_source[r.source] += 1);
         for (i, n) in per_source.into_iter().enumerate().filter(|(_, n)| *n > 0) {
             metrics::counter!("fathom_records_in_total", "source" => self.project.sources[i].0.clone()).increment(n);
             self.stats.records[i] += n;
         }
-        // highest offset per (source, partition) in this batch; topic names only once per batch
-        let mut last: BTreeMap<(usize, i32), i64> = BTreeMap::new();
-        let mut changes: Vec<(RowChange, Box<Change>)> = Vec::new();
+    }
+
+    /// Events and CDC changes decoded from the records; refused ones dead-lettered.
+    async fn decode(&mut self, records: Vec<Record>, summary: &mut PushSummary) -> Batch {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut batch = Batch { events: Vec::with_capacity(records.len()), changes: Vec::new(), last: BTreeMap::new() };
         for record in records {
             let source = record.source;
             if let Some(partition) = record.at.partition {
-                last.insert((source, partition), record.at.offset);
+                batch.last.insert((source, partition), record.at.offset);
             }
             if self.project.sources[source].1.format == Format::Debezium {
-                match self.change(&record) {
+                let refusal = match self.change(&record) {
                     Ok(Cdc::Change(row, change)) => {
                         summary.accepted += 1;
-                        changes.push((*row, change));
+                        batch.changes.push((*row, change));
+                        continue;
                     }
-                    Ok(Cdc::Truncate) => {
-                        let message = "truncate of a CDC table (rows are not cleared; on_truncate: dead_letter)".into();
-                        let letter = self.letter(&record.payload, source, record.at, Reason::Truncate, message);
-                        summary.refused(&letter);
-                        self.dead_letter(letter).await;
+                    Ok(Cdc::Consumed) => {
+                        summary.accepted += 1;
+                        continue;
                     }
-                    Ok(Cdc::Consumed) => summary.accepted += 1,
-                    Err(refusal) => {
-                        let letter = self.letter(&record.payload, source, record.at, refusal.reason, refusal.message);
-                        summary.refused(&letter);
-                        self.dead_letter(letter).await;
-                    }
-                }
+                    Ok(Cdc::Truncate) => Refusal {
+                        reason: Reason::Truncate,
+                        message: "truncate of a CDC table (rows are not cleared; on_truncate: dead_letter)".into(),
+                    },
+                    Err(refusal) => refusal,
+                };
+                let letter = self.letter(&record.payload, source, record.at, refusal.reason, refusal.message);
+                summary.refused(&letter);
+                self.dead_letter(letter).await;
                 continue;
             }
             match self.decoders[source].decode(record, now) {
                 Ok(event) => {
                     let newest = &mut self.stats.newest_ms[source];
                     *newest = Some(newest.map_or(event.time_ms, |t| t.max(event.time_ms)));
-                    events.push(event)
+                    batch.events.push(event)
                 }
                 Err((record, refusal)) => {
                     let letter = self.letter(&record.payload, source, record.at, refusal.reason, refusal.message);
@@ -78,56 +108,77 @@ impl Pipeline {
                 }
             }
         }
-        if !changes.is_empty() {
-            let mut rows: Vec<&mut RowChange> = changes.iter_mut().map(|(row, _)| row).collect();
-            let outcome =
-                until_ok!(self.health, "loading table rows from the online store", self.tables.apply(&mut rows).await);
-            metrics::counter!("fathom_table_changes_applied_total").increment(outcome.applied);
-            metrics::counter!("fathom_table_changes_stale_total").increment(outcome.stale);
-            metrics::counter!("fathom_replayed_records_skipped_total").increment(outcome.duplicates);
-            metrics::counter!("fathom_table_unavailable_without_stored_value_total")
-                .increment(outcome.unavailable_unknown);
-            // an applied change's row has its unavailable columns filled in; a skipped one's
-            // keep Debezium's placeholder in the log, for readers to fill in from the change
-            // before it in order (as `fathom dataset` does)
-            for (row, _) in changes.iter_mut().filter(|(row, _)| !row.unavailable.is_empty()) {
-                if let Some(after) = row.row.as_mut() {
-                    for column in row.unavailable.drain(..) {
-                        after.insert(column, Value::String(debezium::UNAVAILABLE_VALUE.into()));
-                    }
+        batch
+    }
+
+    /// Applies CDC changes to their tables and appends them to the offline change log.
+    async fn apply_changes(&mut self, mut changes: Vec<(RowChange, Box<Change>)>) {
+        let mut rows: Vec<&mut RowChange> = changes.iter_mut().map(|(row, _)| row).collect();
+        let outcome =
+            until_ok!(self.health, "loading table rows from the online store", self.tables.apply(&mut rows).await);
+        metrics::counter!("fathom_table_changes_applied_total").increment(outcome.applied);
+        metrics::counter!("fathom_table_changes_stale_total").increment(outcome.stale);
+        metrics::counter!("fathom_replayed_records_skipped_total").increment(outcome.duplicates);
+        metrics::counter!("fathom_table_unavailable_without_stored_value_total").increment(outcome.unavailable_unknown);
+        // an applied change's row has its unavailable columns filled in; a skipped one's
+        // keep Debezium's placeholder in the log, for readers to fill in from the change
+        // before it in order (as `fathom dataset` does)
+        for (row, _) in changes.iter_mut().filter(|(row, _)| !row.unavailable.is_empty()) {
+            if let Some(after) = row.row.as_mut() {
+                for column in row.unavailable.drain(..) {
+                    after.insert(column, Value::String(debezium::UNAVAILABLE_VALUE.into()));
                 }
             }
-            let logged: Vec<LoggedChange<'_>> = changes
-                .iter()
-                .map(|(row, change)| LoggedChange {
-                    source: row.source,
-                    at: row.at,
-                    key: &row.key,
-                    change,
-                    after: row.row.as_ref(),
-                })
-                .collect();
-            self.offline.append_changes(&logged);
         }
+        let logged: Vec<LoggedChange<'_>> = changes
+            .iter()
+            .map(|(row, change)| LoggedChange {
+                source: row.source,
+                at: row.at,
+                key: &row.key,
+                change,
+                after: row.row.as_ref(),
+            })
+            .collect();
+        self.offline.append_changes(&logged);
+    }
+
+    /// Joins the events' CDC tables, applies them to the feature sets, dead-letters the late
+    /// ones and appends them all to the offline store.
+    async fn apply_events(&mut self, events: &mut [Event], summary: &mut PushSummary) {
         if self.joins.iter().any(|j| !j.is_empty()) {
             let outcome = until_ok!(
                 self.health,
                 "loading joined table rows from the online store",
-                self.tables.enrich(&self.joins, &mut events).await
+                self.tables.enrich(&self.joins, events).await
             );
             metrics::counter!("fathom_join_matched_total").increment(outcome.matched);
             metrics::counter!("fathom_join_missed_total").increment(outcome.missed);
             metrics::counter!("fathom_join_approximate_total").increment(outcome.approximate);
         }
         let outcome =
-            until_ok!(self.health, "loading state from the online store", self.processor.process(&events).await);
+            until_ok!(self.health, "loading state from the online store", self.processor.process(events).await);
         metrics::counter!("fathom_events_applied_total").increment(outcome.applied);
         metrics::counter!("fathom_replayed_records_skipped_total").increment(outcome.duplicates);
         metrics::counter!("fathom_events_without_key_total").increment(outcome.unkeyed);
-        // per event, the feature sets that refused it as late: the offline row says so, so
-        // point-in-time retrieval leaves it out of exactly those
+        let late_for = self.late(events, &outcome.late, summary).await;
+        let late = late_for.iter().filter(|l| l.is_some()).count();
+        summary.dead_lettered += late;
+        summary.accepted += events.len() - late;
+        self.offline.append(events, &late_for);
+    }
+
+    /// Per event, the feature sets that refused it as late, dead-lettered once per (event,
+    /// feature set): the offline row says so, so point-in-time retrieval leaves it out of
+    /// exactly those.
+    async fn late(
+        &mut self,
+        events: &[Event],
+        late: &[(usize, usize)],
+        summary: &mut PushSummary,
+    ) -> Vec<Option<String>> {
         let mut late_for: Vec<Option<String>> = vec![None; events.len()];
-        for &(i, plan) in &outcome.late {
+        for &(i, plan) in late {
             let event = &events[i];
             let plan = &self.processor.plans()[plan];
             let message = format!(
@@ -144,14 +195,16 @@ impl Pipeline {
             }
             let letter = self.letter(&event.raw, event.source, event.at, Reason::Late, message);
             if first {
-                summary.note(&letter); // counted once per event below
+                summary.note(&letter); // counted once per event by the caller
             }
             self.dead_letter(letter).await;
         }
-        let late = late_for.iter().filter(|l| l.is_some()).count();
-        summary.dead_lettered += late;
-        summary.accepted += events.len() - late;
-        self.offline.append(&events, &late_for);
+        late_for
+    }
+
+    /// Records the batch's highest offsets as handled and processed, then flushes online with
+    /// them.
+    async fn mark_applied(&mut self, last: BTreeMap<(usize, i32), i64>) {
         let mut applied = BTreeMap::new();
         for ((source, partition), offset) in last {
             self.handled.insert((source, partition), offset);
@@ -160,11 +213,10 @@ impl Pipeline {
             applied.insert((topic, partition), offset);
         }
         self.flush(&applied).await;
-        summary
     }
 
     /// A Debezium record as a row change plus the decoded change for the change log.
-    pub(super) fn change(&self, record: &Record) -> Result<Cdc, fathom_ingest::decode::Refusal> {
+    pub(super) fn change(&self, record: &Record) -> Result<Cdc, Refusal> {
         let (name, config) = &self.project.sources[record.source];
         let columns = match config.key_from {
             KeyFrom::Row => std::slice::from_ref(&config.key),

@@ -38,6 +38,7 @@ use self::schema::schemas;
 use self::stats::IngestStats;
 use crate::consumer::spawn_consumer;
 use crate::health::{Health, Roles};
+use crate::points::Points;
 use crate::stage::{self, Inputs, NoResults, Stage};
 
 /// Records pushed over HTTP (or by replay), answered once applied and flushed online.
@@ -116,55 +117,10 @@ pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
 
 /// [`start`] for some roles only: the Kafka consumer with `ingest`, the monitor with `monitor`.
 pub async fn start_with(project: Arc<Project>, roles: Roles) -> anyhow::Result<Running> {
-    let store = match project.redis()? {
-        Some(topology) => OnlineStore::Redis(RedisStore::connect(&topology).await.context("connecting to Redis")?),
-        None => match project.stores.online.embedded.as_ref().and_then(|e| e.snapshot.as_deref()) {
-            Some(path) => OnlineStore::Embedded(Arc::new(EmbeddedStore::with_snapshot(path)?)),
-            None => OnlineStore::Embedded(Arc::new(EmbeddedStore::new())),
-        },
-    };
+    let store = connect_online(&project).await?;
     let offline = OfflineWriter::new(&project.stores.offline.parquet.path, schemas(&project))
         .context("opening the offline store")?;
-    let kafka_sources: Vec<(String, usize)> = project
-        .sources
-        .iter()
-        .enumerate()
-        .filter_map(|(i, (_, s))| s.kafka.as_ref().map(|k| (k.topic.clone(), i)))
-        .collect();
-    let (dead, consumer) = match &project.stores.kafka {
-        Some(config) => {
-            let mut topics: Vec<String> =
-                (0..project.sources.len()).map(|i| format!("{}.dlq", project.stream_name(i))).collect();
-            topics.extend(project.models.keys().map(|m| project.predictions_topic(m)));
-            if let Err(e) = kafka::ensure_topics(config, &topics).await {
-                // ACLs may forbid it; the topics may exist anyway
-                tracing::warn!(error = format!("{e:#}"), "dead-letter and prediction topics not ensured");
-            }
-            let dead = DeadLetters::kafka(kafka::producer(config)?);
-            let consumer = if kafka_sources.is_empty() || !roles.ingest {
-                None
-            } else {
-                Some(KafkaSource::new(config, &project.group_id(), &kafka_sources)?)
-            };
-            (dead, consumer)
-        }
-        None => (DeadLetters::files(project.stores.dead_letters.path.clone()), None),
-    };
-    let decoders = project
-        .sources
-        .iter()
-        .enumerate()
-        .map(|(i, (_, source))| {
-            let numeric = project
-                .plans
-                .iter()
-                .zip(&project.plan_sources)
-                .filter(|(_, s)| **s == i)
-                .flat_map(|(p, _)| p.numeric_columns().into_iter().filter(|c| !p.is_joined(c)))
-                .collect();
-            Decoder::new(source, numeric)
-        })
-        .collect();
+    let (dead, consumer) = dead_letters_and_consumer(&project, roles).await?;
     let processor = Processor::new(
         &project.name,
         project.plans.clone(),
@@ -193,7 +149,7 @@ pub async fn start_with(project: Arc<Project>, roles: Roles) -> anyhow::Result<R
     };
     let pipeline = Pipeline {
         project: project.clone(),
-        decoders,
+        decoders: decoders(&project),
         joins: project.joins(),
         processor,
         tables,
@@ -210,11 +166,7 @@ pub async fn start_with(project: Arc<Project>, roles: Roles) -> anyhow::Result<R
             ..IngestStats::default()
         },
         influx: match &project.stores.influxdb {
-            Some(config) => {
-                let mut config = config.clone();
-                config.spill_dir = config.spill_dir.join("ingest");
-                Some((fathom_monitor::influx::Writer::new(config).context("stores.influxdb")?, Instant::now()))
-            }
+            Some(config) => Some(Points::influx(config, "ingest").context("stores.influxdb")?),
             None => None,
         },
     };
@@ -226,6 +178,67 @@ pub async fn start_with(project: Arc<Project>, roles: Roles) -> anyhow::Result<R
         None
     };
     Ok(Running { store, push: push_tx, health, shutdown: shutdown_tx, task, monitor })
+}
+
+/// The online store: Redis when configured, else the embedded store (loaded from its snapshot).
+async fn connect_online(project: &Project) -> anyhow::Result<OnlineStore> {
+    Ok(match project.redis()? {
+        Some(topology) => OnlineStore::Redis(RedisStore::connect(&topology).await.context("connecting to Redis")?),
+        None => match project.stores.online.embedded.as_ref().and_then(|e| e.snapshot.as_deref()) {
+            Some(path) => OnlineStore::Embedded(Arc::new(EmbeddedStore::with_snapshot(path)?)),
+            None => OnlineStore::Embedded(Arc::new(EmbeddedStore::new())),
+        },
+    })
+}
+
+/// Dead letters to Kafka (their topics and the prediction topics ensured) or to files, and the
+/// Kafka consumer of the sources when this process ingests.
+async fn dead_letters_and_consumer(
+    project: &Project,
+    roles: Roles,
+) -> anyhow::Result<(DeadLetters, Option<(KafkaSource, Committer)>)> {
+    let Some(config) = &project.stores.kafka else {
+        return Ok((DeadLetters::files(project.stores.dead_letters.path.clone()), None));
+    };
+    let kafka_sources: Vec<(String, usize)> = project
+        .sources
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, s))| s.kafka.as_ref().map(|k| (k.topic.clone(), i)))
+        .collect();
+    let mut topics: Vec<String> =
+        (0..project.sources.len()).map(|i| format!("{}.dlq", project.stream_name(i))).collect();
+    topics.extend(project.models.keys().map(|m| project.predictions_topic(m)));
+    if let Err(e) = kafka::ensure_topics(config, &topics).await {
+        // ACLs may forbid it; the topics may exist anyway
+        tracing::warn!(error = format!("{e:#}"), "dead-letter and prediction topics not ensured");
+    }
+    let dead = DeadLetters::kafka(kafka::producer(config)?);
+    let consumer = if kafka_sources.is_empty() || !roles.ingest {
+        None
+    } else {
+        Some(KafkaSource::new(config, &project.group_id(), &kafka_sources)?)
+    };
+    Ok((dead, consumer))
+}
+
+/// One decoder per source, told which fields its feature sets aggregate as numbers.
+fn decoders(project: &Project) -> Vec<Decoder> {
+    project
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, (_, source))| {
+            let numeric = project
+                .plans
+                .iter()
+                .zip(&project.plan_sources)
+                .filter(|(_, s)| **s == i)
+                .flat_map(|(p, _)| p.numeric_columns().into_iter().filter(|c| !p.is_joined(c)))
+                .collect();
+            Decoder::new(source, numeric)
+        })
+        .collect()
 }
 
 struct Pipeline {
@@ -248,7 +261,7 @@ struct Pipeline {
     /// What happened since the last checkpoint, written to InfluxDB as `fathom_ingest` & co.
     stats: IngestStats,
     /// The InfluxDB writer, when `stores.influxdb` is configured.
-    influx: Option<(fathom_monitor::influx::Writer, Instant)>,
+    influx: Option<Points>,
 }
 
 /// What a Debezium record comes to.

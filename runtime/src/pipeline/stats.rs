@@ -1,7 +1,6 @@
 //! The ingest figures of each checkpoint, to InfluxDB.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use super::Pipeline;
 
@@ -30,7 +29,7 @@ impl Pipeline {
             ..IngestStats::default()
         };
         let stats = std::mem::replace(&mut self.stats, fresh);
-        let Some((writer, retry_at)) = &mut self.influx else { return };
+        let Some(out) = &mut self.influx else { return };
         let now = chrono::Utc::now().timestamp_millis();
         let time_ns = now * 1_000_000;
         let seconds = self.last_checkpoint.elapsed().as_secs_f64().max(1e-3);
@@ -83,22 +82,11 @@ impl Pipeline {
                 points.push(point("fathom_freshness", vec![("feature_set", plan.name.clone())], fields));
             }
         }
-        if let Err(e) = writer.push(&points) {
-            tracing::warn!(error = %e, "ingest points not queued");
+        if let Err(e) = out.push(&points) {
+            tracing::warn!(error = format!("{e:#}"), "ingest points not queued");
         }
-        if Instant::now() >= *retry_at {
-            match writer.flush().await {
-                Ok(_) => self.health.clear("influxdb"),
-                Err(e) => {
-                    *retry_at = Instant::now() + writer.backoff();
-                    tracing::warn!(error = %e, backlog = writer.backlog(), "InfluxDB write failed; ingest points kept");
-                    let message = format!("{e}; {} points waiting (spilled to disk)", writer.backlog());
-                    self.health.warn("influxdb", message);
-                }
-            }
-        }
-        if let Err(e) = writer.persist() {
-            tracing::warn!(error = %e, "ingest points not spilled");
+        if let Err(e) = out.persist(&self.health).await {
+            tracing::warn!(error = format!("{e:#}"), "ingest points not spilled");
         }
     }
 }
