@@ -26,6 +26,7 @@ macro_rules! until_ok {
     };
 }
 
+pub mod clock;
 mod consumer;
 pub mod health;
 pub mod models;

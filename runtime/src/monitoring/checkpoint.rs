@@ -1,7 +1,6 @@
 //! What the monitor makes durable, in order, and the checkpoint value itself.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
 
 use anyhow::Context as _;
 use fathom_featurestore::online::Write;
@@ -11,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lease::{lease_key, LeaseLost, LEASE_MS};
 use super::outbox::Delivery;
-use super::{checkpoint_key, now_ms, Monitor};
+use super::{checkpoint_key, Monitor};
 use crate::RETRY;
 
 /// What the checkpoint holds.
@@ -53,7 +52,7 @@ impl Monitor {
     /// Makes everything durable (see the module documentation for the order).
     pub(super) async fn checkpoint(&mut self) -> Result<(), CheckpointError> {
         self.dead.flush().await.context("flushing dead letters")?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let points: Vec<Point> = self.models.iter().map(|m| m.monitor.counters_point(now)).collect();
         self.points.push(&points)?;
         self.points.persist(&self.health).await.context("writing monitoring points")?;
@@ -74,7 +73,7 @@ impl Monitor {
         }
         self.health.recovered();
         self.urgent = false;
-        self.last_checkpoint = Instant::now();
+        self.last_checkpoint = self.clock.instant();
         Ok(())
     }
 
@@ -104,7 +103,7 @@ impl Monitor {
         if let Some(other) = fenced.context("writing the monitor checkpoint")? {
             return Err(LeaseLost(other).into());
         }
-        self.last_renewed = Instant::now();
+        self.last_renewed = self.clock.instant();
         self.committed = epoch;
         for d in &mut self.outbox {
             d.committed = true;

@@ -1,7 +1,5 @@
 //! Records in: parsed, joined by `request_id`, counted into the windows; windows closed when idle.
 
-use std::time::Instant;
-
 use fathom_ingest::deadletter::DeadLetter;
 use fathom_ingest::decode::{Reason, Refusal};
 use fathom_ingest::record::Record;
@@ -11,14 +9,14 @@ use fathom_monitor::join::{Entry, Joined, Labelled, Predicted};
 use fathom_monitor::records::{Label, Prediction};
 use fathom_monitor::window::Event;
 
-use super::{entry_key, now_ms, Kind, Monitor};
+use super::{entry_key, Kind, Monitor};
 use crate::pipeline::PushSummary;
 use crate::RETRY;
 
 impl Monitor {
     /// Closes the open windows of models whose streams have been quiet for their `idle`.
     pub(super) fn idle(&mut self) {
-        let quiet = self.last_record.elapsed().as_millis() as i64;
+        let quiet = self.clock.since(self.last_record).as_millis() as i64;
         let mut outputs = Vec::new();
         for (i, model) in self.models.iter_mut().enumerate() {
             let open = model.monitor.state.windows.values().any(|w| !w.closed);
@@ -46,7 +44,7 @@ impl Monitor {
 
     /// Applies records: parse, join, count; refused ones become dead letters.
     pub(super) async fn handle(&mut self, records: Vec<Record>) -> PushSummary {
-        self.last_record = Instant::now();
+        self.last_record = self.clock.instant();
         let mut summary = PushSummary::default();
         let parsed = self.parse(records, &mut summary).await;
         self.load_entries(&parsed).await;
@@ -166,7 +164,7 @@ impl Monitor {
 
     /// Queues points; turns rule transitions into deliveries (sent after the next checkpoint).
     pub(super) fn emit(&mut self, model: usize, mut points: Vec<Point>, events: Vec<Event>) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         for event in events {
             let m = &self.models[model];
             let deliveries = match event.rule {

@@ -1,6 +1,6 @@
 //! The monitor lease: one active monitor per project, the others on standby.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fathom_featurestore::online::OnlineStore;
 use tokio::sync::{mpsc, watch};
@@ -54,11 +54,11 @@ impl Monitor {
     /// Renews the lease every [`RENEW`]; a store that does not answer is retried at the next
     /// tick (the lease outlasts a few misses).
     pub(super) async fn renew(&mut self) -> Result<(), LeaseLost> {
-        if self.last_renewed.elapsed() < RENEW {
+        if self.clock.since(self.last_renewed) < RENEW {
             return Ok(());
         }
         match self.store.lease(&lease_key(&self.project.name), &self.holder, LEASE_MS).await {
-            Ok(None) => self.last_renewed = Instant::now(),
+            Ok(None) => self.last_renewed = self.clock.instant(),
             Ok(Some(other)) => return Err(LeaseLost(other)),
             Err(e) => tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "renewing the monitor lease"),
         }

@@ -45,6 +45,7 @@ use tokio::task::JoinHandle;
 use self::checkpoint::{Checkpoint, CheckpointError};
 use self::lease::{lease_key, standby, LeaseLost, LEASE_MS};
 use self::outbox::{Delivery, DeliveryResult};
+use crate::clock::{Clock, SystemClock};
 use crate::health::Health;
 use crate::pipeline::PushSummary;
 use crate::points::Points;
@@ -153,6 +154,7 @@ pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<
     if prepared.is_empty() {
         return Ok(None);
     }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let holder = {
         use rand::Rng as _;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -165,7 +167,7 @@ pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<
     // the usual case, one process: active at once, and a bad checkpoint or Kafka setting stops
     // the start like any other configuration error
     let mut active = match store.lease(&key, &holder, LEASE_MS).await.context("taking the monitor lease")? {
-        None => Some(activate(&project, &store, &prepared, &holder, &health).await?),
+        None => Some(activate(&project, &store, &prepared, &holder, &health, &clock).await?),
         Some(other) => {
             tracing::info!(active = other, "monitor on standby: another process is the active monitor");
             None
@@ -183,7 +185,7 @@ pub async fn start(project: Arc<Project>, store: OnlineStore) -> anyhow::Result<
                         return Ok(());
                     }
                     tracing::info!(holder, "taking over as the active monitor");
-                    activate(&project, &store, &prepared, &holder, &health).await?
+                    activate(&project, &store, &prepared, &holder, &health, &clock).await?
                 }
             };
             match monitor.run(kafka_rx, &mut push_rx, results_rx, &mut shutdown_rx).await {
@@ -255,6 +257,7 @@ async fn activate(
     prepared: &[Prepared],
     holder: &str,
     health: &Arc<Health>,
+    clock: &Arc<dyn Clock>,
 ) -> anyhow::Result<(Monitor, Option<mpsc::Receiver<Vec<Record>>>, mpsc::Receiver<DeliveryResult>)> {
     let loaded = store.load(&[checkpoint_key(&project.name)]).await.context("reading the monitor checkpoint")?;
     let mut checkpoint: Checkpoint = match loaded.into_iter().next().flatten() {
@@ -286,7 +289,8 @@ async fn activate(
         project: project.clone(),
         store: store.clone(),
         holder: holder.to_string(),
-        last_renewed: Instant::now(),
+        last_renewed: clock.instant(),
+        clock: clock.clone(),
         models,
         streams,
         committed: checkpoint.epoch,
@@ -299,8 +303,8 @@ async fn activate(
         committer,
         producer,
         http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
-        last_record: Instant::now(),
-        last_checkpoint: Instant::now(),
+        last_record: clock.instant(),
+        last_checkpoint: clock.instant(),
         urgent: false,
         in_flight: HashSet::new(),
         results_tx,
@@ -317,6 +321,8 @@ struct Monitor {
     /// Who this process is in the monitor lease.
     holder: String,
     last_renewed: Instant,
+    /// What the monitor reads the time from.
+    clock: Arc<dyn Clock>,
     models: Vec<Model>,
     /// (topic, model index, kind) per record source index.
     streams: Streams,
@@ -339,10 +345,6 @@ struct Monitor {
     in_flight: HashSet<String>,
     results_tx: mpsc::Sender<DeliveryResult>,
     health: Arc<Health>,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 impl Monitor {
@@ -410,7 +412,8 @@ impl Stage for Monitor {
 
     fn checkpoint_due(&self) -> bool {
         self.urgent
-            || self.last_checkpoint.elapsed() >= Duration::from_millis(self.project.processing.checkpoint_ms as u64)
+            || self.clock.since(self.last_checkpoint)
+                >= Duration::from_millis(self.project.processing.checkpoint_ms as u64)
     }
 
     /// One attempt: a store failure is reported and retried at the next event.
@@ -430,3 +433,6 @@ impl Stage for Monitor {
         self.checkpoint_until_done().await
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::payloads::retrain_outcome;
 use super::transport::{publish, send, signed};
-use super::{monitoring_dir, now_ms, Monitor};
+use super::{monitoring_dir, Monitor};
 
 /// Where a delivery goes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,7 +73,7 @@ fn backoff_ms(attempts: u32) -> i64 {
 impl Monitor {
     /// Starts sending committed deliveries that are due.
     pub(super) fn deliver(&mut self) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let due: Vec<Delivery> = self
             .outbox
             .iter()
@@ -161,7 +161,7 @@ impl Monitor {
             let why = result.as_ref().err().map(|f| f.why.clone()).unwrap_or_default();
             let backoff = backoff_ms(d.attempts);
             tracing::warn!(delivery = %d.id, attempt = d.attempts, error = %why, retry_in_ms = backoff, "delivery failed; retrying");
-            d.due_ms = now_ms() + backoff;
+            d.due_ms = self.clock.now_ms() + backoff;
             self.outbox[index] = d;
             return;
         }
@@ -181,7 +181,7 @@ impl Monitor {
             tracing::error!(delivery = %d.id, attempts = d.attempts, error = %detail, "delivery failed for good");
         }
         let model = self.models[m].name.clone();
-        let time_ns = now_ms() * 1_000_000;
+        let time_ns = self.clock.now_ms() * 1_000_000;
         let mut points = Vec::new();
         match d.target {
             Target::Alert(i) => {
