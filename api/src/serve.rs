@@ -22,6 +22,7 @@ pub fn metrics() -> PrometheusHandle {
             let handle = recorder.handle();
             // a second recorder (tests running several servers) keeps the first one
             let _ = metrics::set_global_recorder(recorder);
+            fathom_runtime::telemetry::describe();
             // histogram samples wait in the recorder until upkeep folds them in: without it a
             // process nobody scrapes would keep every sample
             let upkeep = handle.clone();

@@ -34,6 +34,7 @@ pub mod monitoring;
 pub mod pipeline;
 mod points;
 mod stage;
+pub mod telemetry;
 
 pub use health::{Health, Roles};
 

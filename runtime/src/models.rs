@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::telemetry::{self, Published};
+
 /// Replaces `{reference: …}` imputations by the profile's values (the profile is read when any
 /// is configured); the error names the model, feature and profile.
 pub fn resolve_imputations(
@@ -124,8 +126,7 @@ impl ModelClient {
         let answer = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| PredictError::Timeout(self.timeout.as_millis()))??;
-        metrics::histogram!("fathom_model_seconds", "model" => self.name.clone())
-            .record(started.elapsed().as_secs_f64());
+        telemetry::model_answered(&self.name, started.elapsed().as_secs_f64());
         match endpoint.protocol {
             Protocol::OpenInferenceV2 => inference_prediction(answer),
             Protocol::Json => Ok(match answer {
@@ -301,13 +302,10 @@ impl PredictionLog {
                     }
                 };
                 match result {
-                    Ok(()) => {
-                        metrics::counter!("fathom_prediction_records_total", "model" => record.model).increment(1)
-                    }
+                    Ok(()) => telemetry::prediction_record(record.model, Published::Done),
                     Err(e) => {
                         tracing::warn!(error = %e, topic, "prediction record not published");
-                        metrics::counter!("fathom_prediction_records_failed_total", "model" => record.model)
-                            .increment(1);
+                        telemetry::prediction_record(record.model, Published::Failed);
                     }
                 }
             }
@@ -321,7 +319,7 @@ impl PredictionLog {
             let model = match &e {
                 mpsc::error::TrySendError::Full((_, r)) | mpsc::error::TrySendError::Closed((_, r)) => r.model.clone(),
             };
-            metrics::counter!("fathom_prediction_records_dropped_total", "model" => model).increment(1);
+            telemetry::prediction_record(model, Published::Dropped);
         }
     }
 }

@@ -23,11 +23,7 @@ pub(crate) async fn run(config: Option<&PathBuf>, roles: &str) -> anyhow::Result
 pub(crate) fn memory_gauges() {
     serve::metrics(); // the recorder first, or the first readings are lost
     let spawned = std::thread::Builder::new().name("memory-gauges".into()).spawn(move || loop {
-        if let Some((heap, held)) = heap_stats() {
-            metrics::gauge!("fathom_memory_heap_bytes").set(heap as f64);
-            metrics::gauge!("fathom_memory_allocator_resident_bytes").set(held as f64);
-        }
-        metrics::gauge!("fathom_process_resident_bytes").set(crate::bench::rss_kib("self") as f64 * 1024.0);
+        fathom_runtime::telemetry::memory(heap_stats(), crate::bench::rss_kib("self") * 1024);
         std::thread::sleep(Duration::from_secs(5));
     });
     if let Err(e) = spawned {

@@ -8,6 +8,7 @@ use fathom_featurestore::online::{self, OnlineStore};
 use fathom_ingest::deadletter::DeadLetter;
 
 use super::Pipeline;
+use crate::telemetry;
 use crate::RETRY;
 
 impl Pipeline {
@@ -21,10 +22,9 @@ impl Pipeline {
         let started = Instant::now();
         until_ok!(self.health, "flushing table rows to the online store", self.tables.flush().await);
         let written = until_ok!(self.health, "flushing to the online store", self.processor.flush(&offsets).await);
-        metrics::histogram!("fathom_flush_seconds").record(started.elapsed().as_secs_f64());
-        self.stats.flushes.push(started.elapsed().as_secs_f64());
-        metrics::counter!("fathom_entities_written_total").increment(written as u64);
-        metrics::gauge!("fathom_cached_entities").set(self.processor.cached() as f64);
+        let written_in = started.elapsed().as_secs_f64();
+        self.stats.flushes.push(written_in);
+        telemetry::flushed(written_in, written, self.processor.cached());
         self.health.recovered();
     }
 
@@ -50,8 +50,7 @@ impl Pipeline {
     pub(super) async fn checkpoint(&mut self) -> anyhow::Result<()> {
         let rows = self.offline.buffered();
         let files = until_ok!(self.health, "writing the offline store", self.offline.commit());
-        metrics::counter!("fathom_offline_rows_total").increment(rows as u64);
-        metrics::counter!("fathom_offline_files_total").increment(files.len() as u64);
+        telemetry::offline_committed(rows, files.len());
         self.flush_dead_letters().await;
         if let OnlineStore::Embedded(store) = self.processor.store().clone() {
             until_ok!(self.health, "saving the embedded store snapshot", {
@@ -68,8 +67,7 @@ impl Pipeline {
                 Ok(lag) => {
                     self.processed.clear();
                     for (topic, partition, lag) in lag {
-                        metrics::gauge!("fathom_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
-                            .set(lag as f64);
+                        telemetry::consumer_lag(&topic, partition, lag);
                         lags.push((topic, partition, lag));
                     }
                 }
@@ -84,7 +82,7 @@ impl Pipeline {
         }
         let keys = self.processor.store().key_count().await.ok().flatten();
         if let Some(keys) = keys {
-            metrics::gauge!("fathom_online_keys").set(keys as f64);
+            telemetry::online_keys(keys);
         }
         self.write_stats(&lags, keys).await;
         self.last_checkpoint = Instant::now();

@@ -13,6 +13,7 @@ use fathom_ingest::record::Record;
 use serde_json::Value;
 
 use super::{Cdc, Pipeline, PushSummary};
+use crate::telemetry;
 
 /// One batch, decoded.
 struct Batch {
@@ -49,8 +50,7 @@ impl Pipeline {
             r.at.partition.is_none_or(|p| handled.get(&(r.source, p)).is_none_or(|&through| r.at.offset > through))
         });
         if records.len() < before {
-            tracing::info!(records = before - records.len(), "skipped records this process already handled");
-            metrics::counter!("fathom_replayed_records_skipped_total").increment((before - records.len()) as u64);
+            telemetry::redelivered((before - records.len()) as u64);
         }
     }
 
@@ -59,7 +59,7 @@ impl Pipeline {
         let mut per_source = vec![0u64; self.project.sources.len()];
         records.iter().for_each(|r| per_source[r.source] += 1);
         for (i, n) in per_source.into_iter().enumerate().filter(|(_, n)| *n > 0) {
-            metrics::counter!("fathom_records_in_total", "source" => self.project.sources[i].0.clone()).increment(n);
+            telemetry::records_in(&self.project.sources[i].0, n);
             self.stats.records[i] += n;
         }
     }
@@ -116,10 +116,7 @@ impl Pipeline {
         let mut rows: Vec<&mut RowChange> = changes.iter_mut().map(|(row, _)| row).collect();
         let outcome =
             until_ok!(self.health, "loading table rows from the online store", self.tables.apply(&mut rows).await);
-        metrics::counter!("fathom_table_changes_applied_total").increment(outcome.applied);
-        metrics::counter!("fathom_table_changes_stale_total").increment(outcome.stale);
-        metrics::counter!("fathom_replayed_records_skipped_total").increment(outcome.duplicates);
-        metrics::counter!("fathom_table_unavailable_without_stored_value_total").increment(outcome.unavailable_unknown);
+        telemetry::table_changes(&outcome);
         // an applied change's row has its unavailable columns filled in; a skipped one's
         // keep Debezium's placeholder in the log, for readers to fill in from the change
         // before it in order (as `fathom dataset` does)
@@ -152,15 +149,11 @@ impl Pipeline {
                 "loading joined table rows from the online store",
                 self.tables.enrich(&self.joins, events).await
             );
-            metrics::counter!("fathom_join_matched_total").increment(outcome.matched);
-            metrics::counter!("fathom_join_missed_total").increment(outcome.missed);
-            metrics::counter!("fathom_join_approximate_total").increment(outcome.approximate);
+            telemetry::joins(&outcome);
         }
         let outcome =
             until_ok!(self.health, "loading state from the online store", self.processor.process(events).await);
-        metrics::counter!("fathom_events_applied_total").increment(outcome.applied);
-        metrics::counter!("fathom_replayed_records_skipped_total").increment(outcome.duplicates);
-        metrics::counter!("fathom_events_without_key_total").increment(outcome.unkeyed);
+        telemetry::events(&outcome);
         let late_for = self.late(events, &outcome.late, summary).await;
         let late = late_for.iter().filter(|l| l.is_some()).count();
         summary.dead_lettered += late;
@@ -225,12 +218,11 @@ impl Pipeline {
         let placeholder = config.unavailable_value_placeholder.as_deref().unwrap_or(debezium::UNAVAILABLE_VALUE);
         let change = match debezium::decode(record.key.as_deref(), &record.payload, columns, placeholder)? {
             Decoded::Tombstone => {
-                metrics::counter!("fathom_tombstones_total", "source" => name.clone()).increment(1);
+                telemetry::tombstone(name);
                 return Ok(Cdc::Consumed);
             }
             Decoded::Change(change) if change.op == Op::Truncate => {
-                tracing::info!(source = %name, table = ?change.table, "truncate: rows are not cleared");
-                metrics::counter!("fathom_truncates_total", "source" => name.clone()).increment(1);
+                telemetry::truncate(name, change.table.as_deref());
                 return Ok(match config.on_truncate {
                     TruncatePolicy::Skip => Cdc::Consumed,
                     TruncatePolicy::DeadLetter => Cdc::Truncate,
