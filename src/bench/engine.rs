@@ -1,0 +1,156 @@
+//! `fathom bench engine`: the aggregation kernel's throughput on one core, its memory per
+//! 100k keys, and — when a Python with storey is given — storey's `AggregateByKey` on the same
+//! events and windows, side by side.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use compact_str::CompactString;
+use fathom_featurestore::definition::{FeatureSetConfig, FeatureSetPlan};
+use fathom_featurestore::engine::{self, EntityState};
+use fathom_featurestore::online;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rustc_hash::FxHashMap;
+use serde_json::Value;
+
+/// The benchmark's feature set: 5 functions × 3 windows over one column.
+pub(crate) const FEATURES: &str = "entity: card\nsource: tx\naggregations:\n  - { column: amount, functions: [count, sum, mean, max, stddev], windows: [10m, 1h, 24h], period: 1m }\n";
+
+/// Options.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    /// Events.
+    pub events: usize,
+    /// Distinct keys.
+    pub keys: usize,
+    /// Python interpreter with storey installed; run storey on the first `storey_events`.
+    pub storey_python: Option<PathBuf>,
+    /// Events given to storey.
+    pub storey_events: usize,
+}
+
+pub(super) fn plan() -> FeatureSetPlan {
+    let config: FeatureSetConfig = serde_yaml_ng::from_str(FEATURES).expect("bench config");
+    config.compile("bench", "card", "bench", &mut Vec::new()).expect("bench plan")
+}
+
+/// (key, event time ms, amount): two hours of events, 2% of them up to 5 minutes out of order.
+pub(super) fn events(n: usize, keys: usize) -> Vec<(u32, i64, f64)> {
+    let mut rng = SmallRng::seed_from_u64(42);
+    let start = 1_767_225_600_000i64;
+    (0..n)
+        .map(|i| {
+            let mut ts = start + (i as i64 * 7_200_000) / n as i64;
+            if rng.random_ratio(1, 50) {
+                ts -= rng.random_range(0..300_000);
+            }
+            (rng.random_range(0..keys as u32), ts, (rng.random::<f64>() * 500.0 * 100.0).round() / 100.0)
+        })
+        .collect()
+}
+
+/// The resident set of a process (`"self"` or a pid), KiB; 0 where /proc does not say.
+pub(crate) fn rss_kib(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok());
+    kib.unwrap_or(0)
+}
+
+fn rss_bytes() -> u64 {
+    rss_kib("self") * 1024
+}
+
+/// Runs the benchmark and prints a report.
+pub(crate) fn run(options: &Options) -> anyhow::Result<()> {
+    let plan = plan();
+    let stream = events(options.events, options.keys);
+    let names: Vec<String> = (0..options.keys).map(|k| format!("card-{k:06}")).collect();
+    // what a decoded batch holds: each event's key and value next to it, as the processor sees them
+    let decoded: Vec<(CompactString, Value)> =
+        stream.iter().map(|e| (CompactString::from(&names[e.0 as usize]), Value::from(e.2))).collect();
+    let before = rss_bytes();
+    let mut states: FxHashMap<CompactString, EntityState> = FxHashMap::default();
+    let started = Instant::now();
+    for ((_, ts, _), (name, amount)) in stream.iter().zip(&decoded) {
+        let state = match states.get_mut(name.as_str()) {
+            Some(s) => s,
+            None => states.entry(name.clone()).or_insert_with(|| EntityState::new(&plan)),
+        };
+        engine::apply(&plan, state, *ts, &[Some(amount)], &[], None);
+    }
+    let apply_secs = started.elapsed().as_secs_f64();
+    let state_bytes = rss_bytes().saturating_sub(before);
+    let read_at = stream.iter().map(|e| e.1).max().unwrap_or(0);
+    let started = Instant::now();
+    let mut checksum = 0.0;
+    for state in states.values() {
+        for v in engine::read(&plan, state, read_at) {
+            if let engine::AggValue::Float(x) = v {
+                checksum += x;
+            }
+        }
+    }
+    let read_secs = started.elapsed().as_secs_f64();
+    let encoded: usize = states.values().map(|s| online::encode(&plan, s).len()).sum();
+    let rate = options.events as f64 / apply_secs;
+    println!(
+        "fathom engine: {} events, {} keys, {} features (5 functions × 3 windows, 1m buckets), one core",
+        options.events,
+        states.len(),
+        plan.aggregations.len()
+    );
+    println!("  apply: {apply_secs:.3}s = {:.2}M events/s", rate / 1e6);
+    println!(
+        "  read all features of every key: {read_secs:.3}s = {:.0} keys/s (checksum {checksum:.1})",
+        states.len() as f64 / read_secs
+    );
+    println!(
+        "  memory: {:.1} MiB resident for {} keys = {:.1} MiB per 100k keys; encoded state {:.0} bytes/key",
+        state_bytes as f64 / 1048576.0,
+        states.len(),
+        state_bytes as f64 / 1048576.0 * 100_000.0 / states.len() as f64,
+        encoded as f64 / states.len() as f64
+    );
+    if let Some(python) = &options.storey_python {
+        let n = options.storey_events.min(stream.len());
+        let storey = storey(python, &stream[..n], &names)?;
+        println!("storey AggregateByKey: {n} events of the same stream, same features: {storey:.0} events/s");
+        println!("  fathom / storey = {:.0}×", rate / storey);
+    }
+    Ok(())
+}
+
+/// Writes the events as NDJSON and runs `bench/storey_bench.py` on them; returns its events/s.
+fn storey(python: &Path, stream: &[(u32, i64, f64)], names: &[String]) -> anyhow::Result<f64> {
+    let dir = tempfile_dir()?;
+    let path = dir.join("events.ndjson");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    for (key, ts, amount) in stream {
+        writeln!(file, "{{\"card\":\"{}\",\"ts\":{ts},\"amount\":{amount}}}", names[*key as usize])?;
+    }
+    file.flush()?;
+    drop(file);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/storey_bench.py");
+    let output = Command::new(python)
+        .arg(&script)
+        .arg(&path)
+        .output()
+        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
+    anyhow::ensure!(output.status.success(), "storey bench failed: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+    text.lines()
+        .find_map(|l| l.strip_prefix("events_per_second="))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("storey bench printed no rate: {text}"))
+}
+
+pub(super) fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("fathom-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
