@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use fathom_featurestore::definition::{FeatureSetConfig, Problem};
+use fathom_featurestore::definition::{FeatureSetConfig, FeatureSetPlan, Problem, TablePlan};
 use fathom_featurestore::duration::Span;
 use fathom_featurestore::vector::Catalog;
 use fathom_ingest::config::{Format, SourceConfig};
@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+use crate::models::ModelConfig;
 use crate::{ConfigError, EntityConfig, Processing, Project, ServerConfig, Stores};
 
 /// The `processing` section, as written.
@@ -142,24 +143,60 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
             problem(&mut problems, name, format!("unknown key (expected one of {})", SECTIONS.join(", ")));
         }
     }
-    let name = match root.get("project") {
+    let name = project_name(&root, &mut problems);
+    let stores = stores(&root, &mut problems);
+    let server = server(&root, &mut problems);
+    let processing = processing(&root, &mut problems);
+    let sources = sources(&root, &stores, &mut problems);
+    let entities = entities(&root, &mut problems);
+    let FeatureSets { plans, plan_sources, table_plans } = feature_sets(&root, &entities, &sources, &mut problems);
+    let tables: Vec<(String, String)> =
+        sources.iter().filter(|(_, s)| s.format == Format::Debezium).map(|(n, s)| (n.clone(), s.key.clone())).collect();
+    let catalog = Catalog { project: &name, plans: &plans, table_plans: &table_plans, tables: &tables };
+    let vectors = vectors(&root, &catalog, &mut problems);
+    let models = models(&root, &catalog, &mut problems);
+    if !problems.is_empty() {
+        return Err(Parsed::Invalid(problems));
+    }
+    Ok(Project {
+        name,
+        stores,
+        sources,
+        plans,
+        plan_sources,
+        table_plans,
+        tables,
+        vectors,
+        models,
+        base_dir: PathBuf::from("."),
+        server,
+        processing,
+    })
+}
+
+fn project_name(root: &serde_yaml_ng::Mapping, problems: &mut Vec<Problem>) -> String {
+    match root.get("project") {
         Some(Value::String(s)) => {
-            check_name("project", s, "project", &mut problems);
+            check_name("project", s, "project", problems);
             s.clone()
         }
         _ => {
-            problem(&mut problems, "project", "required: the project name, e.g. `project: payments`");
+            problem(problems, "project", "required: the project name, e.g. `project: payments`");
             String::new()
         }
-    };
-    let stores: Stores = root.get("stores").and_then(|v| typed(v, "stores", &mut problems)).unwrap_or_default();
+    }
+}
+
+/// `stores`: one online store, a Redis deployment named once, Kafka options librdkafka accepts.
+fn stores(root: &serde_yaml_ng::Mapping, problems: &mut Vec<Problem>) -> Stores {
+    let stores: Stores = root.get("stores").and_then(|v| typed(v, "stores", problems)).unwrap_or_default();
     if stores.online.redis.is_some() && stores.online.embedded.is_some() {
-        problem(&mut problems, "stores.online", "choose one online store: `redis` or `embedded`");
+        problem(problems, "stores.online", "choose one online store: `redis` or `embedded`");
     }
     if let Some(redis) = &stores.online.redis {
         if redis.url.is_some() == redis.cluster.is_some() {
             problem(
-                &mut problems,
+                problems,
                 "stores.online.redis",
                 "set exactly one of `url` (single node) and `cluster` (seed node URLs)",
             );
@@ -169,82 +206,97 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
         for (key, message) in fathom_ingest::kafka::check_options(kafka) {
             let field =
                 if key.is_empty() { "stores.kafka.options".to_string() } else { format!("stores.kafka.options.{key}") };
-            problem(&mut problems, field, format!("librdkafka refuses it: {message}"));
+            problem(problems, field, format!("librdkafka refuses it: {message}"));
         }
     }
-    let server: ServerConfig = root.get("server").and_then(|v| typed(v, "server", &mut problems)).unwrap_or_default();
+    stores
+}
+
+/// `server`: its tokens and timeout checked.
+fn server(root: &serde_yaml_ng::Mapping, problems: &mut Vec<Problem>) -> ServerConfig {
+    let server: ServerConfig = root.get("server").and_then(|v| typed(v, "server", problems)).unwrap_or_default();
     for (i, token) in server.auth.iter().flat_map(|a| &a.tokens).enumerate() {
         for (field, message) in crate::auth::check(token) {
-            problem(&mut problems, format!("server.auth.tokens[{i}].{field}"), message);
+            problem(problems, format!("server.auth.tokens[{i}].{field}"), message);
         }
     }
-    span_or(&server.request_timeout, 0, "server.request_timeout", &mut problems);
-    let processing = processing(&root, &mut problems);
+    span_or(&server.request_timeout, 0, "server.request_timeout", problems);
+    server
+}
 
-    let mut sources: Vec<(String, SourceConfig)> = Vec::new();
-    for (source, value) in entries(&root, "sources", &mut problems) {
+/// `sources`, in file order.
+fn sources(root: &serde_yaml_ng::Mapping, stores: &Stores, problems: &mut Vec<Problem>) -> Vec<(String, SourceConfig)> {
+    let mut sources = Vec::new();
+    for (source, value) in entries(root, "sources", problems) {
         let path = format!("sources.{source}");
-        check_name("source", &source, &path, &mut problems);
-        if let Some(config) = typed::<SourceConfig>(&value, &path, &mut problems) {
-            if config.kafka.is_some() && stores.kafka.is_none() {
-                problem(
-                    &mut problems,
-                    format!("{path}.kafka"),
-                    "a Kafka source needs `stores.kafka.bootstrap_servers`",
-                );
-            }
-            if config.format == Format::Debezium && config.timestamp.is_some() {
-                problem(
-                    &mut problems,
-                    format!("{path}.timestamp"),
-                    "a Debezium source's event time is the commit time (source.ts_ms); remove `timestamp`",
-                );
-            }
-            if config.key.is_empty() {
-                problem(&mut problems, format!("{path}.key"), "must name the event field holding the entity key");
-            }
-            sources.push((source, config));
+        check_name("source", &source, &path, problems);
+        let Some(config) = typed::<SourceConfig>(&value, &path, problems) else { continue };
+        if config.kafka.is_some() && stores.kafka.is_none() {
+            problem(problems, format!("{path}.kafka"), "a Kafka source needs `stores.kafka.bootstrap_servers`");
         }
+        if config.format == Format::Debezium && config.timestamp.is_some() {
+            problem(
+                problems,
+                format!("{path}.timestamp"),
+                "a Debezium source's event time is the commit time (source.ts_ms); remove `timestamp`",
+            );
+        }
+        if config.key.is_empty() {
+            problem(problems, format!("{path}.key"), "must name the event field holding the entity key");
+        }
+        sources.push((source, config));
     }
-    let mut entities: BTreeMap<String, EntityConfig> = BTreeMap::new();
-    for (entity, value) in entries(&root, "entities", &mut problems) {
+    sources
+}
+
+fn entities(root: &serde_yaml_ng::Mapping, problems: &mut Vec<Problem>) -> BTreeMap<String, EntityConfig> {
+    let mut entities = BTreeMap::new();
+    for (entity, value) in entries(root, "entities", problems) {
         let path = format!("entities.{entity}");
-        check_name("entity", &entity, &path, &mut problems);
-        if let Some(config) = typed(&value, &path, &mut problems) {
+        check_name("entity", &entity, &path, problems);
+        if let Some(config) = typed(&value, &path, problems) {
             entities.insert(entity, config);
         }
     }
-    let mut plans = Vec::new();
-    let mut plan_sources = Vec::new();
-    let mut table_plans = Vec::new();
-    for (set, value) in entries(&root, "feature_sets", &mut problems) {
+    entities
+}
+
+/// The compiled `feature_sets`: over event sources, and over CDC tables.
+struct FeatureSets {
+    plans: Vec<FeatureSetPlan>,
+    plan_sources: Vec<usize>,
+    table_plans: Vec<TablePlan>,
+}
+
+fn feature_sets(
+    root: &serde_yaml_ng::Mapping,
+    entities: &BTreeMap<String, EntityConfig>,
+    sources: &[(String, SourceConfig)],
+    problems: &mut Vec<Problem>,
+) -> FeatureSets {
+    let mut compiled = FeatureSets { plans: Vec::new(), plan_sources: Vec::new(), table_plans: Vec::new() };
+    for (set, value) in entries(root, "feature_sets", problems) {
         let path = format!("feature_sets.{set}");
-        check_name("feature set", &set, &path, &mut problems);
-        let Some(config) = typed::<FeatureSetConfig>(&value, &path, &mut problems) else {
+        check_name("feature set", &set, &path, problems);
+        let Some(config) = typed::<FeatureSetConfig>(&value, &path, problems) else {
             continue;
         };
         let entity = entities.get(&config.entity);
         if entity.is_none() {
             let known: Vec<_> = entities.keys().cloned().collect();
-            problem(
-                &mut problems,
-                format!("{path}.entity"),
-                format!("unknown entity {:?} (declared: {})", config.entity, known.join(", ")),
-            );
+            let message = format!("unknown entity {:?} (declared: {})", config.entity, known.join(", "));
+            problem(problems, format!("{path}.entity"), message);
         }
         let source = sources.iter().position(|(n, _)| *n == config.source);
         if source.is_none() {
             let known: Vec<_> = sources.iter().map(|(n, _)| n.clone()).collect();
-            problem(
-                &mut problems,
-                format!("{path}.source"),
-                format!("unknown source {:?} (declared: {})", config.source, known.join(", ")),
-            );
+            let message = format!("unknown source {:?} (declared: {})", config.source, known.join(", "));
+            problem(problems, format!("{path}.source"), message);
         }
         let key = entity.map_or("", |e| e.key.as_str());
         if source.is_some_and(|s| sources[s].1.format == Format::Debezium) {
-            if let Some(plan) = config.compile_table(&set, key, &path, &mut problems) {
-                table_plans.push(plan);
+            if let Some(plan) = config.compile_table(&set, key, &path, problems) {
+                compiled.table_plans.push(plan);
             }
             continue;
         }
@@ -253,56 +305,71 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
                 let tables: Vec<_> =
                     sources.iter().filter(|(_, s)| s.format == Format::Debezium).map(|(n, _)| n.clone()).collect();
                 problem(
-                    &mut problems,
+                    problems,
                     format!("{path}.join[{i}].table"),
                     format!("{:?} is not a CDC table (format: debezium sources: {})", join.table, tables.join(", ")),
                 );
             }
         }
-        if let (Some(plan), Some(s)) = (config.compile(&set, key, &path, &mut problems), source) {
-            plans.push(plan);
-            plan_sources.push(s);
+        if let (Some(plan), Some(s)) = (config.compile(&set, key, &path, problems), source) {
+            compiled.plans.push(plan);
+            compiled.plan_sources.push(s);
         }
     }
-    let tables: Vec<(String, String)> =
-        sources.iter().filter(|(_, s)| s.format == Format::Debezium).map(|(n, s)| (n.clone(), s.key.clone())).collect();
+    compiled
+}
+
+/// `feature_vectors`: every reference resolves.
+fn vectors(
+    root: &serde_yaml_ng::Mapping,
+    catalog: &Catalog<'_>,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, Vec<String>> {
     let mut vectors = BTreeMap::new();
-    for (vector, value) in entries(&root, "feature_vectors", &mut problems) {
+    for (vector, value) in entries(root, "feature_vectors", problems) {
         let path = format!("feature_vectors.{vector}");
-        check_name("feature vector", &vector, &path, &mut problems);
-        let Some(config) = typed::<VectorConfig>(&value, &path, &mut problems) else {
+        check_name("feature vector", &vector, &path, problems);
+        let Some(config) = typed::<VectorConfig>(&value, &path, problems) else {
             continue;
         };
-        let catalog = Catalog { project: &name, plans: &plans, table_plans: &table_plans, tables: &tables };
         for (i, reference) in config.features.iter().enumerate() {
             if let Err(message) = catalog.resolve(std::slice::from_ref(reference)) {
-                problem(&mut problems, format!("{path}.features[{i}]"), message);
+                problem(problems, format!("{path}.features[{i}]"), message);
             }
         }
         vectors.insert(vector, config.features);
     }
+    vectors
+}
+
+/// `models`: features resolve, imputations name a feature, endpoints are reachable URLs, the
+/// monitoring parts check.
+fn models(
+    root: &serde_yaml_ng::Mapping,
+    catalog: &Catalog<'_>,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, ModelConfig> {
     let mut models = BTreeMap::new();
-    for (model, value) in entries(&root, "models", &mut problems) {
+    for (model, value) in entries(root, "models", problems) {
         let path = format!("models.{model}");
-        check_name("model", &model, &path, &mut problems);
-        let Some(config) = typed::<crate::models::ModelConfig>(&value, &path, &mut problems) else {
+        check_name("model", &model, &path, problems);
+        let Some(config) = typed::<ModelConfig>(&value, &path, problems) else {
             continue;
         };
-        let catalog = Catalog { project: &name, plans: &plans, table_plans: &table_plans, tables: &tables };
         let mut names = config.request_fields.clone();
         for (i, reference) in config.features.iter().enumerate() {
             match catalog.resolve(std::slice::from_ref(reference)) {
                 Ok(vector) => names.extend(vector.names),
-                Err(message) => problem(&mut problems, format!("{path}.features[{i}]"), message),
+                Err(message) => problem(problems, format!("{path}.features[{i}]"), message),
             }
         }
         for (feature, value) in &config.impute {
             if let Err(message) = crate::models::Imputation::parse(value) {
-                problem(&mut problems, format!("{path}.impute.{feature}"), message);
+                problem(problems, format!("{path}.impute.{feature}"), message);
             }
             if !names.contains(feature) {
                 problem(
-                    &mut problems,
+                    problems,
                     format!("{path}.impute.{feature}"),
                     "not one of the model's features (write <feature_set>.<feature> or a request field)",
                 );
@@ -311,33 +378,16 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
         if let Some(endpoint) = &config.endpoint {
             if !endpoint.url.starts_with("http://") {
                 let hint = "must be an http:// URL (TLS to model servers is not built in yet: keep the call inside the cluster or behind a sidecar)";
-                problem(&mut problems, format!("{path}.endpoint.url"), hint);
+                problem(problems, format!("{path}.endpoint.url"), hint);
             }
-            span_or(&endpoint.timeout, 0, &format!("{path}.endpoint.timeout"), &mut problems);
+            span_or(&endpoint.timeout, 0, &format!("{path}.endpoint.timeout"), problems);
         }
         for (field, message) in crate::monitoring::check(&config) {
-            problem(&mut problems, format!("{path}.{field}"), message);
+            problem(problems, format!("{path}.{field}"), message);
         }
         models.insert(model, config);
     }
-    if problems.is_empty() {
-        Ok(Project {
-            name,
-            stores,
-            sources,
-            plans,
-            plan_sources,
-            table_plans,
-            tables,
-            vectors,
-            models,
-            base_dir: PathBuf::from("."),
-            server,
-            processing,
-        })
-    } else {
-        Err(Parsed::Invalid(problems))
-    }
+    models
 }
 
 fn processing(root: &serde_yaml_ng::Mapping, problems: &mut Vec<Problem>) -> Processing {
