@@ -118,3 +118,30 @@ async fn failed_deliveries_back_off_then_give_up_and_say_so_in_a_point() {
     assert!(line.contains("outcome=failed") && line.contains("attempts=3i") && line.contains("status=503i"), "{line}");
     assert!(line.ends_with(&format!(" {}", (T0 + 2_000) * 1_000_000)), "timed by the clock: {line}");
 }
+
+#[test]
+fn the_stored_checkpoint_keeps_its_postcard_layout() {
+    use super::checkpoint::Checkpoint;
+    let mut delivery = Delivery::new("a".into(), "m", Target::Alert(1), "{}".into(), None);
+    (delivery.attempts, delivery.due_ms, delivery.committed) = (2, 7, true);
+    let checkpoint = Checkpoint {
+        epoch: 3,
+        aborted: [2].into(),
+        offsets: vec![(("t".into(), 0), 5)],
+        models: Default::default(),
+        outbox: vec![delivery],
+    };
+    // by the postcard wire format: varints, zigzag for signed integers, length-prefixed strings
+    // and sequences, enum variants by index, fields in declaration order
+    let golden: &[u8] = &[
+        3, // epoch
+        1, 2, // aborted: {2}
+        1, 1, b't', 0, 10, // offsets: [(("t", 0), 5)]
+        0,  // models: {}
+        1,  // outbox: one delivery
+        1, b'a', 1, b'm', 0, 1, 2, b'{', b'}', 2, 14, 1,
+        0, // id, model, Alert(1), body, attempts, due_ms, committed, context
+    ];
+    assert_eq!(postcard::to_allocvec(&checkpoint).unwrap(), golden);
+    assert_eq!(checkpointed_offsets(golden).unwrap(), vec![(("t".to_string(), 0), 5)]);
+}
