@@ -115,11 +115,14 @@ pub enum Function {
     Stddev,
     /// Approximate number of distinct values (HyperLogLog, ~0.8% error).
     DistinctCount,
+    /// Seconds from the newest value in the window to the read time: computed at read time, so
+    /// it grows between events; null when the window has no value.
+    TimeSinceLast,
 }
 
 impl Function {
     /// Every function, in the order the docs list them.
-    pub const ALL: [Function; 10] = [
+    pub const ALL: [Function; 11] = [
         Function::Count,
         Function::Sum,
         Function::Mean,
@@ -130,6 +133,7 @@ impl Function {
         Function::Variance,
         Function::Stddev,
         Function::DistinctCount,
+        Function::TimeSinceLast,
     ];
 
     /// The name used in configs and feature names.
@@ -145,6 +149,7 @@ impl Function {
             Function::Variance => "variance",
             Function::Stddev => "stddev",
             Function::DistinctCount => "distinct_count",
+            Function::TimeSinceLast => "time_since_last",
         }
     }
 

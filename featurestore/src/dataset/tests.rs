@@ -28,7 +28,7 @@ const T0: i64 = 1_767_225_600_000;
 
 fn plan() -> FeatureSetPlan {
     let config: FeatureSetConfig = serde_yaml_ng::from_str(
-        "entity: card\nsource: tx\nttl: 30m\nfeatures: [merchant]\naggregations:\n  - { column: amount, functions: [count, sum, max, mean], windows: [10m, 1h], period: 1m }\n",
+        "entity: card\nsource: tx\nttl: 30m\nfeatures: [merchant]\naggregations:\n  - { column: amount, functions: [count, sum, max, mean, time_since_last], windows: [10m, 1h], period: 1m }\n",
     )
     .unwrap();
     config.compile("cards", "card", "feature_sets.cards", &mut Vec::new()).unwrap()
@@ -82,6 +82,12 @@ fn reference(
         let max = inside.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         put(&mut out, "max", if n == 0 { Value::Null } else { json!(max) });
         put(&mut out, "mean", if n == 0 { Value::Null } else { json!(inside.iter().sum::<f64>() / n as f64) });
+        let newest_inside = mine
+            .iter()
+            .map(|e| T0 + e.1 * 7_000)
+            .filter(|ts| ts.div_euclid(PERIOD) > at.div_euclid(PERIOD) - buckets)
+            .max();
+        put(&mut out, "time_since_last", newest_inside.map_or(Value::Null, |ts| json!((at - ts) as f64 / 1000.0)));
     }
     let last = mine.iter().max_by_key(|e| (T0 + e.1 * 7_000, e.4, e.5)).unwrap();
     let merchant = json!(format!("m{}", last.3));

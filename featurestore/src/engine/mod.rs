@@ -231,13 +231,14 @@ pub fn read(plan: &FeatureSetPlan, state: &EntityState, at_ms: i64) -> Vec<AggVa
         }
         for (slot, agg) in out.iter_mut().zip(&plan.aggregations).filter(|(_, a)| a.spec == s) {
             let at = windows.binary_search(&agg.buckets).expect("window listed above");
-            *slot = finish(agg.function, &merged[at]);
+            *slot = finish(agg.function, &merged[at], at_ms);
         }
     }
     out
 }
 
-fn finish(function: Function, b: &Bucket) -> AggValue {
+/// A function's value over the merged bucket of its window, read at `at_ms`.
+fn finish(function: Function, b: &Bucket, at_ms: i64) -> AggValue {
     let numeric = |x: f64| {
         if b.n == 0 {
             AggValue::Null
@@ -256,5 +257,9 @@ fn finish(function: Function, b: &Bucket) -> AggValue {
         Function::Variance => b.variance().map_or(AggValue::Null, AggValue::Float),
         Function::Stddev => b.variance().map_or(AggValue::Null, |v| AggValue::Float(v.sqrt())),
         Function::DistinctCount => AggValue::Int(b.distinct.as_ref().map_or(0, |d| d.estimate() as u64)),
+        // `last` holds the newest numeric value's time; an event stamped after the read time
+        // (a clock ahead of ours) counts as just now
+        Function::TimeSinceLast if b.n == 0 => AggValue::Null,
+        Function::TimeSinceLast => AggValue::Float(at_ms.saturating_sub(b.last.0).max(0) as f64 / 1000.0),
     }
 }

@@ -18,7 +18,7 @@ fn plan(yaml: &str) -> FeatureSetPlan {
 const MIN: i64 = 60_000;
 
 fn sliding_plan() -> FeatureSetPlan {
-    plan("entity: e\nsource: s\nfeatures: [amount]\naggregations:\n  - { column: amount, functions: [count, sum, mean, min, max, first, last, variance, stddev], windows: [10m, 1h], period: 1m }\n  - { column: merchant, functions: [count, distinct_count], windows: [30m], period: 5m }\n  - { column: amount, functions: [sum, count], windows: [2h], kind: tumbling }\n")
+    plan("entity: e\nsource: s\nfeatures: [amount]\naggregations:\n  - { column: amount, functions: [count, sum, mean, min, max, first, last, variance, stddev, time_since_last], windows: [10m, 1h], period: 1m }\n  - { column: merchant, functions: [count, distinct_count], windows: [30m], period: 5m }\n  - { column: amount, functions: [sum, count, time_since_last], windows: [2h], kind: tumbling }\n")
 }
 
 /// Accepted events, in arrival order: (ts, amount, merchant).
@@ -92,6 +92,8 @@ fn reference(plan: &FeatureSetPlan, agg: &crate::definition::AggFeature, events:
                 AggValue::Float(var.sqrt())
             }
         }
+        // seconds from the newest numeric value in the window to the read time
+        Function::TimeSinceLast => opt((at - nums.iter().map(|x| x.0).max().unwrap_or(at)).max(0) as f64 / 1000.0),
         Function::DistinctCount => {
             let mut set: Vec<_> = present.iter().map(|e| e.2.clone().unwrap()).collect();
             set.sort();
