@@ -1,0 +1,235 @@
+//! Row expressions: SQL as data scientists write it in Spark, DuckDB and Chronon (`amount * 0.92`,
+//! `CASE WHEN status = 'declined' THEN 1 ELSE 0 END`, `hour(ts)`), parsed, type-checked against a
+//! source's columns and evaluated over Arrow batches by DataFusion's expression crates — no
+//! parser or evaluator of ours.
+//!
+//! Fathom's semantics on top of DataFusion's, applied once when an expression is compiled:
+//! - `/` is floating-point division as in Spark and DuckDB (DataFusion truncates integers), and a
+//!   division or modulo by zero is `NULL` (as in DuckDB), never an error;
+//! - a result that is not a finite number (an overflow, `sqrt(-1)`) is `NULL`, so no NaN or
+//!   infinity reaches a counter;
+//! - a row on which an expression fails (a cast that cannot succeed) is reported with its index
+//!   and the message; the other rows of the batch are evaluated as usual.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, Float64Array, RecordBatch};
+use arrow_schema::{DataType, Schema};
+use datafusion_common::config::ConfigOptions;
+use datafusion_common::tree_node::{Transformed, TreeNode};
+use datafusion_common::{DFSchema, DataFusionError, ScalarValue, TableReference};
+use datafusion_expr::execution_props::ExecutionProps;
+use datafusion_expr::planner::{ContextProvider, ExprPlanner};
+use datafusion_expr::simplify::SimplifyContext;
+use datafusion_expr::{
+    lit, AggregateUDF, BinaryExpr, Cast, Expr, ExprSchemable, HigherOrderUDF, Operator, ScalarUDF, TableSource,
+    WindowUDF,
+};
+use datafusion_optimizer::analyzer::type_coercion::TypeCoercionRewriter;
+use datafusion_optimizer::simplify_expressions::ExprSimplifier;
+use datafusion_physical_expr::PhysicalExpr;
+use datafusion_sql::planner::{PlannerContext, SqlToRel};
+use datafusion_sql::sqlparser::dialect::GenericDialect;
+use datafusion_sql::sqlparser::parser::Parser;
+
+/// Why an expression does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ExprError {
+    /// What is wrong, as DataFusion's parser or planner says it.
+    pub message: String,
+    /// How to fix it, when there is a likely fix.
+    pub hint: Option<String>,
+}
+
+impl ExprError {
+    fn new(error: DataFusionError, columns: &Schema) -> ExprError {
+        let message = error.strip_backtrace();
+        let hint = if message.contains("No field named") || message.contains("not found") {
+            let names: Vec<&str> = columns.fields().iter().map(|f| f.name().as_str()).collect();
+            Some(format!("the source's columns: {}", names.join(", ")))
+        } else if message.contains("SQL error") || message.contains("ParserError") {
+            Some("write one SQL expression, e.g. `amount * 0.92` or `CASE WHEN x > 0 THEN 1 ELSE 0 END`".into())
+        } else {
+            None
+        };
+        ExprError { message, hint }
+    }
+}
+
+/// The scalar functions expressions may call: DataFusion's defaults, by name and alias.
+struct Functions {
+    udfs: HashMap<String, Arc<ScalarUDF>>,
+    /// DataFusion's planners of SQL forms that are functions underneath (`substr(… FROM …)`,
+    /// `extract`, field access, `position`, …).
+    planners: Vec<Arc<dyn ExprPlanner>>,
+    options: ConfigOptions,
+}
+
+impl Functions {
+    fn new() -> Functions {
+        let mut udfs = HashMap::new();
+        for f in datafusion_functions::all_default_functions() {
+            for alias in f.aliases() {
+                udfs.insert(alias.clone(), f.clone());
+            }
+            udfs.insert(f.name().to_string(), f);
+        }
+        let planners: Vec<Arc<dyn ExprPlanner>> = vec![
+            Arc::new(datafusion_functions::core::planner::CoreFunctionPlanner::default()),
+            Arc::new(datafusion_functions::unicode::planner::UnicodeFunctionPlanner),
+            Arc::new(datafusion_functions::datetime::planner::DatetimeFunctionPlanner),
+        ];
+        Functions { udfs, planners, options: ConfigOptions::default() }
+    }
+}
+
+impl ContextProvider for Functions {
+    fn get_table_source(&self, name: TableReference) -> datafusion_common::Result<Arc<dyn TableSource>> {
+        datafusion_common::plan_err!("a row expression reads the event's columns, not tables ({name})")
+    }
+    fn get_expr_planners(&self) -> &[Arc<dyn ExprPlanner>] {
+        &self.planners
+    }
+    fn get_function_meta(&self, name: &str) -> Option<Arc<ScalarUDF>> {
+        self.udfs.get(name).cloned()
+    }
+    fn get_higher_order_meta(&self, _: &str) -> Option<Arc<HigherOrderUDF>> {
+        None
+    }
+    fn get_aggregate_meta(&self, _: &str) -> Option<Arc<AggregateUDF>> {
+        None
+    }
+    fn get_window_meta(&self, _: &str) -> Option<Arc<WindowUDF>> {
+        None
+    }
+    fn get_variable_type(&self, _: &[String]) -> Option<DataType> {
+        None
+    }
+    fn options(&self) -> &ConfigOptions {
+        &self.options
+    }
+    fn udf_names(&self) -> Vec<String> {
+        self.udfs.keys().cloned().collect()
+    }
+    fn higher_order_function_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn udaf_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn udwf_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// A compiled row expression.
+#[derive(Debug, Clone)]
+pub struct RowExpr {
+    sql: String,
+    physical: Arc<dyn PhysicalExpr>,
+    data_type: DataType,
+}
+
+/// One batch's values of an expression, and the rows it failed on.
+#[derive(Debug, Clone)]
+pub struct Evaluated {
+    /// One value per row; `NULL` where the expression failed.
+    pub values: ArrayRef,
+    /// (row index, message) of each row the expression failed on.
+    pub failed: Vec<(usize, String)>,
+}
+
+/// `a / b` as floating-point division by `NULLIF(b, 0)`; `a % b` by `NULLIF(b, 0)`.
+fn fathom_semantics(expr: Expr) -> datafusion_common::Result<Transformed<Expr>> {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = expr else {
+        return Ok(Transformed::no(expr));
+    };
+    let nullif = |e: Expr| datafusion_functions::expr_fn::nullif(e, lit(0));
+    let float = |e: Box<Expr>| Expr::Cast(Cast::new(e, DataType::Float64));
+    let rewritten = match op {
+        Operator::Divide => {
+            Expr::BinaryExpr(BinaryExpr::new(Box::new(float(left)), Operator::Divide, Box::new(nullif(float(right)))))
+        }
+        Operator::Modulo => Expr::BinaryExpr(BinaryExpr::new(left, Operator::Modulo, Box::new(nullif(*right)))),
+        op => return Ok(Transformed::no(Expr::BinaryExpr(BinaryExpr { left, op, right }))),
+    };
+    Ok(Transformed::yes(rewritten))
+}
+
+impl RowExpr {
+    /// Parses and type-checks `sql` against `columns`.
+    pub fn compile(sql: &str, columns: &Schema) -> Result<RowExpr, ExprError> {
+        let fail = |e: DataFusionError| ExprError::new(e, columns);
+        let schema = DFSchema::try_from(columns.clone()).map_err(fail)?;
+        let ast = Parser::new(&GenericDialect {})
+            .try_with_sql(sql)
+            .and_then(|mut p| p.parse_expr())
+            .map_err(|e| fail(DataFusionError::SQL(Box::new(e), None)))?;
+        let functions = Functions::new();
+        let expr = SqlToRel::new(&functions).sql_to_expr(ast, &schema, &mut PlannerContext::new()).map_err(fail)?;
+        let expr = expr.transform_up(fathom_semantics).map_err(fail)?.data;
+        let expr = expr.rewrite(&mut TypeCoercionRewriter::new(&schema)).map_err(fail)?.data;
+        let context = SimplifyContext::builder().with_schema(Arc::new(schema.clone())).build();
+        let expr = ExprSimplifier::new(context).simplify(expr).map_err(fail)?;
+        let data_type = expr.get_type(&schema).map_err(fail)?;
+        let physical =
+            datafusion_physical_expr::create_physical_expr(&expr, &schema, &ExecutionProps::new(), &Default::default())
+                .map_err(fail)?;
+        Ok(RowExpr { sql: sql.to_string(), physical, data_type })
+    }
+
+    /// The expression as written.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// The type of its values.
+    pub fn data_type(&self) -> &DataType {
+        &self.data_type
+    }
+
+    /// Evaluates over `batch` (whose schema is the one it was compiled against). When the batch
+    /// fails as a whole, each row is evaluated on its own to find the rows that fail.
+    pub fn evaluate(&self, batch: &RecordBatch) -> Evaluated {
+        let rows = batch.num_rows();
+        match self.physical.evaluate(batch).and_then(|v| v.into_array(rows)) {
+            Ok(values) => Evaluated { values: finite(values), failed: Vec::new() },
+            Err(_) => self.row_by_row(batch),
+        }
+    }
+
+    fn row_by_row(&self, batch: &RecordBatch) -> Evaluated {
+        let mut parts: Vec<ArrayRef> = Vec::with_capacity(batch.num_rows());
+        let mut failed = Vec::new();
+        for i in 0..batch.num_rows() {
+            let row = batch.slice(i, 1);
+            match self.physical.evaluate(&row).and_then(|v| v.into_array(1)) {
+                Ok(value) => parts.push(value),
+                Err(e) => {
+                    failed.push((i, e.strip_backtrace()));
+                    let null = ScalarValue::try_from(&self.data_type)
+                        .and_then(|s| s.to_array_of_size(1))
+                        .unwrap_or_else(|_| arrow_array::new_null_array(&self.data_type, 1));
+                    parts.push(null);
+                }
+            }
+        }
+        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+        let values = arrow_select::concat::concat(&refs)
+            .unwrap_or_else(|_| arrow_array::new_null_array(&self.data_type, batch.num_rows()));
+        Evaluated { values: finite(values), failed }
+    }
+}
+
+/// Non-finite floats (overflow, `sqrt(-1)`) as `NULL`.
+fn finite(values: ArrayRef) -> ArrayRef {
+    let Some(floats) = values.as_any().downcast_ref::<Float64Array>() else {
+        return values;
+    };
+    if floats.iter().all(|x| x.is_none_or(f64::is_finite)) {
+        return values;
+    }
+    Arc::new(floats.iter().map(|x| x.filter(|x| x.is_finite())).collect::<Float64Array>())
+}
