@@ -766,7 +766,8 @@ pub fn rule_name(rule: &Rule) -> String {
     format!("{} {op} {}", rule.metric, rule.threshold)
 }
 
-fn transition_name(t: Transition) -> &'static str {
+/// `fired` or `resolved`, as alerts and points spell a transition.
+pub fn transition_name(t: Transition) -> &'static str {
     match t {
         Transition::Fired => "fired",
         Transition::Resolved => "resolved",

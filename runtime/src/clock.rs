@@ -2,7 +2,6 @@
 //! delivery back-off, idle-window closing and checkpoint intervals read this clock, so tests
 //! move time forward instead of sleeping.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A source of wall-clock and monotonic time.
@@ -31,32 +30,43 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to: both readings advance together.
-#[derive(Debug)]
-pub struct ManualClock {
-    start_ms: i64,
-    base: Instant,
-    advanced_ms: AtomicU64,
-}
+#[cfg(test)]
+pub(crate) use manual::ManualClock;
 
-impl ManualClock {
-    /// Starts at `start_ms` (wall clock, ms since the epoch).
-    pub fn new(start_ms: i64) -> ManualClock {
-        ManualClock { start_ms, base: Instant::now(), advanced_ms: AtomicU64::new(0) }
+#[cfg(test)]
+mod manual {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::Clock;
+
+    /// A clock that moves only when told to: both readings advance together (tests).
+    #[derive(Debug)]
+    pub(crate) struct ManualClock {
+        start_ms: i64,
+        base: Instant,
+        advanced_ms: AtomicU64,
     }
 
-    /// Moves time forward by `ms`.
-    pub fn advance(&self, ms: u64) {
-        self.advanced_ms.fetch_add(ms, Ordering::SeqCst);
-    }
-}
+    impl ManualClock {
+        /// Starts at `start_ms` (wall clock, ms since the epoch).
+        pub(crate) fn new(start_ms: i64) -> ManualClock {
+            ManualClock { start_ms, base: Instant::now(), advanced_ms: AtomicU64::new(0) }
+        }
 
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.start_ms + self.advanced_ms.load(Ordering::SeqCst) as i64
+        /// Moves time forward by `ms`.
+        pub(crate) fn advance(&self, ms: u64) {
+            self.advanced_ms.fetch_add(ms, Ordering::SeqCst);
+        }
     }
 
-    fn instant(&self) -> Instant {
-        self.base + Duration::from_millis(self.advanced_ms.load(Ordering::SeqCst))
+    impl Clock for ManualClock {
+        fn now_ms(&self) -> i64 {
+            self.start_ms + self.advanced_ms.load(Ordering::SeqCst) as i64
+        }
+
+        fn instant(&self) -> Instant {
+            self.base + Duration::from_millis(self.advanced_ms.load(Ordering::SeqCst))
+        }
     }
 }

@@ -33,13 +33,13 @@ impl Health {
         self.warnings.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn degraded(&self, what: &str, error: &anyhow::Error) {
+    pub(crate) fn degraded(&self, what: &str, error: &anyhow::Error) {
         tracing::warn!(error = format!("{error:#}"), "{what}; retrying");
         self.ready.store(false, Ordering::Relaxed);
         *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{what}: {error:#}"));
     }
 
-    pub fn recovered(&self) {
+    pub(crate) fn recovered(&self) {
         if !self.ready.swap(true, Ordering::Relaxed) {
             *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }

@@ -18,7 +18,7 @@ use arrow_array::{Array, ArrayRef, Float64Array, RecordBatch};
 use arrow_schema::{DataType, Schema};
 use datafusion_common::config::ConfigOptions;
 use datafusion_common::tree_node::{Transformed, TreeNode};
-use datafusion_common::{DFSchema, DataFusionError, ScalarValue, TableReference};
+use datafusion_common::{DFSchema, DataFusionError, SchemaError, TableReference};
 use datafusion_expr::execution_props::ExecutionProps;
 use datafusion_expr::planner::{ContextProvider, ExprPlanner};
 use datafusion_expr::simplify::SimplifyContext;
@@ -31,7 +31,7 @@ use datafusion_optimizer::simplify_expressions::ExprSimplifier;
 use datafusion_physical_expr::PhysicalExpr;
 use datafusion_sql::planner::{PlannerContext, SqlToRel};
 use datafusion_sql::sqlparser::dialect::GenericDialect;
-use datafusion_sql::sqlparser::parser::Parser;
+use datafusion_sql::sqlparser::parser::{Parser, ParserError};
 
 /// Why an expression does not compile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,17 +44,23 @@ pub struct ExprError {
 }
 
 impl ExprError {
+    /// A planning error; an unknown column is hinted with the columns there are.
     fn new(error: DataFusionError, columns: &Schema) -> ExprError {
-        let message = error.strip_backtrace();
-        let hint = if message.contains("No field named") || message.contains("not found") {
+        let unknown_column = matches!(
+            error.find_root(),
+            DataFusionError::SchemaError(e, _) if matches!(**e, SchemaError::FieldNotFound { .. })
+        );
+        let hint = unknown_column.then(|| {
             let names: Vec<&str> = columns.fields().iter().map(|f| f.name().as_str()).collect();
-            Some(format!("the source's columns: {}", names.join(", ")))
-        } else if message.contains("SQL error") || message.contains("ParserError") {
-            Some("write one SQL expression, e.g. `amount * 0.92` or `CASE WHEN x > 0 THEN 1 ELSE 0 END`".into())
-        } else {
-            None
-        };
-        ExprError { message, hint }
+            format!("the source's columns: {}", names.join(", "))
+        });
+        ExprError { message: error.strip_backtrace(), hint }
+    }
+
+    /// Not one SQL expression.
+    fn syntax(error: ParserError) -> ExprError {
+        let hint = "write one SQL expression, e.g. `amount * 0.92` or `CASE WHEN x > 0 THEN 1 ELSE 0 END`";
+        ExprError { message: DataFusionError::SQL(Box::new(error), None).strip_backtrace(), hint: Some(hint.into()) }
     }
 }
 
@@ -166,7 +172,7 @@ impl RowExpr {
         let ast = Parser::new(&GenericDialect {})
             .try_with_sql(sql)
             .and_then(|mut p| p.parse_expr())
-            .map_err(|e| fail(DataFusionError::SQL(Box::new(e), None)))?;
+            .map_err(ExprError::syntax)?;
         let functions = Functions::new();
         let expr = SqlToRel::new(&functions).sql_to_expr(ast, &schema, &mut PlannerContext::new()).map_err(fail)?;
         let expr = expr.transform_up(fathom_semantics).map_err(fail)?.data;
@@ -209,10 +215,7 @@ impl RowExpr {
                 Ok(value) => parts.push(value),
                 Err(e) => {
                     failed.push((i, e.strip_backtrace()));
-                    let null = ScalarValue::try_from(&self.data_type)
-                        .and_then(|s| s.to_array_of_size(1))
-                        .unwrap_or_else(|_| arrow_array::new_null_array(&self.data_type, 1));
-                    parts.push(null);
+                    parts.push(arrow_array::new_null_array(&self.data_type, 1));
                 }
             }
         }

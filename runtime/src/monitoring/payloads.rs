@@ -2,9 +2,9 @@
 //! records on the retraining topic: pure functions of the rule, the window's event and the
 //! configuration, so each shape has a golden-JSON test. [`Monitor`] wraps them into deliveries.
 
-use fathom_monitor::alerts::{Rule, Transition};
+use fathom_monitor::alerts::Rule;
 use fathom_monitor::influx::{Field, Point};
-use fathom_monitor::window::{rule_name, Event};
+use fathom_monitor::window::{rule_name, transition_name, Event};
 use fathom_project::monitoring::{KubeflowConfig, WebhookFormat};
 use serde_json::{json, Value};
 
@@ -16,17 +16,9 @@ fn time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_default()
 }
 
-/// `fired` or `resolved`.
-fn state(transition: Transition) -> &'static str {
-    match transition {
-        Transition::Fired => "fired",
-        Transition::Resolved => "resolved",
-    }
-}
-
 /// An alert's stable id: `<model>:alert:<rule index>:<window end ms>:<fired|resolved>`.
 pub(super) fn alert_id(model: &str, index: usize, event: &Event) -> String {
-    format!("{model}:alert:{index}:{}:{}", event.end_ms, state(event.transition))
+    format!("{model}:alert:{index}:{}:{}", event.end_ms, transition_name(event.transition))
 }
 
 /// The body of an alert webhook: Fathom's JSON alert, or `{"text": …}` for Slack incoming
@@ -40,7 +32,7 @@ pub(super) fn alert_body(
     event: &Event,
 ) -> Value {
     let name = rule_name(rule);
-    let state = state(event.transition);
+    let state = transition_name(event.transition);
     match format {
         WebhookFormat::Json => {
             let drifted: Vec<Value> = event.drifted.iter().map(|(f, s)| json!({"feature": f, "score": s})).collect();
@@ -213,7 +205,7 @@ impl Monitor {
 
 #[cfg(test)]
 mod tests {
-    use fathom_monitor::alerts::Comparison;
+    use fathom_monitor::alerts::{Comparison, Transition};
 
     use super::*;
 
