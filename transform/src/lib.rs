@@ -11,6 +11,9 @@
 //! - a row on which an expression fails (a cast that cannot succeed) is reported with its index
 //!   and the message; the other rows of the batch are evaluated as usual.
 
+mod rows;
+pub use rows::{sql_type, Failure, Transform, SQL_TYPES};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -86,6 +89,7 @@ impl Functions {
             Arc::new(datafusion_functions::core::planner::CoreFunctionPlanner::default()),
             Arc::new(datafusion_functions::unicode::planner::UnicodeFunctionPlanner),
             Arc::new(datafusion_functions::datetime::planner::DatetimeFunctionPlanner),
+            Arc::new(datafusion_functions_nested::planner::FieldAccessPlanner),
         ];
         Functions { udfs, planners, options: ConfigOptions::default() }
     }

@@ -1,0 +1,348 @@
+//! A source's row transform: its records' declared columns decoded into an Arrow batch
+//! (arrow-json), its `select` expressions evaluated over it, then its conditions (`where`) over
+//! the columns and the selected values; the results written back into each record's fields.
+//!
+//! The pipeline and `fathom dataset` both call [`Transform::apply`] on the records' fields, so a
+//! feature computed online and one computed offline went through the same code.
+
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt64Type,
+    UInt8Type,
+};
+use arrow_array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde_json::{Map, Value};
+
+use crate::{ExprError, RowExpr};
+
+/// The Arrow type of a column declared under a source's `columns`, by its SQL name (as DuckDB
+/// and Spark spell them); `None` for a name that is not one.
+pub fn sql_type(name: &str) -> Option<DataType> {
+    Some(match name.trim().to_ascii_lowercase().as_str() {
+        "double" | "float64" | "float" | "real" | "decimal" | "numeric" => DataType::Float64,
+        "bigint" | "int" | "integer" | "int64" | "long" | "smallint" | "tinyint" => DataType::Int64,
+        "string" | "varchar" | "text" | "utf8" => DataType::Utf8,
+        "boolean" | "bool" => DataType::Boolean,
+        "timestamp" | "timestamptz" => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        "date" => DataType::Date32,
+        _ => return None,
+    })
+}
+
+/// The SQL type names [`sql_type`] knows, for messages.
+pub const SQL_TYPES: &str = "double, bigint, string, boolean, timestamp, date, or a mapping of nested fields";
+
+/// Why a record could not be transformed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// A declared column holds a value of another type (the message names the column).
+    Decode(String),
+    /// An expression failed on the record (a cast that cannot succeed).
+    Expression {
+        /// Where the expression is configured, e.g. `select.amount_usd`.
+        name: String,
+        /// The expression as written.
+        sql: String,
+        /// DataFusion's message.
+        message: String,
+    },
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Decode(message) => f.write_str(message),
+            Failure::Expression { name, sql, message } => write!(f, "{name} ({sql}): {message}"),
+        }
+    }
+}
+
+/// A condition's result, written into a field.
+#[derive(Debug, Clone)]
+struct Condition {
+    /// Where it is configured, for failures.
+    name: String,
+    /// The field it writes.
+    field: String,
+    expr: RowExpr,
+    /// `None`: the field is `true`/`false` (a `NULL` condition is `false`). `Some(column)`: the
+    /// field is the column's value where the condition holds, else `NULL`.
+    keep: Option<String>,
+}
+
+/// The compiled transform of one source.
+#[derive(Debug, Clone)]
+pub struct Transform {
+    input: SchemaRef,
+    /// (output name, expression over `input`).
+    selects: Vec<(String, RowExpr)>,
+    conditions: Vec<Condition>,
+}
+
+impl Transform {
+    /// A transform reading `input`, the source's declared columns.
+    pub fn new(input: Schema) -> Transform {
+        Transform { input: Arc::new(input), selects: Vec::new(), conditions: Vec::new() }
+    }
+
+    /// Adds a `select` output `name` = `sql`, over the declared columns. Add every select before
+    /// the first condition.
+    pub fn select(&mut self, name: &str, sql: &str) -> Result<&DataType, ExprError> {
+        if self.input.field_with_name(name).is_ok() {
+            return Err(ExprError {
+                message: format!("{name:?} is a declared column; a select adds a new one"),
+                hint: Some(format!("name it differently, e.g. `{name}_2`")),
+            });
+        }
+        let expr = RowExpr::compile(sql, &self.input)?;
+        self.selects.push((name.to_string(), expr));
+        Ok(self.selects.last().map(|(_, e)| e.data_type()).expect("pushed"))
+    }
+
+    /// The columns a condition reads: the declared ones, then the selected ones.
+    pub fn selected_schema(&self) -> Schema {
+        let mut fields: Vec<Field> = self.input.fields().iter().map(|f| f.as_ref().clone()).collect();
+        for (name, expr) in &self.selects {
+            fields.push(Field::new(name, expr.data_type().clone(), true));
+        }
+        Schema::new(fields)
+    }
+
+    /// Adds a condition (`where`) configured at `name`, over the declared and selected columns;
+    /// its result is written to `field` (see [`Transform::apply`]): `true`/`false`, or, with
+    /// `keep`, that column's value where the condition holds and `NULL` elsewhere.
+    pub fn condition(&mut self, name: &str, field: &str, sql: &str, keep: Option<&str>) -> Result<(), ExprError> {
+        let expr = RowExpr::compile(sql, &self.selected_schema())?;
+        if !matches!(expr.data_type(), DataType::Boolean | DataType::Null) {
+            return Err(ExprError {
+                message: format!("a condition must be true or false; `{sql}` is {}", expr.data_type()),
+                hint: Some("compare it, e.g. `status = 'declined'` or `amount > 100`".into()),
+            });
+        }
+        let keep = keep.map(str::to_string);
+        self.conditions.push(Condition { name: name.to_string(), field: field.to_string(), expr, keep });
+        Ok(())
+    }
+
+    /// Whether the transform computes anything.
+    pub fn is_empty(&self) -> bool {
+        self.selects.is_empty() && self.conditions.is_empty()
+    }
+
+    /// Transforms records in place: each select's value and each condition's result become a
+    /// field of the record (replacing a field of its name). Returns the records that
+    /// could not be transformed, by index; their fields are left as they were.
+    pub fn apply(&self, rows: &mut [&mut Map<String, Value>]) -> Vec<(usize, Failure)> {
+        if rows.is_empty() || self.is_empty() {
+            return Vec::new();
+        }
+        let (batch, mut failed) = self.decode(rows);
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        let mut selected: Vec<ArrayRef> = Vec::with_capacity(self.selects.len());
+        for (name, expr) in &self.selects {
+            let evaluated = expr.evaluate(&batch);
+            failed.extend(evaluated.failed.into_iter().map(|(i, message)| {
+                (i, Failure::Expression { name: format!("select.{name}"), sql: expr.sql().to_string(), message })
+            }));
+            selected.push(evaluated.values);
+        }
+        columns.extend(selected.iter().cloned());
+        let stage_two = RecordBatch::try_new_with_options(
+            Arc::new(self.selected_schema()),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows.len())),
+        )
+        .expect("columns match the selected schema");
+        let results: Vec<ArrayRef> = self
+            .conditions
+            .iter()
+            .map(|c| {
+                let evaluated = c.expr.evaluate(&stage_two);
+                failed.extend(evaluated.failed.into_iter().map(|(i, message)| {
+                    (i, Failure::Expression { name: c.name.clone(), sql: c.expr.sql().to_string(), message })
+                }));
+                evaluated.values
+            })
+            .collect();
+        failed.sort_by_key(|(i, _)| *i);
+        failed.dedup_by_key(|(i, _)| *i);
+        let mut next_failed = failed.iter().map(|(i, _)| *i).peekable();
+        for (i, row) in rows.iter_mut().enumerate() {
+            if next_failed.next_if_eq(&i).is_some() {
+                continue;
+            }
+            for ((name, _), values) in self.selects.iter().zip(&selected) {
+                row.insert(name.clone(), json(values, i));
+            }
+            for (c, values) in self.conditions.iter().zip(&results) {
+                let holds = values.as_boolean_opt().is_some_and(|b| b.is_valid(i) && b.value(i));
+                let value = match &c.keep {
+                    None => Value::Bool(holds),
+                    Some(column) if holds => row.get(column).cloned().unwrap_or(Value::Null),
+                    Some(_) => Value::Null,
+                };
+                row.insert(c.field.clone(), value);
+            }
+        }
+        failed
+    }
+
+    /// The declared columns of `rows` as a batch; a record whose values do not decode is a
+    /// failure and a row of nulls in the batch.
+    fn decode(&self, rows: &[&mut Map<String, Value>]) -> (RecordBatch, Vec<(usize, Failure)>) {
+        let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+        if self.input.fields().is_empty() {
+            let batch = RecordBatch::try_new_with_options(self.input.clone(), Vec::new(), &options);
+            return (batch.expect("no columns"), Vec::new());
+        }
+        if let Ok(batch) = self.decode_all(rows) {
+            return (batch, Vec::new());
+        }
+        let empty = Map::new();
+        let mut failed = Vec::new();
+        let mut usable: Vec<&Map<String, Value>> = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            match self.decode_all(std::slice::from_ref(&&**row)) {
+                Ok(_) => usable.push(row),
+                Err(message) => {
+                    failed.push((i, Failure::Decode(message)));
+                    usable.push(&empty);
+                }
+            }
+        }
+        let batch = self.decode_all(&usable).unwrap_or_else(|_| RecordBatch::new_empty(self.input.clone()));
+        (batch, failed)
+    }
+
+    fn decode_all<S: serde::Serialize>(&self, rows: &[S]) -> Result<RecordBatch, String> {
+        let mut decoder = arrow_json::ReaderBuilder::new(self.input.clone())
+            .with_batch_size(rows.len().max(1))
+            .with_coerce_primitive(true)
+            .build_decoder()
+            .map_err(|e| e.to_string())?;
+        decoder.serialize(rows).map_err(|e| e.to_string())?;
+        let batch = decoder.flush().map_err(|e| e.to_string())?;
+        Ok(batch.unwrap_or_else(|| RecordBatch::new_empty(self.input.clone())))
+    }
+}
+
+/// Row `i` of `values` as JSON: numbers, booleans and text as themselves; any other type
+/// (timestamps, dates, nested values) as Arrow's text form of it.
+fn json(values: &ArrayRef, i: usize) -> Value {
+    if values.is_null(i) {
+        return Value::Null;
+    }
+    let float = |x: f64| serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number);
+    match values.data_type() {
+        DataType::Boolean => Value::Bool(values.as_boolean().value(i)),
+        DataType::Float64 => float(values.as_primitive::<Float64Type>().value(i)),
+        DataType::Float32 => float(f64::from(values.as_primitive::<Float32Type>().value(i))),
+        DataType::Int64 => values.as_primitive::<Int64Type>().value(i).into(),
+        DataType::Int32 => values.as_primitive::<Int32Type>().value(i).into(),
+        DataType::Int16 => values.as_primitive::<Int16Type>().value(i).into(),
+        DataType::Int8 => values.as_primitive::<Int8Type>().value(i).into(),
+        DataType::UInt64 => values.as_primitive::<UInt64Type>().value(i).into(),
+        DataType::UInt32 => values.as_primitive::<UInt32Type>().value(i).into(),
+        DataType::UInt16 => values.as_primitive::<UInt16Type>().value(i).into(),
+        DataType::UInt8 => values.as_primitive::<UInt8Type>().value(i).into(),
+        DataType::Utf8 => Value::String(values.as_string::<i32>().value(i).to_string()),
+        DataType::LargeUtf8 => Value::String(values.as_string::<i64>().value(i).to_string()),
+        DataType::Utf8View => Value::String(values.as_string_view().value(i).to_string()),
+        _ => arrow_cast::display::ArrayFormatter::try_new(values.as_ref(), &Default::default())
+            .map_or(Value::Null, |f| Value::String(f.value(i).to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn transform() -> Transform {
+        let mut t = Transform::new(Schema::new(vec![
+            Field::new("amount", DataType::Float64, true),
+            Field::new("status", DataType::Utf8, true),
+            Field::new("qty", DataType::Utf8, true),
+        ]));
+        t.select("amount_usd", "amount * 2").unwrap();
+        t.select("units", "CAST(qty AS BIGINT)").unwrap();
+        t.condition("feature_sets.x.where", "__x", "status = 'declined'", None).unwrap();
+        t.condition("feature_sets.x.aggregations[0].where", "__y", "amount_usd > 10", Some("amount")).unwrap();
+        t
+    }
+
+    #[test]
+    fn writes_selects_and_conditions_into_the_fields() {
+        let mut rows: Vec<Map<String, Value>> = [
+            json!({"amount": 6, "status": "declined", "qty": "3", "other": 1}),
+            json!({"amount": 4, "status": "ok", "qty": "2"}),
+            json!({"status": "declined"}),
+        ]
+        .into_iter()
+        .map(|v| v.as_object().unwrap().clone())
+        .collect();
+        let mut refs: Vec<&mut Map<String, Value>> = rows.iter_mut().collect();
+        assert!(transform().apply(&mut refs).is_empty());
+        assert_eq!(rows[0]["amount_usd"], json!(12.0));
+        assert_eq!(rows[0]["units"], json!(3));
+        assert_eq!(rows[0]["__x"], json!(true));
+        assert_eq!(rows[0]["__y"], json!(6));
+        assert_eq!(rows[0]["other"], json!(1));
+        assert_eq!((&rows[1]["__x"], &rows[1]["__y"]), (&json!(false), &Value::Null));
+        assert_eq!((&rows[2]["amount_usd"], &rows[2]["__x"], &rows[2]["__y"]), (&Value::Null, &json!(true), &Value::Null));
+    }
+
+    #[test]
+    fn a_record_that_fails_is_reported_and_left_alone() {
+        let mut rows: Vec<Map<String, Value>> = [
+            json!({"amount": 6, "qty": "three"}),
+            json!({"amount": "lots", "qty": "1"}),
+            json!({"amount": 1, "qty": "1"}),
+        ]
+        .into_iter()
+        .map(|v| v.as_object().unwrap().clone())
+        .collect();
+        let mut refs: Vec<&mut Map<String, Value>> = rows.iter_mut().collect();
+        let failed = transform().apply(&mut refs);
+        assert_eq!(failed.len(), 2, "{failed:?}");
+        assert_eq!(failed[0].0, 0);
+        assert!(matches!(&failed[0].1, Failure::Expression { name, .. } if name == "select.units"), "{failed:?}");
+        assert_eq!(failed[1].0, 1);
+        assert!(matches!(&failed[1].1, Failure::Decode(m) if m.contains("amount")), "{failed:?}");
+        assert!(!rows[0].contains_key("amount_usd"));
+        assert_eq!(rows[2]["units"], json!(1));
+    }
+
+    #[test]
+    fn a_condition_must_be_boolean() {
+        let mut t = transform();
+        let e = t.condition("where", "__z", "amount + 1", None).unwrap_err();
+        assert!(e.message.contains("true or false"), "{e:?}");
+    }
+
+    #[test]
+    fn nested_fields_and_timestamp_parts() {
+        let merchant = DataType::Struct(vec![Field::new("country", DataType::Utf8, true)].into());
+        let mut t = Transform::new(Schema::new(vec![
+            Field::new("merchant", merchant, true),
+            Field::new("ts", sql_type("timestamp").unwrap(), true),
+        ]));
+        t.select("abroad", "merchant.country <> 'DE'").unwrap();
+        t.select("country", "merchant['country']").unwrap();
+        t.select("hour", "extract(hour FROM ts)").unwrap();
+        let mut rows: Vec<Map<String, Value>> = [
+            json!({"merchant": {"country": "FR"}, "ts": "2026-12-02T23:30:00+02:00"}),
+            json!({"merchant": {"country": "DE"}, "ts": 1764719400000_i64}),
+        ]
+        .into_iter()
+        .map(|v| v.as_object().unwrap().clone())
+        .collect();
+        let mut refs: Vec<&mut Map<String, Value>> = rows.iter_mut().collect();
+        assert!(t.apply(&mut refs).is_empty());
+        assert_eq!((&rows[0]["abroad"], &rows[0]["country"], &rows[0]["hour"]), (&json!(true), &json!("FR"), &json!(21)));
+        assert_eq!((&rows[1]["abroad"], &rows[1]["hour"]), (&json!(false), &json!(23)));
+    }
+}
