@@ -34,6 +34,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use fathom_transform::Transform;
+
 use crate::definition::{FeatureSetPlan, Function};
 use crate::engine::{self, EntityState};
 use crate::lookup::{self, Status};
@@ -98,6 +100,9 @@ pub struct Request<'a> {
     pub vector: &'a Vector,
     /// Per source name: its key field, and whether it is a CDC table.
     pub sources: &'a [(String, String, bool)],
+    /// The row transform of each source, in `sources`' order (missing ones: none), evaluated
+    /// over each event as the pipeline does.
+    pub transforms: &'a [Transform],
     /// Root of the offline store.
     pub offline_root: &'a Path,
     /// Entity rows: `.parquet`, or CSV with a header.
@@ -648,7 +653,9 @@ pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, 
     let mut events = 0u64;
     for (h, holder) in holders.iter().enumerate() {
         match holder {
-            Holder::Events(p) if catalog.plans[*p].joins.is_empty() => {
+            Holder::Events(p)
+                if catalog.plans[*p].joins.is_empty() && request.transform(&catalog.plans[*p].source).is_none() =>
+            {
                 let plan = &catalog.plans[*p];
                 by_source.entry(plan.source.as_str()).or_default().push((h, plan));
             }
@@ -824,8 +831,40 @@ fn spill_changes(
     Ok(read)
 }
 
-/// A feature set's events joined with its tables as of their times, as the online path joins
-/// them: each join re-partitions the events by its key and meets the table's changes in the same
+impl Request<'_> {
+    /// The row transform of a source, if it has one.
+    fn transform(&self, source: &str) -> Option<&Transform> {
+        let i = self.sources.iter().position(|(n, _, _)| n == source)?;
+        self.transforms.get(i).filter(|t| !t.is_empty())
+    }
+}
+
+/// Runs a source's transform over staged events, as the pipeline does before joins; an event
+/// it fails on was dead-lettered online and is left out.
+fn transformed(transform: &Transform, events: Vec<Staged>) -> Vec<Staged> {
+    let mut parsed: Vec<(Staged, serde_json::Map<String, Value>)> = events
+        .into_iter()
+        .map(|e| {
+            let fields = serde_json::from_str(&e.fields).unwrap_or_default();
+            (e, fields)
+        })
+        .collect();
+    let mut rows: Vec<&mut serde_json::Map<String, Value>> = parsed.iter_mut().map(|(_, f)| f).collect();
+    let failed = transform.apply(&mut rows);
+    let mut failed = failed.iter().map(|(i, _)| *i).peekable();
+    parsed
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| failed.next_if_eq(i).is_none())
+        .map(|(_, (mut event, fields))| {
+            event.fields = Value::Object(fields).to_string();
+            event
+        })
+        .collect()
+}
+
+/// A feature set's events (transformed by their source's `select`s and `where`s, as online)
+/// joined with its tables as of their times, as the online path joins them: each join re-partitions the events by its key and meets the table's changes in the same
 /// shard; then the events go to `spills` by the feature set's key. Returns the events read.
 fn spill_joined_events(
     request: &Request<'_>,
@@ -852,18 +891,24 @@ fn spill_joined_events(
                 strings(&batch[3], n),
                 strings(&batch[4], n),
             );
+            let mut events = Vec::with_capacity(n);
             for i in 0..n {
                 let refused = late[i].as_deref().is_some_and(|l| l.split(',').any(|s| s == plan.name));
                 let (Some(time_us), Some(fields), false) = (times[i], raw[i].clone(), refused) else { continue };
-                let event = Staged {
+                events.push(Staged {
                     time_ms: time_us.div_euclid(1000),
                     partition: partitions[i],
                     offset: offsets[i].unwrap_or(i as i64),
                     fields,
-                };
-                out.write(&event)?;
-                read += 1;
+                });
             }
+            if let Some(transform) = request.transform(&plan.source) {
+                events = transformed(transform, events);
+            }
+            for event in &events {
+                out.write(event)?;
+            }
+            read += events.len() as u64;
         }
         progress.advance(1);
     }
@@ -923,6 +968,9 @@ fn spill_joined_events(
         for event in SpillReader::<Staged>::open(file)? {
             let event = event?;
             let fields: serde_json::Map<String, Value> = serde_json::from_str(&event.fields).unwrap_or_default();
+            if !plan.admits(&fields) {
+                continue;
+            }
             let Some(key) = key_text(fields.get(&plan.key_column)) else { continue };
             // the engine gets the values the online join produced, as they are
             let field = |name: &String| Cell::of(fields.get(name).filter(|v| !v.is_null()));

@@ -42,6 +42,10 @@ pub struct FeatureSetConfig {
     /// `{status: active}`. A row that stops matching is retracted.
     #[serde(default)]
     pub filter: BTreeMap<String, serde_json::Value>,
+    /// Over an event stream: a SQL condition over the source's declared and selected columns;
+    /// events on which it is not true (false or `NULL`) do not reach this feature set.
+    #[serde(default, rename = "where")]
+    pub where_: Option<String>,
 }
 
 /// A stream–table join: columns of a CDC table's row, as of the event's time.
@@ -67,6 +71,14 @@ pub struct JoinConfig {
 pub struct AggregationConfig {
     /// Event field aggregated.
     pub column: String,
+    /// Names the features `{name}_{function}_{window}` instead of `{column}_…`; required with
+    /// `where`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A SQL condition over the source's declared and selected columns: only events on which
+    /// it is true count in these aggregations (`count` of `amount` where `status = 'declined'`).
+    #[serde(default, rename = "where")]
+    pub where_: Option<String>,
     /// Any of count, sum, mean, min, max, first, last, variance, stddev, distinct_count.
     pub functions: Vec<String>,
     /// Window lengths, e.g. `[10m, 1h, 24h]` (none over a CDC table).
@@ -234,7 +246,29 @@ pub struct FeatureSetPlan {
     pub latest: Vec<String>,
     /// Table columns added to each event before aggregating.
     pub joins: Vec<JoinPlan>,
+    /// The feature set's `where`: (the event field its result is written to, the SQL). An
+    /// event counts only where that field is `true`.
+    pub condition: Option<(String, String)>,
+    /// Filtered aggregations: their column in [`FeatureSetPlan::columns`] is a field holding
+    /// the aggregated column's value where the condition holds, else `NULL`.
+    pub filtered: Vec<FilteredColumn>,
 }
+
+/// An aggregation's `where`, as a field the row transform fills in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilteredColumn {
+    /// The field written (in [`FeatureSetPlan::columns`]), `__where.<feature set>.<i>`.
+    pub field: String,
+    /// The aggregated column.
+    pub column: String,
+    /// The condition, as written.
+    pub sql: String,
+    /// Where it is configured, e.g. `feature_sets.cards.aggregations[1].where`.
+    pub path: String,
+}
+
+/// Prefix of the fields the row transform adds for conditions: never stored offline.
+pub const CONDITION_PREFIX: &str = "__where.";
 
 /// A checked [`JoinConfig`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,17 +313,29 @@ impl TablePlan {
 }
 
 impl FeatureSetPlan {
-    /// Columns that must hold numbers (or null) in every event.
+    /// Columns that must hold numbers (or null) in every event (a filtered aggregation's
+    /// column, not the field the transform writes).
     pub fn numeric_columns(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .aggregations
             .iter()
             .filter(|a| a.function.is_numeric())
-            .map(|a| self.columns[self.specs[a.spec].column].clone())
+            .map(|a| self.source_column(&self.columns[self.specs[a.spec].column]).to_string())
             .collect();
         out.sort();
         out.dedup();
         out
+    }
+
+    /// The column a field of [`FeatureSetPlan::columns`] reads: itself, or a filtered
+    /// aggregation's column.
+    pub fn source_column<'a>(&'a self, field: &'a str) -> &'a str {
+        self.filtered.iter().find(|f| f.field == field).map_or(field, |f| f.column.as_str())
+    }
+
+    /// Whether the event counts in this feature set (its `where`, if any, is true).
+    pub fn admits(&self, fields: &serde_json::Map<String, serde_json::Value>) -> bool {
+        self.condition.as_ref().is_none_or(|(field, _)| fields.get(field) == Some(&serde_json::Value::Bool(true)))
     }
 
     /// Whether a column comes from a joined table rather than the event itself.
@@ -335,6 +381,8 @@ impl FeatureSetConfig {
             aggregations: Vec::new(),
             latest: self.features.clone(),
             joins: Vec::new(),
+            condition: self.where_.as_ref().map(|sql| (format!("{CONDITION_PREFIX}{name}"), sql.clone())),
+            filtered: Vec::new(),
         };
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         for (i, feature) in self.features.iter().enumerate() {
@@ -347,7 +395,7 @@ impl FeatureSetConfig {
             }
         }
         for (i, agg) in self.aggregations.iter().enumerate() {
-            agg.compile(&mut plan, &mut names, &format!("{path}.aggregations[{i}]"), problems);
+            agg.compile(&mut plan, &mut names, i, &format!("{path}.aggregations[{i}]"), problems);
         }
         let longest = plan.specs.iter().map(|s| s.horizon * s.period_ms).max().unwrap_or(0);
         plan.late_after_ms = longest + lateness;
@@ -360,7 +408,7 @@ impl FeatureSetConfig {
         if !self.filter.is_empty() {
             problems.push(Problem {
                 path: format!("{path}.filter"),
-                message: "filters apply to aggregations over a CDC table; over an event stream, aggregate a column that is null when an event should not count".into(),
+                message: "`filter` applies to aggregations over a CDC table; over an event stream write a SQL condition under `where`, e.g. `where: \"status = 'active'\"`".into(),
             });
         }
         for (i, join) in self.join.iter().enumerate() {
@@ -417,6 +465,9 @@ impl FeatureSetConfig {
         if self.aggregations.is_empty() {
             refuse("aggregations", "list at least one aggregation of the table's rows");
         }
+        if self.where_.is_some() {
+            refuse("where", "SQL conditions over a CDC table are not supported yet; use `filter: {column: value}`");
+        }
         let mut plan = TablePlan {
             name: name.to_string(),
             source: self.source.clone(),
@@ -432,6 +483,12 @@ impl FeatureSetConfig {
                 problems.push(Problem {
                     path: format!("{p}.windows"),
                     message: "aggregations over a CDC table cover its current rows, not a time window; remove `windows`, `period` and `kind`".into(),
+                });
+            }
+            if agg.where_.is_some() || agg.name.is_some() {
+                problems.push(Problem {
+                    path: format!("{p}.where"),
+                    message: "`where` and `name` on an aggregation over a CDC table are not supported yet; use the feature set's `filter`".into(),
                 });
             }
             let column = match plan.columns.iter().position(|c| *c == agg.column) {
@@ -472,9 +529,30 @@ impl AggregationConfig {
         &self,
         plan: &mut FeatureSetPlan,
         names: &mut BTreeMap<String, String>,
+        index: usize,
         path: &str,
         problems: &mut Vec<Problem>,
     ) {
+        let column = match &self.where_ {
+            Some(sql) => {
+                if self.name.is_none() {
+                    problems.push(Problem {
+                        path: format!("{path}.name"),
+                        message: format!("a filtered aggregation needs a `name` for its features (`{{name}}_{{function}}_{{window}}`, e.g. `declined_{}`)", self.column),
+                    });
+                }
+                let field = format!("{CONDITION_PREFIX}{}.{index}", plan.name);
+                plan.filtered.push(FilteredColumn {
+                    field: field.clone(),
+                    column: self.column.clone(),
+                    sql: sql.clone(),
+                    path: format!("{path}.where"),
+                });
+                field
+            }
+            None => self.column.clone(),
+        };
+        let base = self.name.as_deref().unwrap_or(&self.column);
         let functions: Vec<Function> = self
             .functions
             .iter()
@@ -530,10 +608,10 @@ impl AggregationConfig {
                 Some(Span(shortest / 10))
             }
         };
-        let column = match plan.columns.iter().position(|c| *c == self.column) {
+        let column = match plan.columns.iter().position(|c| *c == column) {
             Some(i) => i,
             None => {
-                plan.columns.push(self.column.clone());
+                plan.columns.push(column);
                 plan.columns.len() - 1
             }
         };
@@ -550,7 +628,7 @@ impl AggregationConfig {
             let buckets = window.millis() / period_ms;
             let spec = plan.spec_for(column, period_ms, buckets, distinct);
             for f in &functions {
-                let name = format!("{}_{}_{}", self.column, f.name(), self.windows[*i].trim());
+                let name = format!("{base}_{}_{}", f.name(), self.windows[*i].trim());
                 let here = format!("{path}.windows[{i}]");
                 if let Some(first) = names.insert(name.clone(), here.clone()) {
                     problems

@@ -47,6 +47,27 @@ pub struct SourceConfig {
     /// column keeps its stored value. Default: Debezium's, `__debezium_unavailable_value`.
     #[serde(default)]
     pub unavailable_value_placeholder: Option<String>,
+    /// The fields SQL expressions (`select`, `where`) read, with their SQL types: `double`,
+    /// `bigint`, `string`, `boolean`, `timestamp` (RFC 3339 text or epoch milliseconds), `date`,
+    /// or a mapping of a nested object's fields. A record whose declared field holds another
+    /// type is dead-lettered with reason `wrong_type`.
+    #[serde(default)]
+    pub columns: BTreeMap<String, ColumnSpec>,
+    /// New fields computed from each record by SQL expressions over `columns`, e.g.
+    /// `amount_usd: "amount * rate"`; usable wherever a field is (aggregations, latest values,
+    /// entity keys, join keys, conditions).
+    #[serde(default)]
+    pub select: BTreeMap<String, String>,
+}
+
+/// A declared column's type: a SQL type name, or a nested object's fields.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ColumnSpec {
+    /// `double`, `bigint`, `string`, `boolean`, `timestamp`, `date`.
+    Type(String),
+    /// A nested object (a struct), read as `column.field` or `column['field']`.
+    Nested(BTreeMap<String, ColumnSpec>),
 }
 
 /// Where a Debezium source's primary key comes from.

@@ -33,11 +33,14 @@ pub enum Reason {
     Truncate,
     /// JSON, but not a valid prediction or label record (the message names the field).
     InvalidRecord,
+    /// A SQL expression of the source (`select`, `where`) failed on the record, e.g. a cast
+    /// that cannot succeed (the message names the expression).
+    ExpressionError,
 }
 
 impl Reason {
     /// Every reason, for metrics initialisation and docs.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::MalformedJson,
         Reason::MissingKey,
         Reason::MissingTimestamp,
@@ -48,6 +51,7 @@ impl Reason {
         Reason::MalformedEnvelope,
         Reason::Truncate,
         Reason::InvalidRecord,
+        Reason::ExpressionError,
     ];
 
     /// Stable name.
@@ -63,6 +67,7 @@ impl Reason {
             Reason::MalformedEnvelope => "malformed_envelope",
             Reason::Truncate => "truncate",
             Reason::InvalidRecord => "invalid_record",
+            Reason::ExpressionError => "expression_error",
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod models;
 pub mod monitoring;
 mod parse;
 pub mod tls;
+mod transforms;
 
 pub use parse::{load, parse, Parsed};
 
@@ -40,6 +41,9 @@ pub struct Project {
     pub table_plans: Vec<TablePlan>,
     /// CDC tables as (source name, key column), in source order.
     pub tables: Vec<(String, String)>,
+    /// Per source (same order): its row transform (`select`s and its feature sets' `where`s);
+    /// empty when it has none.
+    pub transforms: Vec<fathom_transform::Transform>,
     /// Named feature vectors: feature references, as written.
     pub vectors: BTreeMap<String, Vec<String>>,
     /// Models served by `/v1/models/{model}/predict`.

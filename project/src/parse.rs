@@ -148,8 +148,10 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
     let server = server(&root, &mut problems);
     let processing = processing(&root, &mut problems);
     let sources = sources(&root, &stores, &mut problems);
+    let mut transforms = crate::transforms::selects(&sources, &mut problems);
     let entities = entities(&root, &mut problems);
-    let FeatureSets { plans, plan_sources, table_plans } = feature_sets(&root, &entities, &sources, &mut problems);
+    let FeatureSets { plans, plan_sources, table_plans } =
+        feature_sets(&root, &entities, &sources, &mut transforms, &mut problems);
     let tables: Vec<(String, String)> =
         sources.iter().filter(|(_, s)| s.format == Format::Debezium).map(|(n, s)| (n.clone(), s.key.clone())).collect();
     let catalog = Catalog { project: &name, plans: &plans, table_plans: &table_plans, tables: &tables };
@@ -166,6 +168,7 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
         plan_sources,
         table_plans,
         tables,
+        transforms,
         vectors,
         models,
         base_dir: PathBuf::from("."),
@@ -272,6 +275,7 @@ fn feature_sets(
     root: &serde_yaml_ng::Mapping,
     entities: &BTreeMap<String, EntityConfig>,
     sources: &[(String, SourceConfig)],
+    transforms: &mut [fathom_transform::Transform],
     problems: &mut Vec<Problem>,
 ) -> FeatureSets {
     let mut compiled = FeatureSets { plans: Vec::new(), plan_sources: Vec::new(), table_plans: Vec::new() };
@@ -312,6 +316,7 @@ fn feature_sets(
             }
         }
         if let (Some(plan), Some(s)) = (config.compile(&set, key, &path, problems), source) {
+            crate::transforms::feature_set(&config, &plan, &path, &mut transforms[s], problems);
             compiled.plans.push(plan);
             compiled.plan_sources.push(s);
         }

@@ -129,6 +129,7 @@ pub(crate) fn dataset(project: &Project, options: &DatasetOptions) -> anyhow::Re
         catalog: project.catalog(),
         vector: &vector,
         sources: &sources,
+        transforms: &project.transforms,
         offline_root: &offline,
         input: &options.input,
         timestamp: &options.timestamp,

@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt64Type,
-    UInt8Type,
+    Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
 use arrow_array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -292,7 +291,10 @@ mod tests {
         assert_eq!(rows[0]["__y"], json!(6));
         assert_eq!(rows[0]["other"], json!(1));
         assert_eq!((&rows[1]["__x"], &rows[1]["__y"]), (&json!(false), &Value::Null));
-        assert_eq!((&rows[2]["amount_usd"], &rows[2]["__x"], &rows[2]["__y"]), (&Value::Null, &json!(true), &Value::Null));
+        assert_eq!(
+            (&rows[2]["amount_usd"], &rows[2]["__x"], &rows[2]["__y"]),
+            (&Value::Null, &json!(true), &Value::Null)
+        );
     }
 
     #[test]
@@ -342,7 +344,10 @@ mod tests {
         .collect();
         let mut refs: Vec<&mut Map<String, Value>> = rows.iter_mut().collect();
         assert!(t.apply(&mut refs).is_empty());
-        assert_eq!((&rows[0]["abroad"], &rows[0]["country"], &rows[0]["hour"]), (&json!(true), &json!("FR"), &json!(21)));
+        assert_eq!(
+            (&rows[0]["abroad"], &rows[0]["country"], &rows[0]["hour"]),
+            (&json!(true), &json!("FR"), &json!(21))
+        );
         assert_eq!((&rows[1]["abroad"], &rows[1]["hour"]), (&json!(false), &json!(23)));
     }
 }

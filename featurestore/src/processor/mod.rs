@@ -30,6 +30,8 @@ pub struct Outcome {
     /// Applications skipped because the event has no value in the feature set's key field (a
     /// set keyed by another field than the source's key, e.g. a joined column).
     pub unkeyed: u64,
+    /// Applications skipped because the feature set's `where` is not true for the event.
+    pub filtered: u64,
 }
 
 struct Slot {
@@ -99,6 +101,10 @@ impl Processor {
             let position = event.at.partition.map(|partition| Position { partition, offset: event.at.offset });
             for &p in &self.by_source[event.source] {
                 let plan = &self.plans[p];
+                if !plan.admits(&event.fields) {
+                    outcome.filtered += 1;
+                    continue;
+                }
                 let field = |name: &String| event.fields.get(name).filter(|v| !v.is_null());
                 columns.clear();
                 columns.extend(plan.columns.iter().map(field));
@@ -125,7 +131,7 @@ impl Processor {
     async fn load_missing(&mut self, events: &[Event]) -> Result<(), OnlineError> {
         let mut wanted: Vec<(usize, Cow<'_, str>)> = Vec::new();
         for event in events {
-            for &p in &self.by_source[event.source] {
+            for &p in self.by_source[event.source].iter().filter(|&&p| self.plans[p].admits(&event.fields)) {
                 if let Some(key) = self.key_of(p, event).filter(|k| !self.cache[p].contains_key(k.as_ref())) {
                     wanted.push((p, key));
                 }

@@ -10,7 +10,8 @@ use fathom_ingest::debezium::{self, Change, ChangeOrder, Decoded, Op};
 use fathom_ingest::decode::{Reason, Refusal};
 use fathom_ingest::event::Event;
 use fathom_ingest::record::Record;
-use serde_json::Value;
+use fathom_transform::Failure;
+use serde_json::{Map, Value};
 
 use super::{Cdc, Pipeline, PushSummary};
 use crate::telemetry;
@@ -32,6 +33,7 @@ impl Pipeline {
         self.count_in(&records);
         let mut summary = PushSummary::default();
         let Batch { mut events, changes, last } = self.decode(records, &mut summary).await;
+        self.transform(&mut events, &mut summary).await;
         if !changes.is_empty() {
             self.apply_changes(changes).await;
         }
@@ -109,6 +111,41 @@ impl Pipeline {
             }
         }
         batch
+    }
+
+    /// Runs each source's row transform (`select`, `where`) over its events; the events it
+    /// fails on are dead-lettered (`wrong_type` for a declared column of another type,
+    /// `expression_error` naming the expression) and leave the batch.
+    async fn transform(&mut self, events: &mut Vec<Event>, summary: &mut PushSummary) {
+        let project = self.project.clone();
+        let mut refused: Vec<(usize, Failure)> = Vec::new();
+        for (source, transform) in project.transforms.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
+            let at: Vec<usize> = (0..events.len()).filter(|&i| events[i].source == source).collect();
+            let mut rows: Vec<&mut Map<String, Value>> =
+                events.iter_mut().filter(|e| e.source == source).map(|e| &mut e.fields).collect();
+            refused.extend(transform.apply(&mut rows).into_iter().map(|(i, failure)| (at[i], failure)));
+        }
+        if refused.is_empty() {
+            return;
+        }
+        refused.sort_by_key(|(i, _)| *i);
+        for (i, failure) in &refused {
+            let event = &events[*i];
+            let reason = match failure {
+                Failure::Decode(_) => Reason::WrongType,
+                Failure::Expression { .. } => Reason::ExpressionError,
+            };
+            let letter = self.letter(&event.raw, event.source, event.at, reason, failure.to_string());
+            summary.refused(&letter);
+            self.dead_letter(letter).await;
+        }
+        let mut gone = refused.iter().map(|(i, _)| *i).peekable();
+        let mut i = 0;
+        events.retain(|_| {
+            let keep = gone.next_if_eq(&i).is_none();
+            i += 1;
+            keep
+        });
     }
 
     /// Applies CDC changes to their tables and appends them to the offline change log.

@@ -235,6 +235,7 @@ fn decoders(project: &Project) -> Vec<Decoder> {
                 .zip(&project.plan_sources)
                 .filter(|(_, s)| **s == i)
                 .flat_map(|(p, _)| p.numeric_columns().into_iter().filter(|c| !p.is_joined(c)))
+                .filter(|c| !source.select.contains_key(c))
                 .collect();
             Decoder::new(source, numeric)
         })

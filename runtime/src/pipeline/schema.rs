@@ -1,5 +1,6 @@
 use std::collections::BTreeMap;
 
+use fathom_featurestore::definition::CONDITION_PREFIX;
 use fathom_featurestore::offline::{ColumnType, Layout, SourceSchema};
 use fathom_ingest::config::Format;
 use fathom_project::Project;
@@ -20,7 +21,8 @@ pub(super) fn schemas(project: &Project) -> Vec<SourceSchema> {
             for (plan, _) in project.plans.iter().zip(&project.plan_sources).filter(|(_, s)| **s == i) {
                 let numeric = plan.numeric_columns();
                 let read = plan.columns.iter().chain(&plan.latest).chain(std::iter::once(&plan.key_column));
-                for column in read.filter(|c| !plan.is_joined(c)) {
+                let stored = |c: &&String| !plan.is_joined(c) && !c.starts_with(CONDITION_PREFIX);
+                for column in read.filter(stored) {
                     let ty = if numeric.contains(column) { ColumnType::Float } else { ColumnType::Text };
                     let entry = columns.entry(column.clone()).or_insert(ty);
                     if ty == ColumnType::Float {

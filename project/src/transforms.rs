@@ -1,0 +1,117 @@
+//! Each source's row transform, compiled from its `columns` and `select` and the `where`s of its
+//! feature sets; every expression is parsed and type-checked here, so `fathom validate` reports a
+//! bad one with its path, the message and a hint.
+
+use arrow_schema::{DataType, Field, Fields, Schema};
+use fathom_featurestore::definition::{FeatureSetConfig, FeatureSetPlan, Function, Problem};
+use fathom_ingest::config::{ColumnSpec, Format, SourceConfig};
+use fathom_transform::{ExprError, Transform};
+
+fn problem(problems: &mut Vec<Problem>, path: impl Into<String>, message: impl Into<String>) {
+    problems.push(Problem { path: path.into(), message: message.into() });
+}
+
+fn expression_problem(problems: &mut Vec<Problem>, path: String, error: ExprError, source: &str) {
+    let mut message = error.message;
+    if let Some(hint) = error.hint {
+        message.push_str(&format!(" (hint: {hint}"));
+        if message.contains("the source's columns") {
+            message.push_str(&format!("; declare others under sources.{source}.columns"));
+        }
+        message.push(')');
+    }
+    problem(problems, path, message);
+}
+
+/// The Arrow type of a declared column.
+fn data_type(spec: &ColumnSpec, path: &str, problems: &mut Vec<Problem>) -> Option<DataType> {
+    match spec {
+        ColumnSpec::Type(name) => fathom_transform::sql_type(name).or_else(|| {
+            let message = format!("unknown type {name:?} (use {})", fathom_transform::SQL_TYPES);
+            problem(problems, path, message);
+            None
+        }),
+        ColumnSpec::Nested(fields) => {
+            let fields: Option<Vec<Field>> = fields
+                .iter()
+                .map(|(name, spec)| {
+                    data_type(spec, &format!("{path}.{name}"), problems).map(|t| Field::new(name, t, true))
+                })
+                .collect();
+            Some(DataType::Struct(Fields::from(fields?)))
+        }
+    }
+}
+
+/// One transform per source (empty where a source declares nothing), with its `select`s.
+pub(crate) fn selects(sources: &[(String, SourceConfig)], problems: &mut Vec<Problem>) -> Vec<Transform> {
+    sources
+        .iter()
+        .map(|(name, source)| {
+            let path = format!("sources.{name}");
+            if source.format == Format::Debezium && !(source.columns.is_empty() && source.select.is_empty()) {
+                problem(problems, format!("{path}.select"), "SQL expressions over a CDC table are not supported yet");
+                return Transform::new(Schema::empty());
+            }
+            let fields: Vec<Field> = source
+                .columns
+                .iter()
+                .filter_map(|(column, spec)| {
+                    data_type(spec, &format!("{path}.columns.{column}"), problems).map(|t| Field::new(column, t, true))
+                })
+                .collect();
+            let mut transform = Transform::new(Schema::new(fields));
+            for (output, sql) in &source.select {
+                let here = format!("{path}.select.{output}");
+                if Some(output) == source.timestamp.as_ref() || *output == source.key {
+                    problem(problems, here, "is the source's key or timestamp field; choose another name");
+                    continue;
+                }
+                if let Err(e) = transform.select(output, sql) {
+                    expression_problem(problems, here, e, name);
+                }
+            }
+            transform
+        })
+        .collect()
+}
+
+/// Adds a feature set's conditions to its source's transform and checks that what it aggregates
+/// as numbers is numeric where the transform knows the type.
+pub(crate) fn feature_set(
+    config: &FeatureSetConfig,
+    plan: &FeatureSetPlan,
+    path: &str,
+    transform: &mut Transform,
+    problems: &mut Vec<Problem>,
+) {
+    if let Some((field, sql)) = &plan.condition {
+        if let Err(e) = transform.condition(&format!("{path}.where"), field, sql, None) {
+            expression_problem(problems, format!("{path}.where"), e, &config.source);
+        }
+    }
+    for filtered in &plan.filtered {
+        if let Err(e) = transform.condition(&filtered.path, &filtered.field, &filtered.sql, Some(&filtered.column)) {
+            expression_problem(problems, filtered.path.clone(), e, &config.source);
+        }
+    }
+    let known = transform.selected_schema();
+    for (i, agg) in config.aggregations.iter().enumerate() {
+        let Ok(field) = known.field_with_name(&agg.column) else { continue };
+        let numeric = field.data_type().is_numeric() || field.data_type() == &DataType::Null;
+        let needs_number = agg.functions.iter().filter_map(|f| Function::parse(f)).find(|f| f.is_numeric());
+        if let (false, Some(f)) = (numeric, needs_number) {
+            problem(
+                problems,
+                format!("{path}.aggregations[{i}].column"),
+                format!(
+                    "{} is {}, but {} needs numbers (hint: aggregate a numeric select, e.g. `CAST({} AS DOUBLE)`, or use count or distinct_count)",
+                    agg.column,
+                    field.data_type(),
+                    f.name(),
+                    agg.column
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Row expressions and filters as a user configures them (`columns`, `select`, `where` on a
+//! feature set and on one aggregation, a composite key from a select), through `fathom replay`,
+//! `fathom dataset` and `fathom consistency`: the features equal DuckDB's answer to the same SQL
+//! over the same records, online equals offline, and a record an expression fails on is a dead
+//! letter naming the expression.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+fn fathom(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
+        .args(args)
+        .current_dir(dir)
+        .env("FATHOM_LOG", "warn")
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn project(project: &str) -> String {
+    format!(
+        r#"project: {project}
+stores:
+  online: {{ redis: {{ url: "{redis}" }} }}
+  offline: {{ parquet: {{ path: offline }} }}
+  dead_letters: {{ path: dlq }}
+sources:
+  tx:
+    key: card_id
+    timestamp: ts
+    columns:
+      card_id: string
+      amount: double
+      currency: string
+      status: string
+      quantity: string
+      merchant: {{ country: string }}
+    select:
+      amount_eur: "CASE WHEN currency = 'USD' THEN amount * 0.9 ELSE amount END"
+      abroad: "merchant.country <> 'DE'"
+      card_merchant: "card_id || ':' || merchant['country']"
+      units: "CAST(quantity AS BIGINT)"
+entities:
+  card: {{ key: card_id }}
+  card_merchant: {{ key: card_merchant }}
+feature_sets:
+  cards:
+    entity: card
+    source: tx
+    features: [abroad]
+    aggregations:
+      - {{ column: amount_eur, functions: [sum, max], windows: [1d] }}
+      - {{ column: amount, name: declined, where: "status = 'declined'", functions: [count, sum], windows: [1d] }}
+      - {{ column: units, functions: [sum], windows: [1d] }}
+  foreign:
+    entity: card
+    source: tx
+    where: "abroad AND amount_eur > 10"
+    aggregations:
+      - {{ column: amount_eur, functions: [count, sum], windows: [1d] }}
+  pairs:
+    entity: card_merchant
+    source: tx
+    aggregations:
+      - {{ column: amount, functions: [count], windows: [1d] }}
+feature_vectors:
+  by_card: {{ features: [cards.*, foreign.*] }}
+  by_pair: {{ features: [pairs.*] }}
+"#,
+        redis = common::redis_url()
+    )
+}
+
+/// DuckDB's answer to the project's expressions over `good.ndjson`, per card and per pair.
+const ORACLE: &str = r#"
+import json, duckdb
+con = duckdb.connect()
+con.execute("""create view t as select *,
+    case when currency = 'USD' then amount * 0.9 else amount end as amount_eur,
+    merchant.country <> 'DE' as abroad,
+    card_id || ':' || merchant['country'] as card_merchant,
+    cast(quantity as bigint) as units
+  from read_json('good.ndjson', format = 'newline_delimited', columns = {card_id: 'VARCHAR', ts: 'BIGINT',
+    amount: 'DOUBLE', currency: 'VARCHAR', status: 'VARCHAR', quantity: 'VARCHAR', merchant: 'STRUCT(country VARCHAR)'})""")
+cards = con.execute("""select card_id, sum(amount_eur), max(amount_eur),
+    count(amount) filter (where status = 'declined'), sum(amount) filter (where status = 'declined'),
+    sum(units),
+    count(amount_eur) filter (where abroad and amount_eur > 10), sum(amount_eur) filter (where abroad and amount_eur > 10)
+  from t group by card_id""").fetchall()
+pairs = con.execute("select card_merchant, count(amount) from t where card_merchant is not null group by card_merchant").fetchall()
+print(json.dumps({"cards": cards, "pairs": pairs}))
+"#;
+
+fn close(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+        _ => a == b,
+    }
+}
+
+#[test]
+fn selects_and_wheres_match_duckdb_online_equals_offline_and_failures_are_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(root.join("fathom.yaml"), project(&common::unique("transform"))).unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut rng = common::Xorshift(20);
+    let (mut all, mut good) = (Vec::new(), Vec::new());
+    let (mut wrong_type, mut expression_error) = (0, 0);
+    for i in 0..2_000u64 {
+        let card = format!("c{}", rng.below(25));
+        // out of order, within the last six hours
+        let ts = now - 1_000 - rng.below(6 * 3_600_000) as i64;
+        let currency = ["EUR", "USD", "GBP"][rng.below(3) as usize];
+        let status = ["ok", "ok", "declined", "review"][rng.below(4) as usize];
+        let country = ["DE", "FR", "US", "DE"][rng.below(4) as usize];
+        let mut event = json!({
+            "card_id": card,
+            "ts": ts,
+            "amount": (rng.normal(40.0, 30.0) * 100.0).round() / 100.0,
+            "currency": currency,
+            "status": status,
+            "quantity": format!("{}", rng.below(5)),
+            "merchant": {"country": country, "mcc": 5411},
+        });
+        match i % 97 {
+            // nulls and absent fields: SQL semantics, not failures
+            1 => event["amount"] = Value::Null,
+            2 => drop(event.as_object_mut().unwrap().remove("merchant")),
+            3 => event["currency"] = Value::Null,
+            4 => event["quantity"] = Value::Null,
+            // a value of another type than declared: wrong_type
+            5 => {
+                event["amount"] = json!("n/a");
+                wrong_type += 1;
+            }
+            // a cast that cannot succeed: expression_error
+            6 => {
+                event["quantity"] = json!("three");
+                expression_error += 1;
+            }
+            _ => {}
+        }
+        if !matches!(i % 97, 5 | 6) {
+            good.push(event.to_string());
+        }
+        all.push(event.to_string());
+    }
+    std::fs::write(root.join("events.ndjson"), all.join("\n")).unwrap();
+    std::fs::write(root.join("good.ndjson"), good.join("\n")).unwrap();
+    let (ok, out) = fathom(root, &["validate", "-c", "fathom.yaml"]);
+    assert!(ok, "{out}");
+    let (ok, out) = fathom(root, &["replay", "events.ndjson", "--source", "tx", "-c", "fathom.yaml"]);
+    let dead = wrong_type + expression_error;
+    assert!(ok && out.contains(&format!("{} accepted, {dead} dead-lettered", good.len())), "{out}");
+
+    // every refused record is a dead letter with its reason, naming the field or the expression
+    let letters: Vec<Value> = std::fs::read_dir(root.join("dlq"))
+        .unwrap()
+        .flat_map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap().lines().map(String::from).collect::<Vec<_>>())
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .collect();
+    let reasons: BTreeMap<String, usize> = letters.iter().fold(BTreeMap::new(), |mut m, l| {
+        *m.entry(l["reason"].as_str().unwrap().to_string()).or_default() += 1;
+        m
+    });
+    assert_eq!(reasons.get("wrong_type"), Some(&wrong_type), "{letters:?}");
+    assert_eq!(reasons.get("expression_error"), Some(&expression_error), "{letters:?}");
+    let expression = letters.iter().find(|l| l["reason"] == "expression_error").unwrap();
+    let message = expression["message"].as_str().unwrap();
+    assert!(message.contains("select.units") && message.contains("CAST(quantity AS BIGINT)"), "{message}");
+    let wrong = letters.iter().find(|l| l["reason"] == "wrong_type").unwrap();
+    assert!(wrong["message"].as_str().unwrap().contains("amount"), "{wrong}");
+
+    // offline, at a time after every event, against DuckDB
+    let at = chrono::DateTime::from_timestamp_millis(now).unwrap().to_rfc3339();
+    let cards: Vec<String> = (0..25).map(|c| format!("c{c}")).collect();
+    let csv: String = cards.iter().map(|c| format!("{c},{at}\n")).collect();
+    std::fs::write(root.join("cards.csv"), format!("card_id,t\n{csv}")).unwrap();
+    let dataset = |input: &str, vector: &str, output: &str| {
+        let args = ["dataset", "-c", "fathom.yaml", "--input", input, "--timestamp", "t", "--vector", vector];
+        let (ok, out) = fathom(root, &[&args[..], &["--output", output]].concat());
+        assert!(ok, "{out}");
+    };
+    dataset("cards.csv", "by_card", "cards.parquet");
+    let oracle =
+        common::python_json(&format!("import os; os.chdir({:?})\n{ORACLE}", root.display().to_string()), &[], "");
+    let read = common::python_json(
+        &format!(
+            "import os, json, duckdb; os.chdir({:?}); print(json.dumps(duckdb.sql(\"select card_id, cards__amount_eur_sum_1d, cards__amount_eur_max_1d, cards__declined_count_1d, cards__declined_sum_1d, cards__units_sum_1d, foreign__amount_eur_count_1d, foreign__amount_eur_sum_1d from read_parquet('cards.parquet')\").fetchall()))",
+            root.display().to_string()
+        ),
+        &[],
+        "",
+    );
+    let expected: BTreeMap<String, Vec<Value>> = oracle["cards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_str().unwrap().to_string(), r.as_array().unwrap()[1..].to_vec()))
+        .collect();
+    let mut compared = 0;
+    for row in read.as_array().unwrap() {
+        let card = row[0].as_str().unwrap();
+        let want = &expected[card];
+        for (k, (got, want)) in row.as_array().unwrap()[1..].iter().zip(want).enumerate() {
+            // a count over nothing is 0 in both; a sum over nothing is NULL in DuckDB
+            let want = if want.is_null() && k == 6 { json!(0) } else { want.clone() };
+            assert!(close(got, &want) || (want.is_null() && got == &json!(0.0)), "{card} column {k}: {got} vs {want}");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 25 * 7);
+
+    // the composite key from a select
+    let pairs: Vec<(String, i64)> = oracle["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_i64().unwrap()))
+        .collect();
+    let csv: String = pairs.iter().map(|(p, _)| format!("{p},{at}\n")).collect();
+    std::fs::write(root.join("pairs.csv"), format!("card_merchant,t\n{csv}")).unwrap();
+    dataset("pairs.csv", "by_pair", "pairs.parquet");
+    let read = common::python_json(
+        &format!(
+            "import os, json, duckdb; os.chdir({:?}); print(json.dumps(dict(duckdb.sql(\"select card_merchant, pairs__amount_count_1d from read_parquet('pairs.parquet')\").fetchall())))",
+            root.display().to_string()
+        ),
+        &[],
+        "",
+    );
+    assert!(pairs.len() > 50, "{pairs:?}");
+    for (pair, count) in &pairs {
+        assert_eq!(read[pair], json!(count), "{pair}");
+    }
+
+    // online (Redis, written by the replay) against the same recomputed offline
+    let (ok, out) = fathom(root, &["consistency", "-c", "fathom.yaml", "--vector", "by_card", "--sample", "25"]);
+    assert!(ok, "{out}");
+    for feature in ["cards.abroad", "cards.declined_count_1d", "cards.units_sum_1d", "foreign.amount_eur_sum_1d"] {
+        assert!(out.contains(&format!("{feature}: 25 compared, 0 mismatches")), "{feature}: {out}");
+    }
+    let (ok, out) = fathom(root, &["consistency", "-c", "fathom.yaml", "--vector", "by_pair", "--sample", "20"]);
+    assert!(ok && out.contains("pairs.amount_count_1d: 20 compared, 0 mismatches"), "{out}");
+}
