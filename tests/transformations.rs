@@ -248,3 +248,81 @@ fn selects_and_wheres_match_duckdb_online_equals_offline_and_failures_are_dead_l
     let (ok, out) = fathom(root, &["consistency", "-c", "fathom.yaml", "--vector", "by_pair", "--sample", "20"]);
     assert!(ok && out.contains("pairs.amount_count_1d: 20 compared, 0 mismatches"), "{out}");
 }
+
+/// The same project served, with the source on a Kafka topic: records pushed over HTTP and
+/// produced to Kafka, of which some fail an expression.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expression_errors_are_dead_letters_through_http_push_and_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = common::unique("transform_serve");
+    let topic = common::unique("tx");
+    common::create_topics(&[&topic], 2).await;
+    let port = common::free_port();
+    let yaml = project(&name)
+        .replace("    key: card_id\n    timestamp: ts\n", &format!("    kafka: {{ topic: \"{topic}\" }}\n    key: card_id\n    timestamp: ts\n"))
+        .replace(
+            "  dead_letters: { path: dlq }\n",
+            &format!(
+                "  kafka: {{ bootstrap_servers: \"{}\", group_id: \"{name}\" }}\nserver: {{ listen: \"127.0.0.1:{port}\" }}\nprocessing: {{ checkpoint_interval: 1s }}\n",
+                common::kafka()
+            ),
+        );
+    std::fs::write(dir.path().join("fathom.yaml"), &yaml).unwrap();
+    let config = dir.path().join("fathom.yaml");
+    let mut fathom =
+        common::Fathom::start(&["serve", "-c", config.to_str().unwrap()], port, &dir.path().join("fathom.log"));
+    fathom.wait_ready().await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let event = |card: &str, status: &str, quantity: &str| {
+        json!({"card_id": card, "ts": now - 1_000, "amount": 20.0, "currency": "EUR", "status": status,
+               "quantity": quantity, "merchant": {"country": "FR"}})
+        .to_string()
+    };
+    // over HTTP: the answer names the expression, record by record
+    let body = [event("p1", "declined", "1"), event("p1", "ok", "many"), event("p1", "declined", "2")].join("\n");
+    let client = reqwest::Client::new();
+    let r = client.post(fathom.url("/v1/push/tx")).body(body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let summary: Value = r.json().await.unwrap();
+    assert_eq!((summary["accepted"].clone(), summary["dead_lettered"].clone()), (json!(2), json!(1)), "{summary}");
+    let error = &summary["errors"][0];
+    assert_eq!(
+        (error["index"].clone(), error["reason"].clone()),
+        (json!(2), json!("expression_error")),
+        "line 2: {summary}"
+    );
+    assert!(error["message"].as_str().unwrap().contains("select.units (CAST(quantity AS BIGINT))"), "{summary}");
+    let features: Value = reqwest::get(fathom.url("/v1/features/cards/p1")).await.unwrap().json().await.unwrap();
+    let value = |name: &str| {
+        features["features"].as_array().unwrap().iter().find(|f| f["name"] == name).unwrap()["value"].clone()
+    };
+    assert_eq!(
+        (value("declined_count_1d"), value("units_sum_1d"), value("abroad")),
+        (json!(2), json!(3.0), json!(true))
+    );
+
+    // over Kafka: on <topic>.dlq with reason expression_error; the stream flows on
+    let records: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|i| {
+            let quantity = if i % 5 == 0 { "x" } else { "1" };
+            ("k1".to_string(), event("k1", "declined", quantity).into_bytes())
+        })
+        .collect();
+    let last = common::produce(&topic, &records).await;
+    common::wait_applied(&name, &topic, &last, &fathom.log).await;
+    // (the pushed record's dead letter is there too: the source's dead letters go to its topic's)
+    let letters = common::consume(&format!("{topic}.dlq"), 3).await;
+    let mut quantities: Vec<String> = letters
+        .iter()
+        .map(|(headers, _, payload)| {
+            assert_eq!(headers["fathom.reason"], "expression_error", "{headers:?}");
+            serde_json::from_slice::<Value>(payload).unwrap()["quantity"].as_str().unwrap().to_string()
+        })
+        .collect();
+    quantities.sort();
+    assert_eq!(quantities, ["many", "x", "x"]);
+    let features: Value = reqwest::get(fathom.url("/v1/features/cards/k1")).await.unwrap().json().await.unwrap();
+    let count = features["features"].as_array().unwrap().iter().find(|f| f["name"] == "declined_count_1d").unwrap();
+    assert_eq!(count["value"], json!(8), "{features}");
+    fathom.stop();
+}

@@ -47,3 +47,66 @@ fn every_shipped_config_validates() {
         assert!(stdout.contains(": ok"), "{stdout}");
     }
 }
+
+#[test]
+fn every_expression_problem_has_its_path_message_and_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fathom.yaml");
+    std::fs::write(
+        &path,
+        r#"project: p
+sources:
+  tx:
+    key: card_id
+    columns: { amount: double, status: string, merchant: { country: string }, seen: datetime }
+    select:
+      amount_usd: "amount * "
+      is_big: "amont > 100"
+      country: "merchant.country"
+      label: "upper(status)"
+      mixed: "amount AND status"
+entities:
+  card: { key: card_id }
+feature_sets:
+  card_activity:
+    entity: card
+    source: tx
+    where: "amount + 1"
+    aggregations:
+      - { column: amount, functions: [sum], windows: [1h] }
+      - { column: amount, name: declined, where: "status = 1 AND nope", functions: [count], windows: [1h] }
+      - { column: label, functions: [mean], windows: [1h] }
+      - { column: amount, where: "status = 'declined'", functions: [count], windows: [1d] }
+"#,
+    )
+    .unwrap();
+    let (code, _, stderr) = validate(&path);
+    assert_eq!(code, 1, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let line = |path: &str| {
+        *lines.iter().find(|l| l.contains(&format!("{path}: "))).unwrap_or_else(|| panic!("no {path} in {stderr}"))
+    };
+    // an unknown type, with the types there are
+    assert!(line("sources.tx.columns.seen").contains("unknown type \"datetime\" (use double, bigint"), "{stderr}");
+    // a syntax error, with an example of an expression
+    assert!(line("sources.tx.select.amount_usd").contains("hint: write one SQL expression"), "{stderr}");
+    // an unknown column, with the columns there are and where to declare more
+    let unknown = line("sources.tx.select.is_big");
+    assert!(unknown.contains("amont") && unknown.contains("the source's columns: amount (Float64)"), "{stderr}");
+    // a type mismatch, with the columns' types
+    let mixed = line("sources.tx.select.mixed");
+    assert!(mixed.contains("Float64 AND Utf8") && mixed.contains("status (Utf8)"), "{stderr}");
+    assert!(unknown.contains("declare others under sources.tx.columns"), "{stderr}");
+    // a condition that is not a condition, a type mismatch, an unknown column in a condition
+    assert!(line("feature_sets.card_activity.where").contains("must be true or false"), "{stderr}");
+    assert!(line("feature_sets.card_activity.aggregations[1].where").contains("nope"), "{stderr}");
+    // an aggregation over a non-numeric expression
+    let label = line("feature_sets.card_activity.aggregations[2].column");
+    assert!(
+        label.contains("label is Utf8, but mean needs numbers") && label.contains("CAST(label AS DOUBLE)"),
+        "{stderr}"
+    );
+    // a filtered aggregation needs a name for its features
+    assert!(line("feature_sets.card_activity.aggregations[3].name").contains("needs a `name`"), "{stderr}");
+    assert!(!stderr.contains("select.country") && !stderr.contains("select.label"), "valid ones pass: {stderr}");
+}

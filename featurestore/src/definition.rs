@@ -270,6 +270,16 @@ pub struct FilteredColumn {
 /// Prefix of the fields the row transform adds for conditions: never stored offline.
 pub const CONDITION_PREFIX: &str = "__where.";
 
+/// The field holding feature set `set`'s `where`.
+pub fn condition_field(set: &str) -> String {
+    format!("{CONDITION_PREFIX}{set}")
+}
+
+/// The field holding aggregation `i` of feature set `set` where its `where` holds.
+pub fn filtered_field(set: &str, i: usize) -> String {
+    format!("{CONDITION_PREFIX}{set}.{i}")
+}
+
 /// A checked [`JoinConfig`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinPlan {
@@ -381,7 +391,7 @@ impl FeatureSetConfig {
             aggregations: Vec::new(),
             latest: self.features.clone(),
             joins: Vec::new(),
-            condition: self.where_.as_ref().map(|sql| (format!("{CONDITION_PREFIX}{name}"), sql.clone())),
+            condition: self.where_.as_ref().map(|sql| (condition_field(name), sql.clone())),
             filtered: Vec::new(),
         };
         let mut names: BTreeMap<String, String> = BTreeMap::new();
@@ -541,7 +551,7 @@ impl AggregationConfig {
                         message: format!("a filtered aggregation needs a `name` for its features (`{{name}}_{{function}}_{{window}}`, e.g. `declined_{}`)", self.column),
                     });
                 }
-                let field = format!("{CONDITION_PREFIX}{}.{index}", plan.name);
+                let field = filtered_field(&plan.name, index);
                 plan.filtered.push(FilteredColumn {
                     field: field.clone(),
                     column: self.column.clone(),

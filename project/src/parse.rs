@@ -315,8 +315,10 @@ fn feature_sets(
                 );
             }
         }
+        if let Some(s) = source {
+            crate::transforms::feature_set(&config, &set, &path, &mut transforms[s], problems);
+        }
         if let (Some(plan), Some(s)) = (config.compile(&set, key, &path, problems), source) {
-            crate::transforms::feature_set(&config, &plan, &path, &mut transforms[s], problems);
             compiled.plans.push(plan);
             compiled.plan_sources.push(s);
         }

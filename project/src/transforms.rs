@@ -3,7 +3,7 @@
 //! bad one with its path, the message and a hint.
 
 use arrow_schema::{DataType, Field, Fields, Schema};
-use fathom_featurestore::definition::{FeatureSetConfig, FeatureSetPlan, Function, Problem};
+use fathom_featurestore::definition::{condition_field, filtered_field, FeatureSetConfig, Function, Problem};
 use fathom_ingest::config::{ColumnSpec, Format, SourceConfig};
 use fathom_transform::{ExprError, Transform};
 
@@ -12,7 +12,7 @@ fn problem(problems: &mut Vec<Problem>, path: impl Into<String>, message: impl I
 }
 
 fn expression_problem(problems: &mut Vec<Problem>, path: String, error: ExprError, source: &str) {
-    let mut message = error.message;
+    let mut message = error.message.replace('\n', " ");
     if let Some(hint) = error.hint {
         message.push_str(&format!(" (hint: {hint}"));
         if message.contains("the source's columns") {
@@ -80,19 +80,22 @@ pub(crate) fn selects(sources: &[(String, SourceConfig)], problems: &mut Vec<Pro
 /// as numbers is numeric where the transform knows the type.
 pub(crate) fn feature_set(
     config: &FeatureSetConfig,
-    plan: &FeatureSetPlan,
+    set: &str,
     path: &str,
     transform: &mut Transform,
     problems: &mut Vec<Problem>,
 ) {
-    if let Some((field, sql)) = &plan.condition {
-        if let Err(e) = transform.condition(&format!("{path}.where"), field, sql, None) {
-            expression_problem(problems, format!("{path}.where"), e, &config.source);
+    if let Some(sql) = &config.where_ {
+        let here = format!("{path}.where");
+        if let Err(e) = transform.condition(&here, &condition_field(set), sql, None) {
+            expression_problem(problems, here, e, &config.source);
         }
     }
-    for filtered in &plan.filtered {
-        if let Err(e) = transform.condition(&filtered.path, &filtered.field, &filtered.sql, Some(&filtered.column)) {
-            expression_problem(problems, filtered.path.clone(), e, &config.source);
+    for (i, agg) in config.aggregations.iter().enumerate() {
+        let Some(sql) = &agg.where_ else { continue };
+        let here = format!("{path}.aggregations[{i}].where");
+        if let Err(e) = transform.condition(&here, &filtered_field(set, i), sql, Some(&agg.column)) {
+            expression_problem(problems, here, e, &config.source);
         }
     }
     let known = transform.selected_schema();

@@ -21,7 +21,7 @@ use arrow_array::{Array, ArrayRef, Float64Array, RecordBatch};
 use arrow_schema::{DataType, Schema};
 use datafusion_common::config::ConfigOptions;
 use datafusion_common::tree_node::{Transformed, TreeNode};
-use datafusion_common::{DFSchema, DataFusionError, SchemaError, TableReference};
+use datafusion_common::{DFSchema, DataFusionError, TableReference};
 use datafusion_expr::execution_props::ExecutionProps;
 use datafusion_expr::planner::{ContextProvider, ExprPlanner};
 use datafusion_expr::simplify::SimplifyContext;
@@ -47,14 +47,13 @@ pub struct ExprError {
 }
 
 impl ExprError {
-    /// A planning error; an unknown column is hinted with the columns there are.
+    /// A planning error (an unknown column, a type mismatch), hinted with the columns there are
+    /// and their types.
     fn new(error: DataFusionError, columns: &Schema) -> ExprError {
-        let unknown_column = matches!(
-            error.find_root(),
-            DataFusionError::SchemaError(e, _) if matches!(**e, SchemaError::FieldNotFound { .. })
-        );
-        let hint = unknown_column.then(|| {
-            let names: Vec<&str> = columns.fields().iter().map(|f| f.name().as_str()).collect();
+        let planning = matches!(error.find_root(), DataFusionError::SchemaError(..) | DataFusionError::Plan(..));
+        let hint = planning.then(|| {
+            let names: Vec<String> =
+                columns.fields().iter().map(|f| format!("{} ({})", f.name(), f.data_type())).collect();
             format!("the source's columns: {}", names.join(", "))
         });
         ExprError { message: error.strip_backtrace(), hint }
