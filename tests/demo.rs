@@ -62,6 +62,11 @@ fn the_demo_ingests_reacts_to_bursts_and_monitors_its_model() {
         cell(card_line(&stdout, "round 2: card-0042 makes 10 quick", "card-0042"), "amount_count_10m").parse().unwrap();
     assert!(round_1 >= 5 && round_1 > before, "{before} → {round_1}");
     assert!(round_2 >= 15 && round_2 > round_1, "{round_1} → {round_2}");
+    // a filtered count and a derived ratio of it, read with the window
+    let line = card_line(&stdout, "round 2: card-0042 makes 10 quick", "card-0042");
+    let online: u64 = cell(line, "online_count_10m").parse().unwrap();
+    let share: f64 = cell(line, "online_share_10m").parse().unwrap();
+    assert!(online <= round_2 && (share - online as f64 / round_2 as f64).abs() < 0.005, "{line}");
 
     // the model's windows: a status per tumbling window, accuracy once labelled
     let table = stdout.split("window end   predictions  drift score  status").nth(1).unwrap();

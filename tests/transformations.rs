@@ -56,6 +56,9 @@ feature_sets:
       - {{ column: amount_eur, functions: [sum, max], windows: [1d] }}
       - {{ column: amount, name: declined, where: "status = 'declined'", functions: [count, sum], windows: [1d] }}
       - {{ column: units, functions: [sum], windows: [1d] }}
+    derived:
+      declined_mean_1d: "declined_sum_1d / declined_count_1d"
+      declined_share_1d: "CAST(declined_count_1d AS DOUBLE) / amount_eur_max_1d > 0.1"
   foreign:
     entity: card
     source: tx
@@ -89,7 +92,8 @@ con.execute("""create view t as select *,
 cards = con.execute("""select card_id, sum(amount_eur), max(amount_eur),
     count(amount) filter (where status = 'declined'), sum(amount) filter (where status = 'declined'),
     sum(units),
-    count(amount_eur) filter (where abroad and amount_eur > 10), sum(amount_eur) filter (where abroad and amount_eur > 10)
+    count(amount_eur) filter (where abroad and amount_eur > 10), sum(amount_eur) filter (where abroad and amount_eur > 10),
+    sum(amount) filter (where status = 'declined') / nullif(count(amount) filter (where status = 'declined'), 0)
   from t group by card_id""").fetchall()
 pairs = con.execute("select card_merchant, count(amount) from t where card_merchant is not null group by card_merchant").fetchall()
 print(json.dumps({"cards": cards, "pairs": pairs}))
@@ -191,7 +195,7 @@ fn selects_and_wheres_match_duckdb_online_equals_offline_and_failures_are_dead_l
         common::python_json(&format!("import os; os.chdir({:?})\n{ORACLE}", root.display().to_string()), &[], "");
     let read = common::python_json(
         &format!(
-            "import os, json, duckdb; os.chdir({:?}); print(json.dumps(duckdb.sql(\"select card_id, cards__amount_eur_sum_1d, cards__amount_eur_max_1d, cards__declined_count_1d, cards__declined_sum_1d, cards__units_sum_1d, foreign__amount_eur_count_1d, foreign__amount_eur_sum_1d from read_parquet('cards.parquet')\").fetchall()))",
+            "import os, json, duckdb; os.chdir({:?}); print(json.dumps(duckdb.sql(\"select card_id, cards__amount_eur_sum_1d, cards__amount_eur_max_1d, cards__declined_count_1d, cards__declined_sum_1d, cards__units_sum_1d, foreign__amount_eur_count_1d, foreign__amount_eur_sum_1d, cards__declined_mean_1d from read_parquet('cards.parquet')\").fetchall()))",
             root.display().to_string()
         ),
         &[],
@@ -214,7 +218,7 @@ fn selects_and_wheres_match_duckdb_online_equals_offline_and_failures_are_dead_l
             compared += 1;
         }
     }
-    assert_eq!(compared, 25 * 7);
+    assert_eq!(compared, 25 * 8);
 
     // the composite key from a select
     let pairs: Vec<(String, i64)> = oracle["pairs"]
@@ -242,7 +246,8 @@ fn selects_and_wheres_match_duckdb_online_equals_offline_and_failures_are_dead_l
     // online (Redis, written by the replay) against the same recomputed offline
     let (ok, out) = fathom(root, &["consistency", "-c", "fathom.yaml", "--vector", "by_card", "--sample", "25"]);
     assert!(ok, "{out}");
-    for feature in ["cards.abroad", "cards.declined_count_1d", "cards.units_sum_1d", "foreign.amount_eur_sum_1d"] {
+    let features = ["cards.abroad", "cards.declined_count_1d", "cards.units_sum_1d", "foreign.amount_eur_sum_1d"];
+    for feature in features.iter().chain(&["cards.declined_mean_1d", "cards.declined_share_1d"]) {
         assert!(out.contains(&format!("{feature}: 25 compared, 0 mismatches")), "{feature}: {out}");
     }
     let (ok, out) = fathom(root, &["consistency", "-c", "fathom.yaml", "--vector", "by_pair", "--sample", "20"]);

@@ -1246,9 +1246,13 @@ fn rows_as_of(queries: &[Query], changes: &[SpilledChange], wanted: &[(u32, &str
 fn output_type(catalog: &Catalog<'_>, holder: &Holder, feature: &str) -> DataType {
     match holder {
         Holder::Events(p) => match catalog.plans[*p].aggregations.iter().find(|a| a.name == feature) {
-            Some(a) if matches!(a.function, Function::Count | Function::DistinctCount) => DataType::Int64,
+            Some(a) if a.function.is_count() => DataType::Int64,
             Some(_) => DataType::Float64,
-            None => DataType::Utf8,
+            None => match catalog.plans[*p].derived.data_type(feature) {
+                Some(t) if t.is_integer() => DataType::Int64,
+                Some(t) if t.is_numeric() => DataType::Float64,
+                _ => DataType::Utf8,
+            },
         },
         Holder::Table(p) => match catalog.table_plans[*p].aggregations.iter().find(|a| a.0 == feature) {
             Some((_, _, Function::Count)) => DataType::Int64,

@@ -7,9 +7,15 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
+use arrow_array::{new_null_array, ArrayRef, Float64Array, Int64Array, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use fathom_transform::RowExpr;
 use serde::Deserialize;
 
 use crate::duration::Span;
+use crate::engine::AggValue;
 
 /// One feature set: aggregations and latest values of one source, per entity.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +52,10 @@ pub struct FeatureSetConfig {
     /// events on which it is not true (false or `NULL`) do not reach this feature set.
     #[serde(default, rename = "where")]
     pub where_: Option<String>,
+    /// Features computed at read time by SQL expressions over this set's aggregations, e.g.
+    /// `amount_mean_1h: "amount_sum_1h / amount_count_1h"`; returned after the others.
+    #[serde(default)]
+    pub derived: BTreeMap<String, String>,
 }
 
 /// A stream–table join: columns of a CDC table's row, as of the event's time.
@@ -175,6 +185,11 @@ impl Function {
         !matches!(self, Function::Count | Function::DistinctCount)
     }
 
+    /// Whether the function counts (its values are integers).
+    pub fn is_count(self) -> bool {
+        matches!(self, Function::Count | Function::DistinctCount)
+    }
+
     /// Whether a row's contribution can be taken back exactly when it changes or is deleted.
     pub fn is_retractable(self) -> bool {
         matches!(self, Function::Count | Function::Sum | Function::Mean | Function::Variance | Function::Stddev)
@@ -252,6 +267,61 @@ pub struct FeatureSetPlan {
     /// Filtered aggregations: their column in [`FeatureSetPlan::columns`] is a field holding
     /// the aggregated column's value where the condition holds, else `NULL`.
     pub filtered: Vec<FilteredColumn>,
+    /// Features computed at read time from the aggregations.
+    pub derived: Derived,
+}
+
+/// A feature set's derived features: SQL expressions over its aggregated features' values as of
+/// the read time, evaluated by [`fathom_transform`] (so `x / 0` and non-finite results are
+/// `NULL`).
+#[derive(Debug, Clone, Default)]
+pub struct Derived {
+    /// The aggregated features as columns: counts `Int64`, the rest `Float64`.
+    inputs: Option<SchemaRef>,
+    features: Vec<(String, RowExpr)>,
+}
+
+impl PartialEq for Derived {
+    fn eq(&self, other: &Derived) -> bool {
+        let sqls = |d: &Derived| d.features.iter().map(|(n, e)| (n.clone(), e.sql().to_string())).collect::<Vec<_>>();
+        sqls(self) == sqls(other)
+    }
+}
+
+impl Eq for Derived {}
+
+impl Derived {
+    /// The derived features' names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.features.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// The type of a derived feature's values.
+    pub fn data_type(&self, name: &str) -> Option<&DataType> {
+        self.features.iter().find(|(n, _)| n == name).map(|(_, e)| e.data_type())
+    }
+
+    /// Each derived feature's value from the aggregated values (in plan order); `NULL` where
+    /// the expression fails.
+    pub fn evaluate(&self, aggregated: &[AggValue]) -> Vec<serde_json::Value> {
+        let Some(inputs) = &self.inputs else { return Vec::new() };
+        let columns: Vec<ArrayRef> = aggregated
+            .iter()
+            .zip(inputs.fields())
+            .map(|(value, field)| -> ArrayRef {
+                match (value, field.data_type()) {
+                    (AggValue::Int(n), DataType::Int64) => Arc::new(Int64Array::from(vec![*n as i64])),
+                    (AggValue::Float(x), DataType::Float64) => Arc::new(Float64Array::from(vec![*x])),
+                    (AggValue::Int(n), _) => Arc::new(Float64Array::from(vec![*n as f64])),
+                    (_, t) => new_null_array(t, 1),
+                }
+            })
+            .collect();
+        let Ok(batch) = RecordBatch::try_new(inputs.clone(), columns) else {
+            return vec![serde_json::Value::Null; self.features.len()];
+        };
+        self.features.iter().map(|(_, e)| fathom_transform::json(&e.evaluate(&batch).values, 0)).collect()
+    }
 }
 
 /// An aggregation's `where`, as a field the row transform fills in.
@@ -353,9 +423,14 @@ impl FeatureSetPlan {
         self.joins.iter().any(|j| j.columns.iter().any(|c| c == column))
     }
 
-    /// Every feature name this set serves: aggregations first, then latest values.
+    /// Every feature name this set serves: aggregations first, then latest values, then derived
+    /// features.
     pub fn feature_names(&self) -> impl Iterator<Item = &str> {
-        self.aggregations.iter().map(|a| a.name.as_str()).chain(self.latest.iter().map(String::as_str))
+        self.aggregations
+            .iter()
+            .map(|a| a.name.as_str())
+            .chain(self.latest.iter().map(String::as_str))
+            .chain(self.derived.names())
     }
 }
 
@@ -393,6 +468,7 @@ impl FeatureSetConfig {
             joins: Vec::new(),
             condition: self.where_.as_ref().map(|sql| (condition_field(name), sql.clone())),
             filtered: Vec::new(),
+            derived: Derived::default(),
         };
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         for (i, feature) in self.features.iter().enumerate() {
@@ -407,6 +483,7 @@ impl FeatureSetConfig {
         for (i, agg) in self.aggregations.iter().enumerate() {
             agg.compile(&mut plan, &mut names, i, &format!("{path}.aggregations[{i}]"), problems);
         }
+        plan.derived = self.derive(&plan, &mut names, path, problems);
         let longest = plan.specs.iter().map(|s| s.horizon * s.period_ms).max().unwrap_or(0);
         plan.late_after_ms = longest + lateness;
         if self.features.is_empty() && self.aggregations.is_empty() {
@@ -445,6 +522,51 @@ impl FeatureSetConfig {
             });
         }
         (problems.len() == before).then_some(plan)
+    }
+
+    /// Compiles `derived` over the plan's aggregations.
+    fn derive(
+        &self,
+        plan: &FeatureSetPlan,
+        names: &mut BTreeMap<String, String>,
+        path: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Derived {
+        if self.derived.is_empty() {
+            return Derived::default();
+        }
+        let fields: Vec<Field> = plan
+            .aggregations
+            .iter()
+            .map(|a| {
+                let t = if a.function.is_count() { DataType::Int64 } else { DataType::Float64 };
+                Field::new(&a.name, t, true)
+            })
+            .collect();
+        let inputs = Arc::new(Schema::new(fields));
+        let mut features = Vec::new();
+        for (name, sql) in &self.derived {
+            let here = format!("{path}.derived.{name}");
+            if let Some(first) = names.insert(name.clone(), here.clone()) {
+                problems.push(Problem { path: here, message: format!("duplicate feature {name:?} (also at {first})") });
+                continue;
+            }
+            match RowExpr::compile(sql, &inputs) {
+                Ok(e) => features.push((name.clone(), e)),
+                Err(e) => {
+                    let mut message = e.message.replace('\n', " ");
+                    if e.hint.is_some() {
+                        let names: Vec<&str> = plan.aggregations.iter().map(|a| a.name.as_str()).collect();
+                        message.push_str(&format!(
+                            " (hint: a derived feature reads this set's aggregations: {})",
+                            names.join(", ")
+                        ));
+                    }
+                    problems.push(Problem { path: here, message });
+                }
+            }
+        }
+        Derived { inputs: Some(inputs), features }
     }
 
     /// Checks a feature set over a CDC table and builds its plan: window-less, retractable

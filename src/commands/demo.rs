@@ -89,6 +89,8 @@ async fn show(project: &Project, running: &Running, card: &str) -> anyhow::Resul
     let values = lookup::feature_values(plan, state.as_ref(), now);
     let pick = [
         "amount_count_10m",
+        "online_count_10m",
+        "online_share_10m",
         "amount_count_1h",
         "amount_sum_1h",
         "amount_max_24h",

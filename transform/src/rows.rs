@@ -230,7 +230,7 @@ impl Transform {
 
 /// Row `i` of `values` as JSON: numbers, booleans and text as themselves; any other type
 /// (timestamps, dates, nested values) as Arrow's text form of it.
-fn json(values: &ArrayRef, i: usize) -> Value {
+pub fn json(values: &ArrayRef, i: usize) -> Value {
     if values.is_null(i) {
         return Value::Null;
     }
