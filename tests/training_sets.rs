@@ -8,15 +8,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-fn fathom(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
-        .args(args)
-        .current_dir(dir)
-        .env("FATHOM_LOG", "warn")
-        .output()
-        .unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
+use common::fathom_cli as fathom;
 
 #[test]
 fn training_sets_are_point_in_time_and_match_the_online_store() {

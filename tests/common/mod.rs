@@ -159,6 +159,17 @@ impl Drop for Guarded {
     }
 }
 
+/// Runs `fathom args…` in `dir` to completion: (success, stdout and stderr).
+pub fn fathom_cli(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
+        .args(args)
+        .current_dir(dir)
+        .env("FATHOM_LOG", "warn")
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
 /// A running `fathom` process; killed on drop.
 pub struct Fathom {
     pub child: Child,
