@@ -35,9 +35,14 @@ sources:
       abroad: "merchant.country <> 'DE'"
       card_merchant: "card_id || ':' || merchant['country']"
       units: "CAST(quantity AS BIGINT)"
+  accounts:
+    format: debezium
+    key: id
+    columns: {{ status: string, balance: double }}
 entities:
   card: {{ key: card_id }}
   card_merchant: {{ key: card_merchant }}
+  branch: {{ key: branch }}
 feature_sets:
   cards:
     entity: card
@@ -61,7 +66,14 @@ feature_sets:
     source: tx
     aggregations:
       - {{ column: amount, functions: [count], windows: [1d] }}
+  rich_branches:
+    entity: branch
+    source: accounts
+    where: "status = 'active' AND balance > 100"
+    aggregations:
+      - {{ column: balance, functions: [count, sum] }}
 feature_vectors:
+  by_branch: {{ features: [rich_branches.*] }}
   by_card: {{ features: [cards.*, foreign.*] }}
   by_pair: {{ features: [pairs.*] }}
 "#,
@@ -146,6 +158,29 @@ fn selects_and_wheres_match_duckdb_online_equals_offline_and_failures_are_dead_l
         all.push(event.to_string());
     }
     std::fs::write(root.join("events.ndjson"), all.join("\n")).unwrap();
+    // account rows moving in and out of the where (status, balance), between branches, deleted
+    let mut accounts: BTreeMap<i64, Value> = BTreeMap::new();
+    let mut changes = Vec::new();
+    for i in 0..600i64 {
+        let id = rng.below(40) as i64;
+        let at = now - 3_600_000 + i * 1_000;
+        let status = ["active", "closed"][rng.below(2) as usize];
+        let row = json!({"id": id, "branch": format!("b{}", rng.below(5)), "status": status, "balance": rng.below(300) as f64});
+        let (op, before, after) = match (rng.below(10), accounts.get(&id)) {
+            (0, Some(old)) => ("d", old.clone(), Value::Null),
+            (_, old) => ("u", old.cloned().unwrap_or(Value::Null), row.clone()),
+        };
+        match op {
+            "d" => drop(accounts.remove(&id)),
+            _ => drop(accounts.insert(id, row)),
+        }
+        changes.push(
+            json!({"before": before, "after": after, "op": op, "source": {"ts_ms": at, "lsn": i + 1}}).to_string(),
+        );
+    }
+    std::fs::write(root.join("accounts.ndjson"), changes.join("\n")).unwrap();
+    let (ok, out) = fathom(root, &["replay", "accounts.ndjson", "--source", "accounts", "-c", "fathom.yaml"]);
+    assert!(ok, "{out}");
     std::fs::write(root.join("good.ndjson"), good.join("\n")).unwrap();
     let (ok, out) = fathom(root, &["validate", "-c", "fathom.yaml"]);
     assert!(ok, "{out}");
@@ -243,6 +278,30 @@ fn selects_and_wheres_match_duckdb_online_equals_offline_and_failures_are_dead_l
     }
     let (ok, out) = fathom(root, &["consistency", "-c", "fathom.yaml", "--vector", "by_pair", "--sample", "20"]);
     assert!(ok && out.contains("pairs.amount_count_1d: 20 compared, 0 mismatches"), "{out}");
+
+    // a CDC table's where: rows entering and leaving it, offline and online, against the final rows
+    let branches: String = (0..5).map(|b| format!("b{b},{at}\n")).collect();
+    std::fs::write(root.join("branches.csv"), format!("branch,t\n{branches}")).unwrap();
+    dataset("branches.csv", "by_branch", "branches.parquet");
+    let read = common::python_json(
+        &format!(
+            "import os, json, duckdb; os.chdir({:?}); print(json.dumps(duckdb.sql(\"select branch, rich_branches__balance_count, rich_branches__balance_sum from read_parquet('branches.parquet')\").fetchall()))",
+            root.display().to_string()
+        ),
+        &[],
+        "",
+    );
+    for row in read.as_array().unwrap() {
+        let members: Vec<f64> = accounts
+            .values()
+            .filter(|r| r["branch"] == row[0] && r["status"] == "active" && r["balance"].as_f64().unwrap() > 100.0)
+            .map(|r| r["balance"].as_f64().unwrap())
+            .collect();
+        assert_eq!(row[1], json!(members.len()), "{row}");
+        assert!(close(&row[2], &json!(members.iter().sum::<f64>())), "{row}");
+    }
+    let (ok, out) = fathom(root, &["consistency", "-c", "fathom.yaml", "--vector", "by_branch", "--sample", "5"]);
+    assert!(ok && out.contains("rich_branches.balance_count: 5 compared, 0 mismatches"), "{out}");
 }
 
 /// The same project served, with the source on a Kafka topic: records pushed over HTTP and

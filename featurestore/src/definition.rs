@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arrow_array::{new_null_array, ArrayRef, Float64Array, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use fathom_transform::RowExpr;
+use fathom_transform::{RowExpr, RowFilter};
 use serde::Deserialize;
 
 use crate::duration::Span;
@@ -375,6 +375,9 @@ pub struct TablePlan {
     pub key_column: String,
     /// Rows count only while each column equals its value.
     pub filter: Vec<(String, serde_json::Value)>,
+    /// The feature set's `where` over the table's declared columns: rows count only while it
+    /// is true (set by the project, which knows the columns).
+    pub condition: Option<RowFilter>,
     /// Aggregated columns.
     pub columns: Vec<String>,
     /// `{column}_{function}` features: name, index into `columns`, function.
@@ -382,13 +385,14 @@ pub struct TablePlan {
 }
 
 impl TablePlan {
-    /// Whether a row counts (matches every filter).
+    /// Whether a row counts (matches every filter and the `where`). Deterministic, so the row
+    /// stored before a change is judged again exactly as when it was added.
     pub fn matches(&self, row: &serde_json::Map<String, serde_json::Value>) -> bool {
         self.filter.iter().all(|(column, wanted)| match (row.get(column), wanted) {
             (Some(a), b) if a.is_number() && b.is_number() => a.as_f64() == b.as_f64(),
             (Some(a), b) => a == b,
             (None, b) => b.is_null(),
-        })
+        }) && self.condition.as_ref().is_none_or(|c| c.holds(row))
     }
 }
 
@@ -597,14 +601,12 @@ impl FeatureSetConfig {
         if self.aggregations.is_empty() {
             refuse("aggregations", "list at least one aggregation of the table's rows");
         }
-        if self.where_.is_some() {
-            refuse("where", "SQL conditions over a CDC table are not supported yet; use `filter: {column: value}`");
-        }
         let mut plan = TablePlan {
             name: name.to_string(),
             source: self.source.clone(),
             key_column: key_column.to_string(),
             filter: self.filter.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            condition: None,
             columns: Vec::new(),
             aggregations: Vec::new(),
         };

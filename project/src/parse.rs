@@ -298,8 +298,10 @@ fn feature_sets(
             problem(problems, format!("{path}.source"), message);
         }
         let key = entity.map_or("", |e| e.key.as_str());
-        if source.is_some_and(|s| sources[s].1.format == Format::Debezium) {
-            if let Some(plan) = config.compile_table(&set, key, &path, problems) {
+        if let Some(s) = source.filter(|&s| sources[s].1.format == Format::Debezium) {
+            let condition = crate::transforms::table_condition(&config, &path, &transforms[s], problems);
+            if let Some(mut plan) = config.compile_table(&set, key, &path, problems) {
+                plan.condition = condition;
                 compiled.table_plans.push(plan);
             }
             continue;

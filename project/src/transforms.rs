@@ -5,7 +5,7 @@
 use arrow_schema::{DataType, Field, Fields, Schema};
 use fathom_featurestore::definition::{condition_field, filtered_field, FeatureSetConfig, Function, Problem};
 use fathom_ingest::config::{ColumnSpec, Format, SourceConfig};
-use fathom_transform::{ExprError, Transform};
+use fathom_transform::{ExprError, RowFilter, Transform};
 
 fn problem(problems: &mut Vec<Problem>, path: impl Into<String>, message: impl Into<String>) {
     problems.push(Problem { path: path.into(), message: message.into() });
@@ -49,8 +49,10 @@ pub(crate) fn selects(sources: &[(String, SourceConfig)], problems: &mut Vec<Pro
         .iter()
         .map(|(name, source)| {
             let path = format!("sources.{name}");
-            if source.format == Format::Debezium && !(source.columns.is_empty() && source.select.is_empty()) {
-                problem(problems, format!("{path}.select"), "SQL expressions over a CDC table are not supported yet");
+            if source.format == Format::Debezium && !source.select.is_empty() {
+                let message =
+                    "`select` over a CDC table is not supported yet (its feature sets' `where` reads `columns`)";
+                problem(problems, format!("{path}.select"), message);
                 return Transform::new(Schema::empty());
             }
             let fields: Vec<Field> = source
@@ -74,6 +76,19 @@ pub(crate) fn selects(sources: &[(String, SourceConfig)], problems: &mut Vec<Pro
             transform
         })
         .collect()
+}
+
+/// A CDC table feature set's `where`, over the table's declared columns.
+pub(crate) fn table_condition(
+    config: &FeatureSetConfig,
+    path: &str,
+    transform: &Transform,
+    problems: &mut Vec<Problem>,
+) -> Option<RowFilter> {
+    let sql = config.where_.as_ref()?;
+    RowFilter::compile(sql, transform.selected_schema())
+        .map_err(|e| expression_problem(problems, format!("{path}.where"), e, &config.source))
+        .ok()
 }
 
 /// Adds a feature set's conditions to its source's transform and checks that what it aggregates

@@ -217,14 +217,62 @@ impl Transform {
     }
 
     fn decode_all<S: serde::Serialize>(&self, rows: &[S]) -> Result<RecordBatch, String> {
-        let mut decoder = arrow_json::ReaderBuilder::new(self.input.clone())
-            .with_batch_size(rows.len().max(1))
-            .with_coerce_primitive(true)
-            .build_decoder()
-            .map_err(|e| e.to_string())?;
-        decoder.serialize(rows).map_err(|e| e.to_string())?;
-        let batch = decoder.flush().map_err(|e| e.to_string())?;
-        Ok(batch.unwrap_or_else(|| RecordBatch::new_empty(self.input.clone())))
+        decode(&self.input, rows)
+    }
+}
+
+/// `rows`' values of `schema`'s columns as a batch (arrow-json; numbers are accepted as text).
+fn decode<S: serde::Serialize>(schema: &SchemaRef, rows: &[S]) -> Result<RecordBatch, String> {
+    let mut decoder = arrow_json::ReaderBuilder::new(schema.clone())
+        .with_batch_size(rows.len().max(1))
+        .with_coerce_primitive(true)
+        .build_decoder()
+        .map_err(|e| e.to_string())?;
+    decoder.serialize(rows).map_err(|e| e.to_string())?;
+    let batch = decoder.flush().map_err(|e| e.to_string())?;
+    Ok(batch.unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
+}
+
+/// A condition over one record's declared columns, evaluated a record at a time: a CDC table
+/// row's `where`, checked again on the stored row when it changes so that its retraction is
+/// exact.
+#[derive(Debug, Clone)]
+pub struct RowFilter {
+    input: SchemaRef,
+    expr: RowExpr,
+}
+
+impl PartialEq for RowFilter {
+    fn eq(&self, other: &RowFilter) -> bool {
+        self.expr.sql() == other.expr.sql() && self.input == other.input
+    }
+}
+
+impl RowFilter {
+    /// Parses and type-checks `sql`, which must be true or false, against `input`.
+    pub fn compile(sql: &str, input: Schema) -> Result<RowFilter, ExprError> {
+        let expr = RowExpr::compile(sql, &input)?;
+        if !matches!(expr.data_type(), DataType::Boolean | DataType::Null) {
+            return Err(ExprError {
+                message: format!("a condition must be true or false; `{sql}` is {}", expr.data_type()),
+                hint: Some("compare it, e.g. `status = 'active'` or `balance > 0`".into()),
+            });
+        }
+        Ok(RowFilter { input: Arc::new(input), expr })
+    }
+
+    /// The condition as written.
+    pub fn sql(&self) -> &str {
+        self.expr.sql()
+    }
+
+    /// Whether the condition is true for `row`: `false` when it is NULL, when a declared column
+    /// holds another type or when the expression fails on the row.
+    pub fn holds(&self, row: &Map<String, Value>) -> bool {
+        let Ok(batch) = decode(&self.input, std::slice::from_ref(&row)) else { return false };
+        let evaluated = self.expr.evaluate(&batch);
+        evaluated.failed.is_empty()
+            && evaluated.values.as_boolean_opt().is_some_and(|b| b.len() == 1 && b.is_valid(0) && b.value(0))
     }
 }
 
@@ -316,6 +364,21 @@ mod tests {
         assert!(matches!(&failed[1].1, Failure::Decode(m) if m.contains("amount")), "{failed:?}");
         assert!(!rows[0].contains_key("amount_usd"));
         assert_eq!(rows[2]["units"], json!(1));
+    }
+
+    #[test]
+    fn a_row_filter_holds_only_where_true() {
+        let schema = Schema::new(vec![
+            Field::new("status", DataType::Utf8, true),
+            Field::new("balance", DataType::Float64, true),
+        ]);
+        let filter = RowFilter::compile("status = 'active' AND balance > 1", schema.clone()).unwrap();
+        let row = |v: Value| v.as_object().unwrap().clone();
+        assert!(filter.holds(&row(json!({"status": "active", "balance": 2, "other": [1]}))));
+        assert!(!filter.holds(&row(json!({"status": "active", "balance": 1}))));
+        assert!(!filter.holds(&row(json!({"status": "active"}))), "NULL is not true");
+        assert!(!filter.holds(&row(json!({"status": "active", "balance": "lots"}))), "undecodable");
+        assert!(RowFilter::compile("balance + 1", schema).is_err());
     }
 
     #[test]

@@ -99,6 +99,10 @@ pub fn fingerprint(plan: &TablePlan) -> u64 {
     use std::hash::Hasher;
     let mut h = wyhash::WyHash::with_seed(0);
     h.write(format!("{}|{:?}|{:?}", plan.key_column, plan.filter, plan.columns).as_bytes());
+    if let Some(condition) = &plan.condition {
+        // a condition changes which rows count: state kept under another one is not reused
+        h.write(format!("|where {}", condition.sql()).as_bytes());
+    }
     h.finish()
 }
 

@@ -140,6 +140,20 @@ fn branch_plan() -> TablePlan {
     )
 }
 
+/// Balances per branch of active rows over 1 by a SQL `where` (rows enter and leave it as their
+/// status or balance changes).
+fn rich_plan() -> TablePlan {
+    use arrow_schema::{DataType, Field, Schema};
+    let mut plan = table_plan(
+        "entity: branch\nsource: customers\nwhere: \"status = 'active' AND balance > 1\"\naggregations:\n  - { column: balance, functions: [count, sum, mean, variance, stddev] }\n",
+    );
+    plan.name = "rich_by_branch".into();
+    let columns =
+        Schema::new(vec![Field::new("status", DataType::Utf8, true), Field::new("balance", DataType::Float64, true)]);
+    plan.condition = Some(fathom_transform::RowFilter::compile("status = 'active' AND balance > 1", columns).unwrap());
+    plan
+}
+
 async fn group(store: &OnlineStore, plan: &TablePlan, key: &str) -> BTreeMap<String, Value> {
     let bytes = store.load(&[online::entity_key("p", &plan.name, key)]).await.unwrap();
     let state = bytes[0].as_deref().and_then(|b| GroupState::decode(plan, b));
@@ -242,8 +256,9 @@ async fn joins_take_the_row_as_of_the_event_time() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// Any sequence of inserts, updates (moving rows between groups, in and out of the filter)
-    /// and deletes leaves every group equal to a recomputation from the final rows.
+    /// Any sequence of inserts, updates (moving rows between groups, in and out of the filter
+    /// and of a SQL `where`) and deletes leaves every group equal to a recomputation from the
+    /// final rows.
     #[test]
     fn retraction_equals_recomputation_from_scratch(
         ops in proptest::collection::vec((0..12usize, 0..4usize, any::<bool>(), -1000i32..1000, 0..6u8), 1..120)
@@ -251,8 +266,8 @@ proptest! {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         runtime.block_on(async {
             let store = embedded();
-            let plan = branch_plan();
-            let mut t = tables(&store, 0, vec![plan.clone()]);
+            let plans = [branch_plan(), rich_plan()];
+            let mut t = tables(&store, 0, plans.to_vec());
             let mut rows: BTreeMap<String, Value> = BTreeMap::new();
             let mut changes = Vec::new();
             for (i, (key, branch, active, cents, kind)) in ops.into_iter().enumerate() {
@@ -271,11 +286,14 @@ proptest! {
                 t.apply(&mut chunk.to_vec()).await.unwrap();
                 t.flush().await.unwrap();
             }
-            for b in 0..4 {
+            let counts = |plan: &TablePlan, r: &Value| {
+                r["status"] == "active" && (plan.condition.is_none() || r["balance"].as_f64().is_some_and(|b| b > 1.0))
+            };
+            for (plan, b) in plans.iter().flat_map(|p| (0..4).map(move |b| (p, b))) {
                 let name = format!("b{b}");
-                let members: Vec<&Value> = rows.values().filter(|r| r["branch"] == json!(name) && r["status"] == "active").collect();
+                let members: Vec<&Value> = rows.values().filter(|r| r["branch"] == json!(name) && counts(plan, r)).collect();
                 let values: Vec<f64> = members.iter().filter_map(|r| r["balance"].as_f64()).collect();
-                let got = group(&store, &plan, &name).await;
+                let got = group(&store, plan, &name).await;
                 let n = values.len() as f64;
                 let mean = values.iter().sum::<f64>() / n;
                 let variance = values.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
