@@ -58,6 +58,12 @@ pub const METRICS: &[Metric] = &[
         &[],
         "Events whose entity key was missing for a feature set.",
     ),
+    metric(
+        "fathom_events_filtered_total",
+        Kind::Counter,
+        &[],
+        "Events kept out of a feature set by its `where` (counted once per event and feature set).",
+    ),
     metric("fathom_table_changes_applied_total", Kind::Counter, &[], "CDC changes applied to tables."),
     metric(
         "fathom_table_changes_stale_total",
@@ -197,6 +203,7 @@ pub(crate) fn events(outcome: &Outcome) {
     metrics::counter!("fathom_events_applied_total").increment(outcome.applied);
     metrics::counter!("fathom_replayed_records_skipped_total").increment(outcome.duplicates);
     metrics::counter!("fathom_events_without_key_total").increment(outcome.unkeyed);
+    metrics::counter!("fathom_events_filtered_total").increment(outcome.filtered);
 }
 
 /// A batch flushed online: how long it took, entities written, entities cached.
