@@ -276,8 +276,10 @@ pub struct FeatureSetPlan {
 /// `NULL`).
 #[derive(Debug, Clone, Default)]
 pub struct Derived {
-    /// The aggregated features as columns: counts `Int64`, the rest `Float64`.
+    /// The aggregated features they read, as columns: counts `Int64`, the rest `Float64`.
     inputs: Option<SchemaRef>,
+    /// Index in the plan's aggregations of each column of `inputs`.
+    read: Vec<usize>,
     features: Vec<(String, RowExpr)>,
 }
 
@@ -305,8 +307,10 @@ impl Derived {
     /// the expression fails.
     pub fn evaluate(&self, aggregated: &[AggValue]) -> Vec<serde_json::Value> {
         let Some(inputs) = &self.inputs else { return Vec::new() };
-        let columns: Vec<ArrayRef> = aggregated
+        let columns: Vec<ArrayRef> = self
+            .read
             .iter()
+            .map(|&i| &aggregated[i])
             .zip(inputs.fields())
             .map(|(value, field)| -> ArrayRef {
                 match (value, field.data_type()) {
@@ -317,7 +321,8 @@ impl Derived {
                 }
             })
             .collect();
-        let Ok(batch) = RecordBatch::try_new(inputs.clone(), columns) else {
+        let one_row = arrow_array::RecordBatchOptions::new().with_row_count(Some(1));
+        let Ok(batch) = RecordBatch::try_new_with_options(inputs.clone(), columns, &one_row) else {
             return vec![serde_json::Value::Null; self.features.len()];
         };
         self.features.iter().map(|(_, e)| fathom_transform::json(&e.evaluate(&batch).values, 0)).collect()
@@ -556,7 +561,7 @@ impl FeatureSetConfig {
                 continue;
             }
             match RowExpr::compile(sql, &inputs) {
-                Ok(e) => features.push((name.clone(), e)),
+                Ok(e) => features.push((name.clone(), e.columns())),
                 Err(e) => {
                     let mut message = e.message.replace('\n', " ");
                     if e.hint.is_some() {
@@ -570,7 +575,19 @@ impl FeatureSetConfig {
                 }
             }
         }
-        Derived { inputs: Some(inputs), features }
+        // recompiled over the aggregations they read only: a read builds those columns alone
+        let read: Vec<usize> = (0..plan.aggregations.len())
+            .filter(|&i| features.iter().any(|(_, used)| used.iter().any(|u| u == inputs.field(i).name())))
+            .collect();
+        let schema = Arc::new(inputs.project(&read).expect("indices of its own fields"));
+        let features = features
+            .into_iter()
+            .map(|(name, _)| {
+                let e = RowExpr::compile(&self.derived[&name], &schema).expect("compiled over a superset");
+                (name, e)
+            })
+            .collect();
+        Derived { inputs: Some(schema), read, features }
     }
 
     /// Checks a feature set over a CDC table and builds its plan: window-less, retractable

@@ -122,12 +122,12 @@ mod tests {
     #[test]
     fn derived_features_read_the_aggregations_at_read_time() {
         let config: FeatureSetConfig = serde_yaml_ng::from_str(
-            "entity: e\nsource: s\nttl: 1h\naggregations:\n  - { column: amount, functions: [count, sum, max], windows: [10m], period: 1m }\nderived:\n  mean: amount_sum_10m / amount_count_10m\n  spread: amount_max_10m - amount_sum_10m / amount_count_10m\n  big: amount_max_10m > 3\n",
+            "entity: e\nsource: s\nttl: 1h\naggregations:\n  - { column: amount, functions: [count, sum, max], windows: [10m], period: 1m }\nderived:\n  mean: amount_sum_10m / amount_count_10m\n  spread: amount_max_10m - amount_sum_10m / amount_count_10m\n  big: amount_max_10m > 3\n  one: 1\n",
         )
         .unwrap();
         let plan = config.compile("fs", "id", "fs", &mut Vec::new()).unwrap();
         let names: Vec<&str> = plan.feature_names().collect();
-        assert_eq!(names[3..], ["big", "mean", "spread"]);
+        assert_eq!(names[3..], ["big", "mean", "one", "spread"]);
         assert!(feature_values(&plan, None, 0).iter().all(|v| v.status == Status::NotFound));
         let mut state = EntityState::new(&plan);
         for (t, amount) in [(1_000, 4.0), (2_000, 1.0)] {
@@ -138,6 +138,7 @@ mod tests {
         assert_eq!((by(&now, "mean").value, by(&now, "mean").status), (json!(2.5), Status::Present));
         assert_eq!(by(&now, "spread").value, json!(1.5));
         assert_eq!(by(&now, "big").value, json!(true));
+        assert_eq!(by(&now, "one").value, json!(1), "an expression reading no aggregation");
         assert_eq!(by(&now, "mean").event_time_ms, Some(2_000));
         // the window empties: a count of 0, a division by it NULL
         let later = feature_values(&plan, Some(&state), 30 * 60_000);

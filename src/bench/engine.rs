@@ -161,18 +161,22 @@ fn transformed(options: &Options, stream: &[(u32, i64, f64)], names: &[String]) 
         .collect();
     let mut states: FxHashMap<CompactString, EntityState> = FxHashMap::default();
     let started = Instant::now();
+    let mut transform_secs = 0.0;
     for batch in records.chunks_mut(1_000) {
         let mut rows: Vec<&mut serde_json::Map<String, Value>> = batch.iter_mut().map(|(_, _, f)| f).collect();
+        let transform_started = Instant::now();
         let failed = transform.apply(&mut rows);
+        transform_secs += transform_started.elapsed().as_secs_f64();
         anyhow::ensure!(failed.is_empty(), "{failed:?}");
+        let mut columns: Vec<Option<&Value>> = Vec::with_capacity(plan.columns.len());
         for (key, ts, fields) in batch.iter() {
             let name = &names[*key];
             let state = match states.get_mut(name.as_str()) {
                 Some(s) => s,
                 None => states.entry(CompactString::from(name)).or_insert_with(|| EntityState::new(&plan)),
             };
-            let columns: Vec<Option<&Value>> =
-                plan.columns.iter().map(|c| fields.get(c).filter(|v| !v.is_null())).collect();
+            columns.clear();
+            columns.extend(plan.columns.iter().map(|c| fields.get(c).filter(|v| !v.is_null())));
             engine::apply(&plan, state, *ts, &columns, &[], None);
         }
     }
@@ -189,7 +193,11 @@ fn transformed(options: &Options, stream: &[(u32, i64, f64)], names: &[String]) 
         "with transformations (3 selects, 1 filtered aggregation, 2 derived features; {} features):",
         plan.feature_names().count()
     );
-    println!("  transform + apply: {apply_secs:.3}s = {:.2}M events/s", options.events as f64 / apply_secs / 1e6);
+    println!(
+        "  transform + apply: {apply_secs:.3}s = {:.2}M events/s (the transform alone: {transform_secs:.3}s = {:.2}M records/s)",
+        options.events as f64 / apply_secs / 1e6,
+        options.events as f64 / transform_secs / 1e6
+    );
     println!(
         "  read all features, derived included, of every key: {read_secs:.3}s = {:.0} keys/s ({present} values present)",
         states.len() as f64 / read_secs

@@ -189,6 +189,14 @@ impl RowExpr {
         Ok(RowExpr { sql: sql.to_string(), physical, data_type })
     }
 
+    /// The columns it reads, by name.
+    pub fn columns(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            datafusion_physical_expr::utils::collect_columns(&self.physical).into_iter().map(|c| c.name().to_string()).collect();
+        names.sort();
+        names
+    }
+
     /// The expression as written.
     pub fn sql(&self) -> &str {
         &self.sql
