@@ -191,8 +191,10 @@ impl RowExpr {
 
     /// The columns it reads, by name.
     pub fn columns(&self) -> Vec<String> {
-        let mut names: Vec<String> =
-            datafusion_physical_expr::utils::collect_columns(&self.physical).into_iter().map(|c| c.name().to_string()).collect();
+        let mut names: Vec<String> = datafusion_physical_expr::utils::collect_columns(&self.physical)
+            .into_iter()
+            .map(|c| c.name().to_string())
+            .collect();
         names.sort();
         names
     }
