@@ -110,3 +110,44 @@ feature_sets:
     assert!(line("feature_sets.card_activity.aggregations[3].name").contains("needs a `name`"), "{stderr}");
     assert!(!stderr.contains("select.country") && !stderr.contains("select.label"), "valid ones pass: {stderr}");
 }
+
+#[test]
+fn on_demand_features_are_checked_against_the_request_and_the_stored_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fathom.yaml");
+    std::fs::write(
+        &path,
+        r#"project: p
+sources:
+  tx: { key: card_id }
+entities:
+  card: { key: card_id }
+feature_sets:
+  cards:
+    entity: card
+    source: tx
+    aggregations: [{ column: amount, functions: [count, mean], windows: [1h] }]
+on_demand_features:
+  risk:
+    request: { amount: double, when: datetime }
+    features:
+      ratio: "request.amount / cards.amount_mean_1h"
+      typo: "request.amount / cards.amount_mean_24h"
+      absent: "request.country = 'DE'"
+  cards:
+    features: { x: "1" }
+"#,
+    )
+    .unwrap();
+    let (code, _, stderr) = validate(&path);
+    assert_eq!(code, 1, "{stderr}");
+    let line = |path: &str| {
+        stderr.lines().find(|l| l.contains(&format!("{path}: "))).unwrap_or_else(|| panic!("no {path} in {stderr}"))
+    };
+    assert!(line("on_demand_features.risk.request.when").contains("unknown type"), "{stderr}");
+    let typo = line("on_demand_features.risk.features.typo");
+    assert!(typo.contains("amount_mean_24h") && typo.contains("<feature_set>.<feature>"), "{stderr}");
+    assert!(line("on_demand_features.risk.features.absent").contains("country"), "{stderr}");
+    assert!(line("on_demand_features.cards").contains("a feature set, a table or `request` has this name"), "{stderr}");
+    assert!(!stderr.contains("features.ratio"), "the valid one passes: {stderr}");
+}

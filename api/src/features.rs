@@ -183,9 +183,26 @@ pub(crate) async fn lookup_rows(
             rows[i].insert(key.clone(), text);
         }
     }
+    // request fields of on-demand features, beside the keys (as Feast clients send them)
+    let mut requests: Vec<serde_json::Map<String, serde_json::Value>> = vec![serde_json::Map::new(); n];
+    for field in &vector.request {
+        let column = entities.get(field).ok_or_else(|| {
+            ApiError::BadRequest(
+                "missing_request_field",
+                format!("on-demand features read request field {field:?}; add it to `entities`"),
+            )
+        })?;
+        if column.len() != n {
+            let message = format!("entities.{field} has {} values, other columns {n}", column.len());
+            return Err(ApiError::BadRequest("malformed_body", message));
+        }
+        for (request, value) in requests.iter_mut().zip(column) {
+            request.insert(field.clone(), value.clone());
+        }
+    }
     let now = chrono::Utc::now().timestamp_millis();
     let values = catalog
-        .read(&state.store, &vector, &rows, now)
+        .read(&state.store, &vector, &rows, &requests, now)
         .await
         .map_err(|e| ApiError::Unavailable(format!("{:#}", anyhow::Error::from(e))))?;
     Ok(Lookup { vector, rows, values, now })

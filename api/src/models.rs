@@ -76,7 +76,8 @@ pub(crate) async fn assemble(
     request: &PredictRequest,
 ) -> Result<Enriched, ApiError> {
     let config = client.config();
-    let entities = request.entities.iter().map(|(k, v)| (k.clone(), vec![v.clone()])).collect();
+    // the request's fields feed on-demand features, as entity columns do in a lookup
+    let entities = request.request.iter().chain(&request.entities).map(|(k, v)| (k.clone(), vec![v.clone()])).collect();
     let Lookup { vector, values, .. } = lookup_rows(state, &config.features, &entities).await?;
     let mut enriched = Enriched {
         features: Default::default(),

@@ -579,6 +579,12 @@ fn event_cells(plan: &FeatureSetPlan, numeric: &[bool], raw: Option<&str>, float
 /// Builds the dataset.
 pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, DatasetError> {
     let Request { catalog, vector, .. } = *request;
+    if let Some(i) = vector.refs.iter().position(|(h, _)| matches!(h, Holder::OnDemand(_))) {
+        return Err(DatasetError::Unsupported {
+            feature: vector.names[i].clone(),
+            message: "on-demand features are not computed in training sets yet; leave them out and compute them from the columns (the same SQL runs in DuckDB)".into(),
+        });
+    }
     let shards = request.shards.max(1);
     let holders: Vec<Holder> = {
         let mut h: Vec<Holder> = vector.refs.iter().map(|(h, _)| h.clone()).collect();
@@ -669,6 +675,7 @@ pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, 
             Holder::Table(p) => {
                 events += spill_group_changes(request, &catalog.table_plans[*p], h, &mut all_spills[h], progress)?;
             }
+            Holder::OnDemand(_) => unreachable!("refused above"),
         }
     }
     for (source, plans) in by_source {
@@ -1162,6 +1169,7 @@ fn compute_shard(
                 });
                 groups_as_of(plan, &queries, &deltas, &wanted, &mut computed);
             }
+            Holder::OnDemand(_) => unreachable!("refused by build"),
         }
     }
     computed.sort_by_key(|(row, (f, ..))| (*row, *f));

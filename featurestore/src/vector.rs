@@ -8,10 +8,11 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::definition::{FeatureSetPlan, TablePlan};
 use crate::lookup::{self, FeatureValue, Status};
+use crate::on_demand::{OnDemandFeature, OnDemandView, REQUEST};
 use crate::online::{self, OnlineError, OnlineStore};
 use crate::table::{self, aggregate};
 
@@ -26,6 +27,8 @@ pub struct Catalog<'a> {
     pub table_plans: &'a [TablePlan],
     /// CDC tables: (source name, key column).
     pub tables: &'a [(String, String)],
+    /// On-demand feature views.
+    pub on_demand: &'a [OnDemandView],
 }
 
 /// Where a feature's value lives.
@@ -37,6 +40,9 @@ pub(crate) enum Holder {
     Table(usize),
     /// A table's rows (index into `tables`).
     Rows(usize),
+    /// An on-demand view (index into `on_demand`): computed from other holders' features and
+    /// the request.
+    OnDemand(usize),
 }
 
 /// A resolved list of features.
@@ -48,14 +54,20 @@ pub struct Vector {
     pub(crate) refs: Vec<(Holder, String)>,
     /// Entity key fields an entity row must give, sorted.
     pub keys: Vec<String>,
+    /// Request fields its on-demand features read, sorted.
+    pub request: Vec<String>,
+    /// Stored features its on-demand features read (read with the rest, not returned).
+    pub(crate) inputs: Vec<(Holder, String)>,
 }
 
 impl Catalog<'_> {
+    /// The entity key field of a stored holder (an on-demand view has none).
     pub(crate) fn key_of(&self, holder: &Holder) -> &str {
         match holder {
             Holder::Events(p) => &self.plans[*p].key_column,
             Holder::Table(p) => &self.table_plans[*p].key_column,
             Holder::Rows(t) => &self.tables[*t].1,
+            Holder::OnDemand(_) => "",
         }
     }
 
@@ -66,7 +78,10 @@ impl Catalog<'_> {
         if let Some(p) = self.table_plans.iter().position(|p| p.name == name) {
             return Some(Holder::Table(p));
         }
-        self.tables.iter().position(|(t, _)| t == name).map(Holder::Rows)
+        if let Some(t) = self.tables.iter().position(|(t, _)| t == name) {
+            return Some(Holder::Rows(t));
+        }
+        self.on_demand.iter().position(|v| v.name == name).map(Holder::OnDemand)
     }
 
     fn features_of(&self, holder: &Holder) -> Option<Vec<String>> {
@@ -74,12 +89,18 @@ impl Catalog<'_> {
             Holder::Events(p) => Some(self.plans[*p].feature_names().map(String::from).collect()),
             Holder::Table(p) => Some(self.table_plans[*p].aggregations.iter().map(|a| a.0.clone()).collect()),
             Holder::Rows(_) => None, // a table's columns are whatever its rows hold
+            Holder::OnDemand(v) => Some(self.on_demand[*v].features.iter().map(|f| f.name.clone()).collect()),
         }
+    }
+
+    fn on_demand_feature(&self, view: usize, feature: &str) -> &OnDemandFeature {
+        self.on_demand[view].features.iter().find(|f| f.name == feature).expect("resolved")
     }
 
     /// Resolves references; the error names the first reference that does not resolve.
     pub fn resolve(&self, references: &[String]) -> Result<Vector, String> {
-        let mut vector = Vector { names: Vec::new(), refs: Vec::new(), keys: Vec::new() };
+        let mut vector =
+            Vector { names: Vec::new(), refs: Vec::new(), keys: Vec::new(), request: Vec::new(), inputs: Vec::new() };
         for reference in references {
             let Some((set, feature)) = reference.split_once('.') else {
                 return Err(format!("{reference:?} is not a feature reference (write <feature_set>.<feature>, <feature_set>.* or <table>.<column>)"));
@@ -98,15 +119,27 @@ impl Catalog<'_> {
                 (_, f) => vec![f.to_string()],
             };
             for feature in features {
+                if let Holder::OnDemand(v) = holder {
+                    for (qualifier, input) in &self.on_demand_feature(v, &feature).inputs {
+                        if qualifier == REQUEST {
+                            vector.request.push(input.clone());
+                            continue;
+                        }
+                        let stored = self.holder(qualifier).expect("compiled against the catalog");
+                        vector.keys.push(self.key_of(&stored).to_string());
+                        vector.inputs.push((stored, input.clone()));
+                    }
+                } else {
+                    vector.keys.push(self.key_of(&holder).to_string());
+                }
                 vector.names.push(format!("{set}.{feature}"));
                 vector.refs.push((holder.clone(), feature));
             }
-            let key = self.key_of(&holder).to_string();
-            if !vector.keys.contains(&key) {
-                vector.keys.push(key);
-            }
         }
-        vector.keys.sort();
+        for list in [&mut vector.keys, &mut vector.request] {
+            list.sort();
+            list.dedup();
+        }
         Ok(vector)
     }
 
@@ -120,23 +153,27 @@ impl Catalog<'_> {
                 Holder::Events(p) => self.plans[*p].aggregations.iter().any(|a| a.name == *feature),
                 Holder::Table(_) => true,
                 Holder::Rows(_) => false,
+                Holder::OnDemand(v) => self.on_demand_feature(*v, feature).data_type().is_numeric(),
             })
             .collect()
     }
 
     /// Every feature of `vector` for each entity row (key field → key), as of `at_ms`: one
-    /// store round trip for all rows. Rows must give every key in [`Vector::keys`].
+    /// store round trip for all rows. Rows must give every key in [`Vector::keys`]; `requests`
+    /// (one per row, or none) the request fields of its on-demand features.
     pub async fn read(
         &self,
         store: &OnlineStore,
         vector: &Vector,
         rows: &[BTreeMap<String, String>],
+        requests: &[Map<String, Value>],
         at_ms: i64,
     ) -> Result<Vec<Vec<FeatureValue>>, OnlineError> {
         // each (holder, entity key) once
         let mut wanted: BTreeMap<(Holder, &str), usize> = BTreeMap::new();
         for row in rows {
-            for (holder, _) in &vector.refs {
+            let stored = vector.refs.iter().chain(&vector.inputs).filter(|(h, _)| !matches!(h, Holder::OnDemand(_)));
+            for (holder, _) in stored {
                 let key = row[self.key_of(holder)].as_str();
                 let next = wanted.len();
                 wanted.entry((holder.clone(), key)).or_insert(next);
@@ -150,6 +187,7 @@ impl Catalog<'_> {
                 Holder::Events(p) => online::entity_key(self.project, &self.plans[*p].name, key),
                 Holder::Table(p) => online::entity_key(self.project, &self.table_plans[*p].name, key),
                 Holder::Rows(t) => table::row_key(self.project, &self.tables[*t].0, key),
+                Holder::OnDemand(_) => unreachable!("not stored"),
             })
             .collect();
         let stored = store.load(&keys).await?;
@@ -172,24 +210,47 @@ impl Catalog<'_> {
                         )
                     }
                     Holder::Rows(_) => table::row_values(bytes.and_then(table::decode).as_ref()),
+                    Holder::OnDemand(_) => unreachable!("not stored"),
                 };
                 all.into_iter().map(|v| (v.name.clone(), v)).collect()
             })
             .collect();
+        let not_found = |feature: &str| FeatureValue {
+            name: feature.to_string(),
+            value: Value::Null,
+            status: Status::NotFound,
+            event_time_ms: None,
+        };
+        let stored = |row: &BTreeMap<String, String>, holder: &Holder, feature: &str| {
+            let at = wanted[&(holder.clone(), row[self.key_of(holder)].as_str())];
+            values[at].get(feature).cloned().unwrap_or_else(|| not_found(feature))
+        };
         Ok(rows
             .iter()
-            .map(|row| {
+            .enumerate()
+            .map(|(i, row)| {
                 vector
                     .refs
                     .iter()
                     .map(|(holder, feature)| {
-                        let at = wanted[&(holder.clone(), row[self.key_of(holder)].as_str())];
-                        values[at].get(feature).cloned().unwrap_or_else(|| FeatureValue {
-                            name: feature.clone(),
-                            value: Value::Null,
-                            status: Status::NotFound,
-                            event_time_ms: None,
-                        })
+                        let Holder::OnDemand(v) = holder else { return stored(row, holder, feature) };
+                        let on_demand = self.on_demand_feature(*v, feature);
+                        let from_store: Vec<FeatureValue> = on_demand
+                            .inputs
+                            .iter()
+                            .filter(|(q, _)| q != REQUEST)
+                            .map(|(q, name)| stored(row, &self.holder(q).expect("resolved"), name))
+                            .collect();
+                        let (request, mut from_store) = (requests.get(i), from_store.iter());
+                        let inputs: Vec<Result<Option<&Value>, &FeatureValue>> = on_demand
+                            .inputs
+                            .iter()
+                            .map(|(q, name)| match q == REQUEST {
+                                true => Ok(request.and_then(|r| r.get(name))),
+                                false => Err(from_store.next().expect("one per stored input")),
+                            })
+                            .collect();
+                        on_demand.value(&inputs)
                     })
                     .collect()
             })

@@ -44,6 +44,8 @@ pub struct Project {
     /// Per source (same order): its row transform (`select`s and its feature sets' `where`s);
     /// empty when it has none.
     pub transforms: Vec<fathom_transform::Transform>,
+    /// On-demand feature views.
+    pub on_demand: Vec<fathom_featurestore::on_demand::OnDemandView>,
     /// Named feature vectors: feature references, as written.
     pub vectors: BTreeMap<String, Vec<String>>,
     /// Models served by `/v1/models/{model}/predict`.
@@ -344,7 +346,13 @@ impl Project {
 
     /// What feature references resolve against.
     pub fn catalog(&self) -> Catalog<'_> {
-        Catalog { project: &self.name, plans: &self.plans, table_plans: &self.table_plans, tables: &self.tables }
+        Catalog {
+            project: &self.name,
+            plans: &self.plans,
+            table_plans: &self.table_plans,
+            tables: &self.tables,
+            on_demand: &self.on_demand,
+        }
     }
 
     /// An aggregation over a CDC table by feature-set name.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use fathom_featurestore::definition::{FeatureSetConfig, FeatureSetPlan, Problem, TablePlan};
 use fathom_featurestore::duration::Span;
+use fathom_featurestore::on_demand::{OnDemandConfig, OnDemandView};
 use fathom_featurestore::vector::Catalog;
 use fathom_ingest::config::{Format, SourceConfig};
 use serde::de::DeserializeOwned;
@@ -39,8 +40,18 @@ struct ProcessingConfig {
     max_cached_entities: Option<usize>,
 }
 
-const SECTIONS: [&str; 9] =
-    ["project", "stores", "sources", "entities", "feature_sets", "feature_vectors", "models", "server", "processing"];
+const SECTIONS: [&str; 10] = [
+    "project",
+    "stores",
+    "sources",
+    "entities",
+    "feature_sets",
+    "on_demand_features",
+    "feature_vectors",
+    "models",
+    "server",
+    "processing",
+];
 
 /// A `feature_vectors` entry.
 #[derive(Debug, Clone, Deserialize)]
@@ -154,7 +165,10 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
         feature_sets(&root, &entities, &sources, &mut transforms, &mut problems);
     let tables: Vec<(String, String)> =
         sources.iter().filter(|(_, s)| s.format == Format::Debezium).map(|(n, s)| (n.clone(), s.key.clone())).collect();
-    let catalog = Catalog { project: &name, plans: &plans, table_plans: &table_plans, tables: &tables };
+    let stored = crate::transforms::stored_features(&plans, &plan_sources, &table_plans, &sources, &transforms);
+    let on_demand = on_demand(&root, &stored, &mut problems);
+    let catalog =
+        Catalog { project: &name, plans: &plans, table_plans: &table_plans, tables: &tables, on_demand: &on_demand };
     let vectors = vectors(&root, &catalog, &mut problems);
     let models = models(&root, &catalog, &mut problems);
     if !problems.is_empty() {
@@ -169,6 +183,7 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
         table_plans,
         tables,
         transforms,
+        on_demand,
         vectors,
         models,
         base_dir: PathBuf::from("."),
@@ -326,6 +341,27 @@ fn feature_sets(
         }
     }
     compiled
+}
+
+/// `on_demand_features`: each view compiled over its request fields and the stored features;
+/// a view may not take the name of a feature set or table.
+fn on_demand(
+    root: &serde_yaml_ng::Mapping,
+    stored: &[(String, arrow_schema::Field)],
+    problems: &mut Vec<Problem>,
+) -> Vec<OnDemandView> {
+    let mut views = Vec::new();
+    for (view, value) in entries(root, "on_demand_features", problems) {
+        let path = format!("on_demand_features.{view}");
+        check_name("on-demand view", &view, &path, problems);
+        if view == fathom_featurestore::on_demand::REQUEST || stored.iter().any(|(q, _)| *q == view) {
+            problem(problems, path.clone(), "a feature set, a table or `request` has this name; choose another");
+            continue;
+        }
+        let Some(config) = typed::<OnDemandConfig>(&value, &path, problems) else { continue };
+        views.extend(config.compile(&view, stored, &path, problems));
+    }
+    views
 }
 
 /// `feature_vectors`: every reference resolves.

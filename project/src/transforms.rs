@@ -3,7 +3,9 @@
 //! bad one with its path, the message and a hint.
 
 use arrow_schema::{DataType, Field, Fields, Schema};
-use fathom_featurestore::definition::{condition_field, filtered_field, FeatureSetConfig, Function, Problem};
+use fathom_featurestore::definition::{
+    condition_field, filtered_field, FeatureSetConfig, FeatureSetPlan, Function, Problem, TablePlan,
+};
 use fathom_ingest::config::{ColumnSpec, Format, SourceConfig};
 use fathom_transform::{ExprError, RowFilter, Transform};
 
@@ -132,4 +134,45 @@ pub(crate) fn feature_set(
             );
         }
     }
+}
+
+/// Every stored feature an on-demand feature may read, qualified by its feature set or table:
+/// aggregations (counts `BIGINT`, the rest `DOUBLE`), derived features, latest values (typed as
+/// their source declares or selects them, else text), CDC table columns as their source declares
+/// them, aggregations over tables.
+pub(crate) fn stored_features(
+    plans: &[FeatureSetPlan],
+    plan_sources: &[usize],
+    table_plans: &[TablePlan],
+    sources: &[(String, SourceConfig)],
+    transforms: &[Transform],
+) -> Vec<(String, Field)> {
+    let number = |count: bool| if count { DataType::Int64 } else { DataType::Float64 };
+    let mut out = Vec::new();
+    for (plan, &s) in plans.iter().zip(plan_sources) {
+        let columns = transforms[s].selected_schema();
+        let mut add = |name: &str, t: DataType| out.push((plan.name.clone(), Field::new(name, t, true)));
+        for a in &plan.aggregations {
+            add(&a.name, number(a.function.is_count()));
+        }
+        for name in &plan.latest {
+            add(name, columns.field_with_name(name).map_or(DataType::Utf8, |f| f.data_type().clone()));
+        }
+        for name in plan.derived.names() {
+            add(name, plan.derived.data_type(name).cloned().unwrap_or(DataType::Null));
+        }
+    }
+    for plan in table_plans {
+        for (name, _, f) in &plan.aggregations {
+            out.push((plan.name.clone(), Field::new(name, number(*f == Function::Count), true)));
+        }
+    }
+    for ((name, source), transform) in sources.iter().zip(transforms) {
+        if source.format == Format::Debezium {
+            for field in transform.selected_schema().fields() {
+                out.push((name.clone(), field.as_ref().clone()));
+            }
+        }
+    }
+    out
 }

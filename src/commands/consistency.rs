@@ -81,7 +81,7 @@ pub(crate) async fn consistency(
         progress: false,
     };
     build(&project, &options)?;
-    let online = project.catalog().read(&store, &vector, &rows, at_ms).await?;
+    let online = project.catalog().read(&store, &vector, &rows, &[], at_ms).await?;
     let offline = read_values(&output, &vector, n)?;
     let mut report: BTreeMap<String, FeatureReport> = BTreeMap::new();
     for (r, row) in rows.iter().enumerate() {

@@ -12,13 +12,13 @@
 //!   and the message; the other rows of the batch are evaluated as usual.
 
 mod rows;
-pub use rows::{json, sql_type, Failure, RowFilter, Transform, SQL_TYPES};
+pub use rows::{evaluate_object, json, sql_type, Failure, RowFilter, Transform, SQL_TYPES};
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, Float64Array, RecordBatch};
-use arrow_schema::{DataType, Schema};
+use arrow_schema::{DataType, Field, Schema};
 use datafusion_common::config::ConfigOptions;
 use datafusion_common::tree_node::{Transformed, TreeNode};
 use datafusion_common::{DFSchema, DataFusionError, TableReference};
@@ -170,23 +170,49 @@ fn fathom_semantics(expr: Expr) -> datafusion_common::Result<Transformed<Expr>> 
 impl RowExpr {
     /// Parses and type-checks `sql` against `columns`.
     pub fn compile(sql: &str, columns: &Schema) -> Result<RowExpr, ExprError> {
+        let schema = DFSchema::try_from(columns.clone()).map_err(|e| ExprError::new(e, columns))?;
+        RowExpr::plan(sql, &schema, columns)
+    }
+
+    /// Parses and type-checks `sql` against columns qualified by a relation name, read in SQL as
+    /// `qualifier.column` (`request.amount`, `card_activity.amount_mean_24h`). A batch it
+    /// evaluates has these columns in this order.
+    pub fn compile_qualified(sql: &str, columns: &[(String, Field)]) -> Result<RowExpr, ExprError> {
+        let named: Vec<Field> =
+            columns.iter().map(|(q, f)| Field::new(format!("{q}.{}", f.name()), f.data_type().clone(), true)).collect();
+        let named = Schema::new(named);
+        let qualified: Vec<(Option<TableReference>, Arc<Field>)> =
+            columns.iter().map(|(q, f)| (Some(TableReference::bare(q.as_str())), Arc::new(f.clone()))).collect();
+        let schema = DFSchema::new_with_metadata(qualified, HashMap::new()).map_err(|e| ExprError::new(e, &named))?;
+        RowExpr::plan(sql, &schema, &named)
+    }
+
+    fn plan(sql: &str, schema: &DFSchema, columns: &Schema) -> Result<RowExpr, ExprError> {
         let fail = |e: DataFusionError| ExprError::new(e, columns);
-        let schema = DFSchema::try_from(columns.clone()).map_err(fail)?;
         let ast = Parser::new(&GenericDialect {})
             .try_with_sql(sql)
             .and_then(|mut p| p.parse_expr())
             .map_err(ExprError::syntax)?;
         let functions = Functions::new();
-        let expr = SqlToRel::new(&functions).sql_to_expr(ast, &schema, &mut PlannerContext::new()).map_err(fail)?;
+        let expr = SqlToRel::new(&functions).sql_to_expr(ast, schema, &mut PlannerContext::new()).map_err(fail)?;
         let expr = expr.transform_up(fathom_semantics).map_err(fail)?.data;
-        let expr = expr.rewrite(&mut TypeCoercionRewriter::new(&schema)).map_err(fail)?.data;
+        let expr = expr.rewrite(&mut TypeCoercionRewriter::new(schema)).map_err(fail)?.data;
         let context = SimplifyContext::builder().with_schema(Arc::new(schema.clone())).build();
         let expr = ExprSimplifier::new(context).simplify(expr).map_err(fail)?;
-        let data_type = expr.get_type(&schema).map_err(fail)?;
+        let data_type = expr.get_type(schema).map_err(fail)?;
         let physical =
-            datafusion_physical_expr::create_physical_expr(&expr, &schema, &ExecutionProps::new(), &Default::default())
+            datafusion_physical_expr::create_physical_expr(&expr, schema, &ExecutionProps::new(), &Default::default())
                 .map_err(fail)?;
         Ok(RowExpr { sql: sql.to_string(), physical, data_type })
+    }
+
+    /// The positions of the columns it reads, in the schema it was compiled against.
+    pub fn column_indices(&self) -> Vec<usize> {
+        let mut at: Vec<usize> =
+            datafusion_physical_expr::utils::collect_columns(&self.physical).into_iter().map(|c| c.index()).collect();
+        at.sort_unstable();
+        at.dedup();
+        at
     }
 
     /// The columns it reads, by name.

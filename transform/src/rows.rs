@@ -233,6 +233,18 @@ fn decode<S: serde::Serialize>(schema: &SchemaRef, rows: &[S]) -> Result<RecordB
     Ok(batch.unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
 }
 
+/// `expr` (compiled against `schema`) over one JSON object whose keys are `schema`'s column
+/// names: its value as JSON, `NULL` when a value does not decode or the expression fails.
+pub fn evaluate_object(expr: &RowExpr, schema: &SchemaRef, object: &Map<String, Value>) -> Value {
+    let Ok(batch) = decode(schema, std::slice::from_ref(&object)) else { return Value::Null };
+    let evaluated = expr.evaluate(&batch);
+    if evaluated.failed.is_empty() && evaluated.values.len() == 1 {
+        json(&evaluated.values, 0)
+    } else {
+        Value::Null
+    }
+}
+
 /// A condition over one record's declared columns, evaluated a record at a time: a CDC table
 /// row's `where`, checked again on the stored row when it changes so that its retraction is
 /// exact.

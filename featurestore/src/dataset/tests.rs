@@ -155,7 +155,7 @@ fn run(
     tables: &[(String, String)],
     shards: usize,
 ) -> PathBuf {
-    let catalog = Catalog { project: "p", plans, table_plans: &[], tables };
+    let catalog = Catalog { project: "p", plans, table_plans: &[], tables, on_demand: &[] };
     let refs: Vec<String> = vector_refs.iter().map(|s| s.to_string()).collect();
     let vector = catalog.resolve(&refs).unwrap();
     let output = root.join("out.parquet");
@@ -386,7 +386,7 @@ fn timestamps_without_a_zone_and_missing_columns_are_named() {
     let rows = "\u{feff}card,ts,label\nc1,2026-01-01T00:00:00Z,1\nc2,2026-01-01 00:00:00,0\n";
     std::fs::write(dir.path().join("rows.csv"), rows).unwrap();
     let plans = [plan()];
-    let catalog = Catalog { project: "p", plans: &plans, table_plans: &[], tables: &[] };
+    let catalog = Catalog { project: "p", plans: &plans, table_plans: &[], tables: &[], on_demand: &[] };
     let vector = catalog.resolve(&["cards.merchant".to_string()]).unwrap();
     let sources = [("tx".to_string(), "card".to_string(), false)];
     let mut request = Request {
@@ -475,7 +475,7 @@ proptest! {
         input.write(&batch).unwrap();
         input.close().unwrap();
         let plans = [plan];
-        let catalog = Catalog { project: "p", plans: &[], table_plans: &plans, tables: &[] };
+        let catalog = Catalog { project: "p", plans: &[], table_plans: &plans, tables: &[], on_demand: &[] };
         let vector = catalog.resolve(&["branches.*".to_string()]).unwrap();
         let sources = [("accounts".to_string(), "id".to_string(), true)];
         let output = dir.path().join("out.parquet");
