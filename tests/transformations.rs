@@ -78,6 +78,8 @@ on_demand_features:
     features:
       amount_vs_max_1d: "request.amount / cards.amount_eur_max_1d"
       alarming: "cards.declined_count_1d > 1 AND request.amount > 30"
+models:
+  scorer: {{ features: [cards.amount_eur_max_1d, risk.amount_vs_max_1d] }}
 feature_vectors:
   risky: {{ features: [cards.amount_eur_max_1d, risk.amount_vs_max_1d] }}
   by_branch: {{ features: [rich_branches.*] }}
@@ -387,6 +389,11 @@ async fn expression_errors_are_dead_letters_through_http_push_and_kafka() {
     let r = client.post(fathom.url("/get-online-features")).json(&feast).send().await.unwrap();
     let answer: Value = r.json().await.unwrap();
     assert_eq!(answer["results"][1]["values"], json!([0.5]), "{answer}");
+    // a model's vector: the on-demand feature from the model request's `request` fields
+    let enrich = json!({"model": "scorer", "entities": {"card_id": "p1"}, "request": {"amount": 30.0}});
+    let r = client.post(fathom.url("/v1/enrich")).json(&enrich).send().await.unwrap();
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["features"]["risk.amount_vs_max_1d"], json!(1.5), "{answer}");
     // Feast's route serves the derived features too
     let feast = json!({"features": ["cards:declined_mean_1d", "cards:declined_count_1d"], "entities": {"card_id": ["p1", "nobody"]}});
     let r = client.post(fathom.url("/get-online-features")).json(&feast).send().await.unwrap();
