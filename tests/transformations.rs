@@ -327,7 +327,10 @@ async fn expression_errors_are_dead_letters_through_http_push_and_kafka() {
     let topic = common::unique("tx");
     common::create_topics(&[&topic], 2).await;
     let port = common::free_port();
+    // (paths in the file are the process's: the temporary directory's, not the crate's)
+    let offline = format!("offline: {{ parquet: {{ path: \"{}/offline\" }} }}", dir.path().display());
     let yaml = project(&name)
+        .replace("offline: { parquet: { path: offline } }", &offline)
         .replace("    key: card_id\n    timestamp: ts\n", &format!("    kafka: {{ topic: \"{topic}\" }}\n    key: card_id\n    timestamp: ts\n"))
         .replace(
             "  dead_letters: { path: dlq }\n",
@@ -361,6 +364,12 @@ async fn expression_errors_are_dead_letters_through_http_push_and_kafka() {
         "line 2: {summary}"
     );
     assert!(error["message"].as_str().unwrap().contains("select.units (CAST(quantity AS BIGINT))"), "{summary}");
+    // a composite key a select made too long: key_too_long naming it, as for the source's key
+    let long = json!({"card_id": "p2", "ts": now - 1_000, "amount": 1.0, "merchant": {"country": "X".repeat(600)}});
+    let r = client.post(fathom.url("/v1/push/tx")).body(long.to_string()).send().await.unwrap();
+    let summary: Value = r.json().await.unwrap();
+    assert_eq!(summary["errors"][0]["reason"], "key_too_long", "{summary}");
+    assert!(summary["errors"][0]["message"].as_str().unwrap().contains("\"card_merchant\" is 603 bytes"), "{summary}");
     let features: Value = reqwest::get(fathom.url("/v1/features/cards/p1")).await.unwrap().json().await.unwrap();
     let value = |name: &str| {
         features["features"].as_array().unwrap().iter().find(|f| f["name"] == name).unwrap()["value"].clone()
@@ -411,16 +420,19 @@ async fn expression_errors_are_dead_letters_through_http_push_and_kafka() {
     let last = common::produce(&topic, &records).await;
     common::wait_applied(&name, &topic, &last, &fathom.log).await;
     // (the pushed record's dead letter is there too: the source's dead letters go to its topic's)
-    let letters = common::consume(&format!("{topic}.dlq"), 3).await;
-    let mut quantities: Vec<String> = letters
+    // (with the pushed key_too_long one)
+    let letters = common::consume(&format!("{topic}.dlq"), 4).await;
+    let mut refused: Vec<(String, String)> = letters
         .iter()
         .map(|(headers, _, payload)| {
-            assert_eq!(headers["fathom.reason"], "expression_error", "{headers:?}");
-            serde_json::from_slice::<Value>(payload).unwrap()["quantity"].as_str().unwrap().to_string()
+            let record = serde_json::from_slice::<Value>(payload).unwrap();
+            (headers["fathom.reason"].clone(), record["quantity"].as_str().unwrap_or("-").to_string())
         })
         .collect();
-    quantities.sort();
-    assert_eq!(quantities, ["many", "x", "x"]);
+    refused.sort();
+    let expected =
+        [("expression_error", "many"), ("expression_error", "x"), ("expression_error", "x"), ("key_too_long", "-")];
+    assert_eq!(refused, expected.map(|(r, q)| (r.to_string(), q.to_string())));
     let features: Value = reqwest::get(fathom.url("/v1/features/cards/k1")).await.unwrap().json().await.unwrap();
     let count = features["features"].as_array().unwrap().iter().find(|f| f["name"] == "declined_count_1d").unwrap();
     assert_eq!(count["value"], json!(8), "{features}");

@@ -115,31 +115,55 @@ impl Pipeline {
 
     /// Runs each source's row transform (`select`, `where`) over its events; the events it
     /// fails on are dead-lettered (`wrong_type` for a declared column of another type,
-    /// `expression_error` naming the expression) and leave the batch.
+    /// `expression_error` naming the expression, `key_too_long` for an entity key a select
+    /// made longer than the source's `max_key_bytes`) and leave the batch.
     async fn transform(&mut self, events: &mut Vec<Event>, summary: &mut PushSummary) {
         let project = self.project.clone();
-        let mut refused: Vec<(usize, Failure)> = Vec::new();
+        let mut refused: Vec<(usize, Reason, String)> = Vec::new();
         for (source, transform) in project.transforms.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
             let at: Vec<usize> = (0..events.len()).filter(|&i| events[i].source == source).collect();
             let mut rows: Vec<&mut Map<String, Value>> =
                 events.iter_mut().filter(|e| e.source == source).map(|e| &mut e.fields).collect();
-            refused.extend(transform.apply(&mut rows).into_iter().map(|(i, failure)| (at[i], failure)));
+            for (i, failure) in transform.apply(&mut rows) {
+                let reason = match failure {
+                    Failure::Decode(_) => Reason::WrongType,
+                    Failure::Expression { .. } => Reason::ExpressionError,
+                };
+                refused.push((at[i], reason, failure.to_string()));
+            }
+            // entity keys computed by a select obey the source's key limit, as its own key does
+            let config = &project.sources[source].1;
+            let selected_keys = project
+                .plans
+                .iter()
+                .zip(&project.plan_sources)
+                .filter(|(p, s)| **s == source && config.select.contains_key(&p.key_column))
+                .map(|(p, _)| &p.key_column);
+            for field in selected_keys {
+                for &i in &at {
+                    let length = events[i].fields.get(field).and_then(Value::as_str).map_or(0, str::len);
+                    if length > config.max_key_bytes && !refused.iter().any(|r| r.0 == i) {
+                        let message = format!(
+                            "key field {field:?} is {length} bytes, over the limit of {}",
+                            config.max_key_bytes
+                        );
+                        refused.push((i, Reason::KeyTooLong, message));
+                    }
+                }
+            }
         }
         if refused.is_empty() {
             return;
         }
-        refused.sort_by_key(|(i, _)| *i);
-        for (i, failure) in &refused {
+        refused.sort_by_key(|(i, _, _)| *i);
+        refused.dedup_by_key(|(i, _, _)| *i);
+        for (i, reason, message) in &refused {
             let event = &events[*i];
-            let reason = match failure {
-                Failure::Decode(_) => Reason::WrongType,
-                Failure::Expression { .. } => Reason::ExpressionError,
-            };
-            let letter = self.letter(&event.raw, event.source, event.at, reason, failure.to_string());
+            let letter = self.letter(&event.raw, event.source, event.at, *reason, message.clone());
             summary.refused(&letter);
             self.dead_letter(letter).await;
         }
-        let mut gone = refused.iter().map(|(i, _)| *i).peekable();
+        let mut gone = refused.iter().map(|(i, _, _)| *i).peekable();
         let mut i = 0;
         events.retain(|_| {
             let keep = gone.next_if_eq(&i).is_none();
