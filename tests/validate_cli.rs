@@ -11,6 +11,21 @@ fn validate(path: &std::path::Path) -> (i32, String, String) {
     )
 }
 
+/// `fathom validate` on `yaml`, which must fail: its report.
+fn problems_in(yaml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fathom.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let (code, _, stderr) = validate(&path);
+    assert_eq!(code, 1, "{stderr}");
+    stderr
+}
+
+/// The report's line about `path`.
+fn line<'a>(report: &'a str, path: &str) -> &'a str {
+    report.lines().find(|l| l.contains(&format!("{path}: "))).unwrap_or_else(|| panic!("no {path} in {report}"))
+}
+
 #[test]
 fn reports_every_problem_with_its_path_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
@@ -50,10 +65,7 @@ fn every_shipped_config_validates() {
 
 #[test]
 fn every_expression_problem_has_its_path_message_and_hint() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("fathom.yaml");
-    std::fs::write(
-        &path,
+    let stderr = problems_in(
         r#"project: p
 sources:
   tx:
@@ -78,14 +90,8 @@ feature_sets:
       - { column: label, functions: [mean], windows: [1h] }
       - { column: amount, where: "status = 'declined'", functions: [count], windows: [1d] }
 "#,
-    )
-    .unwrap();
-    let (code, _, stderr) = validate(&path);
-    assert_eq!(code, 1, "{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    let line = |path: &str| {
-        *lines.iter().find(|l| l.contains(&format!("{path}: "))).unwrap_or_else(|| panic!("no {path} in {stderr}"))
-    };
+    );
+    let line = |path: &str| line(&stderr, path);
     // an unknown type, with the types there are
     assert!(line("sources.tx.columns.seen").contains("unknown type \"datetime\" (use double, bigint"), "{stderr}");
     // a syntax error, with an example of an expression
@@ -113,10 +119,7 @@ feature_sets:
 
 #[test]
 fn on_demand_features_are_checked_against_the_request_and_the_stored_features() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("fathom.yaml");
-    std::fs::write(
-        &path,
+    let stderr = problems_in(
         r#"project: p
 sources:
   tx: { key: card_id }
@@ -137,13 +140,8 @@ on_demand_features:
   cards:
     features: { x: "1" }
 "#,
-    )
-    .unwrap();
-    let (code, _, stderr) = validate(&path);
-    assert_eq!(code, 1, "{stderr}");
-    let line = |path: &str| {
-        stderr.lines().find(|l| l.contains(&format!("{path}: "))).unwrap_or_else(|| panic!("no {path} in {stderr}"))
-    };
+    );
+    let line = |path: &str| line(&stderr, path);
     assert!(line("on_demand_features.risk.request.when").contains("unknown type"), "{stderr}");
     let typo = line("on_demand_features.risk.features.typo");
     assert!(typo.contains("amount_mean_24h") && typo.contains("<feature_set>.<feature>"), "{stderr}");

@@ -561,24 +561,19 @@ impl FeatureSetConfig {
                 continue;
             }
             match RowExpr::compile(sql, &inputs) {
-                Ok(e) => features.push((name.clone(), e.columns())),
+                Ok(e) => features.push((name.clone(), e.column_indices())),
                 Err(e) => {
-                    let mut message = e.message.replace('\n', " ");
-                    if e.hint.is_some() {
-                        let names: Vec<&str> = plan.aggregations.iter().map(|a| a.name.as_str()).collect();
-                        message.push_str(&format!(
-                            " (hint: a derived feature reads this set's aggregations: {})",
-                            names.join(", ")
-                        ));
-                    }
-                    problems.push(Problem { path: here, message });
+                    let names: Vec<&str> = plan.aggregations.iter().map(|a| a.name.as_str()).collect();
+                    let e =
+                        e.hinted(|_| format!("a derived feature reads this set's aggregations: {}", names.join(", ")));
+                    problems.push(Problem { path: here, message: e.describe() });
                 }
             }
         }
         // recompiled over the aggregations they read only: a read builds those columns alone
-        let read: Vec<usize> = (0..plan.aggregations.len())
-            .filter(|&i| features.iter().any(|(_, used)| used.iter().any(|u| u == inputs.field(i).name())))
-            .collect();
+        let mut read: Vec<usize> = features.iter().flat_map(|(_, used)| used.iter().copied()).collect();
+        read.sort_unstable();
+        read.dedup();
         let schema = Arc::new(inputs.project(&read).expect("indices of its own fields"));
         let features = features
             .into_iter()

@@ -146,13 +146,10 @@ impl OnDemandConfig {
                     });
                 }
                 Err(e) => {
-                    let mut message = e.message.replace('\n', " ");
-                    if e.hint.is_some() {
-                        message.push_str(
-                            " (hint: write request.<field> for a request field declared under `request`, <feature_set>.<feature> for a stored feature)",
-                        );
-                    }
-                    problems.push(Problem { path: here, message });
+                    let e = e.hinted(|_| {
+                        "write request.<field> for a request field declared under `request`, <feature_set>.<feature> for a stored feature".into()
+                    });
+                    problems.push(Problem { path: here, message: e.describe() });
                 }
             }
         }

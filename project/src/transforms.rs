@@ -14,15 +14,11 @@ fn problem(problems: &mut Vec<Problem>, path: impl Into<String>, message: impl I
 }
 
 fn expression_problem(problems: &mut Vec<Problem>, path: String, error: ExprError, source: &str) {
-    let mut message = error.message.replace('\n', " ");
-    if let Some(hint) = error.hint {
-        message.push_str(&format!(" (hint: {hint}"));
-        if message.contains("the source's columns") {
-            message.push_str(&format!("; declare others under sources.{source}.columns"));
-        }
-        message.push(')');
-    }
-    problem(problems, path, message);
+    let error = error.hinted(|hint| match hint.starts_with("the source's columns") {
+        true => format!("{hint}; declare others under sources.{source}.columns"),
+        false => hint.to_string(),
+    });
+    problem(problems, path, error.describe());
 }
 
 /// The Arrow type of a declared column.

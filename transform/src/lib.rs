@@ -47,6 +47,22 @@ pub struct ExprError {
 }
 
 impl ExprError {
+    /// One line for a problem report: the message (its line breaks as spaces), then the hint.
+    pub fn describe(&self) -> String {
+        let message = self.message.replace('\n', " ");
+        match &self.hint {
+            Some(hint) => format!("{message} (hint: {hint})"),
+            None => message,
+        }
+    }
+
+    /// The same error with another hint, where it has one (planning errors; a syntax error keeps
+    /// its own).
+    pub fn hinted(mut self, hint: impl FnOnce(&str) -> String) -> ExprError {
+        self.hint = self.hint.map(|h| hint(&h));
+        self
+    }
+
     /// A planning error (an unknown column, a type mismatch), hinted with the columns there are
     /// and their types.
     fn new(error: DataFusionError, columns: &Schema) -> ExprError {
@@ -174,6 +190,18 @@ impl RowExpr {
         RowExpr::plan(sql, &schema, columns)
     }
 
+    /// Parses and type-checks a condition: `sql` must be true or false (`example` shows how).
+    pub fn compile_condition(sql: &str, columns: &Schema, example: &str) -> Result<RowExpr, ExprError> {
+        let expr = RowExpr::compile(sql, columns)?;
+        if !matches!(expr.data_type(), DataType::Boolean | DataType::Null) {
+            return Err(ExprError {
+                message: format!("a condition must be true or false; `{sql}` is {}", expr.data_type()),
+                hint: Some(format!("compare it, e.g. {example}")),
+            });
+        }
+        Ok(expr)
+    }
+
     /// Parses and type-checks `sql` against columns qualified by a relation name, read in SQL as
     /// `qualifier.column` (`request.amount`, `card_activity.amount_mean_24h`). A batch it
     /// evaluates has these columns in this order.
@@ -213,16 +241,6 @@ impl RowExpr {
         at.sort_unstable();
         at.dedup();
         at
-    }
-
-    /// The columns it reads, by name.
-    pub fn columns(&self) -> Vec<String> {
-        let mut names: Vec<String> = datafusion_physical_expr::utils::collect_columns(&self.physical)
-            .into_iter()
-            .map(|c| c.name().to_string())
-            .collect();
-        names.sort();
-        names
     }
 
     /// The expression as written.

@@ -114,13 +114,8 @@ impl Transform {
     /// its result is written to `field` (see [`Transform::apply`]): `true`/`false`, or, with
     /// `keep`, that column's value where the condition holds and `NULL` elsewhere.
     pub fn condition(&mut self, name: &str, field: &str, sql: &str, keep: Option<&str>) -> Result<(), ExprError> {
-        let expr = RowExpr::compile(sql, &self.selected_schema())?;
-        if !matches!(expr.data_type(), DataType::Boolean | DataType::Null) {
-            return Err(ExprError {
-                message: format!("a condition must be true or false; `{sql}` is {}", expr.data_type()),
-                hint: Some("compare it, e.g. `status = 'declined'` or `amount > 100`".into()),
-            });
-        }
+        let example = "`status = 'declined'` or `amount > 100`";
+        let expr = RowExpr::compile_condition(sql, &self.selected_schema(), example)?;
         let keep = keep.map(str::to_string);
         self.conditions.push(Condition { name: name.to_string(), field: field.to_string(), expr, keep });
         Ok(())
@@ -197,14 +192,14 @@ impl Transform {
             let batch = RecordBatch::try_new_with_options(self.input.clone(), Vec::new(), &options);
             return (batch.expect("no columns"), Vec::new());
         }
-        if let Ok(batch) = self.decode_all(rows) {
+        if let Ok(batch) = decode(&self.input, rows) {
             return (batch, Vec::new());
         }
         let empty = Map::new();
         let mut failed = Vec::new();
         let mut usable: Vec<&Map<String, Value>> = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
-            match self.decode_all(std::slice::from_ref(&&**row)) {
+            match decode(&self.input, std::slice::from_ref(&&**row)) {
                 Ok(_) => usable.push(row),
                 Err(message) => {
                     failed.push((i, Failure::Decode(message)));
@@ -212,12 +207,8 @@ impl Transform {
                 }
             }
         }
-        let batch = self.decode_all(&usable).unwrap_or_else(|_| RecordBatch::new_empty(self.input.clone()));
+        let batch = decode(&self.input, &usable).unwrap_or_else(|_| RecordBatch::new_empty(self.input.clone()));
         (batch, failed)
-    }
-
-    fn decode_all<S: serde::Serialize>(&self, rows: &[S]) -> Result<RecordBatch, String> {
-        decode(&self.input, rows)
     }
 }
 
@@ -263,13 +254,7 @@ impl PartialEq for RowFilter {
 impl RowFilter {
     /// Parses and type-checks `sql`, which must be true or false, against `input`.
     pub fn compile(sql: &str, input: Schema) -> Result<RowFilter, ExprError> {
-        let expr = RowExpr::compile(sql, &input)?;
-        if !matches!(expr.data_type(), DataType::Boolean | DataType::Null) {
-            return Err(ExprError {
-                message: format!("a condition must be true or false; `{sql}` is {}", expr.data_type()),
-                hint: Some("compare it, e.g. `status = 'active'` or `balance > 0`".into()),
-            });
-        }
+        let expr = RowExpr::compile_condition(sql, &input, "`status = 'active'` or `balance > 0`")?;
         Ok(RowFilter { input: Arc::new(input), expr })
     }
 
