@@ -579,15 +579,11 @@ fn event_cells(plan: &FeatureSetPlan, numeric: &[bool], raw: Option<&str>, float
 /// Builds the dataset.
 pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, DatasetError> {
     let Request { catalog, vector, .. } = *request;
-    if let Some(i) = vector.refs.iter().position(|(h, _)| matches!(h, Holder::OnDemand(_))) {
-        return Err(DatasetError::Unsupported {
-            feature: vector.names[i].clone(),
-            message: "on-demand features are not computed in training sets yet; leave them out and compute them from the columns (the same SQL runs in DuckDB)".into(),
-        });
-    }
     let shards = request.shards.max(1);
+    // on-demand features are computed while writing, from their stored inputs and the row
     let holders: Vec<Holder> = {
-        let mut h: Vec<Holder> = vector.refs.iter().map(|(h, _)| h.clone()).collect();
+        let mut h: Vec<Holder> =
+            vector.computed().into_iter().map(|(h, _)| h).filter(|h| !matches!(h, Holder::OnDemand(_))).collect();
         h.sort();
         h.dedup();
         h
@@ -624,6 +620,9 @@ pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, 
                 message,
             },
         )?;
+        for field in &vector.request {
+            column(field, "a request field of on-demand features")?;
+        }
         for (k, key) in keys.iter().enumerate() {
             let values = column(key, "an entity key of the features")?;
             let values = texts(&values).ok_or_else(|| DatasetError::Read {
@@ -675,7 +674,7 @@ pub fn build(request: &Request<'_>, progress: &dyn Progress) -> Result<Summary, 
             Holder::Table(p) => {
                 events += spill_group_changes(request, &catalog.table_plans[*p], h, &mut all_spills[h], progress)?;
             }
-            Holder::OnDemand(_) => unreachable!("refused above"),
+            Holder::OnDemand(_) => unreachable!("not among the holders"),
         }
     }
     for (source, plans) in by_source {
@@ -1128,9 +1127,9 @@ fn compute_shard(
         if catalog.key_of(holder) != key_field {
             continue;
         }
-        // the vector's features held here, with their index in the vector
-        let wanted: Vec<(u32, &str)> = vector
-            .refs
+        // the features held here, with their index in what is computed
+        let computed_refs = vector.computed();
+        let wanted: Vec<(u32, &str)> = computed_refs
             .iter()
             .enumerate()
             .filter(|(_, (hh, _))| hh == holder)
@@ -1169,7 +1168,7 @@ fn compute_shard(
                 });
                 groups_as_of(plan, &queries, &deltas, &wanted, &mut computed);
             }
-            Holder::OnDemand(_) => unreachable!("refused by build"),
+            Holder::OnDemand(_) => unreachable!("not among the holders"),
         }
     }
     computed.sort_by_key(|(row, (f, ..))| (*row, *f));
@@ -1254,8 +1253,7 @@ fn rows_as_of(queries: &[Query], changes: &[SpilledChange], wanted: &[(u32, &str
 fn output_type(catalog: &Catalog<'_>, holder: &Holder, feature: &str) -> DataType {
     match holder {
         Holder::Events(p) => match catalog.plans[*p].aggregations.iter().find(|a| a.name == feature) {
-            Some(a) if a.function.is_count() => DataType::Int64,
-            Some(_) => DataType::Float64,
+            Some(a) => a.function.data_type(),
             None => match catalog.plans[*p].derived.data_type(feature) {
                 Some(t) if t.is_integer() => DataType::Int64,
                 Some(t) if t.is_numeric() => DataType::Float64,
@@ -1266,8 +1264,71 @@ fn output_type(catalog: &Catalog<'_>, holder: &Holder, feature: &str) -> DataTyp
             Some((_, _, Function::Count)) => DataType::Int64,
             _ => DataType::Float64,
         },
+        Holder::OnDemand(v) => match catalog.on_demand_feature(*v, feature).data_type() {
+            t if t.is_integer() => DataType::Int64,
+            t if t.is_numeric() => DataType::Float64,
+            _ => DataType::Utf8,
+        },
         _ => DataType::Utf8,
     }
+}
+
+/// A computed value as the writer holds it: value, status code, event time.
+type Got = Option<(Option<Value>, u8, Option<i64>)>;
+
+fn status_of(code: u8) -> Status {
+    [Status::Present, Status::NotFound, Status::NullValue, Status::OutsideMaxAge][usize::from(code.min(3))]
+}
+
+/// An on-demand feature's value for one row: its stored inputs from `got` (indexed as
+/// [`Vector::computed`]), its request fields from the row's columns.
+fn on_demand_value(
+    catalog: &Catalog<'_>,
+    computed: &[(Holder, String)],
+    view: usize,
+    feature: &str,
+    got: &[Got],
+    request: &[(&str, ArrayRef)],
+    i: usize,
+) -> lookup::FeatureValue {
+    let on_demand = catalog.on_demand_feature(view, feature);
+    let fields: Vec<Option<Value>> = on_demand
+        .inputs
+        .iter()
+        .map(|(q, name)| {
+            (q == crate::on_demand::REQUEST).then(|| {
+                let (_, column) = request.iter().find(|(n, _)| n == name).expect("checked while reading rows");
+                fathom_transform::json(column, i)
+            })
+        })
+        .collect();
+    let stored: Vec<Option<lookup::FeatureValue>> = on_demand
+        .inputs
+        .iter()
+        .map(|(q, name)| {
+            (q != crate::on_demand::REQUEST).then(|| {
+                let holder = catalog.holder(q).expect("resolved");
+                let f = computed.iter().position(|(h, n)| *h == holder && n == name).expect("an input of the vector");
+                let (value, status, time) = got[f].clone().unwrap_or((None, status_code(Status::NotFound), None));
+                lookup::FeatureValue {
+                    name: name.clone(),
+                    value: value.unwrap_or(Value::Null),
+                    status: status_of(status),
+                    event_time_ms: time,
+                }
+            })
+        })
+        .collect();
+    let inputs: Vec<Result<Option<&Value>, &lookup::FeatureValue>> = fields
+        .iter()
+        .zip(&stored)
+        .map(|(field, stored)| match (field, stored) {
+            (Some(v), _) => Ok(Some(v)),
+            (None, Some(s)) => Err(s),
+            (None, None) => unreachable!("one of the two"),
+        })
+        .collect();
+    on_demand.value(&inputs)
 }
 
 enum OutColumn {
@@ -1288,6 +1349,7 @@ fn write_output(
     let mut readers: Vec<std::iter::Peekable<SpillReader<(u64, Computed)>>> =
         results.iter().map(|p| SpillReader::open(p).map(Iterator::peekable)).collect::<Result<_, _>>()?;
     let types: Vec<DataType> = vector.refs.iter().map(|(h, f)| output_type(&request.catalog, h, f)).collect();
+    let computed = vector.computed();
     let out_names: Vec<String> = vector.names.iter().map(|n| n.replace('.', "__")).collect();
     let mut writer: Option<ArrowWriter<File>> = None;
     let mut row = 0u64;
@@ -1303,16 +1365,27 @@ fn write_output(
             })
             .collect();
         let mut statuses: Vec<StringBuilder> = types.iter().map(|_| StringBuilder::new()).collect();
-        for r in row..row + n as u64 {
-            let mut got: Vec<Option<(Option<Value>, u8)>> = vec![None; types.len()];
+        let request_columns: Vec<(&str, ArrayRef)> = vector
+            .request
+            .iter()
+            .filter_map(|name| batch.column_by_name(name).map(|c| (name.as_str(), c.clone())))
+            .collect();
+        for (i, r) in (row..row + n as u64).enumerate() {
+            let mut got: Vec<Got> = vec![None; computed.len()];
             for reader in &mut readers {
                 while reader.peek().is_some_and(|next| next.as_ref().map_or(true, |(at, _)| *at == r)) {
-                    let (_, (f, value, status, _)) = reader.next().expect("peeked")?;
-                    got[f as usize] = Some((value.to_value(), status));
+                    let (_, (f, value, status, time)) = reader.next().expect("peeked")?;
+                    got[f as usize] = Some((value.to_value(), status, time));
                 }
             }
             for (f, column) in columns.iter_mut().enumerate() {
-                let (value, status) = got[f].take().unwrap_or((None, status_code(Status::NotFound)));
+                let (value, status) = match &vector.refs[f] {
+                    (Holder::OnDemand(v), feature) => {
+                        let fv = on_demand_value(&request.catalog, &computed, *v, feature, &got, &request_columns, i);
+                        (Some(fv.value).filter(|v| !v.is_null()), status_code(fv.status))
+                    }
+                    _ => got[f].clone().map_or((None, status_code(Status::NotFound)), |(v, s, _)| (v, s)),
+                };
                 match column {
                     OutColumn::Int(b) => b.append_option(value.as_ref().and_then(Value::as_i64)),
                     OutColumn::Float(b) => b.append_option(value.as_ref().and_then(Value::as_f64)),

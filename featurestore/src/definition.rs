@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use std::sync::Arc;
 
-use arrow_array::{new_null_array, ArrayRef, Float64Array, Int64Array, RecordBatch};
+use arrow_array::{new_null_array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use fathom_transform::{RowExpr, RowFilter};
 use serde::Deserialize;
@@ -140,6 +140,17 @@ pub enum Function {
     /// Seconds from the newest value in the window to the read time: computed at read time, so
     /// it grows between events; null when the window has no value.
     TimeSinceLast,
+    /// `p<q>`: the q-th percentile (1–99) of the numeric values, from a DDSketch
+    /// ([`crate::engine::QUANTILE_ACCURACY`] relative error; Masson et al., VLDB 2019).
+    Percentile(u8),
+    /// `last_<k>`: the k values (any type) with the latest event times, newest first.
+    LastK(u8),
+    /// `first_<k>`: the k values (any type) with the earliest event times, oldest first.
+    FirstK(u8),
+    /// `top_<k>`: the k most frequent values (any type), most frequent first, ties by value;
+    /// exact up to [`crate::engine::FREQUENT_EXACT`] distinct values per bucket, then the
+    /// Misra–Gries frequent-items sketch of Apache DataSketches.
+    TopK(u8),
 }
 
 impl Function {
@@ -158,9 +169,26 @@ impl Function {
         Function::TimeSinceLast,
     ];
 
+    /// The parameterized functions, as the docs and error messages list them.
+    pub const PARAMETERIZED: &'static str = "p<1-99> (p50, p99), last_<k>, first_<k>, top_<k> (k 1-100)";
+
+    /// Largest k of last_k, first_k and top_k.
+    pub const MAX_K: u8 = 100;
+
     /// The name used in configs and feature names.
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
+            Function::Percentile(q) => format!("p{q}"),
+            Function::LastK(k) => format!("last_{k}"),
+            Function::FirstK(k) => format!("first_{k}"),
+            Function::TopK(k) => format!("top_{k}"),
+            other => other.plain_name().to_string(),
+        }
+    }
+
+    fn plain_name(self) -> &'static str {
+        match self {
+            Function::Percentile(_) | Function::LastK(_) | Function::FirstK(_) | Function::TopK(_) => "",
             Function::Count => "count",
             Function::Sum => "sum",
             Function::Mean => "mean",
@@ -177,17 +205,62 @@ impl Function {
 
     /// Parses a configured name.
     pub fn parse(name: &str) -> Option<Function> {
-        Function::ALL.into_iter().find(|f| f.name() == name)
+        if let Some(f) = Function::ALL.into_iter().find(|f| f.plain_name() == name) {
+            return Some(f);
+        }
+        // canonical numbers only (`p50`, not `p050`), so a feature has one name
+        let number = |digits: &str, max: u8| {
+            digits.parse::<u8>().ok().filter(|n| (1..=max).contains(n) && n.to_string() == digits)
+        };
+        if let Some(q) = name.strip_prefix('p') {
+            return number(q, 99).map(Function::Percentile);
+        }
+        let (kind, k) = name.rsplit_once('_')?;
+        let k = number(k, Function::MAX_K)?;
+        match kind {
+            "last" => Some(Function::LastK(k)),
+            "first" => Some(Function::FirstK(k)),
+            "top" => Some(Function::TopK(k)),
+            _ => None,
+        }
     }
 
-    /// Whether the function needs numeric input (count and distinct_count take any value).
+    /// Every name a config may use, for error messages.
+    pub fn known() -> String {
+        let plain: Vec<_> = Function::ALL.iter().map(|f| f.plain_name()).collect();
+        format!("{}, {}", plain.join(", "), Function::PARAMETERIZED)
+    }
+
+    /// Whether the function needs numeric input (count, distinct_count, last_k, first_k and
+    /// top_k take any value).
     pub fn is_numeric(self) -> bool {
-        !matches!(self, Function::Count | Function::DistinctCount)
+        !matches!(
+            self,
+            Function::Count | Function::DistinctCount | Function::LastK(_) | Function::FirstK(_) | Function::TopK(_)
+        )
     }
 
     /// Whether the function counts (its values are integers).
     pub fn is_count(self) -> bool {
         matches!(self, Function::Count | Function::DistinctCount)
+    }
+
+    /// Whether the function's value is a list (last_k, first_k, top_k): JSON arrays online,
+    /// JSON text in `fathom dataset` output.
+    pub fn is_list(self) -> bool {
+        matches!(self, Function::LastK(_) | Function::FirstK(_) | Function::TopK(_))
+    }
+
+    /// The Arrow type of the function's values: counts `Int64`, lists `Utf8` (JSON text), the
+    /// rest `Float64`.
+    pub fn data_type(self) -> DataType {
+        if self.is_count() {
+            DataType::Int64
+        } else if self.is_list() {
+            DataType::Utf8
+        } else {
+            DataType::Float64
+        }
     }
 
     /// Whether a row's contribution can be taken back exactly when it changes or is deleted.
@@ -223,6 +296,50 @@ pub struct BucketSpec {
     pub horizon: i64,
     /// Whether buckets keep a distinct-count sketch.
     pub distinct: bool,
+    /// What buckets keep beyond moments for percentiles, last_k, first_k and top_k.
+    pub keep: Keep,
+}
+
+/// Per-bucket state some functions need, all off (the default) for the moments-only functions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Keep {
+    /// A quantile sketch (percentiles).
+    pub quantiles: bool,
+    /// The values with the latest event times, this many (largest k of last_k).
+    pub newest: u8,
+    /// The values with the earliest event times, this many (largest k of first_k).
+    pub oldest: u8,
+    /// Value frequencies (top_k).
+    pub frequent: bool,
+}
+
+impl Keep {
+    /// What `functions` need.
+    pub fn of(functions: &[Function]) -> Keep {
+        let mut keep = Keep::default();
+        for f in functions {
+            match *f {
+                Function::Percentile(_) => keep.quantiles = true,
+                Function::LastK(k) => keep.newest = keep.newest.max(k),
+                Function::FirstK(k) => keep.oldest = keep.oldest.max(k),
+                Function::TopK(_) => keep.frequent = true,
+                _ => {}
+            }
+        }
+        keep
+    }
+
+    /// Whether anything beyond moments is kept.
+    pub fn any(self) -> bool {
+        self != Keep::default()
+    }
+
+    fn widen(&mut self, other: Keep) {
+        self.quantiles |= other.quantiles;
+        self.newest = self.newest.max(other.newest);
+        self.oldest = self.oldest.max(other.oldest);
+        self.frequent |= other.frequent;
+    }
 }
 
 /// One aggregated feature: which spec it reads, with which function, over how many buckets.
@@ -317,6 +434,7 @@ impl Derived {
                     (AggValue::Int(n), DataType::Int64) => Arc::new(Int64Array::from(vec![*n as i64])),
                     (AggValue::Float(x), DataType::Float64) => Arc::new(Float64Array::from(vec![*x])),
                     (AggValue::Int(n), _) => Arc::new(Float64Array::from(vec![*n as f64])),
+                    (list @ AggValue::List(_), DataType::Utf8) => Arc::new(StringArray::from(vec![list.list_text()])),
                     (_, t) => new_null_array(t, 1),
                 }
             })
@@ -544,14 +662,8 @@ impl FeatureSetConfig {
         if self.derived.is_empty() {
             return Derived::default();
         }
-        let fields: Vec<Field> = plan
-            .aggregations
-            .iter()
-            .map(|a| {
-                let t = if a.function.is_count() { DataType::Int64 } else { DataType::Float64 };
-                Field::new(&a.name, t, true)
-            })
-            .collect();
+        let fields: Vec<Field> =
+            plan.aggregations.iter().map(|a| Field::new(&a.name, a.function.data_type(), true)).collect();
         let inputs = Arc::new(Schema::new(fields));
         let mut features = Vec::new();
         for (name, sql) in &self.derived {
@@ -705,10 +817,9 @@ impl AggregationConfig {
             .enumerate()
             .filter_map(|(i, f)| {
                 Function::parse(f).or_else(|| {
-                    let known: Vec<_> = Function::ALL.iter().map(|f| f.name()).collect();
                     problems.push(Problem {
                         path: format!("{path}.functions[{i}]"),
-                        message: format!("unknown function {f:?} (use one of {})", known.join(", ")),
+                        message: format!("unknown function {f:?} (use one of {})", Function::known()),
                     });
                     None
                 })
@@ -772,7 +883,7 @@ impl AggregationConfig {
                 continue;
             }
             let buckets = window.millis() / period_ms;
-            let spec = plan.spec_for(column, period_ms, buckets, distinct);
+            let spec = plan.spec_for(column, period_ms, buckets, distinct, Keep::of(&functions));
             for f in &functions {
                 let name = format!("{base}_{}_{}", f.name(), self.windows[*i].trim());
                 let here = format!("{path}.windows[{i}]");
@@ -789,14 +900,15 @@ impl AggregationConfig {
 
 impl FeatureSetPlan {
     /// The ring for (column, period), created or widened to cover `buckets`.
-    fn spec_for(&mut self, column: usize, period_ms: i64, buckets: i64, distinct: bool) -> usize {
+    fn spec_for(&mut self, column: usize, period_ms: i64, buckets: i64, distinct: bool, keep: Keep) -> usize {
         if let Some(i) = self.specs.iter().position(|s| s.column == column && s.period_ms == period_ms) {
             let spec = &mut self.specs[i];
             spec.horizon = spec.horizon.max(buckets);
             spec.distinct |= distinct;
+            spec.keep.widen(keep);
             return i;
         }
-        self.specs.push(BucketSpec { column, period_ms, horizon: buckets, distinct });
+        self.specs.push(BucketSpec { column, period_ms, horizon: buckets, distinct, keep });
         self.specs.len() - 1
     }
 }
@@ -820,7 +932,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plan.specs.len(), 2);
-        assert_eq!(plan.specs[0], BucketSpec { column: 0, period_ms: 60_000, horizon: 1440, distinct: false });
+        assert_eq!(
+            plan.specs[0],
+            BucketSpec { column: 0, period_ms: 60_000, horizon: 1440, distinct: false, keep: Keep::default() }
+        );
         assert_eq!(plan.aggregations.len(), 16);
         assert_eq!(plan.aggregations[0].name, "amount_count_10m");
         assert_eq!(plan.aggregations[14].name, "amount_stddev_24h");

@@ -60,6 +60,14 @@ pub struct Vector {
     pub(crate) inputs: Vec<(Holder, String)>,
 }
 
+impl Vector {
+    /// What a training set computes: its features (on-demand ones as placeholders, so indices
+    /// match [`Vector::names`]), then the stored inputs of its on-demand features.
+    pub(crate) fn computed(&self) -> Vec<(Holder, String)> {
+        self.refs.iter().chain(&self.inputs).cloned().collect()
+    }
+}
+
 impl Catalog<'_> {
     /// The entity key field of a stored holder (an on-demand view has none).
     pub(crate) fn key_of(&self, holder: &Holder) -> &str {
@@ -71,7 +79,7 @@ impl Catalog<'_> {
         }
     }
 
-    fn holder(&self, name: &str) -> Option<Holder> {
+    pub(crate) fn holder(&self, name: &str) -> Option<Holder> {
         if let Some(p) = self.plans.iter().position(|p| p.name == name) {
             return Some(Holder::Events(p));
         }
@@ -93,7 +101,7 @@ impl Catalog<'_> {
         }
     }
 
-    fn on_demand_feature(&self, view: usize, feature: &str) -> &OnDemandFeature {
+    pub(crate) fn on_demand_feature(&self, view: usize, feature: &str) -> &OnDemandFeature {
         self.on_demand[view].features.iter().find(|f| f.name == feature).expect("resolved")
     }
 

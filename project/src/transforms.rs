@@ -149,7 +149,7 @@ pub(crate) fn stored_features(
         let columns = transforms[s].selected_schema();
         let mut add = |name: &str, t: DataType| out.push((plan.name.clone(), Field::new(name, t, true)));
         for a in &plan.aggregations {
-            add(&a.name, number(a.function.is_count()));
+            add(&a.name, a.function.data_type());
         }
         for name in &plan.latest {
             add(name, columns.field_with_name(name).map_or(DataType::Utf8, |f| f.data_type().clone()));

@@ -5,10 +5,190 @@
 //! buckets, so long windows of large values stay numerically stable.
 
 use cardinality_estimator::CardinalityEstimator;
-use serde::{Deserialize, Serialize};
+use datasketches::frequencies::FrequentItemsSketch;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use sketches_ddsketch::{Config, DDSketch};
+
+use crate::definition::{BucketSpec, Keep};
 
 /// HyperLogLog with 2^14 registers (~0.8% standard error); small sets stay exact and tiny.
 pub type Distinct = CardinalityEstimator<str, wyhash::WyHash, 14, 6>;
+
+/// Relative accuracy α of percentiles: the value returned for quantile q is within α·|x| of
+/// the exact value x at rank ⌊q·(n − 1)⌋ (numpy's `method="lower"`); values within 1e-9 of 0
+/// count as 0 (DDSketch, Masson, Rim and Lee, VLDB 2019).
+pub const QUANTILE_ACCURACY: f64 = 0.01;
+
+/// DDSketch bins per sign: 2048 bins of ratio (1+α)/(1−α) span 17 orders of magnitude above
+/// 1e-9 before the lowest bins collapse.
+const QUANTILE_BINS: u32 = 2048;
+
+/// Map size of the frequent-items sketch: exact up to [`FREQUENT_EXACT`] distinct values per
+/// bucket and per merged window; beyond, each count is low by at most 3.5/256 of the window's
+/// values (Apache DataSketches `FrequentItemsSketch`, a mergeable Misra–Gries summary).
+const FREQUENT_MAP: usize = 256;
+
+/// Distinct values a top_k bucket (and a merged window) counts exactly.
+pub const FREQUENT_EXACT: usize = FREQUENT_MAP * 3 / 4;
+
+/// A DDSketch of one bucket's numeric values.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Quantiles(DDSketch);
+
+impl Quantiles {
+    fn new() -> Quantiles {
+        Quantiles(DDSketch::new(Config::new(QUANTILE_ACCURACY, QUANTILE_BINS, 1e-9)))
+    }
+
+    /// The q-quantile (0 < q < 1), `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        self.0.quantile(q).ok().flatten()
+    }
+}
+
+impl std::fmt::Debug for Quantiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Quantiles(n={})", self.0.count())
+    }
+}
+
+impl PartialEq for Quantiles {
+    fn eq(&self, other: &Quantiles) -> bool {
+        self.0.to_java_bytes() == other.0.to_java_bytes()
+    }
+}
+
+/// Value frequencies of one bucket, keyed by the value's JSON text.
+#[derive(Debug, Clone)]
+pub struct Frequent(FrequentItemsSketch<String>);
+
+impl Frequent {
+    fn new() -> Frequent {
+        Frequent(FrequentItemsSketch::new(FREQUENT_MAP).expect("a power of two"))
+    }
+
+    /// The `k` most frequent values' JSON texts, most frequent first, ties by text.
+    pub fn top(&self, k: usize) -> Vec<String> {
+        let mut rows: Vec<(u64, String)> = self
+            .0
+            .frequent_items(datasketches::frequencies::ErrorType::NoFalseNegatives)
+            .into_iter()
+            .map(|row| (row.estimate(), row.item().clone()))
+            .collect();
+        rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        rows.into_iter().take(k).map(|(_, item)| item).collect()
+    }
+}
+
+impl PartialEq for Frequent {
+    fn eq(&self, other: &Frequent) -> bool {
+        self.0.serialize() == other.0.serialize()
+    }
+}
+
+impl Serialize for Frequent {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0.serialize())
+    }
+}
+
+impl<'de> Deserialize<'de> for Frequent {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Frequent, D::Error> {
+        let bytes: Vec<u8> = Deserialize::deserialize(deserializer)?;
+        FrequentItemsSketch::deserialize(&bytes).map(Frequent).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a bucket keeps for percentiles, last_k, first_k and top_k ([`Keep`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Kept {
+    /// Sketch of the numeric values.
+    pub quantiles: Option<Quantiles>,
+    /// Up to `newest_k` (event time, JSON text) with the latest times, oldest first; a later
+    /// arrival counts as later on equal times.
+    pub newest: Vec<(i64, String)>,
+    /// Up to `oldest_k` with the earliest times, oldest first.
+    pub oldest: Vec<(i64, String)>,
+    /// Frequencies of the values.
+    pub frequent: Option<Frequent>,
+    newest_k: u8,
+    oldest_k: u8,
+}
+
+impl Kept {
+    fn new(keep: Keep) -> Kept {
+        Kept {
+            quantiles: keep.quantiles.then(Quantiles::new),
+            newest: Vec::new(),
+            oldest: Vec::new(),
+            frequent: keep.frequent.then(Frequent::new),
+            newest_k: keep.newest,
+            oldest_k: keep.oldest,
+        }
+    }
+
+    /// Adds one value (any JSON) observed at `ts`.
+    fn add(&mut self, ts: i64, value: &Value) {
+        if let (Some(q), Some(x)) = (&mut self.quantiles, value.as_f64()) {
+            q.0.add(x);
+        }
+        let wanted_newest =
+            self.newest.len() < usize::from(self.newest_k) || self.newest.first().is_some_and(|e| ts >= e.0);
+        let wanted_oldest =
+            self.oldest.len() < usize::from(self.oldest_k) || self.oldest.last().is_some_and(|e| ts < e.0);
+        if !(wanted_newest || wanted_oldest || self.frequent.is_some()) {
+            return;
+        }
+        // numbers as doubles, so `12` online and `12.0` read back from Parquet are one value
+        let text = match value.as_f64() {
+            Some(x) => Value::from(x).to_string(),
+            None => value.to_string(),
+        };
+        if wanted_newest {
+            let at = self.newest.partition_point(|e| e.0 <= ts);
+            self.newest.insert(at, (ts, text.clone()));
+            if self.newest.len() > usize::from(self.newest_k) {
+                self.newest.remove(0);
+            }
+        }
+        if wanted_oldest {
+            let at = self.oldest.partition_point(|e| e.0 <= ts);
+            self.oldest.insert(at, (ts, text.clone()));
+            self.oldest.truncate(usize::from(self.oldest_k));
+        }
+        if let Some(f) = &mut self.frequent {
+            f.0.update(text);
+        }
+    }
+
+    /// Folds `other` in: for equal event times, `self`'s values count as later.
+    fn merge(&mut self, other: &Kept) {
+        if let (Some(mine), Some(theirs)) = (&mut self.quantiles, &other.quantiles) {
+            mine.0.merge(&theirs.0).expect("one configuration");
+        }
+        let merged = |mine: &[(i64, String)], theirs: &[(i64, String)]| {
+            let mut all: Vec<(i64, String)> = theirs.iter().chain(mine).cloned().collect();
+            all.sort_by_key(|e| e.0); // stable: `theirs` before `mine` on equal times
+            all
+        };
+        if self.newest_k > 0 {
+            let mut all = merged(&self.newest, &other.newest);
+            let extra = all.len().saturating_sub(usize::from(self.newest_k));
+            all.drain(..extra);
+            self.newest = all;
+        }
+        if self.oldest_k > 0 {
+            let mut all = merged(&self.oldest, &other.oldest);
+            all.truncate(usize::from(self.oldest_k));
+            self.oldest = all;
+        }
+        if let (Some(mine), Some(theirs)) = (&mut self.frequent, &other.frequent) {
+            mine.0.merge(&theirs.0);
+        }
+    }
+}
 
 /// Aggregate state of the events of one entity whose event time falls in one bucket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,11 +213,20 @@ pub struct Bucket {
     pub last: (i64, f64),
     /// Distinct-count sketch, when a distinct_count reads this ring.
     pub distinct: Option<Box<Distinct>>,
+    /// Percentile, last_k, first_k and top_k state, when one reads this ring.
+    pub kept: Option<Box<Kept>>,
 }
 
 impl Bucket {
-    /// An empty bucket.
-    pub fn new(index: i64, distinct: bool) -> Bucket {
+    /// An empty bucket shaped for `spec`.
+    pub fn new(index: i64, spec: &BucketSpec) -> Bucket {
+        let mut bucket = Bucket::moments(index, spec.distinct);
+        bucket.kept = spec.keep.any().then(|| Box::new(Kept::new(spec.keep)));
+        bucket
+    }
+
+    /// An empty bucket with moments (and a distinct-count sketch when `distinct`) only.
+    pub fn moments(index: i64, distinct: bool) -> Bucket {
         Bucket {
             index,
             count: 0,
@@ -49,6 +238,15 @@ impl Bucket {
             first: (i64::MAX, f64::NAN),
             last: (i64::MIN, f64::NAN),
             distinct: distinct.then(|| Box::new(Distinct::new())),
+            kept: None,
+        }
+    }
+
+    /// Feeds `value` (any JSON) observed at `ts` to the kept state, if any.
+    #[inline]
+    pub fn add_kept(&mut self, ts: i64, value: &Value) {
+        if let Some(kept) = &mut self.kept {
+            kept.add(ts, value);
         }
     }
 
@@ -96,6 +294,9 @@ impl Bucket {
             }
         }
         if let (Some(mine), Some(theirs)) = (&mut self.distinct, &other.distinct) {
+            mine.merge(theirs);
+        }
+        if let (Some(mine), Some(theirs)) = (&mut self.kept, &other.kept) {
             mine.merge(theirs);
         }
     }

@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use smallvec::SmallVec;
 
-pub use bucket::{Bucket, Distinct};
+pub use bucket::{Bucket, Distinct, Frequent, Kept, Quantiles, FREQUENT_EXACT, QUANTILE_ACCURACY};
 
-use crate::definition::{FeatureSetPlan, Function};
+use crate::definition::{BucketSpec, FeatureSetPlan, Function};
 
 /// All state of one entity in one feature set.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -120,11 +120,12 @@ pub fn apply(
         if index <= newest - spec.horizon {
             continue; // outside every window of this ring for any read at or after `newest`
         }
-        let (bucket, pushed) = bucket_for(ring, index, spec.distinct);
+        let (bucket, pushed) = bucket_for(ring, index, spec);
         bucket.count += 1;
         if let Some(x) = value.as_f64() {
             bucket.add_number(ts, x);
         }
+        bucket.add_kept(ts, value);
         if let Some(sketch) = &mut bucket.distinct {
             match value {
                 Value::String(s) => sketch.insert(s),
@@ -166,18 +167,18 @@ fn fit(ring: &mut VecDeque<Bucket>) {
 /// The bucket with `index`, inserted in order if missing, and whether it was pushed at the
 /// back. Events mostly arrive in order, so the common case is the back of the ring.
 #[inline]
-fn bucket_for(ring: &mut VecDeque<Bucket>, index: i64, distinct: bool) -> (&mut Bucket, bool) {
+fn bucket_for<'r>(ring: &'r mut VecDeque<Bucket>, index: i64, spec: &BucketSpec) -> (&'r mut Bucket, bool) {
     let (at, pushed) = match ring.back() {
         Some(b) if b.index == index => (ring.len() - 1, false),
         Some(b) if b.index > index => match ring.binary_search_by_key(&index, |b| b.index) {
             Ok(i) => (i, false),
             Err(i) => {
-                ring.insert(i, Bucket::new(index, distinct));
+                ring.insert(i, Bucket::new(index, spec));
                 (i, false)
             }
         },
         _ => {
-            ring.push_back(Bucket::new(index, distinct));
+            ring.push_back(Bucket::new(index, spec));
             (ring.len() - 1, true)
         }
     };
@@ -193,6 +194,8 @@ pub enum AggValue {
     Float(f64),
     /// No value in the window (mean, min, … of nothing).
     Null,
+    /// last_k, first_k and top_k: the values' JSON texts, in the function's order.
+    List(Vec<String>),
 }
 
 impl AggValue {
@@ -202,6 +205,17 @@ impl AggValue {
             AggValue::Int(n) => Value::from(*n),
             AggValue::Float(x) => serde_json::Number::from_f64(*x).map_or(Value::Null, Value::Number),
             AggValue::Null => Value::Null,
+            AggValue::List(items) => {
+                Value::Array(items.iter().map(|t| serde_json::from_str(t).unwrap_or(Value::Null)).collect())
+            }
+        }
+    }
+
+    /// A list as JSON array text (`fathom dataset` output), `None` otherwise.
+    pub fn list_text(&self) -> Option<String> {
+        match self {
+            AggValue::List(items) => Some(format!("[{}]", items.join(","))),
+            _ => None,
         }
     }
 }
@@ -219,7 +233,7 @@ pub fn read(plan: &FeatureSetPlan, state: &EntityState, at_ms: i64) -> Vec<AggVa
         windows.dedup();
         let end = at_ms.div_euclid(spec.period_ms);
         let mut next = ring.partition_point(|b| b.index <= end);
-        let mut acc = Bucket::new(end, spec.distinct);
+        let mut acc = Bucket::new(end, spec);
         let mut merged = Vec::with_capacity(windows.len());
         for &buckets in &windows {
             // buckets with index in (end − buckets, end]
@@ -261,5 +275,21 @@ fn finish(function: Function, b: &Bucket, at_ms: i64) -> AggValue {
         // (a clock ahead of ours) counts as just now
         Function::TimeSinceLast if b.n == 0 => AggValue::Null,
         Function::TimeSinceLast => AggValue::Float(at_ms.saturating_sub(b.last.0).max(0) as f64 / 1000.0),
+        Function::Percentile(q) => {
+            let sketch = b.kept.as_ref().and_then(|k| k.quantiles.as_ref());
+            sketch.and_then(|s| s.quantile(f64::from(q) / 100.0)).map_or(AggValue::Null, AggValue::Float)
+        }
+        Function::LastK(k) => {
+            let newest = b.kept.as_ref().map_or(&[][..], |kept| &kept.newest[..]);
+            AggValue::List(newest.iter().rev().take(usize::from(k)).map(|e| e.1.clone()).collect())
+        }
+        Function::FirstK(k) => {
+            let oldest = b.kept.as_ref().map_or(&[][..], |kept| &kept.oldest[..]);
+            AggValue::List(oldest.iter().take(usize::from(k)).map(|e| e.1.clone()).collect())
+        }
+        Function::TopK(k) => {
+            let frequent = b.kept.as_ref().and_then(|kept| kept.frequent.as_ref());
+            AggValue::List(frequent.map_or_else(Vec::new, |f| f.top(usize::from(k))))
+        }
     }
 }

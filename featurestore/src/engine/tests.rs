@@ -18,7 +18,7 @@ fn plan(yaml: &str) -> FeatureSetPlan {
 const MIN: i64 = 60_000;
 
 fn sliding_plan() -> FeatureSetPlan {
-    plan("entity: e\nsource: s\nfeatures: [amount]\naggregations:\n  - { column: amount, functions: [count, sum, mean, min, max, first, last, variance, stddev, time_since_last], windows: [10m, 1h], period: 1m }\n  - { column: merchant, functions: [count, distinct_count], windows: [30m], period: 5m }\n  - { column: amount, functions: [sum, count, time_since_last], windows: [2h], kind: tumbling }\n")
+    plan("entity: e\nsource: s\nfeatures: [amount]\naggregations:\n  - { column: amount, functions: [count, sum, mean, min, max, first, last, variance, stddev, time_since_last, p50, p90, last_3, first_2], windows: [10m, 1h], period: 1m }\n  - { column: merchant, functions: [count, distinct_count, top_2, last_2], windows: [30m], period: 5m }\n  - { column: amount, functions: [sum, count, time_since_last, p99, top_1], windows: [2h], kind: tumbling }\n")
 }
 
 /// Accepted events, in arrival order: (ts, amount, merchant).
@@ -58,6 +58,21 @@ fn reference(plan: &FeatureSetPlan, agg: &crate::definition::AggFeature, events:
         picked.iter().filter(|e| if column == "amount" { e.1.is_some() } else { e.2.is_some() }).collect();
     let nums: Vec<(i64, f64)> =
         if column == "amount" { present.iter().map(|e| (e.0, e.1.unwrap())).collect() } else { vec![] };
+    // (time, JSON text) of every present value, by time, arrival order on equal times
+    let mut texts: Vec<(i64, String)> = present
+        .iter()
+        .map(|e| {
+            (
+                e.0,
+                if column == "amount" {
+                    json!(e.1.unwrap()).to_string()
+                } else {
+                    json!(e.2.clone().unwrap()).to_string()
+                },
+            )
+        })
+        .collect();
+    texts.sort_by_key(|t| t.0);
     let n = nums.len() as f64;
     let mean = nums.iter().map(|x| x.1).sum::<f64>() / n;
     let var = nums.iter().map(|x| (x.1 - mean).powi(2)).sum::<f64>() / (n - 1.0);
@@ -94,6 +109,24 @@ fn reference(plan: &FeatureSetPlan, agg: &crate::definition::AggFeature, events:
         }
         // seconds from the newest numeric value in the window to the read time
         Function::TimeSinceLast => opt((at - nums.iter().map(|x| x.0).max().unwrap_or(at)).max(0) as f64 / 1000.0),
+        // numpy's quantile(method="lower"): the value at rank ⌊q·(n − 1)⌋
+        Function::Percentile(q) => {
+            let mut sorted: Vec<f64> = nums.iter().map(|x| x.1).collect();
+            sorted.sort_by(f64::total_cmp);
+            let rank = (f64::from(q) / 100.0 * (sorted.len() as f64 - 1.0)) as usize;
+            sorted.get(rank).map_or(AggValue::Null, |x| AggValue::Float(*x))
+        }
+        Function::LastK(k) => AggValue::List(texts.iter().rev().take(usize::from(k)).map(|t| t.1.clone()).collect()),
+        Function::FirstK(k) => AggValue::List(texts.iter().take(usize::from(k)).map(|t| t.1.clone()).collect()),
+        Function::TopK(k) => {
+            let mut counts: std::collections::BTreeMap<&str, u64> = Default::default();
+            for t in &texts {
+                *counts.entry(&t.1).or_default() += 1;
+            }
+            let mut ranked: Vec<(&str, u64)> = counts.into_iter().collect();
+            ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            AggValue::List(ranked.into_iter().take(usize::from(k)).map(|(t, _)| t.to_string()).collect())
+        }
         Function::DistinctCount => {
             let mut set: Vec<_> = present.iter().map(|e| e.2.clone().unwrap()).collect();
             set.sort();
@@ -103,8 +136,13 @@ fn reference(plan: &FeatureSetPlan, agg: &crate::definition::AggFeature, events:
     }
 }
 
-fn close(a: &AggValue, b: &AggValue) -> bool {
+/// Whether the engine's `a` is the reference's `b`: equal, floats to rounding, percentiles
+/// within the sketch's documented relative accuracy.
+fn close(function: Function, a: &AggValue, b: &AggValue) -> bool {
     match (a, b) {
+        (AggValue::Float(x), AggValue::Float(y)) if matches!(function, Function::Percentile(_)) => {
+            (x - y).abs() <= QUANTILE_ACCURACY * y.abs() + 1e-9
+        }
         (AggValue::Float(x), AggValue::Float(y)) => (x - y).abs() <= 1e-9 * (1.0 + x.abs().max(y.abs())),
         _ => a == b,
     }
@@ -135,7 +173,7 @@ proptest! {
             let got = read(&plan, &state, at);
             for (agg, value) in plan.aggregations.iter().zip(&got) {
                 let want = reference(&plan, agg, &accepted, at);
-                prop_assert!(close(value, &want), "{} at {}: engine {:?}, reference {:?}", agg.name, at, value, want);
+                prop_assert!(close(agg.function, value, &want), "{} at {}: engine {:?}, reference {:?}", agg.name, at, value, want);
             }
         }
     }
@@ -177,7 +215,7 @@ fn a_ring_gives_back_the_capacity_of_a_busy_spell() {
     assert_eq!(state.rings[0].len(), 6);
     let at = 180 * MIN;
     for (agg, value) in plan.aggregations.iter().zip(read(&plan, &state, at)) {
-        assert!(close(&value, &reference(&plan, agg, &events, at)), "{}", agg.name);
+        assert!(close(agg.function, &value, &reference(&plan, agg, &events, at)), "{}", agg.name);
     }
 }
 

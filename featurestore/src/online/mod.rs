@@ -139,11 +139,13 @@ pub fn offsets_key(group: &str, topic: &str, partition: i32) -> String {
     format!("fathom:offsets:{{{group}}}:{topic}:{partition}")
 }
 
-const FORMAT_VERSION: u8 = 1;
+/// Version 2 (Fathom 0.x, December 2026) added per-bucket state for percentiles, last_k,
+/// first_k and top_k ([`crate::engine::Kept`]); version 1 states are read by [`v1`].
+const FORMAT_VERSION: u8 = 2;
 
 #[derive(Deserialize)]
 struct Stored {
-    version: u8,
+    _version: u8,
     plan: u64,
     state: EntityState,
 }
@@ -157,11 +159,23 @@ struct StoredRef<'a> {
 }
 
 /// A fingerprint of what shapes the state (rings and latest features): state written under
-/// another shape is not reused.
+/// another shape is not reused. A ring that keeps nothing beyond moments prints as it did in
+/// format 1, so states written before format 2 keep their fingerprint.
 pub fn plan_fingerprint(plan: &FeatureSetPlan) -> u64 {
     use std::hash::Hasher;
+    let specs: Vec<String> = plan
+        .specs
+        .iter()
+        .map(|s| match s.keep.any() {
+            true => format!("{s:?}"),
+            false => format!(
+                "{:?}",
+                v1::BucketSpec { column: s.column, period_ms: s.period_ms, horizon: s.horizon, distinct: s.distinct }
+            ),
+        })
+        .collect();
     let mut h = wyhash::WyHash::with_seed(0);
-    h.write(format!("{:?}|{:?}|{:?}", plan.columns, plan.specs, plan.latest).as_bytes());
+    h.write(format!("{:?}|[{}]|{:?}", plan.columns, specs.join(", "), plan.latest).as_bytes());
     h.finish()
 }
 
@@ -171,13 +185,163 @@ pub fn encode(plan: &FeatureSetPlan, state: &EntityState) -> Vec<u8> {
     postcard::to_allocvec(&stored).expect("state encodes")
 }
 
-/// Decodes a stored state; `None` when it was written by another format or plan (the caller
-/// starts fresh and logs it).
+/// Decodes a stored state of this format or format 1; `None` when it was written by another
+/// format or plan (the caller starts fresh and logs it).
 pub fn decode(plan: &FeatureSetPlan, bytes: &[u8]) -> Option<EntityState> {
-    let stored: Stored = postcard::from_bytes(bytes).ok()?;
-    let fits = stored.version == FORMAT_VERSION
-        && stored.plan == plan_fingerprint(plan)
-        && stored.state.rings.len() == plan.specs.len()
-        && stored.state.latest.len() == plan.latest.len();
-    fits.then_some(stored.state)
+    let (version, _) = postcard::take_from_bytes::<u8>(bytes).ok()?;
+    let (fingerprint, state) = match version {
+        FORMAT_VERSION => {
+            let stored: Stored = postcard::from_bytes(bytes).ok()?;
+            (stored.plan, stored.state)
+        }
+        1 => v1::decode(bytes)?,
+        _ => return None,
+    };
+    let fits = fingerprint == plan_fingerprint(plan)
+        && state.rings.len() == plan.specs.len()
+        && state.latest.len() == plan.latest.len();
+    fits.then_some(state)
+}
+
+/// Format 1, as written before December 2026: buckets without [`crate::engine::Kept`].
+mod v1 {
+    use std::collections::VecDeque;
+
+    use serde::Deserialize;
+
+    use crate::engine::{Bucket, Distinct, EntityState};
+
+    /// Format 1's ring shape; its `Debug` text is what format 1 fingerprinted.
+    #[derive(Debug)]
+    #[allow(dead_code)] // read through Debug
+    pub(super) struct BucketSpec {
+        pub column: usize,
+        pub period_ms: i64,
+        pub horizon: i64,
+        pub distinct: bool,
+    }
+
+    #[derive(Deserialize)]
+    struct Stored {
+        _version: u8,
+        plan: u64,
+        state: State,
+    }
+
+    #[derive(Deserialize)]
+    struct State {
+        rings: Vec<VecDeque<OldBucket>>,
+        latest: Vec<Option<(i64, String)>>,
+        newest_ms: i64,
+        offsets: Vec<(i32, i64)>,
+    }
+
+    #[derive(Deserialize)]
+    struct OldBucket {
+        index: i64,
+        count: u32,
+        n: u32,
+        sum: f64,
+        m2: f64,
+        min: f64,
+        max: f64,
+        first: (i64, f64),
+        last: (i64, f64),
+        distinct: Option<Box<Distinct>>,
+    }
+
+    /// The plan fingerprint and state of a format-1 encoding.
+    pub(super) fn decode(bytes: &[u8]) -> Option<(u64, EntityState)> {
+        let stored: Stored = postcard::from_bytes(bytes).ok()?;
+        let s = stored.state;
+        let rings = s
+            .rings
+            .into_iter()
+            .map(|ring| {
+                ring.into_iter()
+                    .map(|b| Bucket {
+                        index: b.index,
+                        count: b.count,
+                        n: b.n,
+                        sum: b.sum,
+                        m2: b.m2,
+                        min: b.min,
+                        max: b.max,
+                        first: b.first,
+                        last: b.last,
+                        distinct: b.distinct,
+                        kept: None,
+                    })
+                    .collect()
+            })
+            .collect();
+        Some((stored.plan, EntityState { rings, latest: s.latest, newest_ms: s.newest_ms, offsets: s.offsets }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::definition::{FeatureSetConfig, FeatureSetPlan};
+    use crate::engine::{apply, read, EntityState, Position};
+
+    /// A state encoded by format 1 (commit 1e35c06, before percentiles and last_k), for the plan
+    /// and events below.
+    const FORMAT_1: &str = "01a3eae7c0bcb7ccd2fd01020480b78b1c0101000000000000294000000000000000000000000000002940000000000000294080a0d5edee66000000000000294080a0d5edee6600000000000029400082b78b1c010100000000000008c0000000000000000000000000000008c000000000000008c090d9dcedee6600000000000008c090d9dcedee6600000000000008c00084b78b1c0101000000000020444000000000000000000000000000204440000000000020444090c1e4edee66000000000020444090c1e4edee660000000000204440009eb78b1c01010000000000001c4000000000000000000000000000001c400000000000001c40c08ec3eeee660000000000001c40c08ec3eeee660000000000001c400002c0c5e702030000000000000000000000000000000000000000000000f07f000000000000f0fffeffffffffffffffff01000000000000f87fffffffffffffffffff01000000000000f87f01889afafa8fc1fefa7c00c2c5e702010000000000000000000000000000000000000000000000f07f000000000000f0fffeffffffffffffffff01000000000000f87fffffffffffffffffff01000000000000f87f0184fcecb117000101c08ec3eeee6604226d3322c08ec3eeee66010006";
+
+    fn plan(functions: &str) -> FeatureSetPlan {
+        let yaml = format!("entity: card\nsource: tx\nfeatures: [merchant]\naggregations:\n  - {{ column: amount, functions: [{functions}], windows: [10m, 1h], period: 1m }}\n  - {{ column: merchant, functions: [distinct_count], windows: [1h], period: 10m }}\n");
+        let config: FeatureSetConfig = serde_yaml_ng::from_str(&yaml).unwrap();
+        let mut problems = Vec::new();
+        config.compile("fs", "id", "fs", &mut problems).unwrap()
+    }
+
+    fn fed(plan: &FeatureSetPlan) -> EntityState {
+        let mut state = EntityState::new(plan);
+        let t0 = 1_767_225_600_000i64;
+        let events = [(0, 12.5, "m1"), (61_000, -3.0, "m2"), (125_000, 40.25, "m1"), (900_000, 7.0, "m3")];
+        for (i, (dt, amount, merchant)) in events.into_iter().enumerate() {
+            let (a, m) = (json!(amount), json!(merchant));
+            let columns: Vec<_> =
+                plan.columns.iter().map(|c| if c == "amount" { Some(&a) } else { Some(&m) }).collect();
+            let at = Some(Position { partition: 0, offset: i as i64 });
+            apply(plan, &mut state, t0 + dt, &columns, &[Some(&m)], at);
+        }
+        state
+    }
+
+    #[test]
+    fn states_written_by_format_1_are_read_and_rewritten_as_format_2() {
+        let plan = plan("count, sum, mean, max, stddev");
+        let bytes: Vec<u8> =
+            (0..FORMAT_1.len()).step_by(2).map(|i| u8::from_str_radix(&FORMAT_1[i..i + 2], 16).unwrap()).collect();
+        assert_eq!(bytes[0], 1, "the fixture is format 1");
+        let old = super::decode(&plan, &bytes).expect("a format-1 state is read");
+        let fresh = fed(&plan);
+        // (compared encoded: an empty bucket's first/last are NaN, never equal to themselves)
+        assert_eq!(
+            super::encode(&plan, &old),
+            super::encode(&plan, &fresh),
+            "the state of feeding the same events now"
+        );
+        let at = 1_767_225_600_000 + 1_000_000;
+        assert_eq!(read(&plan, &old, at), read(&plan, &fresh, at));
+        // written back in the current format, which reads back the same
+        let again = super::encode(&plan, &old);
+        assert_eq!(again[0], super::FORMAT_VERSION);
+        assert_eq!(super::decode(&plan, &again).map(|s| super::encode(&plan, &s)), Some(again));
+        // a plan that now keeps more per bucket does not reuse it
+        assert_eq!(super::decode(&self::plan("count, sum, mean, max, stddev, p50"), &bytes), None);
+    }
+
+    #[test]
+    fn states_with_sketches_and_lists_round_trip() {
+        let plan = plan("count, p50, p99, last_3, first_2, top_2");
+        let state = fed(&plan);
+        let back = super::decode(&plan, &super::encode(&plan, &state)).expect("decodes");
+        let at = 1_767_225_600_000 + 1_000_000;
+        assert_eq!(read(&plan, &back, at), read(&plan, &state, at));
+        assert_eq!(super::encode(&plan, &back), super::encode(&plan, &state));
+    }
 }

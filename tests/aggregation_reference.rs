@@ -1,0 +1,135 @@
+//! Sketch-based aggregations against the libraries users check them with: percentiles against
+//! numpy's exact quantiles within the documented relative accuracy, top_k against pandas'
+//! `value_counts` — over many buckets, so the sketches' merges are exercised too.
+
+mod common;
+
+use common::{python_json, Xorshift};
+use fathom_featurestore::definition::{FeatureSetConfig, FeatureSetPlan};
+use fathom_featurestore::engine::{apply, read, AggValue, EntityState, FREQUENT_EXACT, QUANTILE_ACCURACY};
+use serde_json::{json, Value};
+
+const HOUR: i64 = 3_600_000;
+const T0: i64 = 1_767_225_600_000;
+
+fn plan(functions: &str) -> FeatureSetPlan {
+    let yaml =
+        format!("entity: e\nsource: s\naggregations:\n  - {{ column: x, functions: [{functions}], windows: [24h], period: 1h }}\n");
+    let config: FeatureSetConfig = serde_yaml_ng::from_str(&yaml).unwrap();
+    let mut problems = Vec::new();
+    let plan = config.compile("fs", "id", "fs", &mut problems);
+    assert!(problems.is_empty(), "{problems:?}");
+    plan.unwrap()
+}
+
+/// Feeds `values` spread over the 24 hourly buckets of one day and reads the day's window.
+fn day(plan: &FeatureSetPlan, values: &[Value], rng: &mut Xorshift) -> Vec<AggValue> {
+    let mut state = EntityState::new(plan);
+    for v in values {
+        let ts = T0 + rng.below(24 * HOUR as u64) as i64;
+        apply(plan, &mut state, ts, &[Some(v)], &[], None);
+    }
+    read(plan, &state, T0 + 24 * HOUR - 1)
+}
+
+/// Samples from a distribution named as in the test's table.
+fn sample(kind: &str, n: usize, rng: &mut Xorshift) -> Vec<f64> {
+    let normal =
+        |rng: &mut Xorshift| (-2.0 * rng.uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.uniform()).cos();
+    (0..n)
+        .map(|_| match kind {
+            "lognormal" => (3.0 + 1.5 * normal(rng)).exp(),
+            "normal" => 50.0 * normal(rng) - 10.0,
+            "uniform" => rng.uniform() * 1000.0,
+            // card amounts: many zeros (voids), small integers, rare huge refunds
+            "amounts" => match rng.below(10) {
+                0 => 0.0,
+                1 => -(rng.below(50_000) as f64),
+                _ => (rng.below(20_000) as f64) / 100.0,
+            },
+            "pareto" => 1.0 / rng.uniform().powf(1.0 / 1.2),
+            other => panic!("no distribution {other}"),
+        })
+        .collect()
+}
+
+#[test]
+fn percentiles_are_within_the_documented_relative_accuracy_of_numpy() {
+    let qs = [1u8, 5, 25, 50, 75, 90, 95, 99];
+    let functions: Vec<String> = qs.iter().map(|q| format!("p{q}")).collect();
+    let plan = plan(&functions.join(", "));
+    let mut rng = Xorshift(0x5eed_1234_abcd);
+    for kind in ["lognormal", "normal", "uniform", "amounts", "pareto"] {
+        for n in [1usize, 7, 100, 10_000, 200_000] {
+            let xs = sample(kind, n, &mut rng);
+            let values: Vec<Value> = xs.iter().map(|x| json!(x)).collect();
+            let got = day(&plan, &values, &mut rng);
+            let exact = python_json(
+                "import json, sys, numpy as np\n\
+                 d = json.load(sys.stdin)\n\
+                 x = np.array(d['x'], dtype=float)\n\
+                 print(json.dumps([float(np.quantile(x, q / 100, method='lower')) for q in d['q']]))",
+                &[],
+                &json!({"x": xs, "q": qs}).to_string(),
+            );
+            for ((q, got), want) in qs.iter().zip(&got).zip(exact.as_array().unwrap()) {
+                let want = want.as_f64().unwrap();
+                let AggValue::Float(got) = got else { panic!("{kind} n={n} p{q}: {got:?}") };
+                assert!(
+                    (got - want).abs() <= QUANTILE_ACCURACY * want.abs() + 1e-9,
+                    "{kind} n={n} p{q}: sketch {got}, numpy {want} (relative error {:.4})",
+                    (got - want).abs() / want.abs()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn percentiles_of_an_empty_window_are_null_and_of_non_numbers_ignored() {
+    let plan = plan("p50, count");
+    let mut rng = Xorshift(7);
+    assert_eq!(day(&plan, &[], &mut rng), vec![AggValue::Null, AggValue::Int(0)]);
+    let got = day(&plan, &[json!("abc"), json!(true), json!(4.0)], &mut rng);
+    let AggValue::Float(p50) = got[0] else { panic!("p50 {:?}", got[0]) };
+    assert!((p50 - 4.0).abs() <= QUANTILE_ACCURACY * 4.0, "p50 {p50}");
+    assert_eq!(got[1], AggValue::Int(3));
+}
+
+#[test]
+fn top_k_matches_pandas_value_counts_exactly_and_beyond_the_exact_range() {
+    let plan = plan("top_5, top_1, distinct_count");
+    let mut rng = Xorshift(0xfeed_beef);
+    // few categories: exact; Zipf over many more categories than the sketch counts exactly:
+    // the heavy hitters must still come out in pandas' order
+    for (categories, n, skew) in [(6u64, 500usize, 0.0), (40, 5_000, 1.0), (FREQUENT_EXACT as u64 * 20, 100_000, 1.3)] {
+        let weights: Vec<f64> = (1..=categories).map(|i| (i as f64).powf(-skew)).collect();
+        let total: f64 = weights.iter().sum();
+        let pick = |rng: &mut Xorshift| {
+            let mut u = rng.uniform() * total;
+            for (i, w) in weights.iter().enumerate() {
+                if u < *w {
+                    return i;
+                }
+                u -= w;
+            }
+            weights.len() - 1
+        };
+        let names: Vec<String> = (0..n).map(|_| format!("mcc-{:04}", pick(&mut rng))).collect();
+        let values: Vec<Value> = names.iter().map(|s| json!(s)).collect();
+        let got = day(&plan, &values, &mut rng);
+        let want = python_json(
+            "import json, sys, pandas as pd\n\
+             s = pd.Series(json.load(sys.stdin))\n\
+             c = s.value_counts().reset_index()\n\
+             c.columns = ['v', 'n']\n\
+             c = c.sort_values(['n', 'v'], ascending=[False, True])\n\
+             print(json.dumps(list(c['v'][:5])))",
+            &[],
+            &json!(names).to_string(),
+        );
+        let want: Vec<Value> = want.as_array().unwrap().clone();
+        assert_eq!(got[0].to_json(), Value::Array(want.clone()), "{categories} categories, {n} values: top_5");
+        assert_eq!(got[1].to_json(), Value::Array(want[..1].to_vec()), "{categories} categories: top_1");
+    }
+}
