@@ -39,6 +39,10 @@ sources:
     format: debezium
     key: id
     columns: {{ status: string, balance: double }}
+    # computed into each row after unavailable (TOAST) columns are filled
+    select:
+      balance_k: "balance / 1000"
+      tier: "CASE WHEN balance > 200 THEN 'gold' ELSE 'basic' END"
 entities:
   card: {{ key: card_id }}
   card_merchant: {{ key: card_merchant }}
@@ -72,6 +76,8 @@ feature_sets:
     where: "status = 'active' AND balance > 100"
     aggregations:
       - {{ column: balance, functions: [count, sum] }}
+      # one aggregation's own where, over a selected column, aggregating a selected column
+      - {{ column: balance_k, name: gold, where: "tier = 'gold'", functions: [count, sum] }}
 on_demand_features:
   risk:
     request: {{ amount: double }}
@@ -327,7 +333,7 @@ fn selects_and_wheres_match_duckdb_online_equals_offline_and_failures_are_dead_l
     dataset("branches.csv", "by_branch", "branches.parquet");
     let read = common::python_json(
         &format!(
-            "import os, json, duckdb; os.chdir({:?}); print(json.dumps(duckdb.sql(\"select branch, rich_branches__balance_count, rich_branches__balance_sum from read_parquet('branches.parquet')\").fetchall()))",
+            "import os, json, duckdb; os.chdir({:?}); print(json.dumps(duckdb.sql(\"select branch, rich_branches__balance_count, rich_branches__balance_sum, rich_branches__gold_count, rich_branches__gold_sum from read_parquet('branches.parquet')\").fetchall()))",
             root.display().to_string()
         ),
         &[],
@@ -341,9 +347,14 @@ fn selects_and_wheres_match_duckdb_online_equals_offline_and_failures_are_dead_l
             .collect();
         assert_eq!(row[1], json!(members.len()), "{row}");
         assert!(close(&row[2], &json!(members.iter().sum::<f64>())), "{row}");
+        let gold: Vec<f64> = members.iter().filter(|b| **b > 200.0).map(|b| b / 1000.0).collect();
+        assert_eq!(row[3], json!(gold.len()), "{row}");
+        assert!(close(&row[4], &json!(gold.iter().sum::<f64>())), "{row}");
     }
     let (ok, out) = fathom(root, &["consistency", "-c", "fathom.yaml", "--vector", "by_branch", "--sample", "5"]);
-    assert!(ok && out.contains("rich_branches.balance_count: 5 compared, 0 mismatches"), "{out}");
+    for feature in ["balance_count", "gold_count", "gold_sum"] {
+        assert!(ok && out.contains(&format!("rich_branches.{feature}: 5 compared, 0 mismatches")), "{out}");
+    }
 }
 
 /// The same project served, with the source on a Kafka topic: records pushed over HTTP and

@@ -227,8 +227,9 @@ struct Staged {
 /// ([`fathom_ingest::debezium::ChangeOrder`]: log position, Kafka coordinates, commit time),
 /// drops a change read twice (same coordinates, or a redelivery at the same log position: the
 /// online table skips it as stale), and fills the columns a change carried as unavailable from
-/// the change before it.
-fn order_changes(changes: &mut Vec<SpilledChange>) {
+/// the change before it, then computes the table's `select` columns into each row as the online
+/// table does ([`crate::table::select_row`]).
+fn order_changes(changes: &mut Vec<SpilledChange>, select: Option<&Transform>) {
     // ChangeOrder's order on the spilled form: by position when there is one (equal positions
     // are the same change), else by Kafka coordinates, then commit time
     let order = |c: &SpilledChange| match &c.position {
@@ -252,6 +253,16 @@ fn order_changes(changes: &mut Vec<SpilledChange>) {
                 *value = old.get(column).cloned().unwrap_or(Value::Null);
             }
         }
+        change.after = Some(Value::Object(row).to_string());
+    }
+    let Some(select) = select else { return };
+    for change in changes.iter_mut() {
+        let Some(mut row) =
+            change.after.as_deref().and_then(|a| serde_json::from_str::<serde_json::Map<String, Value>>(a).ok())
+        else {
+            continue;
+        };
+        crate::table::select_row(select, &mut row);
         change.after = Some(Value::Object(row).to_string());
     }
 }
@@ -944,7 +955,7 @@ fn spill_joined_events(
             .into_par_iter()
             .map(|s| {
                 let mut changes: Vec<SpilledChange> = read_spill(&tables[s])?;
-                order_changes(&mut changes);
+                order_changes(&mut changes, request.transform(&join.table));
                 let mut out = Spill::create(scratch(format!("s{j}-{s}")))?;
                 for event in SpillReader::<Staged>::open(&by_key[s])? {
                     let mut event = event?;
@@ -1018,7 +1029,7 @@ fn spill_group_changes(
     let parse = |row: Option<&str>| row.and_then(|r| serde_json::from_str::<serde_json::Map<String, Value>>(r).ok());
     for file in &by_row {
         let mut changes: Vec<SpilledChange> = read_spill(file)?;
-        order_changes(&mut changes);
+        order_changes(&mut changes, request.transform(&plan.source));
         // a group sees a change at its commit time, but never before a change that precedes it
         // in order (a snapshot read is stamped when it was read, possibly after a change
         // streamed later): each change's effective time is the least commit time from it on
@@ -1155,9 +1166,9 @@ fn compute_shard(
                 });
                 point_in_time(plan, &queries, &events, &wanted, &mut computed);
             }
-            Holder::Rows(_) => {
+            Holder::Rows(t) => {
                 let mut changes: Vec<SpilledChange> = read_spill(&holder_files[h][s])?;
-                order_changes(&mut changes);
+                order_changes(&mut changes, request.transform(&catalog.tables[*t].0));
                 rows_as_of(&queries, &changes, &wanted, &mut computed);
             }
             Holder::Table(p) => {

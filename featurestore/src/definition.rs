@@ -501,9 +501,11 @@ pub struct TablePlan {
     /// The feature set's `where` over the table's declared columns: rows count only while it
     /// is true (set by the project, which knows the columns).
     pub condition: Option<RowFilter>,
-    /// Aggregated columns.
+    /// Aggregated columns (a column appears once per aggregation `where` over it).
     pub columns: Vec<String>,
-    /// `{column}_{function}` features: name, index into `columns`, function.
+    /// Per column: the aggregation's `where`; a row's value counts in it only while true.
+    pub conditions: Vec<Option<RowFilter>>,
+    /// `{column or name}_{function}` features: name, index into `columns`, function.
     pub aggregations: Vec<(String, usize, Function)>,
 }
 
@@ -699,12 +701,16 @@ impl FeatureSetConfig {
 
     /// Checks a feature set over a CDC table and builds its plan: window-less, retractable
     /// aggregations of the current rows grouped by `key_column`.
+    ///
+    /// `compile_where(path, sql)` compiles an aggregation's `where` over the table's columns
+    /// (reporting its own problems).
     pub fn compile_table(
         &self,
         name: &str,
         key_column: &str,
         path: &str,
         problems: &mut Vec<Problem>,
+        compile_where: &mut dyn FnMut(&str, &str) -> Option<RowFilter>,
     ) -> Option<TablePlan> {
         let before = problems.len();
         let mut refuse = |field: &str, message: &str| {
@@ -732,6 +738,7 @@ impl FeatureSetConfig {
             filter: self.filter.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             condition: None,
             columns: Vec::new(),
+            conditions: Vec::new(),
             aggregations: Vec::new(),
         };
         let mut names: BTreeMap<String, String> = BTreeMap::new();
@@ -743,19 +750,24 @@ impl FeatureSetConfig {
                     message: "aggregations over a CDC table cover its current rows, not a time window; remove `windows`, `period` and `kind`".into(),
                 });
             }
-            if agg.where_.is_some() || agg.name.is_some() {
+            if agg.where_.is_some() && agg.name.is_none() {
                 problems.push(Problem {
-                    path: format!("{p}.where"),
-                    message: "`where` and `name` on an aggregation over a CDC table are not supported yet; use the feature set's `filter`".into(),
+                    path: format!("{p}.name"),
+                    message: format!("a filtered aggregation needs a `name` for its features (`{{name}}_{{function}}`, e.g. `declined_{}`)", agg.column),
                 });
             }
-            let column = match plan.columns.iter().position(|c| *c == agg.column) {
+            let condition = agg.where_.as_ref().and_then(|sql| compile_where(&format!("{p}.where"), sql));
+            // a filtered aggregation has its own moments; unfiltered ones of a column share theirs
+            let shared = plan.columns.iter().zip(&plan.conditions).position(|(c, w)| *c == agg.column && w.is_none());
+            let column = match shared.filter(|_| agg.where_.is_none()) {
                 Some(c) => c,
                 None => {
                     plan.columns.push(agg.column.clone());
+                    plan.conditions.push(condition);
                     plan.columns.len() - 1
                 }
             };
+            let base = agg.name.as_deref().unwrap_or(&agg.column);
             if agg.functions.is_empty() {
                 problems.push(Problem { path: format!("{p}.functions"), message: "list at least one function".into() });
             }
@@ -763,7 +775,7 @@ impl FeatureSetConfig {
                 let here = format!("{p}.functions[{j}]");
                 match Function::parse(f) {
                     Some(function) if function.is_retractable() => {
-                        let feature = format!("{}_{}", agg.column, function.name());
+                        let feature = format!("{base}_{}", function.name());
                         if let Some(first) = names.insert(feature.clone(), here.clone()) {
                             problems.push(Problem { path: here, message: format!("duplicate feature {feature:?} (also at {first})") });
                         } else {

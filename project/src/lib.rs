@@ -383,6 +383,15 @@ impl Project {
         joins
     }
 
+    /// Per source: a CDC table's `select`s (computed into its rows), `None` for the rest.
+    pub fn table_selects(&self) -> Vec<Option<fathom_transform::Transform>> {
+        self.sources
+            .iter()
+            .zip(&self.transforms)
+            .map(|((_, s), t)| (s.format == Format::Debezium && !s.select.is_empty()).then(|| t.clone()))
+            .collect()
+    }
+
     /// Per source: how long a CDC table keeps replaced row versions (its longest join history).
     pub fn table_history_ms(&self) -> Vec<i64> {
         let mut history = vec![0; self.sources.len()];

@@ -315,7 +315,13 @@ fn feature_sets(
         let key = entity.map_or("", |e| e.key.as_str());
         if let Some(s) = source.filter(|&s| sources[s].1.format == Format::Debezium) {
             let condition = crate::transforms::table_condition(&config, &path, &transforms[s], problems);
-            if let Some(mut plan) = config.compile_table(&set, key, &path, problems) {
+            let mut where_problems = Vec::new();
+            let mut compile_where = |here: &str, sql: &str| {
+                crate::transforms::row_filter(sql, here, &config.source, &transforms[s], &mut where_problems)
+            };
+            let plan = config.compile_table(&set, key, &path, problems, &mut compile_where);
+            problems.append(&mut where_problems);
+            if let Some(mut plan) = plan {
                 plan.condition = condition;
                 compiled.table_plans.push(plan);
             }

@@ -47,12 +47,6 @@ pub(crate) fn selects(sources: &[(String, SourceConfig)], problems: &mut Vec<Pro
         .iter()
         .map(|(name, source)| {
             let path = format!("sources.{name}");
-            if source.format == Format::Debezium && !source.select.is_empty() {
-                let message =
-                    "`select` over a CDC table is not supported yet (its feature sets' `where` reads `columns`)";
-                problem(problems, format!("{path}.select"), message);
-                return Transform::new(Schema::empty());
-            }
             let fields: Vec<Field> = source
                 .columns
                 .iter()
@@ -76,7 +70,7 @@ pub(crate) fn selects(sources: &[(String, SourceConfig)], problems: &mut Vec<Pro
         .collect()
 }
 
-/// A CDC table feature set's `where`, over the table's declared columns.
+/// A CDC table feature set's `where`, over the table's declared and selected columns.
 pub(crate) fn table_condition(
     config: &FeatureSetConfig,
     path: &str,
@@ -84,8 +78,20 @@ pub(crate) fn table_condition(
     problems: &mut Vec<Problem>,
 ) -> Option<RowFilter> {
     let sql = config.where_.as_ref()?;
+    row_filter(sql, &format!("{path}.where"), &config.source, transform, problems)
+}
+
+/// `sql` as a condition over a CDC table's declared and selected columns; a problem at `path`
+/// if it does not compile.
+pub(crate) fn row_filter(
+    sql: &str,
+    path: &str,
+    source: &str,
+    transform: &Transform,
+    problems: &mut Vec<Problem>,
+) -> Option<RowFilter> {
     RowFilter::compile(sql, transform.selected_schema())
-        .map_err(|e| expression_problem(problems, format!("{path}.where"), e, &config.source))
+        .map_err(|e| expression_problem(problems, path.to_string(), e, source))
         .ok()
 }
 

@@ -178,6 +178,13 @@ pub(crate) fn table_changes(outcome: &TableOutcome) {
     metrics::counter!("fathom_table_changes_stale_total").increment(outcome.stale);
     metrics::counter!("fathom_replayed_records_skipped_total").increment(outcome.duplicates);
     metrics::counter!("fathom_table_unavailable_without_stored_value_total").increment(outcome.unavailable_unknown);
+    if outcome.expression_errors > 0 {
+        tracing::warn!(
+            rows = outcome.expression_errors,
+            "a CDC table's select failed on rows; their selected columns are null"
+        );
+        metrics::counter!("fathom_table_expression_errors_total").increment(outcome.expression_errors);
+    }
 }
 
 /// A CDC source's tombstone.

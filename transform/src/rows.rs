@@ -121,6 +121,11 @@ impl Transform {
         Ok(())
     }
 
+    /// The names of the selected columns, in order.
+    pub fn selected(&self) -> impl Iterator<Item = &str> {
+        self.selects.iter().map(|(name, _)| name.as_str())
+    }
+
     /// Whether the transform computes anything.
     pub fn is_empty(&self) -> bool {
         self.selects.is_empty() && self.conditions.is_empty()

@@ -466,7 +466,7 @@ proptest! {
         let config: FeatureSetConfig = serde_yaml_ng::from_str(
             "entity: branch\nsource: accounts\nfilter: { status: active }\naggregations:\n  - { column: balance, functions: [count, sum] }\n",
         ).unwrap();
-        let plan = config.compile_table("branches", "branch", "feature_sets.branches", &mut Vec::new()).unwrap();
+        let plan = config.compile_table("branches", "branch", "feature_sets.branches", &mut Vec::new(), &mut |_, _| None).unwrap();
         let batch = RecordBatch::try_from_iter([
             ("branch", Arc::new(StringArray::from_iter_values(queries.iter().map(|q| format!("b{}", q.0)))) as ArrayRef),
             ("ts", Arc::new(TimestampMillisecondArray::from_iter_values(queries.iter().map(|q| T0 + q.1 * 1_000 - 500)).with_timezone("UTC")) as _),

@@ -99,6 +99,11 @@ pub fn fingerprint(plan: &TablePlan) -> u64 {
     use std::hash::Hasher;
     let mut h = wyhash::WyHash::with_seed(0);
     h.write(format!("{}|{:?}|{:?}", plan.key_column, plan.filter, plan.columns).as_bytes());
+    for (i, condition) in plan.conditions.iter().enumerate() {
+        if let Some(c) = condition {
+            h.write(format!("|{i} where {}", c.sql()).as_bytes());
+        }
+    }
     if let Some(condition) = &plan.condition {
         // a condition changes which rows count: state kept under another one is not reused
         h.write(format!("|where {}", condition.sql()).as_bytes());
@@ -149,11 +154,15 @@ impl GroupState {
                 None => self.offsets.push((pos.partition, pos.offset)),
             }
         }
-        for (column, moments) in plan.columns.iter().zip(&mut self.moments) {
-            if let Some(v) = old.and_then(|r| r.get(column)).filter(|v| !v.is_null()) {
+        for ((column, condition), moments) in plan.columns.iter().zip(&plan.conditions).zip(&mut self.moments) {
+            // a row's value counts while the column's condition holds on it; the condition is
+            // judged again on the stored row, so a row leaving the filter retracts exactly what
+            // it added
+            let counted = |row: &&Map<String, Value>| condition.as_ref().is_none_or(|c| c.holds(row));
+            if let Some(v) = old.filter(counted).and_then(|r| r.get(column)).filter(|v| !v.is_null()) {
                 moments.retract(v);
             }
-            if let Some(v) = new.and_then(|r| r.get(column)).filter(|v| !v.is_null()) {
+            if let Some(v) = new.filter(counted).and_then(|r| r.get(column)).filter(|v| !v.is_null()) {
                 moments.add(v);
             }
         }

@@ -31,6 +31,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use self::aggregate::GroupState;
+use fathom_transform::Transform;
+
 use crate::definition::TablePlan;
 use crate::engine::Position;
 use crate::lookup::{FeatureValue, Status};
@@ -177,6 +179,20 @@ pub struct TableOutcome {
     pub unavailable_unknown: u64,
     /// Group updates skipped because the group already held the change (replay after a crash).
     pub duplicates: u64,
+    /// Applied changes whose source `select` failed on the row (its selected columns are null).
+    pub expression_errors: u64,
+}
+
+/// Runs `select` over one row, adding its columns; on a failure they are null. Returns whether
+/// it failed.
+pub(crate) fn select_row(select: &Transform, row: &mut Map<String, Value>) -> bool {
+    let failed = !select.apply(&mut [&mut *row]).is_empty();
+    if failed {
+        for name in select.selected() {
+            row.insert(name.to_string(), Value::Null);
+        }
+    }
+    failed
 }
 
 /// What a join pass did.
@@ -281,6 +297,8 @@ pub struct TableProcessor {
     groups: Vec<FxHashMap<CompactString, GroupSlot>>,
     store: OnlineStore,
     max_cached: usize,
+    /// Per source: its `select`s, run over each row after unavailable columns are filled.
+    selects: Vec<Option<Transform>>,
 }
 
 impl TableProcessor {
@@ -311,7 +329,18 @@ impl TableProcessor {
             groups,
             store,
             max_cached,
+            selects: Vec::new(),
         }
+    }
+
+    /// Computes each source's `select` columns (`selects[i]` for source `i`) into its rows, after
+    /// the columns a change sent as unavailable are filled from the stored row, so a selected
+    /// column sees the row as it is. A row the select fails on is applied with the selected
+    /// columns null (a table's change cannot be dropped without leaving the row stale) and
+    /// counted in [`TableOutcome::expression_errors`].
+    pub fn with_selects(mut self, selects: Vec<Option<Transform>>) -> TableProcessor {
+        self.selects = selects;
+        self
     }
 
     /// Loads rows not cached yet, one round trip.
@@ -329,18 +358,16 @@ impl TableProcessor {
         Ok(())
     }
 
-    /// Loads the group states a batch may touch: the groups of every row before and after
-    /// each change.
-    async fn load_groups<C: Borrow<RowChange>>(&mut self, changes: &[C]) -> Result<(), OnlineError> {
+    /// Loads the group states a batch may touch: the groups of the row before and after each
+    /// applied change (`None`: a stale change, skipped).
+    async fn load_groups<'c>(
+        &mut self,
+        changes: impl Iterator<Item = (&'c RowChange, &'c Option<Option<Map<String, Value>>>)>,
+    ) -> Result<(), OnlineError> {
         let mut wanted: Vec<(usize, String)> = Vec::new();
-        for change in changes.iter().map(Borrow::borrow) {
-            let plans = &self.plans_by_source[change.source];
-            if plans.is_empty() {
-                continue;
-            }
-            let slot = &self.rows[&(change.source, CompactString::from(change.key.as_str()))];
-            let old = parse(slot.row.as_ref().and_then(|r| r.row.as_deref()));
-            for &p in plans {
+        for (change, old) in changes {
+            let Some(old) = old else { continue };
+            for &p in &self.plans_by_source[change.source] {
                 let plan = &self.plans[p];
                 for row in [old.as_ref(), change.row.as_ref()].into_iter().flatten() {
                     if let Some(group) = aggregate::group_of(plan, row) {
@@ -374,19 +401,23 @@ impl TableProcessor {
     }
 
     /// Applies changes in order, loading missing rows and groups first. An applied change's
-    /// `row` gets its unavailable columns filled in from the stored row.
+    /// `row` gets its unavailable columns filled in from the stored row, then its source's
+    /// selected columns.
     pub async fn apply<C: BorrowMut<RowChange>>(&mut self, changes: &mut [C]) -> Result<TableOutcome, OnlineError> {
         let keys =
             changes.iter().map(Borrow::borrow).map(|c: &RowChange| (c.source, CompactString::from(c.key.as_str())));
         self.load_rows(keys).await?;
-        self.load_groups(changes).await?;
         let mut outcome = TableOutcome::default();
+        // rows first, in order (a change's old row is the one the change before it left), then
+        // the groups the old and new rows belong to
+        let mut olds: Vec<Option<Option<Map<String, Value>>>> = Vec::with_capacity(changes.len());
         for change in changes.iter_mut().map(BorrowMut::borrow_mut) {
             let slot =
                 self.rows.get_mut(&(change.source, CompactString::from(change.key.as_str()))).expect("loaded above");
             let newer = slot.row.as_ref().is_none_or(|r| change.order > r.order);
             if !newer {
                 outcome.stale += 1;
+                olds.push(None);
                 continue;
             }
             let old = slot.row.as_ref().and_then(|r| parse(r.row.as_deref()));
@@ -396,31 +427,8 @@ impl TableProcessor {
                     outcome.unavailable_unknown += u64::from(kept.is_none());
                     row.insert(column, kept.unwrap_or(Value::Null));
                 }
-            }
-            let change = &*change;
-            let position = change.at.partition.map(|partition| Position { partition, offset: change.at.offset });
-            for &p in &self.plans_by_source[change.source] {
-                let plan = &self.plans[p];
-                let before = old.as_ref().and_then(|r| aggregate::group_of(plan, r).map(|g| (g, r)));
-                let after = change.row.as_ref().and_then(|r| aggregate::group_of(plan, r).map(|g| (g, r)));
-                let mut update = |group: &str, old: Option<&Map<String, Value>>, new: Option<&Map<String, Value>>| {
-                    let slot = self.groups[p].get_mut(group).expect("loaded above");
-                    if slot.state.change(plan, old, new, position, change.order.commit_us) {
-                        slot.dirty = true;
-                    } else {
-                        outcome.duplicates += 1;
-                    }
-                };
-                match (before, after) {
-                    (Some((g, old)), Some((h, new))) if g == h => update(&g, Some(old), Some(new)),
-                    (before, after) => {
-                        if let Some((g, old)) = before {
-                            update(&g, Some(old), None);
-                        }
-                        if let Some((h, new)) = after {
-                            update(&h, None, Some(new));
-                        }
-                    }
+                if let Some(Some(select)) = self.selects.get(change.source) {
+                    outcome.expression_errors += u64::from(select_row(select, row));
                 }
             }
             let columns = match (&change.row, &slot.row) {
@@ -448,6 +456,36 @@ impl TableProcessor {
             }
             slot.dirty = true;
             outcome.applied += 1;
+            olds.push(Some(old));
+        }
+        self.load_groups(changes.iter().map(Borrow::borrow).zip(&olds)).await?;
+        for (change, old) in changes.iter().map(Borrow::borrow).zip(&olds) {
+            let Some(old) = old else { continue };
+            let position = change.at.partition.map(|partition| Position { partition, offset: change.at.offset });
+            for &p in &self.plans_by_source[change.source] {
+                let plan = &self.plans[p];
+                let before = old.as_ref().and_then(|r| aggregate::group_of(plan, r).map(|g| (g, r)));
+                let after = change.row.as_ref().and_then(|r| aggregate::group_of(plan, r).map(|g| (g, r)));
+                let mut update = |group: &str, old: Option<&Map<String, Value>>, new: Option<&Map<String, Value>>| {
+                    let slot = self.groups[p].get_mut(group).expect("loaded above");
+                    if slot.state.change(plan, old, new, position, change.order.commit_us) {
+                        slot.dirty = true;
+                    } else {
+                        outcome.duplicates += 1;
+                    }
+                };
+                match (before, after) {
+                    (Some((g, old)), Some((h, new))) if g == h => update(&g, Some(old), Some(new)),
+                    (before, after) => {
+                        if let Some((g, old)) = before {
+                            update(&g, Some(old), None);
+                        }
+                        if let Some((h, new)) = after {
+                            update(&h, None, Some(new));
+                        }
+                    }
+                }
+            }
         }
         Ok(outcome)
     }

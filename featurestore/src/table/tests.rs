@@ -129,9 +129,31 @@ fn a_hot_row_keeps_at_most_max_history_versions() {
 fn table_plan(yaml: &str) -> TablePlan {
     let config: FeatureSetConfig = serde_yaml_ng::from_str(yaml).unwrap();
     let mut problems = Vec::new();
-    let plan = config.compile_table("by_branch", "branch", "feature_sets.by_branch", &mut problems);
+    let plan = config.compile_table("by_branch", "branch", "feature_sets.by_branch", &mut problems, &mut |_, sql| {
+        Some(fathom_transform::RowFilter::compile(sql, selected().selected_schema()).unwrap())
+    });
     assert!(problems.is_empty(), "{problems:?}");
     plan.unwrap()
+}
+
+/// The customers table's columns and its select, `double_balance = balance * 2`.
+fn selected() -> fathom_transform::Transform {
+    use arrow_schema::{DataType, Field, Schema};
+    let columns =
+        Schema::new(vec![Field::new("status", DataType::Utf8, true), Field::new("balance", DataType::Float64, true)]);
+    let mut transform = fathom_transform::Transform::new(columns);
+    transform.select("double_balance", "balance * 2").unwrap();
+    transform
+}
+
+/// Per-aggregation `where`s, one over the selected column, beside an unfiltered aggregation of
+/// the same column.
+fn split_plan() -> TablePlan {
+    let mut plan = table_plan(
+        "entity: branch\nsource: customers\naggregations:\n  - { column: balance, name: large, where: \"balance > 1\", functions: [count, sum] }\n  - { column: balance, functions: [count, sum] }\n  - { column: double_balance, name: doubled_small, where: \"double_balance < 1 AND status = 'active'\", functions: [count, sum, mean] }\n",
+    );
+    plan.name = "split_by_branch".into();
+    plan
 }
 
 fn branch_plan() -> TablePlan {
@@ -267,7 +289,10 @@ proptest! {
         runtime.block_on(async {
             let store = embedded();
             let plans = [branch_plan(), rich_plan()];
-            let mut t = tables(&store, 0, plans.to_vec());
+            let split = split_plan();
+            let mut all = plans.to_vec();
+            all.push(split.clone());
+            let mut t = tables(&store, 0, all).with_selects(vec![Some(selected()), None]);
             let mut rows: BTreeMap<String, Value> = BTreeMap::new();
             let mut changes = Vec::new();
             for (i, (key, branch, active, cents, kind)) in ops.into_iter().enumerate() {
@@ -314,6 +339,30 @@ proptest! {
                 } else {
                     prop_assert!(got["balance_variance"].is_null());
                 }
+            }
+            // each filtered aggregation against its own brute force, rows moving in and out
+            for b in 0..4 {
+                let name = format!("b{b}");
+                let members: Vec<&Value> = rows.values().filter(|r| r["branch"] == json!(name)).collect();
+                let balances: Vec<f64> = members.iter().filter_map(|r| r["balance"].as_f64()).collect();
+                let large: Vec<f64> = balances.iter().copied().filter(|b| *b > 1.0).collect();
+                let doubled_small: Vec<f64> = members
+                    .iter()
+                    .filter(|r| r["status"] == "active")
+                    .filter_map(|r| r["balance"].as_f64())
+                    .map(|b| b * 2.0)
+                    .filter(|d| *d < 1.0)
+                    .collect();
+                let got = group(&store, &split, &name).await;
+                if members.is_empty() && got["balance_count"].is_null() {
+                    continue;
+                }
+                let close = |got: &Value, want: f64| got.as_f64().is_some_and(|g| (g - want).abs() <= 1e-9 * want.abs().max(1.0));
+                prop_assert_eq!(&got["balance_count"], &json!(balances.len()), "{} {:?}", name, got);
+                prop_assert_eq!(&got["large_count"], &json!(large.len()), "{} {:?}", name, got);
+                prop_assert!(close(&got["large_sum"], large.iter().sum()), "{} {:?} {:?}", name, got, large);
+                prop_assert_eq!(&got["doubled_small_count"], &json!(doubled_small.len()), "{} {:?}", name, got);
+                prop_assert!(close(&got["doubled_small_sum"], doubled_small.iter().sum()), "{} {:?} {:?}", name, got, doubled_small);
             }
             Ok(())
         })?;

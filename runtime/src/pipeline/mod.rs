@@ -136,7 +136,8 @@ pub async fn start_with(project: Arc<Project>, roles: Roles) -> anyhow::Result<R
         project.table_plans.clone(),
         store.clone(),
         project.processing.max_cached_entities,
-    );
+    )
+    .with_selects(project.table_selects());
     let health = Arc::new(Health::default());
     let (push_tx, push_rx) = mpsc::channel(16);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
