@@ -77,9 +77,24 @@ sources:
       country: "merchant.country"
       label: "upper(status)"
       mixed: "amount AND status"
+  accounts:
+    format: debezium
+    key: id
+    columns: { balance: double, status: string }
+    select:
+      tier: "CASE WHEN balance > 200 THEN 'gold' ELSE 'basic' END"
+      doubled: "balanse * 2"
 entities:
   card: { key: card_id }
+  branch: { key: branch }
 feature_sets:
+  branches:
+    entity: branch
+    source: accounts
+    aggregations:
+      - { column: balance, name: gold, where: "tier = 'gold'", functions: [sum] }
+      - { column: balance, name: odd, where: "tier = 'x' AND nope", functions: [sum] }
+      - { column: balance, where: "status = 'open'", functions: [count] }
   card_activity:
     entity: card
     source: tx
@@ -115,6 +130,14 @@ feature_sets:
     // a filtered aggregation needs a name for its features
     assert!(line("feature_sets.card_activity.aggregations[3].name").contains("needs a `name`"), "{stderr}");
     assert!(!stderr.contains("select.country") && !stderr.contains("select.label"), "valid ones pass: {stderr}");
+    // over a CDC table: its selects, and an aggregation's own where over a selected column
+    assert!(line("sources.accounts.select.doubled").contains("balanse"), "{stderr}");
+    assert!(line("feature_sets.branches.aggregations[1].where").contains("nope"), "{stderr}");
+    assert!(line("feature_sets.branches.aggregations[2].name").contains("needs a `name`"), "{stderr}");
+    assert!(
+        !stderr.contains("branches.aggregations[0]") && !stderr.contains("select.tier"),
+        "valid ones pass: {stderr}"
+    );
 }
 
 #[test]

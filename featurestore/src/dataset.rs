@@ -103,6 +103,9 @@ pub struct Request<'a> {
     /// The row transform of each source, in `sources`' order (missing ones: none), evaluated
     /// over each event as the pipeline does.
     pub transforms: &'a [Transform],
+    /// (feature set, source, transform) of the conditions that read joined columns, evaluated
+    /// after the joins as the pipeline does.
+    pub after_joins: &'a [(String, usize, Transform)],
     /// Root of the offline store.
     pub offline_root: &'a Path,
     /// Entity rows: `.parquet`, or CSV with a header.
@@ -976,6 +979,21 @@ fn spill_joined_events(
                     out.write(&event)?;
                 }
                 progress.advance(1);
+                out.finish()
+            })
+            .collect::<Result<_, DatasetError>>()?;
+    }
+    // the conditions over joined columns, on the joined events
+    if let Some((_, _, after)) = request.after_joins.iter().find(|(set, _, _)| *set == plan.name) {
+        staged = staged
+            .iter()
+            .enumerate()
+            .map(|(s, file)| {
+                let events = SpillReader::<Staged>::open(file)?.collect::<Result<Vec<Staged>, _>>()?;
+                let mut out = Spill::create(scratch(format!("w-{s}")))?;
+                for event in transformed(after, events) {
+                    out.write(&event)?;
+                }
                 out.finish()
             })
             .collect::<Result<_, DatasetError>>()?;

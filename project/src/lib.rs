@@ -44,6 +44,9 @@ pub struct Project {
     /// Per source (same order): its row transform (`select`s and its feature sets' `where`s);
     /// empty when it has none.
     pub transforms: Vec<fathom_transform::Transform>,
+    /// (feature set, its source, the conditions that read its joins' columns), run on the
+    /// source's events after the joins.
+    pub after_joins: Vec<(String, usize, fathom_transform::Transform)>,
     /// On-demand feature views.
     pub on_demand: Vec<fathom_featurestore::on_demand::OnDemandView>,
     /// Named feature vectors: feature references, as written.

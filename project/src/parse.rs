@@ -161,7 +161,7 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
     let sources = sources(&root, &stores, &mut problems);
     let mut transforms = crate::transforms::selects(&sources, &mut problems);
     let entities = entities(&root, &mut problems);
-    let FeatureSets { plans, plan_sources, table_plans } =
+    let FeatureSets { plans, plan_sources, table_plans, after_joins } =
         feature_sets(&root, &entities, &sources, &mut transforms, &mut problems);
     let tables: Vec<(String, String)> =
         sources.iter().filter(|(_, s)| s.format == Format::Debezium).map(|(n, s)| (n.clone(), s.key.clone())).collect();
@@ -183,6 +183,7 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
         table_plans,
         tables,
         transforms,
+        after_joins,
         on_demand,
         vectors,
         models,
@@ -284,6 +285,7 @@ struct FeatureSets {
     plans: Vec<FeatureSetPlan>,
     plan_sources: Vec<usize>,
     table_plans: Vec<TablePlan>,
+    after_joins: Vec<(String, usize, fathom_transform::Transform)>,
 }
 
 fn feature_sets(
@@ -293,7 +295,8 @@ fn feature_sets(
     transforms: &mut [fathom_transform::Transform],
     problems: &mut Vec<Problem>,
 ) -> FeatureSets {
-    let mut compiled = FeatureSets { plans: Vec::new(), plan_sources: Vec::new(), table_plans: Vec::new() };
+    let mut compiled =
+        FeatureSets { plans: Vec::new(), plan_sources: Vec::new(), table_plans: Vec::new(), after_joins: Vec::new() };
     for (set, value) in entries(root, "feature_sets", problems) {
         let path = format!("feature_sets.{set}");
         check_name("feature set", &set, &path, problems);
@@ -339,7 +342,12 @@ fn feature_sets(
             }
         }
         if let Some(s) = source {
-            crate::transforms::feature_set(&config, &set, &path, &mut transforms[s], problems);
+            let joined = crate::transforms::joined_schema(&config, &transforms[s], sources, transforms);
+            if let Some(after) =
+                crate::transforms::feature_set(&config, &set, &path, &mut transforms[s], joined, problems)
+            {
+                compiled.after_joins.push((set.clone(), s, after));
+            }
         }
         if let (Some(plan), Some(s)) = (config.compile(&set, key, &path, problems), source) {
             compiled.plans.push(plan);

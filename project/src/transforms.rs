@@ -97,25 +97,39 @@ pub(crate) fn row_filter(
 
 /// Adds a feature set's conditions to its source's transform and checks that what it aggregates
 /// as numbers is numeric where the transform knows the type.
+///
+/// A condition that reads a column of the feature set's joins (`joined`: the source's columns
+/// with the joined ones) goes into the returned transform, run after the joins.
 pub(crate) fn feature_set(
     config: &FeatureSetConfig,
     set: &str,
     path: &str,
     transform: &mut Transform,
+    joined: Option<Schema>,
     problems: &mut Vec<Problem>,
-) {
+) -> Option<Transform> {
+    let mut after_joins: Option<Transform> = None;
+    let mut conditions: Vec<(String, String, &String, Option<&String>)> = Vec::new();
     if let Some(sql) = &config.where_ {
-        let here = format!("{path}.where");
-        if let Err(e) = transform.condition(&here, &condition_field(set), sql, None) {
-            expression_problem(problems, here, e, &config.source);
-        }
+        conditions.push((format!("{path}.where"), condition_field(set), sql, None));
     }
     for (i, agg) in config.aggregations.iter().enumerate() {
         let Some(sql) = &agg.where_ else { continue };
-        let here = format!("{path}.aggregations[{i}].where");
-        if let Err(e) = transform.condition(&here, &filtered_field(set, i), sql, Some(&agg.column)) {
-            expression_problem(problems, here, e, &config.source);
-        }
+        conditions.push((format!("{path}.aggregations[{i}].where"), filtered_field(set, i), sql, Some(&agg.column)));
+    }
+    for (here, field, sql, keep) in conditions {
+        let Err(before_joins) = transform.condition(&here, &field, sql, keep.map(String::as_str)) else { continue };
+        let error = match &joined {
+            Some(schema) => {
+                let post = after_joins.get_or_insert_with(|| Transform::new(schema.clone()));
+                match post.condition(&here, &field, sql, keep.map(String::as_str)) {
+                    Ok(()) => continue,
+                    Err(e) => e,
+                }
+            }
+            None => before_joins,
+        };
+        expression_problem(problems, here, error, &config.source);
     }
     let known = transform.selected_schema();
     for (i, agg) in config.aggregations.iter().enumerate() {
@@ -136,6 +150,35 @@ pub(crate) fn feature_set(
             );
         }
     }
+    after_joins
+}
+
+/// The columns a feature set's conditions may read after its joins: its source's declared and
+/// selected columns, then each join's columns as the table declares or selects them (text where
+/// it does not say).
+pub(crate) fn joined_schema(
+    config: &FeatureSetConfig,
+    source: &Transform,
+    sources: &[(String, SourceConfig)],
+    transforms: &[Transform],
+) -> Option<Schema> {
+    if config.join.is_empty() {
+        return None;
+    }
+    let mut fields: Vec<Field> = source.selected_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    for join in &config.join {
+        let table = sources.iter().position(|(n, _)| *n == join.table).map(|t| transforms[t].selected_schema());
+        for column in &join.columns {
+            let t = table
+                .as_ref()
+                .and_then(|s| s.field_with_name(column).ok())
+                .map_or(DataType::Utf8, |f| f.data_type().clone());
+            // a joined column replaces an event field of its name
+            fields.retain(|f| f.name() != column);
+            fields.push(Field::new(column, t, true));
+        }
+    }
+    Some(Schema::new(fields))
 }
 
 /// Every stored feature an on-demand feature may read, qualified by its feature set or table:

@@ -130,6 +130,7 @@ pub(crate) fn dataset(project: &Project, options: &DatasetOptions) -> anyhow::Re
         vector: &vector,
         sources: &sources,
         transforms: &project.transforms,
+        after_joins: &project.after_joins,
         offline_root: &offline,
         input: &options.input,
         timestamp: &options.timestamp,

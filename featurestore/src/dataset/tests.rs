@@ -166,6 +166,7 @@ fn run(
         vector: &vector,
         sources: &sources,
         transforms: &[],
+        after_joins: &[],
         offline_root: &root.join("offline"),
         input: &root.join("input.parquet"),
         timestamp: "ts",
@@ -394,6 +395,7 @@ fn timestamps_without_a_zone_and_missing_columns_are_named() {
         vector: &vector,
         sources: &sources,
         transforms: &[],
+        after_joins: &[],
         offline_root: &dir.path().join("offline"),
         input: &dir.path().join("rows.csv"),
         timestamp: "ts",
@@ -480,7 +482,8 @@ proptest! {
         let sources = [("accounts".to_string(), "id".to_string(), true)];
         let output = dir.path().join("out.parquet");
         let request = Request {
-            catalog, vector: &vector, sources: &sources, transforms: &[], offline_root: &root, input: &dir.path().join("input.parquet"),
+            catalog, vector: &vector, sources: &sources, transforms: &[],
+        after_joins: &[], offline_root: &root, input: &dir.path().join("input.parquet"),
             timestamp: "ts", assume_utc: false, output: &output, statuses: true, shards: 3, scratch: &dir.path().join("scratch"),
         };
         build(&request, &Silent).unwrap();

@@ -33,10 +33,12 @@ impl Pipeline {
         self.count_in(&records);
         let mut summary = PushSummary::default();
         let Batch { mut events, changes, last } = self.decode(records, &mut summary).await;
-        self.transform(&mut events, &mut summary).await;
+        self.transform(&mut events, &mut summary, false).await;
         if !changes.is_empty() {
             self.apply_changes(changes).await;
         }
+        self.join(&mut events).await;
+        self.transform(&mut events, &mut summary, true).await;
         self.apply_events(&mut events, &mut summary).await;
         self.mark_applied(last).await;
         summary
@@ -116,11 +118,16 @@ impl Pipeline {
     /// Runs each source's row transform (`select`, `where`) over its events; the events it
     /// fails on are dead-lettered (`wrong_type` for a declared column of another type,
     /// `expression_error` naming the expression, `key_too_long` for an entity key a select
-    /// made longer than the source's `max_key_bytes`) and leave the batch.
-    async fn transform(&mut self, events: &mut Vec<Event>, summary: &mut PushSummary) {
+    /// made longer than the source's `max_key_bytes`) and leave the batch. `after_joins`: the
+    /// conditions that read joined columns instead, run once the joins are done.
+    async fn transform(&mut self, events: &mut Vec<Event>, summary: &mut PushSummary, after_joins: bool) {
         let project = self.project.clone();
         let mut refused: Vec<(usize, Reason, String)> = Vec::new();
-        for (source, transform) in project.transforms.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
+        let transforms: Vec<(usize, &fathom_transform::Transform)> = match after_joins {
+            false => project.transforms.iter().enumerate().filter(|(_, t)| !t.is_empty()).collect(),
+            true => project.after_joins.iter().map(|(_, s, t)| (*s, t)).collect(),
+        };
+        for (source, transform) in transforms {
             let at: Vec<usize> = (0..events.len()).filter(|&i| events[i].source == source).collect();
             let mut rows: Vec<&mut Map<String, Value>> =
                 events.iter_mut().filter(|e| e.source == source).map(|e| &mut e.fields).collect();
@@ -139,7 +146,7 @@ impl Pipeline {
                 .zip(&project.plan_sources)
                 .filter(|(p, s)| **s == source && config.select.contains_key(&p.key_column))
                 .map(|(p, _)| &p.key_column);
-            for field in selected_keys {
+            for field in selected_keys.filter(|_| !after_joins) {
                 for &i in &at {
                     let length = events[i].fields.get(field).and_then(Value::as_str).map_or(0, str::len);
                     if length > config.max_key_bytes && !refused.iter().any(|r| r.0 == i) {
@@ -201,9 +208,8 @@ impl Pipeline {
         self.offline.append_changes(&logged);
     }
 
-    /// Joins the events' CDC tables, applies them to the feature sets, dead-letters the late
-    /// ones and appends them all to the offline store.
-    async fn apply_events(&mut self, events: &mut [Event], summary: &mut PushSummary) {
+    /// Adds the events' joined CDC table columns.
+    async fn join(&mut self, events: &mut [Event]) {
         if self.joins.iter().any(|j| !j.is_empty()) {
             let outcome = until_ok!(
                 self.health,
@@ -212,6 +218,11 @@ impl Pipeline {
             );
             telemetry::joins(&outcome);
         }
+    }
+
+    /// Applies the events to the feature sets, dead-letters the late ones and appends them all
+    /// to the offline store.
+    async fn apply_events(&mut self, events: &mut [Event], summary: &mut PushSummary) {
         let outcome =
             until_ok!(self.health, "loading state from the online store", self.processor.process(events).await);
         telemetry::events(&outcome);
