@@ -163,6 +163,7 @@ pub fn parse(text: &str) -> Result<Project, Parsed> {
     let entities = entities(&root, &mut problems);
     let FeatureSets { plans, plan_sources, table_plans, after_joins } =
         feature_sets(&root, &entities, &sources, &mut transforms, &mut problems);
+    crate::transforms::write_only_what_is_read(&sources, &plans, &plan_sources, &after_joins, &mut transforms);
     let tables: Vec<(String, String)> =
         sources.iter().filter(|(_, s)| s.format == Format::Debezium).map(|(n, s)| (n.clone(), s.key.clone())).collect();
     let stored = crate::transforms::stored_features(&plans, &plan_sources, &table_plans, &sources, &transforms);

@@ -181,6 +181,31 @@ pub(crate) fn joined_schema(
     Some(Schema::new(fields))
 }
 
+/// Limits each event source's written selects to those something reads from an event's fields:
+/// its feature sets' aggregated columns, latest values, entity keys and join keys. A source with
+/// conditions after joins writes them all (those conditions read them back from the fields); a
+/// CDC table keeps all its selects in its rows (lookups return them).
+pub(crate) fn write_only_what_is_read(
+    sources: &[(String, SourceConfig)],
+    plans: &[FeatureSetPlan],
+    plan_sources: &[usize],
+    after_joins: &[(String, usize, Transform)],
+    transforms: &mut [Transform],
+) {
+    for (s, (_, source)) in sources.iter().enumerate() {
+        if source.format == Format::Debezium || after_joins.iter().any(|(_, a, _)| *a == s) {
+            continue;
+        }
+        let mut read: Vec<&str> = Vec::new();
+        for (plan, _) in plans.iter().zip(plan_sources).filter(|(_, p)| **p == s) {
+            read.extend(plan.columns.iter().chain(&plan.latest).map(String::as_str));
+            read.push(&plan.key_column);
+            read.extend(plan.joins.iter().map(|j| j.on.as_str()));
+        }
+        transforms[s].write_only(|name| read.contains(&name));
+    }
+}
+
 /// Every stored feature an on-demand feature may read, qualified by its feature set or table:
 /// aggregations (counts `BIGINT`, the rest `DOUBLE`), derived features, latest values (typed as
 /// their source declares or selects them, else text), CDC table columns as their source declares

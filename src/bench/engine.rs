@@ -146,6 +146,8 @@ fn transformed(options: &Options, stream: &[(u32, i64, f64)], names: &[String]) 
     transform.select("is_big", "amount > 400")?;
     transform.select("status_upper", "upper(status)")?;
     transform.condition("bench", &filtered_field("bench", 1), "status = 'declined'", Some("amount"))?;
+    // as the project does: only what the feature set reads is written back into the records
+    transform.write_only(|name| plan.columns.iter().any(|c| c == name));
     let currencies = ["EUR", "USD"].map(Value::from);
     let statuses = ["ok", "ok", "ok", "declined"].map(Value::from);
     let mut records: Vec<(usize, i64, serde_json::Map<String, Value>)> = stream

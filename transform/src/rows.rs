@@ -78,13 +78,15 @@ pub struct Transform {
     input: SchemaRef,
     /// (output name, expression over `input`).
     selects: Vec<(String, RowExpr)>,
+    /// Per select: whether its value is written into the record (see [`Transform::write_only`]).
+    written: Vec<bool>,
     conditions: Vec<Condition>,
 }
 
 impl Transform {
     /// A transform reading `input`, the source's declared columns.
     pub fn new(input: Schema) -> Transform {
-        Transform { input: Arc::new(input), selects: Vec::new(), conditions: Vec::new() }
+        Transform { input: Arc::new(input), selects: Vec::new(), written: Vec::new(), conditions: Vec::new() }
     }
 
     /// Adds a `select` output `name` = `sql`, over the declared columns. Add every select before
@@ -98,6 +100,7 @@ impl Transform {
         }
         let expr = RowExpr::compile(sql, &self.input)?;
         self.selects.push((name.to_string(), expr));
+        self.written.push(true);
         Ok(self.selects.last().map(|(_, e)| e.data_type()).expect("pushed"))
     }
 
@@ -119,6 +122,14 @@ impl Transform {
         let keep = keep.map(str::to_string);
         self.conditions.push(Condition { name: name.to_string(), field: field.to_string(), expr, keep });
         Ok(())
+    }
+
+    /// Writes into the records only the selects for which `read` is true: the others are still
+    /// evaluated (conditions read them, and a record they fail on still fails) but their values
+    /// are not stored in fields nothing reads — writing a value back costs more than computing
+    /// it.
+    pub fn write_only(&mut self, read: impl Fn(&str) -> bool) {
+        self.written = self.selects.iter().map(|(name, _)| read(name)).collect();
     }
 
     /// The names of the selected columns, in order.
@@ -173,7 +184,7 @@ impl Transform {
             if next_failed.next_if_eq(&i).is_some() {
                 continue;
             }
-            for ((name, _), values) in self.selects.iter().zip(&selected) {
+            for (((name, _), values), _) in self.selects.iter().zip(&selected).zip(&self.written).filter(|(_, w)| **w) {
                 row.insert(name.clone(), json(values, i));
             }
             for (c, values) in self.conditions.iter().zip(&results) {
@@ -453,6 +464,24 @@ mod tests {
         t.condition("feature_sets.x.where", "__x", "status = 'declined'", None).unwrap();
         t.condition("feature_sets.x.aggregations[0].where", "__y", "amount_usd > 10", Some("amount")).unwrap();
         t
+    }
+
+    #[test]
+    fn selects_nothing_reads_are_evaluated_but_not_written() {
+        let mut t = transform();
+        t.write_only(|name| name == "units");
+        let mut rows: Vec<Map<String, Value>> =
+            [json!({"amount": 6, "status": "ok", "qty": "3"}), json!({"amount": 1, "status": "ok", "qty": "x"})]
+                .into_iter()
+                .map(|v| v.as_object().unwrap().clone())
+                .collect();
+        let mut refs: Vec<&mut Map<String, Value>> = rows.iter_mut().collect();
+        let failed = t.apply(&mut refs);
+        // the unwritten select still feeds the condition over it, and a failure still fails
+        assert_eq!(rows[0].get("amount_usd"), None);
+        assert_eq!((&rows[0]["units"], &rows[0]["__y"]), (&json!(3), &json!(6)));
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, 1);
     }
 
     #[test]
