@@ -78,6 +78,12 @@ pub const METRICS: &[Metric] = &[
         "Unavailable CDC column values (TOAST) with no stored value to fill them in.",
     ),
     metric(
+        "fathom_table_expression_errors_total",
+        Kind::Counter,
+        &[],
+        "CDC changes applied with their `select` columns null because an expression failed on the row.",
+    ),
+    metric(
         "fathom_tombstones_total",
         Kind::Counter,
         &["source"],
