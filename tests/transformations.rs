@@ -128,6 +128,25 @@ pairs = con.execute("select card_merchant, count(amount) from t where card_merch
 print(json.dumps({"cards": cards, "pairs": pairs}))
 "#;
 
+/// DuckDB's rows for `sql`, run in `root`.
+fn duckdb(root: &std::path::Path, sql: &str) -> Value {
+    let script = format!(
+        "import os, json, duckdb; os.chdir({:?}); print(json.dumps(duckdb.sql({sql:?}).fetchall()))",
+        root.display().to_string()
+    );
+    common::python_json(&script, &[], "")
+}
+
+/// Two-column rows as an object, first column → second.
+fn rows_to_map(rows: Value) -> Value {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_str().unwrap().to_string(), r[1].clone()))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 fn close(a: &Value, b: &Value) -> bool {
     match (a.as_f64(), b.as_f64()) {
         (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
@@ -249,14 +268,7 @@ fn selects_and_wheres_match_duckdb_online_equals_offline_and_failures_are_dead_l
     dataset("cards.csv", "by_card", "cards.parquet");
     let oracle =
         common::python_json(&format!("import os; os.chdir({:?})\n{ORACLE}", root.display().to_string()), &[], "");
-    let read = common::python_json(
-        &format!(
-            "import os, json, duckdb; os.chdir({:?}); print(json.dumps(duckdb.sql(\"select card_id, cards__amount_eur_sum_1d, cards__amount_eur_max_1d, cards__declined_count_1d, cards__declined_sum_1d, cards__units_sum_1d, foreign__amount_eur_count_1d, foreign__amount_eur_sum_1d, cards__declined_mean_1d from read_parquet('cards.parquet')\").fetchall()))",
-            root.display().to_string()
-        ),
-        &[],
-        "",
-    );
+    let read = duckdb(root, "select card_id, cards__amount_eur_sum_1d, cards__amount_eur_max_1d, cards__declined_count_1d, cards__declined_sum_1d, cards__units_sum_1d, foreign__amount_eur_count_1d, foreign__amount_eur_sum_1d, cards__declined_mean_1d from read_parquet('cards.parquet')");
     let expected: BTreeMap<String, Vec<Value>> = oracle["cards"]
         .as_array()
         .unwrap()
@@ -288,14 +300,7 @@ fn selects_and_wheres_match_duckdb_online_equals_offline_and_failures_are_dead_l
     let csv: String = cards.iter().zip(&amounts).map(|(c, a)| format!("{c},{at},{a}\n")).collect();
     std::fs::write(root.join("requests.csv"), format!("card_id,t,amount\n{csv}")).unwrap();
     dataset("requests.csv", "risky", "risky.parquet");
-    let risky = common::python_json(
-        &format!(
-            "import os, json, duckdb; os.chdir({:?}); print(json.dumps(duckdb.sql(\"select card_id, amount, risk__amount_vs_max_1d from read_parquet('risky.parquet')\").fetchall()))",
-            root.display().to_string()
-        ),
-        &[],
-        "",
-    );
+    let risky = duckdb(root, "select card_id, amount, risk__amount_vs_max_1d from read_parquet('risky.parquet')");
     let mut checked = 0;
     for row in risky.as_array().unwrap() {
         // CSV cells are text; the view declares `amount: double`
@@ -312,14 +317,7 @@ fn selects_and_wheres_match_duckdb_online_equals_offline_and_failures_are_dead_l
     // conditions over joined columns: per card, the events whose account row as of the
     // event's time is gold (a selected column of the table), against a brute force
     dataset("cards.csv", "by_gold", "gold.parquet");
-    let read = common::python_json(
-        &format!(
-            "import os, json, duckdb; os.chdir({:?}); print(json.dumps(duckdb.sql(\"select card_id, gold_cards__amount_count_1d, gold_cards__amount_sum_1d, gold_cards__rich_count_1d from read_parquet('gold.parquet')\").fetchall()))",
-            root.display().to_string()
-        ),
-        &[],
-        "",
-    );
+    let read = duckdb(root, "select card_id, gold_cards__amount_count_1d, gold_cards__amount_sum_1d, gold_cards__rich_count_1d from read_parquet('gold.parquet')");
     let mut want: BTreeMap<String, (u64, f64, u64)> = BTreeMap::new();
     for event in &good {
         let event: Value = serde_json::from_str(event).unwrap();
@@ -358,14 +356,8 @@ fn selects_and_wheres_match_duckdb_online_equals_offline_and_failures_are_dead_l
     let csv: String = pairs.iter().map(|(p, _)| format!("{p},{at}\n")).collect();
     std::fs::write(root.join("pairs.csv"), format!("card_merchant,t\n{csv}")).unwrap();
     dataset("pairs.csv", "by_pair", "pairs.parquet");
-    let read = common::python_json(
-        &format!(
-            "import os, json, duckdb; os.chdir({:?}); print(json.dumps(dict(duckdb.sql(\"select card_merchant, pairs__amount_count_1d from read_parquet('pairs.parquet')\").fetchall())))",
-            root.display().to_string()
-        ),
-        &[],
-        "",
-    );
+    let read =
+        rows_to_map(duckdb(root, "select card_merchant, pairs__amount_count_1d from read_parquet('pairs.parquet')"));
     assert!(pairs.len() > 50, "{pairs:?}");
     for (pair, count) in &pairs {
         assert_eq!(read[pair], json!(count), "{pair}");
@@ -385,14 +377,7 @@ fn selects_and_wheres_match_duckdb_online_equals_offline_and_failures_are_dead_l
     let branches: String = (0..5).map(|b| format!("b{b},{at}\n")).collect();
     std::fs::write(root.join("branches.csv"), format!("branch,t\n{branches}")).unwrap();
     dataset("branches.csv", "by_branch", "branches.parquet");
-    let read = common::python_json(
-        &format!(
-            "import os, json, duckdb; os.chdir({:?}); print(json.dumps(duckdb.sql(\"select branch, rich_branches__balance_count, rich_branches__balance_sum, rich_branches__gold_count, rich_branches__gold_sum from read_parquet('branches.parquet')\").fetchall()))",
-            root.display().to_string()
-        ),
-        &[],
-        "",
-    );
+    let read = duckdb(root, "select branch, rich_branches__balance_count, rich_branches__balance_sum, rich_branches__gold_count, rich_branches__gold_sum from read_parquet('branches.parquet')");
     for row in read.as_array().unwrap() {
         let members: Vec<f64> = accounts
             .values()
