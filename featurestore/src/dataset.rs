@@ -1152,12 +1152,12 @@ fn compute_shard(
     let mut queries: Vec<Query> = read_spill(query_file)?;
     queries.sort_by(|a, b| a.key.cmp(&b.key).then(a.at_ms.cmp(&b.at_ms)).then(a.row.cmp(&b.row)));
     let mut computed: Vec<(u64, Computed)> = Vec::new();
+    let computed_refs = vector.computed();
     for (h, holder) in holders.iter().enumerate() {
         if catalog.key_of(holder) != key_field {
             continue;
         }
         // the features held here, with their index in what is computed
-        let computed_refs = vector.computed();
         let wanted: Vec<(u32, &str)> = computed_refs
             .iter()
             .enumerate()
@@ -1309,54 +1309,60 @@ fn status_of(code: u8) -> Status {
     [Status::Present, Status::NotFound, Status::NullValue, Status::OutsideMaxAge][usize::from(code.min(3))]
 }
 
-/// An on-demand feature's value for one row: its stored inputs from `got` (indexed as
-/// [`Vector::computed`]), its request fields from the row's columns.
-fn on_demand_value(
+/// Where each input of an on-demand feature comes from: `None` for a request field, else its
+/// index in [`Vector::computed`]; found once per vector, not per row.
+fn input_places(
     catalog: &Catalog<'_>,
     computed: &[(Holder, String)],
     view: usize,
     feature: &str,
-    got: &[Got],
-    request: &[(&str, ArrayRef)],
-    i: usize,
-) -> lookup::FeatureValue {
+) -> Vec<Option<usize>> {
     let on_demand = catalog.on_demand_feature(view, feature);
-    let fields: Vec<Option<Value>> = on_demand
-        .inputs
-        .iter()
-        .map(|(q, name)| {
-            (q == crate::on_demand::REQUEST).then(|| {
-                let (_, column) = request.iter().find(|(n, _)| n == name).expect("checked while reading rows");
-                fathom_transform::json(column, i)
-            })
-        })
-        .collect();
-    let stored: Vec<Option<lookup::FeatureValue>> = on_demand
+    on_demand
         .inputs
         .iter()
         .map(|(q, name)| {
             (q != crate::on_demand::REQUEST).then(|| {
                 let holder = catalog.holder(q).expect("resolved");
-                let f = computed.iter().position(|(h, n)| *h == holder && n == name).expect("an input of the vector");
-                let (value, status, time) = got[f].clone().unwrap_or((None, status_code(Status::NotFound), None));
-                lookup::FeatureValue {
+                computed.iter().position(|(h, n)| *h == holder && n == name).expect("an input of the vector")
+            })
+        })
+        .collect()
+}
+
+/// An on-demand feature's value for row `i`: its stored inputs from `got` (at `places`, see
+/// [`input_places`]), its request fields from the row's columns.
+fn on_demand_value(
+    catalog: &Catalog<'_>,
+    (view, feature): (usize, &str),
+    places: &[Option<usize>],
+    got: &[Got],
+    request: &[(&str, ArrayRef)],
+    i: usize,
+) -> lookup::FeatureValue {
+    let on_demand = catalog.on_demand_feature(view, feature);
+    let owned: Vec<Result<Value, lookup::FeatureValue>> = on_demand
+        .inputs
+        .iter()
+        .zip(places)
+        .map(|((_, name), place)| match place {
+            None => {
+                let (_, column) = request.iter().find(|(n, _)| n == name).expect("checked while reading rows");
+                Ok(fathom_transform::json(column, i))
+            }
+            Some(f) => {
+                let (value, status, time) = got[*f].clone().unwrap_or((None, status_code(Status::NotFound), None));
+                Err(lookup::FeatureValue {
                     name: name.clone(),
                     value: value.unwrap_or(Value::Null),
                     status: status_of(status),
                     event_time_ms: time,
-                }
-            })
+                })
+            }
         })
         .collect();
-    let inputs: Vec<Result<Option<&Value>, &lookup::FeatureValue>> = fields
-        .iter()
-        .zip(&stored)
-        .map(|(field, stored)| match (field, stored) {
-            (Some(v), _) => Ok(Some(v)),
-            (None, Some(s)) => Err(s),
-            (None, None) => unreachable!("one of the two"),
-        })
-        .collect();
+    let inputs: Vec<Result<Option<&Value>, &lookup::FeatureValue>> =
+        owned.iter().map(|input| input.as_ref().map(Some)).collect();
     on_demand.value(&inputs)
 }
 
@@ -1379,6 +1385,14 @@ fn write_output(
         results.iter().map(|p| SpillReader::open(p).map(Iterator::peekable)).collect::<Result<_, _>>()?;
     let types: Vec<DataType> = vector.refs.iter().map(|(h, f)| output_type(&request.catalog, h, f)).collect();
     let computed = vector.computed();
+    let places: Vec<Vec<Option<usize>>> = vector
+        .refs
+        .iter()
+        .map(|(h, f)| match h {
+            Holder::OnDemand(v) => input_places(&request.catalog, &computed, *v, f),
+            _ => Vec::new(),
+        })
+        .collect();
     let out_names: Vec<String> = vector.names.iter().map(|n| n.replace('.', "__")).collect();
     let mut writer: Option<ArrowWriter<File>> = None;
     let mut row = 0u64;
@@ -1410,7 +1424,8 @@ fn write_output(
             for (f, column) in columns.iter_mut().enumerate() {
                 let (value, status) = match &vector.refs[f] {
                     (Holder::OnDemand(v), feature) => {
-                        let fv = on_demand_value(&request.catalog, &computed, *v, feature, &got, &request_columns, i);
+                        let fv =
+                            on_demand_value(&request.catalog, (*v, feature), &places[f], &got, &request_columns, i);
                         (Some(fv.value).filter(|v| !v.is_null()), status_code(fv.status))
                     }
                     _ => got[f].clone().map_or((None, status_code(Status::NotFound)), |(v, s, _)| (v, s)),

@@ -239,57 +239,30 @@ impl Transform {
 /// both apply (tested): a throughput path, not other semantics.
 fn decode_exact(schema: &SchemaRef, rows: &[&mut Map<String, Value>]) -> Option<RecordBatch> {
     use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
+    // a column from `builder`, or `None` at the first value `get` does not take
+    macro_rules! column {
+        ($values:expr, $builder:expr, $get:expr) => {{
+            let mut b = $builder;
+            for v in $values {
+                match v {
+                    None => b.append_null(),
+                    Some(v) => b.append_value($get(v)?),
+                }
+            }
+            Arc::new(b.finish()) as ArrayRef
+        }};
+    }
+    let n = rows.len();
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
         let values = rows.iter().map(|r| r.get(field.name()).filter(|v| !v.is_null()));
-        let column: ArrayRef = match field.data_type() {
-            DataType::Float64 => {
-                let mut b = Float64Builder::with_capacity(rows.len());
-                for v in values {
-                    match v {
-                        None => b.append_null(),
-                        Some(Value::Number(n)) => b.append_value(n.as_f64()?),
-                        Some(_) => return None,
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Int64 => {
-                let mut b = Int64Builder::with_capacity(rows.len());
-                for v in values {
-                    match v {
-                        None => b.append_null(),
-                        Some(Value::Number(n)) => b.append_value(n.as_i64()?),
-                        Some(_) => return None,
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Utf8 => {
-                let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 8);
-                for v in values {
-                    match v {
-                        None => b.append_null(),
-                        Some(Value::String(s)) => b.append_value(s),
-                        Some(_) => return None,
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Boolean => {
-                let mut b = BooleanBuilder::with_capacity(rows.len());
-                for v in values {
-                    match v {
-                        None => b.append_null(),
-                        Some(Value::Bool(x)) => b.append_value(*x),
-                        Some(_) => return None,
-                    }
-                }
-                Arc::new(b.finish())
-            }
+        columns.push(match field.data_type() {
+            DataType::Float64 => column!(values, Float64Builder::with_capacity(n), Value::as_f64),
+            DataType::Int64 => column!(values, Int64Builder::with_capacity(n), Value::as_i64),
+            DataType::Utf8 => column!(values, StringBuilder::with_capacity(n, n * 8), Value::as_str),
+            DataType::Boolean => column!(values, BooleanBuilder::with_capacity(n), Value::as_bool),
             _ => return None,
-        };
-        columns.push(column);
+        });
     }
     let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
     RecordBatch::try_new_with_options(schema.clone(), columns, &options).ok()

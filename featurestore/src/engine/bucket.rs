@@ -106,15 +106,13 @@ impl<'de> Deserialize<'de> for Frequent {
 pub struct Kept {
     /// Sketch of the numeric values.
     pub quantiles: Option<Quantiles>,
-    /// Up to `newest_k` (event time, JSON text) with the latest times, oldest first; a later
-    /// arrival counts as later on equal times.
+    /// Up to [`Keep::newest`] (event time, JSON text) with the latest times, oldest first; a
+    /// later arrival counts as later on equal times.
     pub newest: Vec<(i64, String)>,
-    /// Up to `oldest_k` with the earliest times, oldest first.
+    /// Up to [`Keep::oldest`] with the earliest times, oldest first.
     pub oldest: Vec<(i64, String)>,
     /// Frequencies of the values.
     pub frequent: Option<Frequent>,
-    newest_k: u8,
-    oldest_k: u8,
 }
 
 impl Kept {
@@ -124,20 +122,17 @@ impl Kept {
             newest: Vec::new(),
             oldest: Vec::new(),
             frequent: keep.frequent.then(Frequent::new),
-            newest_k: keep.newest,
-            oldest_k: keep.oldest,
         }
     }
 
-    /// Adds one value (any JSON) observed at `ts`.
-    fn add(&mut self, ts: i64, value: &Value) {
+    /// Adds one value (any JSON) observed at `ts`, keeping what `keep` says.
+    fn add(&mut self, keep: Keep, ts: i64, value: &Value) {
+        let (newest_k, oldest_k) = (usize::from(keep.newest), usize::from(keep.oldest));
         if let (Some(q), Some(x)) = (&mut self.quantiles, value.as_f64()) {
             q.0.add(x);
         }
-        let wanted_newest =
-            self.newest.len() < usize::from(self.newest_k) || self.newest.first().is_some_and(|e| ts >= e.0);
-        let wanted_oldest =
-            self.oldest.len() < usize::from(self.oldest_k) || self.oldest.last().is_some_and(|e| ts < e.0);
+        let wanted_newest = self.newest.len() < newest_k || self.newest.first().is_some_and(|e| ts >= e.0);
+        let wanted_oldest = self.oldest.len() < oldest_k || self.oldest.last().is_some_and(|e| ts < e.0);
         if !(wanted_newest || wanted_oldest || self.frequent.is_some()) {
             return;
         }
@@ -149,22 +144,23 @@ impl Kept {
         if wanted_newest {
             let at = self.newest.partition_point(|e| e.0 <= ts);
             self.newest.insert(at, (ts, text.clone()));
-            if self.newest.len() > usize::from(self.newest_k) {
+            if self.newest.len() > newest_k {
                 self.newest.remove(0);
             }
         }
         if wanted_oldest {
             let at = self.oldest.partition_point(|e| e.0 <= ts);
             self.oldest.insert(at, (ts, text.clone()));
-            self.oldest.truncate(usize::from(self.oldest_k));
+            self.oldest.truncate(oldest_k);
         }
         if let Some(f) = &mut self.frequent {
             f.0.update(text);
         }
     }
 
-    /// Folds `other` in: for equal event times, `self`'s values count as later.
-    fn merge(&mut self, other: &Kept) {
+    /// Folds `other` in, keeping what `keep` says: for equal event times, `self`'s values
+    /// count as later.
+    fn merge(&mut self, keep: Keep, other: &Kept) {
         if let (Some(mine), Some(theirs)) = (&mut self.quantiles, &other.quantiles) {
             mine.0.merge(&theirs.0).expect("one configuration");
         }
@@ -173,15 +169,15 @@ impl Kept {
             all.sort_by_key(|e| e.0); // stable: `theirs` before `mine` on equal times
             all
         };
-        if self.newest_k > 0 {
+        if keep.newest > 0 {
             let mut all = merged(&self.newest, &other.newest);
-            let extra = all.len().saturating_sub(usize::from(self.newest_k));
+            let extra = all.len().saturating_sub(usize::from(keep.newest));
             all.drain(..extra);
             self.newest = all;
         }
-        if self.oldest_k > 0 {
+        if keep.oldest > 0 {
             let mut all = merged(&self.oldest, &other.oldest);
-            all.truncate(usize::from(self.oldest_k));
+            all.truncate(usize::from(keep.oldest));
             self.oldest = all;
         }
         if let (Some(mine), Some(theirs)) = (&mut self.frequent, &other.frequent) {
@@ -220,13 +216,6 @@ pub struct Bucket {
 impl Bucket {
     /// An empty bucket shaped for `spec`.
     pub fn new(index: i64, spec: &BucketSpec) -> Bucket {
-        let mut bucket = Bucket::moments(index, spec.distinct);
-        bucket.kept = spec.keep.any().then(|| Box::new(Kept::new(spec.keep)));
-        bucket
-    }
-
-    /// An empty bucket with moments (and a distinct-count sketch when `distinct`) only.
-    pub fn moments(index: i64, distinct: bool) -> Bucket {
         Bucket {
             index,
             count: 0,
@@ -237,16 +226,16 @@ impl Bucket {
             max: f64::NEG_INFINITY,
             first: (i64::MAX, f64::NAN),
             last: (i64::MIN, f64::NAN),
-            distinct: distinct.then(|| Box::new(Distinct::new())),
-            kept: None,
+            distinct: spec.distinct.then(|| Box::new(Distinct::new())),
+            kept: spec.keep.any().then(|| Box::new(Kept::new(spec.keep))),
         }
     }
 
-    /// Feeds `value` (any JSON) observed at `ts` to the kept state, if any.
+    /// Feeds `value` (any JSON) observed at `ts` to the state `keep` asks for, if any.
     #[inline]
-    pub fn add_kept(&mut self, ts: i64, value: &Value) {
+    pub fn add_kept(&mut self, keep: Keep, ts: i64, value: &Value) {
         if let Some(kept) = &mut self.kept {
-            kept.add(ts, value);
+            kept.add(keep, ts, value);
         }
     }
 
@@ -271,8 +260,9 @@ impl Bucket {
         }
     }
 
-    /// Folds `other` (a bucket of a disjoint time range or disjoint events) into `self`.
-    pub fn merge(&mut self, other: &Bucket) {
+    /// Folds `other` (a bucket of a disjoint time range or disjoint events, of the same
+    /// `spec`) into `self`.
+    pub fn merge(&mut self, spec: &BucketSpec, other: &Bucket) {
         self.count = self.count.saturating_add(other.count);
         if other.n > 0 {
             if self.n > 0 {
@@ -297,7 +287,7 @@ impl Bucket {
             mine.merge(theirs);
         }
         if let (Some(mine), Some(theirs)) = (&mut self.kept, &other.kept) {
-            mine.merge(theirs);
+            mine.merge(spec.keep, theirs);
         }
     }
 

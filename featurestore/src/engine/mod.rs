@@ -125,7 +125,7 @@ pub fn apply(
         if let Some(x) = value.as_f64() {
             bucket.add_number(ts, x);
         }
-        bucket.add_kept(ts, value);
+        bucket.add_kept(spec.keep, ts, value);
         if let Some(sketch) = &mut bucket.distinct {
             match value {
                 Value::String(s) => sketch.insert(s),
@@ -239,7 +239,7 @@ pub fn read(plan: &FeatureSetPlan, state: &EntityState, at_ms: i64) -> Vec<AggVa
             // buckets with index in (end − buckets, end]
             while next > 0 && ring[next - 1].index > end - buckets {
                 next -= 1;
-                acc.merge(&ring[next]);
+                acc.merge(spec, &ring[next]);
             }
             merged.push(acc.clone());
         }

@@ -41,6 +41,35 @@ async fn lookup(store: &OnlineStore, key: &str) -> Vec<(String, Value, Status)> 
     row_values(row.as_ref()).into_iter().map(|v| (v.name, v.value, v.status)).collect()
 }
 
+/// A select that fails on a row (a declared double holding text) does not drop the change:
+/// the row is applied, its selected column is null, and the failure is counted; the next good
+/// change computes it again.
+#[tokio::test]
+async fn a_failing_select_applies_the_row_with_the_selected_column_null() {
+    let store = embedded();
+    let mut t = tables(&store, 0, vec![]).with_selects(vec![Some(selected()), None]);
+    let outcome = t
+        .apply(&mut [
+            change("7", Some(json!({"id": 7, "status": "active", "balance": 4.5})), 1_000, 10),
+            change("8", Some(json!({"id": 8, "status": "active", "balance": "n/a"})), 1_000, 11),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcome, TableOutcome { applied: 2, expression_errors: 1, ..TableOutcome::default() });
+    t.flush().await.unwrap();
+    let value = |row: &[(String, Value, Status)], column: &str| {
+        row.iter().find(|(c, _, _)| c == column).map(|(_, v, _)| v.clone())
+    };
+    assert_eq!(value(&lookup(&store, "7").await, "double_balance"), Some(json!(9.0)));
+    let failed = lookup(&store, "8").await;
+    assert_eq!((value(&failed, "double_balance"), value(&failed, "balance")), (Some(Value::Null), Some(json!("n/a"))));
+    let outcome =
+        t.apply(&mut [change("8", Some(json!({"id": 8, "status": "active", "balance": 2})), 2_000, 12)]).await.unwrap();
+    assert_eq!(outcome.expression_errors, 0);
+    t.flush().await.unwrap();
+    assert_eq!(value(&lookup(&store, "8").await, "double_balance"), Some(json!(4.0)));
+}
+
 #[tokio::test]
 async fn newest_change_wins_and_deletes_answer_not_found() {
     let store = embedded();
