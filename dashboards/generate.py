@@ -212,7 +212,7 @@ alerts = dashboard(
 featurestore = dashboard(
     "fathom-featurestore",
     "Fathom · feature store",
-    "Ingest rate and consumer lag per source, dead letters by reason, flush latency, online keys, freshness per feature set.",
+    "Ingest rate and consumer lag per source, dead letters by reason, flush latency, online keys, event-time lag per feature set, record age when written online.",
     [
         panel(1, "Ingest rate per source", "timeseries",
               [f'SELECT mean("rate") FROM "fathom_ingest" WHERE {T} GROUP BY {I}, "source" fill(none)'],
@@ -229,9 +229,12 @@ featurestore = dashboard(
         panel(5, "Online keys", "timeseries",
               [f'SELECT last("keys") FROM "fathom_online" WHERE {T} GROUP BY {I} fill(none)'],
               0, 16, 12, 8),
-        panel(6, "Freshness per feature set (now − newest event)", "timeseries",
+        panel(6, "Event-time lag per feature set (now − newest event)", "timeseries",
               [f'SELECT last("lag_ms") FROM "fathom_freshness" WHERE {T} GROUP BY {I}, "feature_set" fill(none)'],
               12, 16, 12, 8, unit="ms"),
+        panel(7, "Freshness: record age when written online", "timeseries",
+              [f'SELECT max("p50_ms") AS "p50", max("p99_ms") AS "p99", max("max_ms") AS "max" FROM "fathom_online_freshness" WHERE {T} GROUP BY {I}, "source" fill(none)'],
+              0, 24, 24, 8, unit="ms"),
     ],
     [],
 )

@@ -268,6 +268,9 @@ enum BenchCommand {
     /// A bounded soak of one `fathom serve` with ingest, lookups and monitoring together (needs
     /// a broker and Redis): sustained rates, lookup latency during ingest, memory over time.
     Soak(bench::SoakOptions),
+    /// Produce → visible in a lookup, on a `fathom serve` with default settings while a steady
+    /// stream is ingested (needs a broker and Redis): probe percentiles and the server's own.
+    Freshness(bench::FreshnessOptions),
     /// Drift statistics for one window of many predictions, optionally with numpy/scipy.
     Drift {
         /// Live rows in the window.
@@ -393,6 +396,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             bench::e2e(&bench::E2eOptions { brokers, redis, events, keys, partitions, scenario }).await
         }
         Command::Bench { which: BenchCommand::Soak(options) } => bench::soak(&options).await,
+        Command::Bench { which: BenchCommand::Freshness(options) } => bench::freshness(&options).await,
         Command::Bench { which: BenchCommand::Monitor { predictions, features, batch } } => {
             bench::monitor(predictions, features, batch).await
         }

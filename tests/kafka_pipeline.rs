@@ -834,3 +834,42 @@ async fn a_consumer_group_of_processes_survives_a_member_killed_and_one_added() 
     let unique_rows: std::collections::BTreeSet<(i32, i64)> = rows.iter().copied().collect();
     assert_eq!(unique_rows.len(), produced.len(), "every event offline ({} rows before de-duplication)", rows.len());
 }
+
+/// Freshness is measured from the Kafka record's own timestamp (what its producer stamped), not
+/// from when Fathom read it: records stamped an hour ago are an hour old when written online.
+/// `fathom_online_freshness_seconds` counts every record once, and every age lies between an
+/// hour and an hour plus the time the test has run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freshness_is_the_age_since_the_kafka_timestamp_when_written_online() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let started = std::time::Instant::now();
+    let topic = unique("tx-freshness");
+    create_topics(&[&topic], 2).await;
+    let run = run_for(&topic, "freshness");
+    let producer: FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", common::kafka()).create().unwrap();
+    let stamped = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    let mut last = BTreeMap::new();
+    for i in 0..300 {
+        let key = format!("card-{}", i % 30);
+        let payload = json!({"card_id": key, "ts": stamped, "amount": i, "merchant": "m"}).to_string();
+        let record = FutureRecord::to(&topic).key(&key).payload(&payload).timestamp(stamped);
+        let (partition, offset) = producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+        let at = last.entry(partition).or_insert(-1);
+        *at = offset.max(*at);
+    }
+    let mut fathom = run.start("fathom.log");
+    fathom.wait_ready().await;
+    common::wait_applied(&run.project, &topic, &last, &fathom.log).await;
+    let metrics = reqwest::get(fathom.url("/metrics")).await.unwrap().text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));
+        line.unwrap_or_else(|| panic!("{name} missing: {metrics}")).trim().parse().unwrap()
+    };
+    assert_eq!(value("fathom_online_freshness_seconds_count{source=\"tx\"}"), 300.0, "each record once");
+    let youngest = value("fathom_online_freshness_seconds{source=\"tx\",quantile=\"0\"}");
+    let oldest = value("fathom_online_freshness_seconds{source=\"tx\",quantile=\"1\"}");
+    let bound = 3_600.0 + started.elapsed().as_secs_f64();
+    assert!((3_600.0..=bound).contains(&youngest) && (youngest..=bound).contains(&oldest), "{youngest} … {oldest}");
+    fathom.stop();
+}

@@ -577,6 +577,7 @@ async fn dashboards_answer(db: &str, model: &str, log: &std::path::Path) {
         "fathom_flush",
         "fathom_online",
         "fathom_freshness",
+        "fathom_online_freshness",
     ] {
         wait_for(measurement, log, || async {
             !influx_rows(&influxql(db, &format!("SELECT * FROM \"{measurement}\" LIMIT 1")).await).is_empty()
@@ -613,7 +614,7 @@ async fn dashboards_answer(db: &str, model: &str, log: &std::path::Path) {
             }
         }
     }
-    assert_eq!(checked, 37, "3 variable queries and 34 panel queries in the four dashboards");
+    assert_eq!(checked, 38, "3 variable queries and 35 panel queries in the four dashboards");
 }
 
 /// An InfluxDB of this test's own (1.x, temporary directories, free ports), so it can be

@@ -13,10 +13,13 @@ use crate::{ApiError, AppState, ErrorBody, MAX_PUSH_RECORDS};
 /// Splits a push body into records: a JSON array (each element one record, kept byte for
 /// byte) or NDJSON (each non-blank line one record; malformed lines become dead letters).
 pub fn split_body(body: &[u8], source: usize) -> Result<Vec<Record>, ApiError> {
+    // the push's arrival, as a Kafka record's timestamp is its production: the time of an event
+    // without a time field, and where its freshness is measured from
+    let arrived = chrono::Utc::now().timestamp_millis();
     let record = |offset: usize, payload: Vec<u8>| Record {
         source,
         at: Coordinates { partition: None, offset: offset as i64 },
-        transport_time_ms: None,
+        transport_time_ms: Some(arrived),
         key: None,
         payload,
     };

@@ -369,6 +369,16 @@ impl OfflineWriter {
     /// (disk full, directory not writable) the rows not yet in a file stay buffered and the next
     /// call writes them: retrying loses and repeats nothing.
     pub fn commit(&mut self) -> Result<Vec<PathBuf>, OfflineError> {
+        let mut sealed = self.seal()?;
+        let written = sealed.write();
+        self.unseal(sealed);
+        written
+    }
+
+    /// Every buffered row as finished batches (the ones a failed write gave back first), for
+    /// [`Sealed::write`] on another thread while this writer buffers the next rows. Sealing
+    /// copies nothing and encodes nothing; writing is the expensive part.
+    pub fn seal(&mut self) -> Result<Sealed, OfflineError> {
         while let Some(((source, day), pending)) = self.pending.pop_first() {
             let schema = &self.schemas[source];
             let date = DateTime::from_timestamp_millis(day * 86_400_000).unwrap_or_default().format("%Y-%m-%d");
@@ -380,11 +390,36 @@ impl OfflineWriter {
                 .map_err(|e| OfflineError::Parquet { path: dir.join(&name), source: e.into() })?;
             self.unwritten.push(Unwritten { dir, name, batch });
         }
+        Ok(Sealed { files: std::mem::take(&mut self.unwritten) })
+    }
+
+    /// Takes back what [`Sealed::write`] did not write: the next seal hands it out first.
+    pub fn unseal(&mut self, sealed: Sealed) {
+        let mut files = sealed.files;
+        files.append(&mut self.unwritten);
+        self.unwritten = files;
+    }
+}
+
+/// Sealed batches of an [`OfflineWriter`], each waiting for its file.
+pub struct Sealed {
+    files: Vec<Unwritten>,
+}
+
+impl Sealed {
+    /// Rows in the batches not yet written.
+    pub fn rows(&self) -> usize {
+        self.files.iter().map(|u| u.batch.num_rows()).sum()
+    }
+
+    /// Writes each batch to its file, durably and in order; returns the files written. On an
+    /// error the batches from the failing one on stay here, for [`OfflineWriter::unseal`].
+    pub fn write(&mut self) -> Result<Vec<PathBuf>, OfflineError> {
         let mut written = Vec::new();
-        while let Some(next) = self.unwritten.first() {
+        while let Some(next) = self.files.first() {
             let path = next.dir.join(&next.name);
             write_file(&next.dir, &path, &next.batch)?;
-            self.unwritten.remove(0);
+            self.files.remove(0);
             written.push(path);
         }
         Ok(written)
@@ -566,6 +601,48 @@ mod tests {
         assert_eq!(offsets, [1, 2, 3], "each row once");
         let leftovers: Vec<_> = std::fs::read_dir(&date).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(leftovers.len(), files.len(), "no temporary file left: {leftovers:?}");
+    }
+
+    /// The pipeline's checkpoint: rows sealed and written on another thread while new rows are
+    /// buffered. A sealed write that fails gives its batches back ahead of the new rows; the
+    /// next commit writes every row once, the sealed ones in earlier files.
+    #[test]
+    fn a_failed_sealed_write_goes_back_ahead_of_rows_buffered_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = SourceSchema {
+            name: "tx".into(),
+            key: "card".into(),
+            layout: Layout::Events(vec![("amount".into(), ColumnType::Float)]),
+        };
+        let mut writer = OfflineWriter::new(dir.path(), vec![schema]).unwrap();
+        let day1 = 1_767_225_600_000; // 2026-01-01
+        writer.append(&[event(1, day1 + 5, json!({"amount": 1.0})), event(2, day1 + 6, json!({"amount": 2.0}))], &[]);
+        let mut sealed = writer.seal().unwrap();
+        assert_eq!((sealed.rows(), writer.buffered()), (2, 0), "sealed rows leave the buffer");
+        writer.append(&[event(3, day1 + 7, json!({"amount": 3.0}))], &[]);
+        std::fs::write(dir.path().join("tx"), b"").unwrap(); // the source's directory is a file
+        assert!(sealed.write().is_err());
+        assert_eq!(sealed.rows(), 2, "nothing written, nothing dropped");
+        writer.unseal(sealed);
+        assert_eq!(writer.buffered(), 3);
+        std::fs::remove_file(dir.path().join("tx")).unwrap();
+        let files = writer.commit().unwrap();
+        assert_eq!(writer.buffered(), 0);
+        let offsets: Vec<Vec<i64>> = files
+            .iter()
+            .map(|file| {
+                let reader =
+                    ParquetRecordBatchReaderBuilder::try_new(File::open(file).unwrap()).unwrap().build().unwrap();
+                reader
+                    .flat_map(|batch| {
+                        let batch = batch.unwrap();
+                        let column = batch.column(batch.schema().index_of("_offset").unwrap()).clone();
+                        column.as_primitive::<Int64Type>().values().to_vec()
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(offsets, [vec![1, 2], vec![3]], "the sealed rows first, each row once");
     }
 
     #[test]

@@ -215,6 +215,10 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[String]) -> Result<()
     Ok(())
 }
 
+/// The consumer's `fetch.wait.max.ms` unless the project sets it: what the slowest partition
+/// of a fetch can add to a record's latency.
+pub const FETCH_WAIT_MAX_MS: &str = "10";
+
 /// The consumer of every Kafka-backed source.
 pub struct KafkaSource {
     consumer: Arc<Inner>,
@@ -251,6 +255,12 @@ impl KafkaSource {
         if !config.options.contains_key("statistics.interval.ms") {
             client.set("statistics.interval.ms", "10000");
         }
+        // librdkafka's 500 ms default is how long a broker may hold a fetch open waiting for
+        // data: a broker that waits it out whenever a partition has nothing new puts the
+        // records of the partitions that do behind that wait
+        if !config.options.contains_key("fetch.wait.max.ms") {
+            client.set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
+        }
         let rebalanced = Arc::new(AtomicBool::new(false));
         let last_error = Arc::new(Mutex::new(None));
         let consumer: Inner = client
@@ -265,14 +275,25 @@ impl KafkaSource {
     }
 
     /// Up to `max` records: waits for the first one, then takes what arrives within `linger`.
+    /// A zero `linger` waits for nothing more: the batch is what the consumer already holds, so
+    /// under load batches grow by themselves (records queue while the previous batch is
+    /// processed) and when quiet a record waits for no one.
     /// Not cancel-safe (records received before cancellation are lost to this batch): run it
     /// in a task of its own.
     pub async fn batch(&self, max: usize, linger: Duration) -> Result<Vec<Record>, SourceError> {
+        use futures_util::FutureExt as _;
         let mut out = Vec::with_capacity(max.min(4096));
         let deadline = tokio::time::Instant::now() + linger;
         while out.len() < max {
             let message = if out.is_empty() {
                 self.consumer.recv().await
+            } else if linger.is_zero() {
+                // `recv` takes a message off the queue only when it returns one: dropping it
+                // unfinished loses nothing
+                match self.consumer.recv().now_or_never() {
+                    Some(m) => m,
+                    None => break,
+                }
             } else {
                 match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                     Ok(m) => m,

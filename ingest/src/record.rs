@@ -16,7 +16,8 @@ pub struct Record {
     pub source: usize,
     /// Position in the source.
     pub at: Coordinates,
-    /// The transport's timestamp (Kafka record time), ms since the epoch.
+    /// The transport's timestamp (the Kafka record's timestamp, a push request's arrival), ms
+    /// since the epoch.
     pub transport_time_ms: Option<i64>,
     /// The Kafka record key, if any (Debezium puts the primary key there).
     pub key: Option<Vec<u8>>,

@@ -25,7 +25,8 @@ struct ProcessingConfig {
     /// Records per batch. Default: 10000.
     #[serde(default)]
     batch_size: Option<usize>,
-    /// How long a batch waits to fill after its first record. Default: `50ms`.
+    /// How long a batch waits to fill after its first record. Default: `0ms` — a batch is what
+    /// the consumer holds when the pipeline is ready for it, so it grows with load by itself.
     #[serde(default)]
     linger: Option<String>,
     /// Interval between checkpoints (Parquet files committed, dead letters flushed, Kafka
@@ -455,7 +456,7 @@ fn processing(root: &serde_yaml_ng::Mapping, problems: &mut Vec<Problem>) -> Pro
         root.get("processing").and_then(|v| typed(v, "processing", problems)).unwrap_or_default();
     Processing {
         batch_size: raw.batch_size.unwrap_or(10_000).max(1),
-        linger_ms: span_or(&raw.linger, 50, "processing.linger", problems),
+        linger_ms: span_or(&raw.linger, 0, "processing.linger", problems),
         checkpoint_ms: span_or(&raw.checkpoint_interval, 10_000, "processing.checkpoint_interval", problems),
         max_buffered_rows: raw.max_buffered_rows.unwrap_or(500_000).max(1),
         max_cached_entities: raw.max_cached_entities.unwrap_or(1_000_000),

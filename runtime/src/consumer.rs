@@ -19,7 +19,9 @@ pub(crate) fn spawn_consumer(
     project: &Project,
     health: Arc<Health>,
 ) -> (mpsc::Receiver<Vec<Record>>, Committer) {
-    let (tx, rx) = mpsc::channel(4);
+    // one batch waits while one is processed: a deeper queue would only age the records in it
+    // (librdkafka holds the rest, and the next batch takes everything it holds)
+    let (tx, rx) = mpsc::channel(1);
     let max = project.processing.batch_size;
     let linger = Duration::from_millis(project.processing.linger_ms as u64);
     let watched = tx.clone();

@@ -114,6 +114,12 @@ pub const METRICS: &[Metric] = &[
         &[],
         "Time to write one batch's changed states to the online store, seconds.",
     ),
+    metric(
+        "fathom_online_freshness_seconds",
+        Kind::Histogram,
+        &["source"],
+        "Age of a record when the online write of its batch completed (from its Kafka timestamp or its push's arrival), seconds.",
+    ),
     metric("fathom_entities_written_total", Kind::Counter, &[], "Entity states written to the online store."),
     metric("fathom_cached_entities", Kind::Gauge, &[], "Entity states cached in memory."),
     metric("fathom_offline_rows_total", Kind::Counter, &[], "Rows committed to the offline store (Parquet)."),
@@ -224,6 +230,12 @@ pub(crate) fn flushed(seconds: f64, written: usize, cached: usize) {
     metrics::histogram!("fathom_flush_seconds").record(seconds);
     metrics::counter!("fathom_entities_written_total").increment(written as u64);
     metrics::gauge!("fathom_cached_entities").set(cached as f64);
+}
+
+/// The ages of a batch's records of one source when their online write completed, ms.
+pub(crate) fn freshness(source: &str, ages_ms: impl Iterator<Item = u64>) {
+    let histogram = metrics::histogram!("fathom_online_freshness_seconds", "source" => source.to_string());
+    ages_ms.for_each(|age| histogram.record(age as f64 / 1000.0));
 }
 
 /// Parquet committed at a checkpoint.

@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 
 /// The soak's feature set: 15 features whose windows fill within five minutes, so every
 /// entity's state stops growing after that and the server's memory must too.
-const FEATURES: &str = "entity: card\nsource: tx\naggregations:\n  - { column: amount, functions: [count, sum, mean, max, stddev], windows: [1m, 2m, 5m], period: 10s }\n";
+pub(super) const FEATURES: &str = "entity: card\nsource: tx\naggregations:\n  - { column: amount, functions: [count, sum, mean, max, stddev], windows: [1m, 2m, 5m], period: 10s }\n";
 
 /// Options of the soak.
 #[derive(Debug, Clone, clap::Args)]
@@ -55,7 +55,7 @@ pub(crate) struct SoakOptions {
 }
 
 /// Calls `tick(n)` `per_sec` times a second (in bursts every 10 ms) until `end`.
-async fn paced(per_sec: u64, end: Instant, mut tick: impl FnMut(u64)) {
+pub(super) async fn paced(per_sec: u64, end: Instant, mut tick: impl FnMut(u64)) {
     if per_sec == 0 {
         return;
     }
@@ -127,7 +127,7 @@ pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
         }
         None => String::new(),
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = super::server::free_port()?;
     let yaml = format!(
         "project: {run}\nstores:\n{influxdb}  online: {{ redis: {{ url: \"{redis}\" }} }}\n  offline: {{ parquet: {{ path: {d}/offline }} }}\n\
          \x20 dead_letters: {{ path: {d}/dlq }}\n  kafka: {{ bootstrap_servers: \"{brokers}\", group_id: {run} }}\n\
@@ -140,28 +140,8 @@ pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
         d = dir.display(),
         features = FEATURES.lines().map(|l| format!("    {l}\n")).collect::<String>(),
     );
-    let config = dir.join("fathom.yaml");
-    std::fs::write(&config, yaml)?;
-    let log = std::fs::File::create(dir.join("fathom.log"))?;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args(["serve", "-c"])
-        .arg(&config)
-        .env("FATHOM_LOG", "warn")
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting fathom serve")?;
-    let pid = child.id();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "fathom did not become ready; see {}",
-            dir.join("fathom.log").display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let server = super::server::Server::start(None, &dir, &yaml, port, &http).await?;
+    let (pid, base) = (server.pid(), server.base.clone());
     println!(
         "soak {run}: {} s, {} events/s over {} cards, {} lookups/s, {} predictions/s (+ labels for half); server pid {pid}",
         options.seconds, options.events_per_sec, options.keys, options.lookups_per_sec, options.predictions_per_sec
@@ -334,9 +314,7 @@ pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
         let windows = answer["results"][0]["series"][0]["values"][0][1].as_u64().unwrap_or(0);
         println!("monitoring: {windows} one-minute windows of model drift in InfluxDB ({url}, database fathom_soak)");
     }
-    let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-    let status = child.wait()?;
-    anyhow::ensure!(status.success(), "fathom serve exited with {status}; see {}", dir.join("fathom.log").display());
+    server.stop()?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -1,11 +1,15 @@
 //! Durability: the online flush after every batch, dead letters, and the checkpoint (Parquet
-//! files, then dead letters, then Kafka offsets, each only after the previous one is durable).
+//! files, then dead letters, then Kafka offsets, each only after the previous one is durable;
+//! the files written off the pipeline's task).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use anyhow::Context as _;
+use fathom_featurestore::offline::Sealed;
 use fathom_featurestore::online::{self, OnlineStore};
 use fathom_ingest::deadletter::DeadLetter;
+use fathom_ingest::kafka::Offsets;
 
 use super::Pipeline;
 use crate::telemetry;
@@ -45,27 +49,106 @@ impl Pipeline {
         until_ok!(self.health, "flushing dead letters", self.dead.flush().await);
     }
 
-    /// Parquet files, then dead letters, then Kafka offsets: each step only after the previous
-    /// one is durable.
+    /// Starts a checkpoint, or finishes the one whose files are written. The buffered rows are
+    /// sealed and written to Parquet — then the embedded store's snapshot saved — on a blocking
+    /// thread, so batches keep flowing to the online store meanwhile (encoding a checkpoint's
+    /// rows takes long enough to hold every record behind it); once that is done,
+    /// [`Pipeline::checkpoint_written`] makes the dead letters durable and commits the offsets
+    /// the sealed rows cover. One write at a time.
+    pub(super) async fn checkpoint_step(&mut self) -> anyhow::Result<()> {
+        match self.writing.take() {
+            Some(writing) if writing.is_finished() => {
+                let written = writing.await.context("the checkpoint's writer thread failed")?;
+                self.checkpoint_written(written).await?;
+            }
+            Some(writing) => self.writing = Some(writing),
+            None => self.start_checkpoint(),
+        }
+        Ok(())
+    }
+
+    fn start_checkpoint(&mut self) {
+        self.last_checkpoint = Instant::now();
+        let mut sealed = match self.offline.seal() {
+            Ok(sealed) => sealed,
+            Err(e) => return self.health.degraded("writing the offline store", &e.into()),
+        };
+        let offsets = std::mem::take(&mut self.processed);
+        let store = match self.processor.store() {
+            OnlineStore::Embedded(store) => Some(store.clone()),
+            _ => None,
+        };
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            let rows = sealed.rows();
+            let outcome = match sealed.write() {
+                Err(e) => Err(("writing the offline store", e.into())),
+                Ok(files) => match &store {
+                    Some(store) => {
+                        store.save().map(|()| files.len()).map_err(|e| ("saving the embedded store snapshot", e.into()))
+                    }
+                    None => Ok(files.len()),
+                },
+            };
+            Written { sealed, outcome, rows, offsets }
+        }));
+    }
+
+    /// Finishes a checkpoint after its writer thread: dead letters, then Kafka offsets. When
+    /// the write failed, its batches and offsets go back and the checkpoint is redone waiting,
+    /// retried until the store takes it — the stream waits meanwhile, as for any store that
+    /// does not take writes.
+    async fn checkpoint_written(&mut self, written: Written) -> anyhow::Result<()> {
+        let Written { sealed, outcome, rows, offsets } = written;
+        match outcome {
+            Ok(files) => {
+                telemetry::offline_committed(rows, files);
+                self.finish_checkpoint(offsets).await;
+            }
+            Err((what, e)) => {
+                self.offline.unseal(sealed);
+                // what was processed since is newer
+                for (partition, next) in offsets {
+                    self.processed.entry(partition).or_insert(next);
+                }
+                self.health.degraded(what, &e);
+                self.checkpoint().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A whole checkpoint, each step waited for: Parquet files, the embedded store's snapshot,
+    /// dead letters, Kafka offsets — each only after the previous one is durable. After a
+    /// failed write and at the end, once the write in flight is finished.
     pub(super) async fn checkpoint(&mut self) -> anyhow::Result<()> {
+        if let Some(writing) = self.writing.take() {
+            let written = writing.await.context("the checkpoint's writer thread failed")?;
+            Box::pin(self.checkpoint_written(written)).await?;
+        }
         let rows = self.offline.buffered();
         let files = until_ok!(self.health, "writing the offline store", self.offline.commit());
         telemetry::offline_committed(rows, files.len());
-        self.flush_dead_letters().await;
         if let OnlineStore::Embedded(store) = self.processor.store().clone() {
             until_ok!(self.health, "saving the embedded store snapshot", {
                 let saving = store.clone();
                 tokio::task::spawn_blocking(move || saving.save()).await?
             });
         }
+        let offsets = std::mem::take(&mut self.processed);
+        self.finish_checkpoint(offsets).await;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Dead letters, then the offsets of the rows now durable; then the checkpoint's figures.
+    async fn finish_checkpoint(&mut self, offsets: Offsets) {
+        self.flush_dead_letters().await;
         let mut lags = Vec::new();
         if let Some(committer) = &self.committer {
-            let offsets = self.processed.clone();
             let committer = committer.clone();
-            let lag = tokio::task::spawn_blocking(move || committer.commit(&offsets).map(|()| committer.lag())).await?;
+            let lag = tokio::task::spawn_blocking(move || committer.commit(&offsets).map(|()| committer.lag())).await;
             match lag {
-                Ok(lag) => {
-                    self.processed.clear();
+                Ok(Ok(lag)) => {
                     for (topic, partition, lag) in lag {
                         telemetry::consumer_lag(&topic, partition, lag);
                         lags.push((topic, partition, lag));
@@ -74,10 +157,8 @@ impl Pipeline {
                 // a failed commit only means a longer replay after a crash (applied records are
                 // skipped); forget these offsets rather than retry partitions a rebalance may have
                 // taken away — the next checkpoint commits newer ones
-                Err(e) => {
-                    tracing::warn!(error = format!("{e:#}"), "committing Kafka offsets");
-                    self.processed.clear();
-                }
+                Ok(Err(e)) => tracing::warn!(error = format!("{e:#}"), "committing Kafka offsets"),
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "committing Kafka offsets"),
             }
         }
         let keys = self.processor.store().key_count().await.ok().flatten();
@@ -85,7 +166,17 @@ impl Pipeline {
             telemetry::online_keys(keys);
         }
         self.write_stats(&lags, keys).await;
-        self.last_checkpoint = Instant::now();
-        Ok(())
     }
+}
+
+/// A checkpoint's write, done on a blocking thread.
+pub(super) struct Written {
+    /// What was not written (everything after a failure).
+    sealed: Sealed,
+    /// Files written, or what failed and why.
+    outcome: Result<usize, (&'static str, anyhow::Error)>,
+    /// Rows sealed.
+    rows: usize,
+    /// The offsets the sealed rows cover, committed once they are durable.
+    offsets: Offsets,
 }

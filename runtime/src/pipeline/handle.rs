@@ -31,6 +31,9 @@ impl Pipeline {
     pub(super) async fn handle(&mut self, mut records: Vec<Record>) -> PushSummary {
         self.skip_handled(&mut records);
         self.count_in(&records);
+        let mut produced: Vec<(usize, i64)> =
+            records.iter().filter_map(|r| Some((r.source, r.transport_time_ms?))).collect();
+        produced.sort_by_key(|(source, _)| *source);
         let mut summary = PushSummary::default();
         let Batch { mut events, changes, last } = self.decode(records, &mut summary).await;
         self.transform(&mut events, &mut summary, false).await;
@@ -41,6 +44,7 @@ impl Pipeline {
         self.transform(&mut events, &mut summary, true).await;
         self.apply_events(&mut events, &mut summary).await;
         self.mark_applied(last).await;
+        self.note_freshness(&produced);
         summary
     }
 

@@ -3,8 +3,8 @@
 //!
 //! One task owns the processor and the writers, so batches are applied in order without locks.
 //! Every batch ends with an online flush (state and applied offsets, atomically per entity);
-//! every `checkpoint_interval` the Parquet files are committed, dead letters made durable, and
-//! only then Kafka offsets committed. A crash between two checkpoints replays records the online
+//! every `checkpoint_interval` the Parquet files are committed (written on a blocking thread while
+//! batches go on), dead letters made durable, and only then Kafka offsets committed. A crash between two checkpoints replays records the online
 //! store already holds; each entity's applied offsets make those replays no-ops.
 
 mod checkpoint;
@@ -160,6 +160,7 @@ pub async fn start_with(project: Arc<Project>, roles: Roles) -> anyhow::Result<R
         processed: Offsets::new(),
         handled: BTreeMap::new(),
         last_checkpoint: Instant::now(),
+        writing: None,
         health: health.clone(),
         stats: IngestStats {
             records: vec![0; project.sources.len()],
@@ -259,6 +260,8 @@ struct Pipeline {
     /// it is skipped whole.
     handled: BTreeMap<(usize, i32), i64>,
     last_checkpoint: Instant,
+    /// The checkpoint being written on a blocking thread.
+    writing: Option<JoinHandle<checkpoint::Written>>,
     health: Arc<Health>,
     /// What happened since the last checkpoint, written to InfluxDB as `fathom_ingest` & co.
     stats: IngestStats,
@@ -324,13 +327,16 @@ impl Stage for Pipeline {
         Ok(())
     }
 
+    /// Due by time or buffered rows; while a checkpoint is being written, after every event, to
+    /// see whether it is done.
     fn checkpoint_due(&self) -> bool {
-        self.last_checkpoint.elapsed() >= Duration::from_millis(self.project.processing.checkpoint_ms as u64)
+        self.writing.is_some()
+            || self.last_checkpoint.elapsed() >= Duration::from_millis(self.project.processing.checkpoint_ms as u64)
             || self.offline.buffered() >= self.project.processing.max_buffered_rows
     }
 
     async fn handle_checkpoint(&mut self) -> anyhow::Result<()> {
-        self.checkpoint().await
+        self.checkpoint_step().await
     }
 
     async fn finish(&mut self) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::Pipeline;
+use crate::telemetry;
 
 /// Ingest figures between two checkpoints.
 #[derive(Default)]
@@ -15,12 +16,39 @@ pub(super) struct IngestStats {
     pub(super) newest_ms: Vec<Option<i64>>,
     /// Flush durations, seconds.
     pub(super) flushes: Vec<f64>,
+    /// Per source: the ages of its records when their online write completed, ms.
+    pub(super) freshness: BTreeMap<usize, hdrhistogram::Histogram<u64>>,
+}
+
+impl Pipeline {
+    /// Notes how old each record of a batch was when its online write completed: now − its
+    /// transport time (`produced`: source, ms), as the Prometheus histogram
+    /// `fathom_online_freshness_seconds` and, per checkpoint, `fathom_online_freshness` points. A
+    /// producer clock ahead of ours counts as age 0.
+    pub(super) fn note_freshness(&mut self, produced: &[(usize, i64)]) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut at = 0;
+        while at < produced.len() {
+            let source = produced[at].0;
+            let run = produced[at..].iter().take_while(|(s, _)| *s == source).count();
+            let ages = produced[at..at + run].iter().map(|(_, t)| (now - t).max(0) as u64);
+            let histogram = self.stats.freshness.entry(source).or_insert_with(|| {
+                hdrhistogram::Histogram::new(3).expect("3 significant digits are within hdrhistogram's range")
+            });
+            telemetry::freshness(
+                &self.project.sources[source].0,
+                ages.inspect(|&age| histogram.saturating_record(age)),
+            );
+            at += run;
+        }
+    }
 }
 
 impl Pipeline {
     /// The checkpoint's ingest figures to InfluxDB (when configured): `fathom_ingest` per
     /// source, `fathom_dead_letters` per source and reason, `fathom_consumer_lag` per partition,
-    /// `fathom_flush`, `fathom_online` and `fathom_freshness` per feature set.
+    /// `fathom_flush`, `fathom_online`, `fathom_online_freshness` per source and `fathom_freshness` per
+    /// feature set.
     pub(super) async fn write_stats(&mut self, lags: &[(String, i32, i64)], keys: Option<u64>) {
         use fathom_monitor::influx::{Field, Point};
         let fresh = IngestStats {
@@ -75,6 +103,20 @@ impl Pipeline {
         }
         if let Some(keys) = keys {
             points.push(point("fathom_online", vec![], vec![("keys", Field::Int(keys as i64))]));
+        }
+        for (source, ages) in &stats.freshness {
+            let quantile = |q: f64| Field::Int(ages.value_at_quantile(q) as i64);
+            points.push(point(
+                "fathom_online_freshness",
+                vec![("source", self.project.sources[*source].0.clone())],
+                vec![
+                    ("records", Field::Int(ages.len() as i64)),
+                    ("p50_ms", quantile(0.5)),
+                    ("p90_ms", quantile(0.9)),
+                    ("p99_ms", quantile(0.99)),
+                    ("max_ms", Field::Int(ages.max() as i64)),
+                ],
+            ));
         }
         for (plan, &source) in self.project.plans.iter().zip(&self.project.plan_sources) {
             if let Some(newest) = stats.newest_ms[source] {

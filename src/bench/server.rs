@@ -1,0 +1,73 @@
+//! A `fathom serve` child process of a benchmark, so its CPU and memory are its own.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+/// A running `fathom serve` on 127.0.0.1, logging to `fathom.log` in its directory.
+pub(super) struct Server {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub(super) base: String,
+    /// Where its project file and log are.
+    pub(super) dir: PathBuf,
+}
+
+/// A port free right now on 127.0.0.1.
+pub(super) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Server {
+    /// Writes `yaml` to `dir/fathom.yaml`, starts `<binary> serve` on it (this executable when
+    /// `None`; log level `warn`) and waits up to 60 s for `/readyz` on `port`.
+    pub(super) async fn start(
+        binary: Option<&Path>,
+        dir: &Path,
+        yaml: &str,
+        port: u16,
+        http: &reqwest::Client,
+    ) -> anyhow::Result<Server> {
+        let config = dir.join("fathom.yaml");
+        std::fs::write(&config, yaml)?;
+        let log = std::fs::File::create(dir.join("fathom.log"))?;
+        let child = std::process::Command::new(match binary {
+            Some(path) => path.to_path_buf(),
+            None => std::env::current_exe()?,
+        })
+        .args(["serve", "-c"])
+        .arg(&config)
+        .env("FATHOM_LOG", "warn")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting fathom serve")?;
+        let server = Server { child, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !http.get(format!("{}/readyz", server.base)).send().await.is_ok_and(|r| r.status().is_success()) {
+            anyhow::ensure!(Instant::now() < deadline, "fathom did not become ready; see {}", server.log().display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(server)
+    }
+
+    /// The process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its log file.
+    pub(super) fn log(&self) -> PathBuf {
+        self.dir.join("fathom.log")
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub(super) fn stop(mut self) -> anyhow::Result<()> {
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let status = self.child.wait()?;
+        anyhow::ensure!(status.success(), "fathom serve exited with {status}; see {}", self.log().display());
+        Ok(())
+    }
+}
