@@ -854,9 +854,9 @@ async fn freshness_is_the_age_since_the_kafka_timestamp_when_written_online() {
         let key = format!("card-{}", i % 30);
         let payload = json!({"card_id": key, "ts": stamped, "amount": i, "merchant": "m"}).to_string();
         let record = FutureRecord::to(&topic).key(&key).payload(&payload).timestamp(stamped);
-        let (partition, offset) = producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
-        let at = last.entry(partition).or_insert(-1);
-        *at = offset.max(*at);
+        let delivered = producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+        let at = last.entry(delivered.partition).or_insert(-1);
+        *at = delivered.offset.max(*at);
     }
     let mut fathom = run.start("fathom.log");
     fathom.wait_ready().await;
