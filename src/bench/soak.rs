@@ -48,6 +48,9 @@ pub(crate) struct SoakOptions {
     /// Seconds of warm-up (windows filling, caches growing) before memory must stay flat.
     #[arg(long, default_value_t = 360)]
     pub warmup: u64,
+    /// The `fathom` binary to serve with (another build, for an A/B run); this one by default.
+    #[arg(long)]
+    pub serve_with: Option<std::path::PathBuf>,
     /// InfluxDB 1.x URL for the monitoring results (database `fathom_soak`, created if absent);
     /// without it they go to a file in the run's directory.
     #[arg(long)]
@@ -140,7 +143,7 @@ pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
         d = dir.display(),
         features = FEATURES.lines().map(|l| format!("    {l}\n")).collect::<String>(),
     );
-    let server = super::server::Server::start(None, &dir, &yaml, port, &http).await?;
+    let server = super::server::Server::start(options.serve_with.as_deref(), &dir, &yaml, port, &http).await?;
     let (pid, base) = (server.pid(), server.base.clone());
     println!(
         "soak {run}: {} s, {} events/s over {} cards, {} lookups/s, {} predictions/s (+ labels for half); server pid {pid}",

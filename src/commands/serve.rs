@@ -5,14 +5,31 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fathom_api::serve;
+use fathom_featurestore::online::OnlineStore;
 use fathom_runtime::{pipeline, Roles};
 
 /// Runs the roles `--roles` names with the project (the embedded demo without one).
+///
+/// The pipeline and the monitor run on threads of their own (`fathom-pipeline`), the HTTP API on
+/// the caller's runtime with a Redis connection of its own: a batch is CPU work (decoding,
+/// transforms, aggregation, Parquet) that lookups must not queue behind, and a connection's
+/// replies are read by a task of the runtime it was made on.
 pub(crate) async fn run(config: Option<&PathBuf>, roles: &str) -> anyhow::Result<()> {
     let roles = Roles::parse(roles).map_err(|e| anyhow::anyhow!("--roles: {e}"))?;
     let project = super::load(config)?;
-    let running = pipeline::start_with(project.clone(), roles).await?;
-    serve::serve_roles(project, running, roles.api).await
+    let workers = tokio::runtime::Builder::new_multi_thread().thread_name("fathom-pipeline").enable_all().build()?;
+    let served = async {
+        let mut running = workers.spawn(pipeline::start_with(project.clone(), roles)).await??;
+        if let OnlineStore::Redis(_) = running.store {
+            running.store = pipeline::connect_online(&project).await?;
+        }
+        serve::serve_roles(project, running, roles.api).await
+    }
+    .await;
+    // the pipeline and the monitor have finished (their final checkpoints are done), or never
+    // started; a runtime is not dropped inside another
+    workers.shutdown_background();
+    served
 }
 
 /// Memory gauges every 5 s: `fathom_process_resident_bytes` (the process's RSS, C libraries

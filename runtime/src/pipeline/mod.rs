@@ -182,8 +182,9 @@ pub async fn start_with(project: Arc<Project>, roles: Roles) -> anyhow::Result<R
     Ok(Running { store, push: push_tx, health, shutdown: shutdown_tx, task, monitor })
 }
 
-/// The online store: Redis when configured, else the embedded store (loaded from its snapshot).
-async fn connect_online(project: &Project) -> anyhow::Result<OnlineStore> {
+/// The online store: Redis when configured, else a new embedded store (loaded from its
+/// snapshot).
+pub async fn connect_online(project: &Project) -> anyhow::Result<OnlineStore> {
     Ok(match project.redis()? {
         Some(topology) => OnlineStore::Redis(RedisStore::connect(&topology).await.context("connecting to Redis")?),
         None => match project.stores.online.embedded.as_ref().and_then(|e| e.snapshot.as_deref()) {
