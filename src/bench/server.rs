@@ -71,3 +71,13 @@ impl Server {
         Ok(())
     }
 }
+
+impl Drop for Server {
+    /// A benchmark that fails half-way leaves no server behind to skew the next one.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
