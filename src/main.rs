@@ -271,6 +271,10 @@ enum BenchCommand {
     /// Produce → visible in a lookup, on a `fathom serve` with default settings while a steady
     /// stream is ingested (needs a broker and Redis): probe percentiles and the server's own.
     Freshness(bench::FreshnessOptions),
+    /// Lookup throughput and latency of a `fathom serve` (needs a broker, Redis and the load
+    /// generator oha): closed and open loop, single entities and batches, optionally while
+    /// ingesting and side by side with `feast serve`.
+    Lookup(bench::LookupOptions),
     /// Drift statistics for one window of many predictions, optionally with numpy/scipy.
     Drift {
         /// Live rows in the window.
@@ -397,6 +401,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         }
         Command::Bench { which: BenchCommand::Soak(options) } => bench::soak(&options).await,
         Command::Bench { which: BenchCommand::Freshness(options) } => bench::freshness(&options).await,
+        Command::Bench { which: BenchCommand::Lookup(options) } => bench::lookup(&options).await,
         Command::Bench { which: BenchCommand::Monitor { predictions, features, batch } } => {
             bench::monitor(predictions, features, batch).await
         }

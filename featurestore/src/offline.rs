@@ -493,6 +493,28 @@ mod tests {
         }
     }
 
+    /// A writer of one event source, `tx`, with a float column `amount`.
+    fn amount_writer(root: &Path) -> OfflineWriter {
+        let schema = SourceSchema {
+            name: "tx".into(),
+            key: "card".into(),
+            layout: Layout::Events(vec![("amount".into(), ColumnType::Float)]),
+        };
+        OfflineWriter::new(root, vec![schema]).unwrap()
+    }
+
+    /// The `_offset` column of a Parquet file, in file order.
+    fn offsets(file: &Path) -> Vec<i64> {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(file).unwrap()).unwrap().build().unwrap();
+        reader
+            .flat_map(|batch| {
+                let batch = batch.unwrap();
+                let column = batch.column(batch.schema().index_of("_offset").unwrap()).clone();
+                column.as_primitive::<Int64Type>().values().to_vec()
+            })
+            .collect()
+    }
+
     #[test]
     fn round_trips_events_partitioned_by_event_date() {
         let dir = tempfile::tempdir().unwrap();
@@ -552,12 +574,7 @@ mod tests {
     #[test]
     fn a_failed_commit_keeps_its_rows_for_the_next() {
         let dir = tempfile::tempdir().unwrap();
-        let schema = SourceSchema {
-            name: "tx".into(),
-            key: "card".into(),
-            layout: Layout::Events(vec![("amount".into(), ColumnType::Float)]),
-        };
-        let mut writer = OfflineWriter::new(dir.path(), vec![schema]).unwrap();
+        let mut writer = amount_writer(dir.path());
         let day1 = 1_767_225_600_000; // 2026-01-01
         writer.append(&[event(1, day1 + 5, json!({"amount": 1.0})), event(2, day1 + 6, json!({"amount": 2.0}))], &[]);
         let date = dir.path().join("tx/date=2026-01-01");
@@ -589,14 +606,7 @@ mod tests {
 
         let files = writer.commit().unwrap();
         assert_eq!(writer.buffered(), 0);
-        let mut offsets = Vec::new();
-        for file in &files {
-            for batch in ParquetRecordBatchReaderBuilder::try_new(File::open(file).unwrap()).unwrap().build().unwrap() {
-                let batch = batch.unwrap();
-                let column = batch.column(batch.schema().index_of("_offset").unwrap()).clone();
-                offsets.extend(column.as_primitive::<Int64Type>().values().iter().copied());
-            }
-        }
+        let mut offsets: Vec<i64> = files.iter().flat_map(|file| offsets(file)).collect();
         offsets.sort();
         assert_eq!(offsets, [1, 2, 3], "each row once");
         let leftovers: Vec<_> = std::fs::read_dir(&date).unwrap().flatten().map(|e| e.file_name()).collect();
@@ -609,12 +619,7 @@ mod tests {
     #[test]
     fn a_failed_sealed_write_goes_back_ahead_of_rows_buffered_meanwhile() {
         let dir = tempfile::tempdir().unwrap();
-        let schema = SourceSchema {
-            name: "tx".into(),
-            key: "card".into(),
-            layout: Layout::Events(vec![("amount".into(), ColumnType::Float)]),
-        };
-        let mut writer = OfflineWriter::new(dir.path(), vec![schema]).unwrap();
+        let mut writer = amount_writer(dir.path());
         let day1 = 1_767_225_600_000; // 2026-01-01
         writer.append(&[event(1, day1 + 5, json!({"amount": 1.0})), event(2, day1 + 6, json!({"amount": 2.0}))], &[]);
         let mut sealed = writer.seal().unwrap();
@@ -628,20 +633,7 @@ mod tests {
         std::fs::remove_file(dir.path().join("tx")).unwrap();
         let files = writer.commit().unwrap();
         assert_eq!(writer.buffered(), 0);
-        let offsets: Vec<Vec<i64>> = files
-            .iter()
-            .map(|file| {
-                let reader =
-                    ParquetRecordBatchReaderBuilder::try_new(File::open(file).unwrap()).unwrap().build().unwrap();
-                reader
-                    .flat_map(|batch| {
-                        let batch = batch.unwrap();
-                        let column = batch.column(batch.schema().index_of("_offset").unwrap()).clone();
-                        column.as_primitive::<Int64Type>().values().to_vec()
-                    })
-                    .collect()
-            })
-            .collect();
+        let offsets: Vec<Vec<i64>> = files.iter().map(|file| offsets(file)).collect();
         assert_eq!(offsets, [vec![1, 2], vec![3]], "the sealed rows first, each row once");
     }
 

@@ -13,11 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-
 use super::server::{free_port, Server};
-use super::soak::paced;
+use super::soak::{paced, transactions};
 
 /// Options of the freshness benchmark.
 #[derive(Debug, Clone, clap::Args)]
@@ -99,19 +96,7 @@ pub(crate) async fn freshness(options: &FreshnessOptions) -> anyhow::Result<()> 
         client.clone().set("linger.ms", "5").set("queue.buffering.max.messages", "1000000").create()?;
     let prober: FutureProducer = client.clone().set("linger.ms", "0").create()?;
     let produced = Arc::new(AtomicU64::new(0));
-    let events = {
-        let (load, produced, tx) = (load.clone(), produced.clone(), tx.clone());
-        let mut rng = SmallRng::seed_from_u64(9);
-        let keys = options.keys;
-        paced(options.rate, end, move |_| {
-            let card = format!("card-{:06}", rng.random_range(0..keys));
-            let ts = chrono::Utc::now().timestamp_millis();
-            let payload = format!(r#"{{"card_id":"{card}","ts":{ts},"amount":{:.2}}}"#, rng.random::<f64>() * 300.0);
-            if load.send_result(FutureRecord::to(&tx).key(&card).payload(&payload)).is_ok() {
-                produced.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-    };
+    let events = transactions(&load, &tx, options.rate, options.keys, end, &produced);
     let latencies = Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let missed = Arc::new(AtomicU64::new(0));
     let probes = {

@@ -76,6 +76,29 @@ pub(super) async fn paced(per_sec: u64, end: Instant, mut tick: impl FnMut(u64))
     }
 }
 
+/// Produces transactions — `card_id` one of `keys` cards (`card-000042`), `ts` now, a random
+/// `amount` — to `topic` at `per_sec` until `end`, counting those queued in `produced`.
+pub(super) fn transactions(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    per_sec: u64,
+    keys: usize,
+    end: Instant,
+    produced: &Arc<AtomicU64>,
+) -> impl std::future::Future<Output = ()> {
+    let (producer, topic, produced) = (producer.clone(), topic.to_string(), produced.clone());
+    let mut rng = SmallRng::seed_from_u64(9);
+    paced(per_sec, end, move |_| {
+        let card = format!("card-{:06}", rng.random_range(0..keys));
+        let ts = chrono::Utc::now().timestamp_millis();
+        let payload = format!(r#"{{"card_id":"{card}","ts":{ts},"amount":{:.2}}}"#, rng.random::<f64>() * 300.0);
+        let record = rdkafka::producer::FutureRecord::to(&topic).key(&card).payload(&payload);
+        if producer.send_result(record).is_ok() {
+            produced.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
 /// Runs the soak and prints its figures.
 pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
     use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -155,18 +178,7 @@ pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
         client.clone().set("linger.ms", "10").set("queue.buffering.max.messages", "1000000").create()?;
     let produced = Arc::new(AtomicU64::new(0));
     let keys = options.keys;
-    let events = {
-        let (producer, produced, tx) = (producer.clone(), produced.clone(), tx.clone());
-        let mut rng = SmallRng::seed_from_u64(9);
-        paced(options.events_per_sec, end, move |_| {
-            let card = format!("card-{:06}", rng.random_range(0..keys));
-            let ts = chrono::Utc::now().timestamp_millis();
-            let payload = format!(r#"{{"card_id":"{card}","ts":{ts},"amount":{:.2}}}"#, rng.random::<f64>() * 300.0);
-            if producer.send_result(FutureRecord::to(&tx).key(&card).payload(&payload)).is_ok() {
-                produced.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-    };
+    let events = transactions(&producer, &tx, options.events_per_sec, keys, end, &produced);
     let monitored = {
         let (producer, predictions, labels) = (producer.clone(), predictions.clone(), labels.clone());
         let mut rng = SmallRng::seed_from_u64(10);

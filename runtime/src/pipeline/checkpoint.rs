@@ -74,20 +74,12 @@ impl Pipeline {
             Err(e) => return self.health.degraded("writing the offline store", &e.into()),
         };
         let offsets = std::mem::take(&mut self.processed);
-        let store = match self.processor.store() {
-            OnlineStore::Embedded(store) => Some(store.clone()),
-            _ => None,
-        };
+        let snapshot = self.snapshot();
         self.writing = Some(tokio::task::spawn_blocking(move || {
             let rows = sealed.rows();
             let outcome = match sealed.write() {
                 Err(e) => Err(("writing the offline store", e.into())),
-                Ok(files) => match &store {
-                    Some(store) => {
-                        store.save().map(|()| files.len()).map_err(|e| ("saving the embedded store snapshot", e.into()))
-                    }
-                    None => Ok(files.len()),
-                },
+                Ok(files) => snapshot().map(|()| files.len()).map_err(|e| ("saving the embedded store snapshot", e)),
             };
             Written { sealed, outcome, rows, offsets }
         }));
@@ -102,7 +94,7 @@ impl Pipeline {
         match outcome {
             Ok(files) => {
                 telemetry::offline_committed(rows, files);
-                self.finish_checkpoint(offsets).await;
+                self.finish_checkpoint(offsets).await?;
             }
             Err((what, e)) => {
                 self.offline.unseal(sealed);
@@ -128,27 +120,37 @@ impl Pipeline {
         let rows = self.offline.buffered();
         let files = until_ok!(self.health, "writing the offline store", self.offline.commit());
         telemetry::offline_committed(rows, files.len());
-        if let OnlineStore::Embedded(store) = self.processor.store().clone() {
-            until_ok!(self.health, "saving the embedded store snapshot", {
-                let saving = store.clone();
-                tokio::task::spawn_blocking(move || saving.save()).await?
-            });
-        }
+        until_ok!(self.health, "saving the embedded store snapshot", {
+            let snapshot = self.snapshot();
+            tokio::task::spawn_blocking(snapshot).await?
+        });
         let offsets = std::mem::take(&mut self.processed);
-        self.finish_checkpoint(offsets).await;
+        self.finish_checkpoint(offsets).await?;
         self.last_checkpoint = Instant::now();
         Ok(())
     }
 
+    /// Saves the embedded store's snapshot when that is the online store (blocking; a no-op
+    /// for Redis).
+    fn snapshot(&self) -> impl FnOnce() -> anyhow::Result<()> + Send + 'static {
+        let store = match self.processor.store() {
+            OnlineStore::Embedded(store) => Some(store.clone()),
+            _ => None,
+        };
+        move || store.map_or(Ok(()), |store| Ok(store.save()?))
+    }
+
     /// Dead letters, then the offsets of the rows now durable; then the checkpoint's figures.
-    async fn finish_checkpoint(&mut self, offsets: Offsets) {
+    async fn finish_checkpoint(&mut self, offsets: Offsets) -> anyhow::Result<()> {
         self.flush_dead_letters().await;
         let mut lags = Vec::new();
         if let Some(committer) = &self.committer {
             let committer = committer.clone();
-            let lag = tokio::task::spawn_blocking(move || committer.commit(&offsets).map(|()| committer.lag())).await;
+            let lag = tokio::task::spawn_blocking(move || committer.commit(&offsets).map(|()| committer.lag()))
+                .await
+                .context("the offset committer's thread failed")?;
             match lag {
-                Ok(Ok(lag)) => {
+                Ok(lag) => {
                     for (topic, partition, lag) in lag {
                         telemetry::consumer_lag(&topic, partition, lag);
                         lags.push((topic, partition, lag));
@@ -157,7 +159,6 @@ impl Pipeline {
                 // a failed commit only means a longer replay after a crash (applied records are
                 // skipped); forget these offsets rather than retry partitions a rebalance may have
                 // taken away — the next checkpoint commits newer ones
-                Ok(Err(e)) => tracing::warn!(error = format!("{e:#}"), "committing Kafka offsets"),
                 Err(e) => tracing::warn!(error = format!("{e:#}"), "committing Kafka offsets"),
             }
         }
@@ -166,6 +167,7 @@ impl Pipeline {
             telemetry::online_keys(keys);
         }
         self.write_stats(&lags, keys).await;
+        Ok(())
     }
 }
 
