@@ -152,6 +152,7 @@ pub(crate) async fn lookup(options: &LookupOptions) -> anyhow::Result<()> {
     applied_all(&options.redis, &run, &tx, partitions, total).await?;
     let references = references();
     let single = bodies(&dir.join("single.jsonl"), &references, options.keys, 1, 10_000)?;
+    let single_body = std::fs::read_to_string(&single)?.lines().next().unwrap_or_default().to_string();
     let batch = bodies(&dir.join("batch.jsonl"), &references, options.keys, options.batch, 1_000)?;
     let runs = [
         Run {
@@ -188,12 +189,14 @@ pub(crate) async fn lookup(options: &LookupOptions) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     let url = format!("{}/get-online-features", server.base);
+    answers_all(&http, &url, &single_body).await?;
     let mut table = Vec::new();
     for r in &runs {
         table.push(("fathom", r.name.clone(), oha(options, r, &url).await?));
     }
     if let Some(python) = &options.feast_python {
         let feast = Feast::start(python, &dir, &options.redis, options.keys).await?;
+        answers_all(&http, &feast.url, &single_body).await?;
         for r in &runs {
             table.push(("feast", r.name.clone(), oha(options, r, &feast.url).await?));
         }
@@ -237,6 +240,19 @@ async fn applied_all(redis: &str, group: &str, topic: &str, partitions: i32, tot
         anyhow::ensure!(Instant::now() < deadline, "only {applied} of {total} loading events applied after 120 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Checks that a server answers `body` with every feature present, so that what is measured
+/// is lookups that found their values.
+async fn answers_all(http: &reqwest::Client, url: &str, body: &str) -> anyhow::Result<()> {
+    let answer = http.post(url).header("content-type", "application/json").body(body.to_string()).send().await?;
+    let answer: serde_json::Value = answer.error_for_status()?.json().await?;
+    let results = answer["results"].as_array().with_context(|| format!("{url} answered {answer}"))?;
+    // the first result is the entity column; Feast marks a missing feature PRESENT with a null
+    let features = &results[1.min(results.len())..];
+    let found = features.iter().all(|r| r["statuses"][0] == "PRESENT" && !r["values"][0].is_null());
+    anyhow::ensure!(found && features.len() == 10, "{url} did not find every feature of {body}: {answer}");
+    Ok(())
 }
 
 /// Writes `lines` request bodies of `entities` random cards each; oha sends a random line per
