@@ -237,6 +237,29 @@ pub struct Committer {
     last_error: Arc<Mutex<Option<ClientError>>>,
 }
 
+/// The consumer's settings: the project's `kafka` section, the group, offsets committed only
+/// by Fathom, and Fathom's defaults where the project's `options` are silent
+/// (`auto.offset.reset: earliest`, `statistics.interval.ms: 10000`, `fetch.wait.max.ms`:
+/// [`FETCH_WAIT_MAX_MS`]).
+pub fn consumer_config(config: &KafkaConfig, group: &str) -> Result<ClientConfig, SourceError> {
+    let mut client = client_config(config)?;
+    client.set("group.id", group).set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
+    // librdkafka's 500 ms default of fetch.wait.max.ms is how long a broker may hold a fetch
+    // open waiting for data: a broker that waits it out whenever a partition has nothing new
+    // puts the records of the partitions that do behind that wait
+    let defaults = [
+        ("auto.offset.reset", "earliest"),
+        ("statistics.interval.ms", "10000"),
+        ("fetch.wait.max.ms", FETCH_WAIT_MAX_MS),
+    ];
+    for (key, value) in defaults {
+        if !config.options.contains_key(key) {
+            client.set(key, value);
+        }
+    }
+    Ok(client)
+}
+
 /// Next offset to read per (topic, partition).
 pub type Offsets = BTreeMap<(String, i32), i64>;
 
@@ -247,20 +270,7 @@ impl KafkaSource {
         group: &str,
         topics: &[(String, usize)],
     ) -> Result<(KafkaSource, Committer), SourceError> {
-        let mut client = client_config(config)?;
-        client.set("group.id", group).set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
-        if !config.options.contains_key("auto.offset.reset") {
-            client.set("auto.offset.reset", "earliest");
-        }
-        if !config.options.contains_key("statistics.interval.ms") {
-            client.set("statistics.interval.ms", "10000");
-        }
-        // librdkafka's 500 ms default is how long a broker may hold a fetch open waiting for
-        // data: a broker that waits it out whenever a partition has nothing new puts the
-        // records of the partitions that do behind that wait
-        if !config.options.contains_key("fetch.wait.max.ms") {
-            client.set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
-        }
+        let client = consumer_config(config, group)?;
         let rebalanced = Arc::new(AtomicBool::new(false));
         let last_error = Arc::new(Mutex::new(None));
         let consumer: Inner = client
@@ -379,6 +389,24 @@ impl Committer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The consumer waits 10 ms, not librdkafka's 500 ms, for a partition with nothing new
+    /// (freshness, issue 21), and a project's own value wins.
+    #[test]
+    fn the_consumer_defaults_to_a_short_fetch_wait_that_options_override() {
+        let config =
+            KafkaConfig { bootstrap_servers: "127.0.0.1:9092".into(), group_id: None, options: Default::default() };
+        let client = consumer_config(&config, "g").unwrap();
+        assert_eq!(client.get("fetch.wait.max.ms"), Some(FETCH_WAIT_MAX_MS));
+        assert_eq!(FETCH_WAIT_MAX_MS, "10");
+        assert_eq!((client.get("group.id"), client.get("enable.auto.commit")), (Some("g"), Some("false")));
+        assert_eq!(client.get("auto.offset.reset"), Some("earliest"));
+        let options = [("fetch.wait.max.ms", "500"), ("auto.offset.reset", "latest")];
+        let config =
+            KafkaConfig { options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..config };
+        let client = consumer_config(&config, "g").unwrap();
+        assert_eq!((client.get("fetch.wait.max.ms"), client.get("auto.offset.reset")), (Some("500"), Some("latest")));
+    }
 
     #[test]
     fn options_pass_through_and_secrets_come_from_env_or_files() {

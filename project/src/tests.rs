@@ -250,3 +250,15 @@ fn alerts_of_one_model_need_distinct_names() {
     );
     assert!(problems(&named).is_empty(), "{:#?}", problems(&named));
 }
+
+/// With no `processing` section a batch is what the consumer holds (no linger: freshness,
+/// issue 21); a positive linger is still taken.
+#[test]
+fn batches_do_not_linger_unless_asked() {
+    let yaml = "project: p\nstores:\n  kafka: { bootstrap_servers: \"127.0.0.1:9092\" }\nsources:\n  tx: { kafka: { topic: tx }, key: card_id }\nentities:\n  card: { key: card_id }\nfeature_sets:\n  f: { entity: card, source: tx, features: [a] }\n";
+    let project = parse(yaml).ok().unwrap_or_else(|| panic!("{:#?}", problems(yaml)));
+    assert_eq!(project.processing.linger_ms, 0);
+    let lingering = format!("{yaml}processing: {{ linger: 50ms }}\n");
+    let lingering = parse(&lingering).ok().unwrap_or_else(|| panic!("{:#?}", problems(&lingering)));
+    assert_eq!(lingering.processing.linger_ms, 50);
+}
