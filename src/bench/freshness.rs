@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::server::{free_port, Server};
+use super::server::{create_topics, free_port, Project, Server};
 use super::soak::{paced, transactions};
 
 /// Options of the freshness benchmark.
@@ -50,7 +50,6 @@ pub(crate) struct FreshnessOptions {
 
 /// Runs the benchmark and prints probe and server-side percentiles.
 pub(crate) async fn freshness(options: &FreshnessOptions) -> anyhow::Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
     let run = format!("freshness-{}", chrono::Utc::now().timestamp_millis());
@@ -59,24 +58,13 @@ pub(crate) async fn freshness(options: &FreshnessOptions) -> anyhow::Result<()> 
     let tx = format!("{run}-tx");
     let mut client = rdkafka::ClientConfig::new();
     client.set("bootstrap.servers", &options.brokers);
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = client.create()?;
-    let topics = [NewTopic::new(&tx, options.partitions, TopicReplication::Fixed(1))];
-    for result in admin.create_topics(&topics, &AdminOptions::new()).await? {
-        result.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
-    }
+    create_topics(&client, &[(&tx, options.partitions)]).await?;
     let port = free_port()?;
     // the project a new user writes: no processing section, every default
-    let yaml = format!(
-        "project: {run}\nstores:\n  online: {{ redis: {{ url: \"{redis}\" }} }}\n  offline: {{ parquet: {{ path: {d}/offline }} }}\n\
-         \x20 dead_letters: {{ path: {d}/dlq }}\n  kafka: {{ bootstrap_servers: \"{brokers}\", group_id: {run} }}\n\
-         server: {{ listen: \"127.0.0.1:{port}\" }}\nsources:\n  tx: {{ kafka: {{ topic: {tx} }}, key: card_id, timestamp: ts }}\n\
-         entities:\n  card: {{ key: card_id }}\nfeature_sets:\n  cards:\n{features}",
-        redis = options.redis,
-        brokers = options.brokers,
-        d = dir.display(),
-        features = super::soak::FEATURES.lines().map(|l| format!("    {l}\n")).collect::<String>(),
-    );
-    let http = reqwest::Client::new();
+    let (redis, brokers) = (&options.redis, &options.brokers);
+    let project = Project { run: &run, redis, brokers, dir: &dir, port, topic: &tx, features: super::soak::FEATURES };
+    let yaml = project.yaml("", "");
+    let http = fathom_monitor::https::default_client();
     let server = Server::start(options.serve_with.as_deref(), &dir, &yaml, port, &http).await?;
     println!(
         "freshness {run}: {} events/s over {} cards on {} partitions, {} probes/s, {} s warm-up + {} s measured; server pid {}",

@@ -21,7 +21,7 @@ use fathom_featurestore::online;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::server::{free_port, Server};
+use super::server::{create_topics, free_port, Project, Server};
 use super::soak::transactions;
 
 /// The feature set looked up: 10 features per card.
@@ -94,7 +94,6 @@ struct Run {
 
 /// Runs the benchmark and prints a table per target.
 pub(crate) async fn lookup(options: &LookupOptions) -> anyhow::Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
     let mut version = Command::new(&options.oha);
@@ -109,25 +108,12 @@ pub(crate) async fn lookup(options: &LookupOptions) -> anyhow::Result<()> {
     let tx = format!("{run}-tx");
     let mut client = rdkafka::ClientConfig::new();
     client.set("bootstrap.servers", &options.brokers);
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = client.create()?;
     let partitions = 4;
-    for result in
-        admin.create_topics(&[NewTopic::new(&tx, partitions, TopicReplication::Fixed(1))], &AdminOptions::new()).await?
-    {
-        result.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
-    }
+    create_topics(&client, &[(&tx, partitions)]).await?;
     let port = free_port()?;
-    let yaml = format!(
-        "project: {run}\nstores:\n  online: {{ redis: {{ url: \"{redis}\" }} }}\n  offline: {{ parquet: {{ path: {d}/offline }} }}\n\
-         \x20 dead_letters: {{ path: {d}/dlq }}\n  kafka: {{ bootstrap_servers: \"{brokers}\", group_id: {run} }}\n\
-         server: {{ listen: \"127.0.0.1:{port}\" }}\nsources:\n  tx: {{ kafka: {{ topic: {tx} }}, key: card_id, timestamp: ts }}\n\
-         entities:\n  card: {{ key: card_id }}\nfeature_sets:\n  cards:\n{features}",
-        redis = options.redis,
-        brokers = options.brokers,
-        d = dir.display(),
-        features = FEATURES.lines().map(|l| format!("    {l}\n")).collect::<String>(),
-    );
-    let http = reqwest::Client::new();
+    let (redis, brokers) = (&options.redis, &options.brokers);
+    let yaml = Project { run: &run, redis, brokers, dir: &dir, port, topic: &tx, features: FEATURES }.yaml("", "");
+    let http = fathom_monitor::https::default_client();
     let server = Server::start(options.serve_with.as_deref(), &dir, &yaml, port, &http).await?;
     println!(
         "lookup {run}: {} cards × 10 features, {} s per run, {}; server pid {}",
@@ -336,7 +322,7 @@ impl Feast {
             .spawn()
             .with_context(|| format!("starting {} serve", feast.display()))?;
         let server = Feast { child, url: format!("http://127.0.0.1:{port}/get-online-features") };
-        let http = reqwest::Client::new();
+        let http = fathom_monitor::https::default_client();
         let deadline = Instant::now() + Duration::from_secs(120);
         while !http.get(format!("http://127.0.0.1:{port}/health")).send().await.is_ok_and(|r| r.status().is_success()) {
             anyhow::ensure!(Instant::now() < deadline, "feast serve did not answer; see {}/feast.log", dir.display());

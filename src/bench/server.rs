@@ -20,6 +20,47 @@ pub(super) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The benchmarks' project: Redis online store, Parquet offline store and dead letters under
+/// `dir`, one Kafka source `tx` on `topic` (keyed by `card_id`, time `ts`), entity `card`, and
+/// the feature set `cards` given as YAML lines (`features`); no `processing` section, so every
+/// default. `stores_extra` goes first under `stores:` (an `influxdb:` line); `extra` at the end
+/// (`models:`).
+pub(super) struct Project<'a> {
+    pub(super) run: &'a str,
+    pub(super) redis: &'a str,
+    pub(super) brokers: &'a str,
+    pub(super) dir: &'a Path,
+    pub(super) port: u16,
+    pub(super) topic: &'a str,
+    pub(super) features: &'a str,
+}
+
+impl Project<'_> {
+    /// The project file, with `stores_extra` first under `stores:` and `extra` at the end.
+    pub(super) fn yaml(&self, stores_extra: &str, extra: &str) -> String {
+        let Project { run, redis, brokers, dir, port, topic, features } = self;
+        format!(
+            "project: {run}\nstores:\n{stores_extra}  online: {{ redis: {{ url: \"{redis}\" }} }}\n  offline: {{ parquet: {{ path: {d}/offline }} }}\n\
+             \x20 dead_letters: {{ path: {d}/dlq }}\n  kafka: {{ bootstrap_servers: \"{brokers}\", group_id: {run} }}\n\
+             server: {{ listen: \"127.0.0.1:{port}\" }}\nsources:\n  tx: {{ kafka: {{ topic: {topic} }}, key: card_id, timestamp: ts }}\n\
+             entities:\n  card: {{ key: card_id }}\nfeature_sets:\n  cards:\n{features}{extra}",
+            d = dir.display(),
+            features = features.lines().map(|l| format!("    {l}\n")).collect::<String>(),
+        )
+    }
+}
+
+/// Creates `topics` (name, partitions) on the broker `client` points at.
+pub(super) async fn create_topics(client: &rdkafka::ClientConfig, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = client.create()?;
+    let topics: Vec<NewTopic> = topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
+    for result in admin.create_topics(&topics, &AdminOptions::new()).await? {
+        result.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    Ok(())
+}
+
 impl Server {
     /// Writes `yaml` to `dir/fathom.yaml`, starts `<binary> serve` on it (this executable when
     /// `None`; log level `warn`) and waits up to 60 s for `/readyz` on `port`.

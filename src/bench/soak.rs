@@ -109,17 +109,7 @@ pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
     let (tx, predictions, labels) = (format!("{run}-tx"), format!("{run}-predictions"), format!("{run}-labels"));
     let mut client = rdkafka::ClientConfig::new();
     client.set("bootstrap.servers", &options.brokers);
-    {
-        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-        let admin: AdminClient<rdkafka::client::DefaultClientContext> = client.create()?;
-        let topics: Vec<NewTopic> = [(&tx, 4), (&predictions, 2), (&labels, 2)]
-            .into_iter()
-            .map(|(t, p)| NewTopic::new(t, p, TopicReplication::Fixed(1)))
-            .collect();
-        for result in admin.create_topics(&topics, &AdminOptions::new()).await? {
-            result.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
-        }
-    }
+    super::server::create_topics(&client, &[(&tx, 4), (&predictions, 2), (&labels, 2)]).await?;
     // the model's reference: 10 numeric features, uniform on [0, 1)
     let mut rng = SmallRng::seed_from_u64(3);
     let names: Vec<String> = (0..10).map(|f| format!("f{f}")).collect();
@@ -143,7 +133,7 @@ pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
             .collect(),
     };
     profile.save(&dir.join("soak.json"))?;
-    let http = reqwest::Client::new();
+    let http = fathom_monitor::https::default_client();
     let influxdb = match &options.influxdb {
         Some(url) => {
             influxql(&http, url, "CREATE DATABASE fathom_soak")
@@ -154,18 +144,21 @@ pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
         None => String::new(),
     };
     let port = super::server::free_port()?;
-    let yaml = format!(
-        "project: {run}\nstores:\n{influxdb}  online: {{ redis: {{ url: \"{redis}\" }} }}\n  offline: {{ parquet: {{ path: {d}/offline }} }}\n\
-         \x20 dead_letters: {{ path: {d}/dlq }}\n  kafka: {{ bootstrap_servers: \"{brokers}\", group_id: {run} }}\n\
-         server: {{ listen: \"127.0.0.1:{port}\" }}\nsources:\n  tx: {{ kafka: {{ topic: {tx} }}, key: card_id, timestamp: ts }}\n\
-         entities:\n  card: {{ key: card_id }}\nfeature_sets:\n  cards:\n{features}\
-         models:\n  soak:\n    features: []\n    reference: {d}/soak.json\n    predictions_topic: {predictions}\n\
+    let project = super::server::Project {
+        run: &run,
+        redis: &options.redis,
+        brokers: &options.brokers,
+        dir: &dir,
+        port,
+        topic: &tx,
+        features: FEATURES,
+    };
+    let models = format!(
+        "models:\n  soak:\n    features: []\n    reference: {d}/soak.json\n    predictions_topic: {predictions}\n\
          \x20   labels: {{ topic: {labels}, max_delay: 2m }}\n    monitoring: {{ window: 1m, sliding: 10m, lateness: 5s, idle: 10s }}\n",
-        redis = options.redis,
-        brokers = options.brokers,
         d = dir.display(),
-        features = FEATURES.lines().map(|l| format!("    {l}\n")).collect::<String>(),
     );
+    let yaml = project.yaml(&influxdb, &models);
     let server = super::server::Server::start(options.serve_with.as_deref(), &dir, &yaml, port, &http).await?;
     let (pid, base) = (server.pid(), server.base.clone());
     println!(
