@@ -97,7 +97,8 @@ async fn debezium_changes_maintain_the_current_row_per_key() {
     let row = |id: i64| {
         let url = fathom.url(&format!("/v1/features/customers/{id}"));
         async move {
-            let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            let body: Value =
+                fathom_monitor::https::default_client().get(url).send().await.unwrap().json().await.unwrap();
             body["features"]
                 .as_array()
                 .unwrap()
@@ -121,7 +122,14 @@ async fn debezium_changes_maintain_the_current_row_per_key() {
     assert_eq!(two["segment"]["value"], Value::Null);
     assert_eq!(row(3).await["country"]["value"], json!("DE"), "snapshot read");
     assert!(row(9).await.is_empty(), "truncate skipped, nothing invented");
-    let order: Value = reqwest::get(fathom.url("/v1/features/orders/5:acme")).await.unwrap().json().await.unwrap();
+    let order: Value = fathom_monitor::https::default_client()
+        .get(fathom.url("/v1/features/orders/5:acme"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(
         order["features"].as_array().unwrap().iter().any(|f| f["name"] == "total" && f["value"] == 12.5),
         "{order}"
@@ -131,7 +139,8 @@ async fn debezium_changes_maintain_the_current_row_per_key() {
 
     let letters = common::dead_letter_headers(&format!("{topic}.dlq"), 1).await;
     assert_eq!(letters[0]["fathom.reason"], "malformed_envelope");
-    let metrics = reqwest::get(fathom.url("/metrics")).await.unwrap().text().await.unwrap();
+    let metrics =
+        fathom_monitor::https::default_client().get(fathom.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("fathom_table_changes_stale_total 2"), "{metrics}");
     assert!(metrics.contains("fathom_tombstones_total{source=\"customers\"} 1"), "{metrics}");
     fathom.stop();
@@ -318,7 +327,8 @@ server: {{ listen: "127.0.0.1:{port}" }}
     let features = |set: &str, key: String| {
         let url = fathom.url(&format!("/v1/features/{set}/{key}"));
         async move {
-            let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            let body: Value =
+                fathom_monitor::https::default_client().get(url).send().await.unwrap().json().await.unwrap();
             body["features"]
                 .as_array()
                 .unwrap()
@@ -352,7 +362,8 @@ server: {{ listen: "127.0.0.1:{port}" }}
         assert!(close(&got["balance_mean"], mean), "{branch}: {got:?}");
         assert!(close(&got["balance_variance"], variance), "{branch}: {got:?} vs {variance}");
     }
-    let metrics = reqwest::get(fathom.url("/metrics")).await.unwrap().text().await.unwrap();
+    let metrics =
+        fathom_monitor::https::default_client().get(fathom.url("/metrics")).send().await.unwrap().text().await.unwrap();
     let missed: u64 = events
         .iter()
         .filter(|(_, e)| {

@@ -27,15 +27,29 @@ async fn features_survive_a_restart_through_the_snapshot() {
         {"card_id": "c1", "ts": now - 1000, "amount": 4.5, "merchant": "m1"},
         {"card_id": "c1", "ts": now, "amount": 5.5, "merchant": "m2"}
     ]);
-    let pushed: Value =
-        reqwest::Client::new().post(first.url("/v1/push/tx")).json(&body).send().await.unwrap().json().await.unwrap();
+    let pushed: Value = fathom_monitor::https::default_client()
+        .post(first.url("/v1/push/tx"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(pushed["accepted"], 2);
     first.stop(); // SIGTERM: the final checkpoint saves the snapshot
     assert!(dir.path().join("online.snapshot").exists());
 
     let mut second = Fathom::start(&args, port, &dir.path().join("second.log"));
     second.wait_ready().await;
-    let body: Value = reqwest::get(second.url("/v1/features/cards/c1")).await.unwrap().json().await.unwrap();
+    let body: Value = fathom_monitor::https::default_client()
+        .get(second.url("/v1/features/cards/c1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let features = body["features"].as_array().unwrap();
     let get = |name: &str| features.iter().find(|f| f["name"] == name).unwrap().clone();
     assert_eq!(
@@ -70,7 +84,7 @@ async fn roles_without_api_serve_only_health_and_metrics() {
         fathom.wait_ready().await;
         let status = |path: &'static str| {
             let url = fathom.url(path);
-            async move { reqwest::get(url).await.unwrap().status().as_u16() }
+            async move { fathom_monitor::https::default_client().get(url).send().await.unwrap().status().as_u16() }
         };
         assert_eq!(status("/healthz").await, 200, "{roles}");
         assert_eq!(status("/metrics").await, 200, "{roles}");

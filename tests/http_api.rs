@@ -78,7 +78,7 @@ impl Server {
     }
 
     async fn push_to(&self, source: &str, body: &str) -> (u16, Value) {
-        let r = reqwest::Client::new()
+        let r = fathom_monitor::https::default_client()
             .post(format!("{}/v1/push/{source}", self.base))
             .body(body.to_string())
             .send()
@@ -88,13 +88,18 @@ impl Server {
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = reqwest::Client::new().post(format!("{}{path}", self.base)).json(&body).send().await.unwrap();
+        let r = fathom_monitor::https::default_client()
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
     /// Status and error code of a request with an optional bearer token.
     async fn call(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
-        let client = reqwest::Client::new();
+        let client = fathom_monitor::https::default_client();
         let url = format!("{}{path}", self.base);
         let mut request = if method == "GET" { client.get(url) } else { client.post(url).body(body.to_string()) };
         if let Some(token) = token {
@@ -107,7 +112,7 @@ impl Server {
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let r = reqwest::get(format!("{}{path}", self.base)).await.unwrap();
+        let r = fathom_monitor::https::default_client().get(format!("{}{path}", self.base)).send().await.unwrap();
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
@@ -209,7 +214,14 @@ async fn each_bad_record_lands_in_the_dead_letter_file_and_the_stream_keeps_flow
     assert_eq!(lines[0]["offset"], json!(2), "NDJSON line number");
     assert!(lines[3]["message"].as_str().unwrap().contains("\"amount\" must be a number"));
     assert_eq!(lines[5]["message"], json!("key field \"card_id\" is 65 bytes, over the limit of 64"));
-    let metrics = reqwest::get(format!("{}/metrics", s.base)).await.unwrap().text().await.unwrap();
+    let metrics = fathom_monitor::https::default_client()
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("fathom_dead_letters_total{source=\"tx\",reason=\"late\"}"), "{metrics}");
     s.stop().await;
 }
@@ -219,7 +231,12 @@ async fn errors_are_json_with_stable_codes_and_health_is_open() {
     let s = server("{}").await;
     let (status, body) = s.get("/v1/features/nope/k").await;
     assert_eq!((status, body["error"]["code"].clone()), (404, json!("unknown_feature_set")));
-    let r = reqwest::Client::new().post(format!("{}/v1/push/nope", s.base)).body("{}").send().await.unwrap();
+    let r = fathom_monitor::https::default_client()
+        .post(format!("{}/v1/push/nope", s.base))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], json!("unknown_source"));
     let (status, body) = s.push("[{\"card_id\": 1},").await;
@@ -388,7 +405,7 @@ async fn every_route_but_health_needs_a_token_with_its_scope() {
     // every route the router has (it is built from `routes()` alone) refuses a request without
     // a token or with a token lacking its scope, except the two health endpoints; and the
     // OpenAPI document describes each one
-    let document: Value = reqwest::Client::new()
+    let document: Value = fathom_monitor::https::default_client()
         .get(format!("{}/openapi.json", server.base))
         .bearer_auth("read-secret")
         .send()

@@ -28,7 +28,7 @@ async fn write(State(proxy): State<Proxy>, RawQuery(query): RawQuery, body: Byte
         return StatusCode::SERVICE_UNAVAILABLE;
     }
     let url = format!("{INFLUX}/write?{}", query.unwrap_or_default());
-    let r = reqwest::Client::new().post(url).body(body).send().await.unwrap();
+    let r = fathom_monitor::https::default_client().post(url).body(body).send().await.unwrap();
     StatusCode::from_u16(r.status().as_u16()).unwrap()
 }
 
@@ -64,6 +64,7 @@ async fn nothing_is_lost_while_influxdb_is_down_or_the_writer_restarts() {
         batch_size: 100,
         max_memory_points: 250,
         spill_dir: spill.path().to_path_buf(),
+        tls: None,
     };
 
     // InfluxDB "down": 1,000 points queue up; beyond 250 in memory they go to disk
@@ -128,7 +129,7 @@ async fn credentials_authenticate_and_a_refused_login_loses_nothing() {
     let _influx = common::Guarded(child);
     let base = format!("http://127.0.0.1:{http}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while reqwest::get(format!("{base}/ping")).await.is_err() {
+    while fathom_monitor::https::default_client().get(format!("{base}/ping")).send().await.is_err() {
         assert!(std::time::Instant::now() < deadline, "influxd did not start");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
@@ -137,8 +138,12 @@ async fn credentials_authenticate_and_a_refused_login_loses_nothing() {
     let q = format!("CREATE USER admin WITH PASSWORD '{ADMIN_PASSWORD}' WITH ALL PRIVILEGES");
     assert!(common::influxql_as(&base, admin, "", &q).await.status().is_success());
     assert!(common::influxql_as(&base, admin, "", "CREATE DATABASE monitoring").await.status().is_success());
-    let anonymous =
-        reqwest::Client::new().post(format!("{base}/write?db=monitoring")).body("m f=1").send().await.unwrap();
+    let anonymous = fathom_monitor::https::default_client()
+        .post(format!("{base}/write?db=monitoring"))
+        .body("m f=1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anonymous.status(), 401, "the server does require credentials");
 
     std::env::set_var("FATHOM_TEST_INFLUX_ADMIN_PASSWORD", "not-the-password");
@@ -154,6 +159,7 @@ async fn credentials_authenticate_and_a_refused_login_loses_nothing() {
         batch_size: 100,
         max_memory_points: 1_000,
         spill_dir: spill.path().to_path_buf(),
+        tls: None,
     };
     let mut writer = Writer::new(config.clone()).unwrap();
     writer.push(&points(0, 250)).unwrap();

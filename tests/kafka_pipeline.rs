@@ -300,8 +300,14 @@ async fn kafka_to_redis_applies_every_event_once_and_dead_letters_the_rest() {
     }
 
     // the read path serves the same values
-    let body: Value =
-        reqwest::get(fathom.url(&format!("/v1/features/cards/{}", keys[0]))).await.unwrap().json().await.unwrap();
+    let body: Value = fathom_monitor::https::default_client()
+        .get(fathom.url(&format!("/v1/features/cards/{}", keys[0])))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let count = body["features"].as_array().unwrap().iter().find(|f| f["name"] == "amount_count_1h").unwrap();
     assert_eq!(count["status"], "PRESENT");
     let want = values(&run.plan, expected.get(&keys[0]), chrono::Utc::now().timestamp_millis());
@@ -318,7 +324,7 @@ async fn kafka_to_redis_applies_every_event_once_and_dead_letters_the_rest() {
     for key in keys.iter().take(40) {
         let before = chrono::Utc::now().timestamp_millis();
         let url = fathom.url(&format!("/v1/features/cards/{key}"));
-        let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        let body: Value = fathom_monitor::https::default_client().get(url).send().await.unwrap().json().await.unwrap();
         let after = chrono::Utc::now().timestamp_millis();
         let served: BTreeMap<String, Value> = body["features"]
             .as_array()
@@ -359,7 +365,8 @@ async fn kafka_to_redis_applies_every_event_once_and_dead_letters_the_rest() {
     .collect();
     assert_eq!(reasons, want);
 
-    let metrics = reqwest::get(fathom.url("/metrics")).await.unwrap().text().await.unwrap();
+    let metrics =
+        fathom_monitor::https::default_client().get(fathom.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(
         metrics.contains(&format!("fathom_dead_letters_total{{source=\"tx\",reason=\"oversized\"}} {each}")),
         "{metrics}"
@@ -509,7 +516,7 @@ async fn a_redis_outage_mid_stream_loses_and_duplicates_nothing() {
     produce(&topic, second).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let ready = reqwest::get(fathom.url("/readyz")).await.unwrap();
+        let ready = fathom_monitor::https::default_client().get(fathom.url("/readyz")).send().await.unwrap();
         if ready.status() == 503 {
             let body: Value = ready.json().await.unwrap();
             assert_eq!(body["status"], "degraded", "{body}");
@@ -518,7 +525,11 @@ async fn a_redis_outage_mid_stream_loses_and_duplicates_nothing() {
         assert!(std::time::Instant::now() < deadline, "readiness never reported the Redis outage");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(reqwest::get(fathom.url("/healthz")).await.unwrap().status(), 200, "alive throughout");
+    assert_eq!(
+        fathom_monitor::https::default_client().get(fathom.url("/healthz")).send().await.unwrap().status(),
+        200,
+        "alive throughout"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(fathom.child.try_wait().unwrap().is_none(), "the process stays up while Redis is down");
 
@@ -533,7 +544,7 @@ async fn a_redis_outage_mid_stream_loses_and_duplicates_nothing() {
         assert_eq!(values(&plan, state.as_ref(), at), values(&plan, expected.get(key), at), "entity {key}");
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while reqwest::get(fathom.url("/readyz")).await.unwrap().status() != 200 {
+    while fathom_monitor::https::default_client().get(fathom.url("/readyz")).send().await.unwrap().status() != 200 {
         assert!(std::time::Instant::now() < deadline, "readiness did not recover");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -642,7 +653,7 @@ async fn a_broker_outage_of_30_s_loses_and_duplicates_nothing() {
     let producing = tokio::spawn(async move { common::produce_at(&bootstrap, &topic_name, &second).await });
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let warning = loop {
-        let ready = reqwest::get(fathom.url("/readyz")).await.unwrap();
+        let ready = fathom_monitor::https::default_client().get(fathom.url("/readyz")).send().await.unwrap();
         assert_eq!(ready.status(), 200, "lookups still answer: ready, with a warning");
         let body: Value = ready.json().await.unwrap();
         if let Some(warning) = body["warnings"]["kafka"].as_str() {
@@ -653,7 +664,11 @@ async fn a_broker_outage_of_30_s_loses_and_duplicates_nothing() {
     };
     assert!(warning.contains("reaching the broker"), "{warning}");
     let key = produced[0].key.clone();
-    let lookup = reqwest::get(fathom.url(&format!("/v1/features/cards/{key}"))).await.unwrap();
+    let lookup = fathom_monitor::https::default_client()
+        .get(fathom.url(&format!("/v1/features/cards/{key}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(lookup.status(), 200, "lookups answer from the online store while the broker is away");
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(cut_at.elapsed())).await;
     assert!(fathom.child.try_wait().unwrap().is_none(), "the process stays up while the broker is away");
@@ -666,7 +681,14 @@ async fn a_broker_outage_of_30_s_loses_and_duplicates_nothing() {
     assert_online_matches_reference(&project, &plan, &produced).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let body: Value = reqwest::get(fathom.url("/readyz")).await.unwrap().json().await.unwrap();
+        let body: Value = fathom_monitor::https::default_client()
+            .get(fathom.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if body == json!({"status": "ready"}) {
             break;
         }
@@ -707,7 +729,7 @@ async fn an_unwritable_offline_store_holds_the_stream_back_and_loses_nothing() {
     produce(&topic, second).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let problem = loop {
-        let ready = reqwest::get(fathom.url("/readyz")).await.unwrap();
+        let ready = fathom_monitor::https::default_client().get(fathom.url("/readyz")).send().await.unwrap();
         if ready.status() == 503 {
             let body: Value = ready.json().await.unwrap();
             break body["pipeline"].as_str().unwrap_or_default().to_string();
@@ -723,7 +745,11 @@ async fn an_unwritable_offline_store_holds_the_stream_back_and_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(applied(&run.project, &topic, 4).await, held, "consuming waits for the offline store");
     assert!(held < records.len() as i64);
-    assert_eq!(reqwest::get(fathom.url("/healthz")).await.unwrap().status(), 200, "alive throughout");
+    assert_eq!(
+        fathom_monitor::https::default_client().get(fathom.url("/healthz")).send().await.unwrap().status(),
+        200,
+        "alive throughout"
+    );
     assert!(fathom.child.try_wait().unwrap().is_none(), "the process stays up");
 
     std::fs::remove_file(&offline).unwrap();
@@ -731,7 +757,7 @@ async fn an_unwritable_offline_store_holds_the_stream_back_and_loses_nothing() {
     let total = records.len() as i64;
     wait_applied(&run.project, &topic, "every record applied after the fault", |n| n == total).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while reqwest::get(fathom.url("/readyz")).await.unwrap().status() != 200 {
+    while fathom_monitor::https::default_client().get(fathom.url("/readyz")).send().await.unwrap().status() != 200 {
         assert!(std::time::Instant::now() < deadline, "readiness did not recover");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -861,7 +887,8 @@ async fn freshness_is_the_age_since_the_kafka_timestamp_when_written_online() {
     let mut fathom = run.start("fathom.log");
     fathom.wait_ready().await;
     common::wait_applied(&run.project, &topic, &last, &fathom.log).await;
-    let metrics = reqwest::get(fathom.url("/metrics")).await.unwrap().text().await.unwrap();
+    let metrics =
+        fathom_monitor::https::default_client().get(fathom.url("/metrics")).send().await.unwrap().text().await.unwrap();
     let value = |name: &str| -> f64 {
         let line = metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));
         line.unwrap_or_else(|| panic!("{name} missing: {metrics}")).trim().parse().unwrap()

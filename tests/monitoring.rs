@@ -359,7 +359,8 @@ models:
     let standby_args = ["serve", "-c", standby_config.to_str().unwrap()];
     let mut standby = Fathom::start(&standby_args, standby_port, &dir.path().join("fathom-2.log"));
     standby.wait_ready().await;
-    let ready: Value = reqwest::get(standby.url("/readyz")).await.unwrap().json().await.unwrap();
+    let ready: Value =
+        fathom_monitor::https::default_client().get(standby.url("/readyz")).send().await.unwrap().json().await.unwrap();
     let warning = ready["warnings"]["monitor"].as_str().unwrap_or_default();
     assert!(warning.starts_with("monitor: standby: ") && warning.ends_with(" is the active monitor"), "{ready}");
 
@@ -394,7 +395,8 @@ models:
     let took_over = || {
         let readyz = readyz.clone();
         async move {
-            let ready: Value = reqwest::get(readyz).await.unwrap().json().await.unwrap();
+            let ready: Value =
+                fathom_monitor::https::default_client().get(readyz).send().await.unwrap().json().await.unwrap();
             ready.get("warnings").is_none_or(|w| w.get("monitor").is_none())
         }
     };
@@ -721,7 +723,7 @@ models:
     let log = dir.path().join("fathom.log");
     let mut fathom = Fathom::start(&["serve", "-c", config.to_str().unwrap()], port, &log);
     fathom.wait_ready().await;
-    let client = reqwest::Client::new();
+    let client = fathom_monitor::https::default_client();
     let push = |records: &[(String, Vec<u8>)]| {
         let body = format!(
             "[{}]",

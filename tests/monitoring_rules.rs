@@ -2,7 +2,10 @@
 //! pushed over HTTP, points written to `monitoring/points.lp`): predictions and real labels through
 //! `POST /v1/models/{model}/predictions` and `/labels`, a performance rule that fires, the webhook
 //! retry policy (a 4xx fails at once, a 5xx is retried up to `max_attempts`), `retrain: { webhook }`
-//! with its signed payload, and a feature's own drift thresholds.
+//! with its signed payload, and a feature's own drift thresholds. Then both over HTTPS, against
+//! servers of the test's own CA: an alert trusting it through `tls.ca`, one that does not (its
+//! certificate error in `/readyz`), and the retraining webhook with a client certificate (mutual
+//! TLS).
 
 mod common;
 
@@ -14,6 +17,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::post;
 use axum::Router;
+use common::tls::{certificates, HttpsReceiver};
 use fathom_api::{self as http, serve};
 use fathom_monitor::profile::{CategoricalProfile, FeatureProfile, NumericProfile, Profile};
 use fathom_project as config;
@@ -81,17 +85,11 @@ fn field(line: &str, name: &str) -> Option<String> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rules_fire_on_pushed_labels_and_deliveries_follow_the_retry_policy() {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hooks = format!("http://{}", listener.local_addr().unwrap());
-    let app = Router::new().fallback(post(receive)).with_state(receiver.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    profile().save(&dir.path().join("churn.json")).unwrap();
+/// Starts the pipeline and API on embedded defaults for model `churn` with these `alerts:` and
+/// `retrain:` lines; answers (API base URL, the running pipeline).
+async fn serve_churn(dir: &std::path::Path, targets: &str) -> (String, pipeline::Running) {
+    let d = dir.display();
+    profile().save(&dir.join("churn.json")).unwrap();
     let yaml = format!(
         r#"
 project: {project}
@@ -116,33 +114,32 @@ models:
       lateness: 1m
       idle: 1h
       drift: {{ features: {{ amount: {{ possible: 0.05, detected: 0.1 }} }} }}
-    alerts:
-      - {{ name: low recall, metric: recall, op: "<", threshold: 0.5, webhook: "{hooks}/recall" }}
-      - {{ name: rejected, metric: accuracy, op: "<", threshold: 2, webhook: "{hooks}/reject", max_attempts: 5 }}
-      - {{ name: flaky, metric: accuracy, op: "<", threshold: 2, webhook: "{hooks}/down", max_attempts: 2 }}
-    retrain: {{ metric: recall, op: "<", threshold: 0.5, webhook: "{hooks}/retrain", secret: "s3cret" }}
-"#,
+{targets}"#,
         project = common::unique("rules"),
     );
-    let project = Arc::new(config::parse(&yaml).unwrap());
+    let project = Arc::new(config::parse(&yaml).unwrap_or_else(|e| panic!("{e:?}")));
     let running = pipeline::start(project.clone()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = http::app(serve::state(project.clone(), &running).unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, running)
+}
+
+/// Window 0 of model `churn`, closed with its labels final: 40 predictions, every one "0"; 20
+/// labels, 8 of them "1" — the model missed every positive (recall 0; precision undefined:
+/// nothing was predicted positive). Amounts sit a little above the reference's, beyond the
+/// feature's own thresholds but not the model's.
+async fn miss_every_positive(base: &str) {
     let push = |what: &'static str, records: Vec<Value>| {
         let url = format!("{base}/v1/models/churn/{what}");
         async move {
             let body = records.iter().map(Value::to_string).collect::<Vec<_>>().join("\n");
-            let r = reqwest::Client::new().post(url).body(body).send().await.unwrap();
+            let r = fathom_monitor::https::default_client().post(url).body(body).send().await.unwrap();
             assert_eq!(r.status().as_u16(), 200);
             r.json::<Value>().await.unwrap()
         }
     };
-
-    // window 0: 40 predictions, every one "0"; 20 labels, 8 of them "1" — the model missed every
-    // positive (recall 0; precision undefined: nothing was predicted positive). Amounts sit a
-    // little above the reference's, beyond the feature's own thresholds but not the model's.
     let predictions: Vec<Value> = (0..40)
         .map(|i| {
             json!({"request_id": format!("r{i}"), "model": "churn", "timestamp": T0 + i * 10_000,
@@ -156,13 +153,34 @@ models:
         )
         .collect();
     assert_eq!(push("predictions", predictions).await["accepted"], 40);
-    assert_eq!(push("labels", labels.clone()).await["accepted"], 20);
+    assert_eq!(push("labels", labels).await["accepted"], 20);
     // both clocks pass window 0's end by more than max_delay and lateness: it closes and its
     // labels are final
     let next = json!({"request_id": "later", "model": "churn", "timestamp": T0 + 13 * MIN,
                       "features": {"amount": 50.0, "country": "DE"}, "prediction": {"class": "0"}});
     push("predictions", vec![next]).await;
     push("labels", vec![json!({"request_id": "later", "label": 0, "timestamp": T0 + 13 * MIN})]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_fire_on_pushed_labels_and_deliveries_follow_the_retry_policy() {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hooks = format!("http://{}", listener.local_addr().unwrap());
+    let app = Router::new().fallback(post(receive)).with_state(receiver.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let targets = format!(
+        r#"    alerts:
+      - {{ name: low recall, metric: recall, op: "<", threshold: 0.5, webhook: "{hooks}/recall" }}
+      - {{ name: rejected, metric: accuracy, op: "<", threshold: 2, webhook: "{hooks}/reject", max_attempts: 5 }}
+      - {{ name: flaky, metric: accuracy, op: "<", threshold: 2, webhook: "{hooks}/down", max_attempts: 2 }}
+    retrain: {{ metric: recall, op: "<", threshold: 0.5, webhook: "{hooks}/retrain", secret: "s3cret" }}
+"#
+    );
+    let (base, running) = serve_churn(dir.path(), &targets).await;
+    miss_every_positive(&base).await;
 
     // the recall alert and the retraining webhook are delivered; the 400 is tried once, the 500
     // twice (max_attempts), then both are given up
@@ -268,5 +286,64 @@ models:
         let tag = format!(",rule={name}");
         assert!(points.lines().any(|l| l.starts_with("fathom_alerts,") && l.contains(&tag)), "{tag} in {points}");
     }
+    serve::stop(running).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_and_retraining_are_delivered_over_https_with_the_targets_ca_and_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certificates(dir.path());
+    let server = HttpsReceiver::start(dir.path(), &certs, false);
+    let mutual = HttpsReceiver::start(dir.path(), &certs, true);
+    let (hooks, mutual_hooks, ca) = (&server.url, &mutual.url, &certs.ca);
+    let (cert, key) = (&certs.client_cert, &certs.client_key);
+    let targets = format!(
+        r#"    alerts:
+      - {{ name: trusted, metric: recall, op: "<", threshold: 0.5, webhook: "{hooks}/recall", tls: {{ ca: "file:{ca}" }} }}
+      - {{ name: untrusted, metric: recall, op: "<", threshold: 0.5, webhook: "{hooks}/untrusted", max_attempts: 1 }}
+    retrain:
+      metric: recall
+      op: "<"
+      threshold: 0.5
+      webhook: "{mutual_hooks}/retrain"
+      secret: "s3cret"
+      tls: {{ ca: "file:{ca}", cert: "file:{cert}", key: "file:{key}" }}
+"#
+    );
+    let (base, running) = serve_churn(dir.path(), &targets).await;
+    miss_every_positive(&base).await;
+
+    let readyz = || async {
+        let r = fathom_monitor::https::default_client().get(format!("{base}/readyz")).send().await.unwrap();
+        r.json::<Value>().await.unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        let ready = readyz().await;
+        if !server.requests().is_empty() && !mutual.requests().is_empty() && ready["warnings"].is_object() {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "{ready} {:?} {:?}", server.requests(), mutual.requests());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // the trusted alert arrived; the untrusted one never reached the server
+    let received = server.requests();
+    assert_eq!(received.iter().map(|r| r["path"].clone()).collect::<Vec<_>>(), [json!("/recall")], "{received:?}");
+    let alert: Value = serde_json::from_str(received[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!((alert["model"].clone(), alert["metric"].clone()), (json!("churn"), json!("recall")), "{alert}");
+    // readiness names the failing target and the certificate error; the process stays ready
+    assert_eq!(ready["status"], "ready", "{ready}");
+    let warning = ready["warnings"]["models.churn.alerts[1]"].as_str().unwrap_or_default();
+    assert!(warning.starts_with("monitor: delivery failed:") && warning.contains("UnknownIssuer"), "{ready}");
+    assert!(ready["warnings"].get("models.churn.alerts[0]").is_none(), "{ready}");
+    // the retraining webhook over mutual TLS, signed, from the configured client certificate
+    let received = mutual.requests();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0]["client"]["commonName"], "fathom-client", "{received:?}");
+    let body = received[0]["body"].as_str().unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+    mac.update(body.as_bytes());
+    let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(received[0]["headers"]["x-fathom-signature"], format!("sha256={hex}"), "{received:?}");
     serve::stop(running).await.unwrap();
 }

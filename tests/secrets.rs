@@ -69,7 +69,7 @@ models:
     let env = [("FATHOM_LOG", "debug"), ("FATHOM_TEST_TOKEN", TOKEN), ("FATHOM_TEST_INFLUX_PASSWORD", INFLUX_PASSWORD)];
     let mut fathom = Fathom::start_with(&["serve", "-c", config.to_str().unwrap()], port, &log, &env);
     fathom.wait_ready().await;
-    let client = reqwest::Client::new();
+    let client = fathom_monitor::https::default_client();
     // a wrong token, a near miss of the right one, and the right one
     for token in ["nope", &TOKEN[..TOKEN.len() - 1], TOKEN] {
         let _ = client.get(fathom.url("/metrics")).bearer_auth(token).send().await.unwrap();

@@ -13,46 +13,10 @@ use std::time::{Duration, Instant};
 
 use common::{free_port, Fathom, Guarded};
 
-/// A private CA and a server certificate for 127.0.0.1 it signed (openssl CLI), as
-/// (ca, cert, key) paths.
+/// A private CA and a server certificate for 127.0.0.1 it signed, as (ca, cert, key) paths.
 fn certificate(dir: &Path) -> (String, String, String) {
-    let path = |name: &str| dir.join(name).display().to_string();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).output().expect("openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let (ca, ca_key) = (path("ca.pem"), path("ca-key.pem"));
-    openssl(
-        &[&["req", "-x509"], &ec[..], &["-days", "1", "-subj", "/CN=fathom test CA", "-keyout", &ca_key, "-out", &ca]]
-            .concat(),
-    );
-    let (cert, key, request) = (path("cert.pem"), path("key.pem"), path("cert.csr"));
-    openssl(&[&["req"], &ec[..], &["-subj", "/CN=127.0.0.1", "-keyout", &key, "-out", &request]].concat());
-    let extensions = path("ext.cnf");
-    std::fs::write(
-        &extensions,
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &request,
-        "-CA",
-        &ca,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        &extensions,
-        "-out",
-        &cert,
-    ]);
-    (ca, cert, key)
+    let c = common::tls::certificates(dir);
+    (c.ca, c.cert, c.key)
 }
 
 /// curl's exit code, HTTP status and body.
@@ -129,7 +93,7 @@ async fn the_api_speaks_https_only_when_tls_is_configured() {
 /// Pushes one event for `card` over HTTP and answers the card's features.
 async fn push_and_read(fathom: &Fathom, card: &str, amount: f64) -> serde_json::Value {
     let now = chrono::Utc::now().timestamp_millis();
-    let client = reqwest::Client::new();
+    let client = fathom_monitor::https::default_client();
     let event = serde_json::json!({"card_id": card, "ts": now, "amount": amount});
     let pushed = client.post(fathom.url("/v1/push/tx")).body(event.to_string()).send().await.unwrap();
     assert_eq!(pushed.status(), 200);
@@ -176,7 +140,12 @@ async fn the_online_store_authenticates_to_redis_with_a_password_from_the_enviro
     let mut refused = Fathom::start_with(&["serve", "-c", &config], port, &log, &env);
     let deadline = Instant::now() + Duration::from_secs(10);
     while refused.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        let ready = reqwest::get(refused.url("/readyz")).await.map(|r| r.status().as_u16()).unwrap_or(0);
+        let ready = fathom_monitor::https::default_client()
+            .get(refused.url("/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
         assert_ne!(ready, 200, "ready with a wrong Redis password");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -395,8 +364,14 @@ async fn consumes_through_sasl(tls: bool, mechanism: &str) {
     fathom.wait_ready().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let body: serde_json::Value =
-            reqwest::get(fathom.url("/v1/features/cards/c1")).await.unwrap().json().await.unwrap();
+        let body: serde_json::Value = fathom_monitor::https::default_client()
+            .get(fathom.url("/v1/features/cards/c1"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         // c1 holds the odd amounts 1 + 3 + … + 19
         if body["features"][0]["value"] == 100.0 {
             break;
@@ -415,10 +390,11 @@ async fn consumes_through_sasl(tls: bool, mechanism: &str) {
     let refused = Fathom::start_with(&["serve", "-c", &config], port, &log, &env);
     let deadline = Instant::now() + Duration::from_secs(60);
     let complaint = loop {
-        let body: Option<serde_json::Value> = match reqwest::get(refused.url("/readyz")).await {
-            Ok(answer) => answer.json().await.ok(),
-            Err(_) => None,
-        };
+        let body: Option<serde_json::Value> =
+            match fathom_monitor::https::default_client().get(refused.url("/readyz")).send().await {
+                Ok(answer) => answer.json().await.ok(),
+                Err(_) => None,
+            };
         if let Some(warning) = body.as_ref().and_then(|b| b["warnings"]["kafka"].as_str()) {
             break warning.to_string();
         }
@@ -427,8 +403,14 @@ async fn consumes_through_sasl(tls: bool, mechanism: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(complaint.contains("SASL authentication error"), "{complaint}");
-    let body: serde_json::Value =
-        reqwest::get(refused.url("/v1/features/cards/c1")).await.unwrap().json().await.unwrap();
+    let body: serde_json::Value = fathom_monitor::https::default_client()
+        .get(refused.url("/v1/features/cards/c1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["features"][0]["status"], "NOT_FOUND", "consumed with a wrong password: {body}");
     drop(refused);
     for log in [fathom.log.clone(), log] {

@@ -142,7 +142,7 @@ models:
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = http::app(serve::state(project.clone(), &running).unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let client = reqwest::Client::new();
+    let client = fathom_monitor::https::default_client();
     let post = |path: &str, body: Value| {
         let request = client.post(format!("{base}{path}")).json(&body);
         async move {
@@ -213,7 +213,16 @@ models:
     let (status, body) = post("/v1/models/slow/predict", slow("slow-1")).await;
     assert_eq!((status, &body["error"]["code"]), (504, &json!("model_timeout")), "{body}");
     assert!(started.elapsed() < Duration::from_secs(4), "the timeout cut the call short");
-    let readiness = || async { reqwest::get(format!("{base}/readyz")).await.unwrap().json::<Value>().await.unwrap() };
+    let readiness = || async {
+        fathom_monitor::https::default_client()
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
     let ready = readiness().await;
     assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["warnings"]["model:slow"], "the model did not answer within 300 ms", "{ready}");

@@ -430,7 +430,7 @@ async fn expression_errors_are_dead_letters_through_http_push_and_kafka() {
     };
     // over HTTP: the answer names the expression, record by record
     let body = [event("p1", "declined", "1"), event("p1", "ok", "many"), event("p1", "declined", "2")].join("\n");
-    let client = reqwest::Client::new();
+    let client = fathom_monitor::https::default_client();
     let r = client.post(fathom.url("/v1/push/tx")).body(body).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let summary: Value = r.json().await.unwrap();
@@ -448,7 +448,14 @@ async fn expression_errors_are_dead_letters_through_http_push_and_kafka() {
     let summary: Value = r.json().await.unwrap();
     assert_eq!(summary["errors"][0]["reason"], "key_too_long", "{summary}");
     assert!(summary["errors"][0]["message"].as_str().unwrap().contains("\"card_merchant\" is 603 bytes"), "{summary}");
-    let features: Value = reqwest::get(fathom.url("/v1/features/cards/p1")).await.unwrap().json().await.unwrap();
+    let features: Value = fathom_monitor::https::default_client()
+        .get(fathom.url("/v1/features/cards/p1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let value = |name: &str| {
         features["features"].as_array().unwrap().iter().find(|f| f["name"] == name).unwrap()["value"].clone()
     };
@@ -511,7 +518,14 @@ async fn expression_errors_are_dead_letters_through_http_push_and_kafka() {
     let expected =
         [("expression_error", "many"), ("expression_error", "x"), ("expression_error", "x"), ("key_too_long", "-")];
     assert_eq!(refused, expected.map(|(r, q)| (r.to_string(), q.to_string())));
-    let features: Value = reqwest::get(fathom.url("/v1/features/cards/k1")).await.unwrap().json().await.unwrap();
+    let features: Value = fathom_monitor::https::default_client()
+        .get(fathom.url("/v1/features/cards/k1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let count = features["features"].as_array().unwrap().iter().find(|f| f["name"] == "declined_count_1d").unwrap();
     assert_eq!(count["value"], json!(8), "{features}");
     fathom.stop();

@@ -144,6 +144,9 @@ pub struct InfluxConfig {
     /// Where unwritten batches spill. Default: `data/influx-spill`.
     #[serde(default = "default_spill")]
     pub spill_dir: PathBuf,
+    /// For an `https://` URL: a private CA, a client certificate ([`crate::https::ClientTls`]).
+    #[serde(default)]
+    pub tls: Option<crate::https::ClientTls>,
 }
 
 fn default_batch() -> usize {
@@ -248,7 +251,8 @@ impl Writer {
                 ))
             }
         };
-        let http = reqwest::Client::builder()
+        let http = crate::https::client(config.tls.as_ref(), "monitoring.influxdb.tls")
+            .map_err(|e| InfluxError::Config(e.to_string()))?
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| InfluxError::Config(e.to_string()))?;
@@ -334,7 +338,7 @@ impl Writer {
         if let Some(auth) = &self.auth {
             request = request.header("Authorization", auth);
         }
-        let response = request.send().await.map_err(|e| InfluxError::Unreachable(e.without_url().to_string()))?;
+        let response = request.send().await.map_err(|e| InfluxError::Unreachable(crate::https::describe(e)))?;
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
             return Ok(());
@@ -452,6 +456,7 @@ mod tests {
             batch_size: 10,
             max_memory_points: 10,
             spill_dir: std::env::temp_dir().join("fathom-influx-unit-none"),
+            tls: None,
         }
     }
 

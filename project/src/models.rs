@@ -57,7 +57,8 @@ fn default_version() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
-    /// URL the request is POSTed to, e.g. `http://127.0.0.1:8081/v2/models/fraud/infer`.
+    /// URL the request is POSTed to, e.g. `http://127.0.0.1:8081/v2/models/fraud/infer` or
+    /// `https://…` (see `tls`).
     pub url: String,
     /// `open_inference_v2` (KServe, MLServer, Triton) or `json`.
     #[serde(default)]
@@ -72,6 +73,9 @@ pub struct EndpointConfig {
     /// Requests in flight to this endpoint at most; more wait. Default: 64.
     #[serde(default = "default_concurrency")]
     pub max_concurrency: usize,
+    /// For an `https://` URL: a private CA, a client certificate (mutual TLS).
+    #[serde(default)]
+    pub tls: Option<fathom_monitor::https::ClientTls>,
 }
 
 fn default_concurrency() -> usize {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use fathom_featurestore::duration::Span;
 use fathom_monitor::alerts::{Comparison, Rule};
+use fathom_monitor::https::ClientTls;
 use fathom_monitor::performance::PositiveClass;
 use fathom_monitor::window::{rule_name, Settings};
 use serde::Deserialize;
@@ -148,6 +149,9 @@ pub struct AlertConfig {
     /// Delivery attempts before giving up. Default: 12 (about an hour of backoff).
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// For an `https://` webhook: a private CA, a client certificate (mutual TLS).
+    #[serde(default)]
+    pub tls: Option<ClientTls>,
 }
 
 /// `models.<m>.retrain`.
@@ -178,6 +182,9 @@ pub struct RetrainConfig {
     /// Attempts before giving up. Default: 12.
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// For an `https://` Kubeflow API or webhook: a private CA, a client certificate (mutual TLS).
+    #[serde(default)]
+    pub tls: Option<ClientTls>,
 }
 
 /// Kubeflow Pipelines v2 REST.
@@ -261,25 +268,36 @@ pub fn check(config: &ModelConfig) -> Vec<(String, String)> {
     if let Err(e) = settings("model", config) {
         problems.push(e);
     }
-    let http = |field: String, url: &str, problems: &mut Vec<(String, String)>| {
-        if !url.starts_with("http://") {
-            problems.push((
-                field,
-                "must be an http:// URL (TLS is not built in yet: deliver through an egress proxy or sidecar)".into(),
-            ));
-        }
-    };
     for (i, alert) in config.alerts.iter().enumerate() {
-        http(format!("alerts[{i}].webhook"), &alert.webhook, &mut problems);
+        let target = (format!("alerts[{i}].webhook"), format!("alerts[{i}].tls"));
+        problems.extend(outbound(target, &alert.webhook, alert.tls.as_ref()));
     }
     if let Some(retrain) = &config.retrain {
+        let tls = retrain.tls.as_ref();
         match (&retrain.kubeflow, &retrain.webhook) {
-            (Some(k), None) => http("retrain.kubeflow.url".into(), &k.url, &mut problems),
-            (None, Some(url)) => http("retrain.webhook".into(), url, &mut problems),
+            (Some(k), None) => {
+                problems.extend(outbound(("retrain.kubeflow.url".into(), "retrain.tls".into()), &k.url, tls))
+            }
+            (None, Some(url)) => problems.extend(outbound(("retrain.webhook".into(), "retrain.tls".into()), url, tls)),
             _ => problems.push(("retrain".into(), "give one of `kubeflow` or `webhook`".into())),
         }
     }
     problems
+}
+
+/// The problem with an outbound target (`url` at field `fields.0`, its `tls` at `fields.1`), if
+/// any: not http(s), `tls` on a plain `http://` URL, or TLS files that cannot be read.
+pub fn outbound(fields: (String, String), url: &str, tls: Option<&ClientTls>) -> Option<(String, String)> {
+    let (url_field, tls_field) = fields;
+    let https = url.starts_with("https://");
+    if !https && !url.starts_with("http://") {
+        return Some((url_field, format!("{url:?} must be an http:// or https:// URL")));
+    }
+    if tls.is_some() && !https {
+        return Some((tls_field, format!("`tls` applies to https:// URLs only; {url_field} is http://")));
+    }
+    let e = fathom_monitor::https::client(tls, &tls_field).err()?;
+    Some((e.field, e.message))
 }
 
 /// A model's resolved settings; the error is (field, message).

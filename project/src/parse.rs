@@ -437,9 +437,9 @@ fn models(
             }
         }
         if let Some(endpoint) = &config.endpoint {
-            if !endpoint.url.starts_with("http://") {
-                let hint = "must be an http:// URL (TLS to model servers is not built in yet: keep the call inside the cluster or behind a sidecar)";
-                problem(problems, format!("{path}.endpoint.url"), hint);
+            let fields = (format!("{path}.endpoint.url"), format!("{path}.endpoint.tls"));
+            if let Some((field, message)) = crate::monitoring::outbound(fields, &endpoint.url, endpoint.tls.as_ref()) {
+                problem(problems, field, message);
             }
             span_or(&endpoint.timeout, 0, &format!("{path}.endpoint.timeout"), problems);
         }

@@ -185,13 +185,15 @@ fn auth_tokens_are_hashes_or_secrets_from_env_or_files() {
 #[test]
 fn models_resolve_features_and_check_imputation_and_endpoints() {
     let found = problems(
-        "project: p\nsources:\n  tx: { key: card }\nentities:\n  card: { key: card }\nfeature_sets:\n  cards: { entity: card, source: tx, features: [m] }\nmodels:\n  fraud:\n    features: [cards.m, cards.x]\n    request_fields: [channel]\n    impute: { cards.m: { reference: average }, channel: web, other: 1 }\n    endpoint: { url: \"https://model:8443/infer\", timeout: 2q }\n",
+        "project: p\nsources:\n  tx: { key: card }\nentities:\n  card: { key: card }\nfeature_sets:\n  cards: { entity: card, source: tx, features: [m] }\nmodels:\n  fraud:\n    features: [cards.m, cards.x]\n    request_fields: [channel]\n    impute: { cards.m: { reference: average }, channel: web, other: 1 }\n    endpoint: { url: \"grpc://model:8443/infer\", timeout: 2q }\n  https:\n    features: [cards.m]\n    endpoint: { url: \"https://model:8443/infer\", tls: { ca: /nonexistent/ca.pem } }\n  plain:\n    features: [cards.m]\n    endpoint: { url: \"http://model:8080/infer\", tls: { cert: /c.pem } }\n",
     );
     let expected = [
         "models.fraud.features[1]: \"cards.x\": feature set \"cards\" has no feature \"x\"",
         "models.fraud.impute.cards.m: `reference` must be mean, median or mode",
         "models.fraud.impute.other: not one of the model's features",
-        "models.fraud.endpoint.url: must be an http:// URL",
+        "models.fraud.endpoint.url: \"grpc://model:8443/infer\" must be an http:// or https:// URL",
+        "models.https.endpoint.tls.ca: reading /nonexistent/ca.pem",
+        "models.plain.endpoint.tls: `tls` applies to https:// URLs only",
         "models.fraud.endpoint.timeout: \"2q\" is not a duration",
     ];
     for e in expected {
@@ -212,7 +214,9 @@ models:
     monitoring: { window: 10m, sliding: 25m, drift: { possible: 0.8, detected: 0.7 } }
     alerts:
       - { metric: accurcy, op: "<", threshold: 0.9, webhook: "http://hooks.internal/a" }
+      - { when: drift_detected, webhook: "hooks.slack.com/x" }
       - { when: drift_detected, webhook: "https://hooks.slack.com/x" }
+      - { when: drift_detected, webhook: "https://hooks.internal/x", tls: { cert: /c.pem } }
     retrain: { when: drift_detected }
   quiet:
     features: []
@@ -221,7 +225,9 @@ models:
     );
     let has = |path: &str, needle: &str| found.iter().any(|p| p.starts_with(path) && p.contains(needle));
     assert!(has("models.fraud.labels.max_delay", "not a duration"), "{found:#?}");
-    assert!(has("models.fraud.alerts[1].webhook", "http://"), "{found:#?}");
+    assert!(has("models.fraud.alerts[1].webhook", "must be an http:// or https:// URL"), "{found:#?}");
+    assert!(!found.iter().any(|p| p.starts_with("models.fraud.alerts[2]")), "https:// is fine: {found:#?}");
+    assert!(has("models.fraud.alerts[3].tls", "both `cert` and `key`"), "{found:#?}");
     assert!(has("models.fraud.retrain", "kubeflow` or `webhook"), "{found:#?}");
     assert!(has("models.quiet.monitoring", "need `monitoring:`"), "{found:#?}");
     // the first settings problem stops the rest of that model's settings check

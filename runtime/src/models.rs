@@ -81,7 +81,8 @@ impl ModelClient {
     /// A client for `config` (`timeout_ms` resolved from the config).
     pub fn new(name: &str, config: ModelConfig, timeout_ms: u64) -> anyhow::Result<ModelClient> {
         let concurrency = config.endpoint.as_ref().map_or(1, |e| e.max_concurrency);
-        let http = reqwest::Client::builder()
+        let tls = config.endpoint.as_ref().and_then(|e| e.tls.as_ref());
+        let http = fathom_monitor::https::client(tls, &format!("models.{name}.endpoint.tls"))?
             .pool_max_idle_per_host(concurrency)
             .connect_timeout(Duration::from_millis(timeout_ms))
             .build()?;
@@ -114,9 +115,9 @@ impl ModelClient {
                 .json(&body)
                 .send()
                 .await
-                .map_err(|e| PredictError::Endpoint(e.without_url().to_string()))?;
+                .map_err(|e| PredictError::Endpoint(fathom_monitor::https::describe(e)))?;
             let status = response.status();
-            let text = response.text().await.map_err(|e| PredictError::Endpoint(e.without_url().to_string()))?;
+            let text = response.text().await.map_err(|e| PredictError::Endpoint(fathom_monitor::https::describe(e)))?;
             if !status.is_success() {
                 let snippet: String = text.chars().take(200).collect();
                 return Err(PredictError::Endpoint(format!("HTTP {status}: {snippet}")));

@@ -2,6 +2,8 @@
 //! environment, 127.0.0.1 defaults), unique names, and the `fathom` binary as a child process.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod tls;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -202,7 +204,7 @@ impl Fathom {
 
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&mut self) {
-        let client = reqwest::Client::new();
+        let client = fathom_monitor::https::default_client();
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -261,7 +263,7 @@ pub async fn influxql_as(base: &str, user: Option<(&str, &str)>, db: &str, q: &s
             .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
             .collect::<String>()
     };
-    let mut request = reqwest::Client::new()
+    let mut request = fathom_monitor::https::default_client()
         .post(format!("{base}/query"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!("db={}&q={}", encode(db), encode(q)));

@@ -285,6 +285,7 @@ async fn activate(
         None => (None, None),
     };
     let (results_tx, results_rx) = mpsc::channel(64);
+    let http = transport::Clients::new(models.iter().map(|m| (m.name.as_str(), &m.config)))?;
     let mut monitor = Monitor {
         project: project.clone(),
         store: store.clone(),
@@ -302,7 +303,7 @@ async fn activate(
         dead,
         committer,
         producer,
-        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+        http,
         last_record: clock.instant(),
         last_checkpoint: clock.instant(),
         urgent: false,
@@ -337,7 +338,7 @@ struct Monitor {
     dead: DeadLetters,
     committer: Option<Committer>,
     producer: Option<FutureProducer>,
-    http: reqwest::Client,
+    http: transport::Clients,
     last_record: Instant,
     last_checkpoint: Instant,
     /// Checkpoint at the next chance (a rule fired, a delivery finished, a push waits).

@@ -100,7 +100,7 @@ impl Monitor {
                 }
                 Target::Alert(i) => {
                     let alert = &self.models[m].config.alerts[i];
-                    signed(&self.http, &alert.webhook, &d, alert.secret.as_deref(), "alert")
+                    signed(self.http.get(alert.tls.as_ref()), &alert.webhook, &d, alert.secret.as_deref(), "alert")
                 }
                 Target::Retrain => match self.retrain_request(m, &d) {
                     Ok(request) => Ok(request),
@@ -120,13 +120,13 @@ impl Monitor {
     /// secret fails for good) or a signed webhook.
     fn retrain_request(&self, m: usize, d: &Delivery) -> Result<reqwest::RequestBuilder, Failure> {
         let retrain = self.models[m].config.retrain.as_ref().expect("config");
+        let http = self.http.get(retrain.tls.as_ref());
         let Some(k) = &retrain.kubeflow else {
             let url = retrain.webhook.as_deref().unwrap_or_default();
-            return signed(&self.http, url, d, retrain.secret.as_deref(), "retrain");
+            return signed(http, url, d, retrain.secret.as_deref(), "retrain");
         };
         let url = format!("{}/runs", k.url.trim_end_matches('/'));
-        let mut r = self
-            .http
+        let mut r = http
             .post(url)
             .header("Content-Type", "application/json")
             .header("Idempotency-Key", &d.id)
@@ -157,6 +157,17 @@ impl Monitor {
             Ok(_) => true,
             Err(failure) => failure.permanent || d.attempts >= max,
         };
+        // readiness names a target whose last attempt failed (an untrusted certificate, a
+        // refused client certificate, a 5xx) until one succeeds
+        let target = match d.target {
+            Target::Alert(i) => format!("models.{}.alerts[{i}]", d.model),
+            Target::Retrain => format!("models.{}.retrain", d.model),
+            Target::Topic => format!("models.{}.retrain topic", d.model),
+        };
+        match &result {
+            Ok(_) => self.health.clear(&target),
+            Err(failure) => self.health.warn(&target, format!("delivery failed: {}", failure.why)),
+        }
         if !finished {
             let why = result.as_ref().err().map(|f| f.why.clone()).unwrap_or_default();
             let backoff = backoff_ms(d.attempts);

@@ -1,12 +1,52 @@
 //! Sending a delivery: signed HTTP POSTs and records on the retraining topic.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use fathom_monitor::alerts::signature;
+use fathom_monitor::https::ClientTls;
 
 use super::outbox::{Delivery, Failure};
 use super::RETRAIN_TOPIC;
+
+/// The HTTP clients of the models' alert and retraining targets: one per distinct `tls` setting
+/// (most share the one without), each with a 10 s timeout per request.
+pub(super) struct Clients(HashMap<Option<ClientTls>, reqwest::Client>);
+
+impl Clients {
+    /// Builds them for `models` (name, config); a `tls` file that cannot be used is an error
+    /// naming its field.
+    pub(super) fn new<'a>(
+        models: impl Iterator<Item = (&'a str, &'a fathom_project::models::ModelConfig)>,
+    ) -> anyhow::Result<Clients> {
+        let mut clients = HashMap::new();
+        let mut add = |tls: Option<&ClientTls>, field: String| -> anyhow::Result<()> {
+            if let std::collections::hash_map::Entry::Vacant(entry) = clients.entry(tls.cloned()) {
+                let client = fathom_monitor::https::client(tls, &field)?.timeout(Duration::from_secs(10)).build();
+                entry.insert(client.with_context(|| field.clone())?);
+            }
+            Ok(())
+        };
+        add(None, "tls".into())?;
+        for (name, config) in models {
+            for (i, alert) in config.alerts.iter().enumerate() {
+                add(alert.tls.as_ref(), format!("models.{name}.alerts[{i}].tls"))?;
+            }
+            if let Some(retrain) = &config.retrain {
+                add(retrain.tls.as_ref(), format!("models.{name}.retrain.tls"))?;
+            }
+        }
+        Ok(Clients(clients))
+    }
+
+    /// The client for a target with this `tls` setting.
+    pub(super) fn get(&self, tls: Option<&ClientTls>) -> &reqwest::Client {
+        let key = tls.cloned();
+        self.0.get(&key).or_else(|| self.0.get(&None)).expect("the client without tls settings")
+    }
+}
 
 /// A POST of the delivery's body with `X-Fathom-Signature` (when a secret is set),
 /// `X-Fathom-Delivery` and `Idempotency-Key`.
@@ -34,7 +74,7 @@ pub(super) fn signed(
 
 /// Sends; 2xx is done, 408/425/429/5xx and connection failures are retried, other 4xx are not.
 pub(super) async fn send(request: Result<reqwest::RequestBuilder, Failure>) -> Result<(u16, String), Failure> {
-    let response = request?.send().await.map_err(|e| Failure::unanswered(e.without_url().to_string(), false))?;
+    let response = request?.send().await.map_err(|e| Failure::unanswered(fathom_monitor::https::describe(e), false))?;
     let status = response.status().as_u16();
     let body: String = response.text().await.unwrap_or_default().chars().take(2000).collect();
     if (200..300).contains(&status) {
