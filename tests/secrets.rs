@@ -1,13 +1,13 @@
-//! Secrets never reach the logs: a bearer token, an InfluxDB password, a webhook signing key and a
-//! Kubeflow token come from the environment and files while the process logs at `debug` through
-//! authentication failures, an unreachable InfluxDB, failing webhook and pipeline deliveries —
-//! and none of their values appears in what it wrote.
+//! Secrets never reach the logs: a bearer token, an InfluxDB password, a webhook signing key, a
+//! Kubeflow token and a Redis ACL user's password come from the environment and files while the
+//! process logs at `debug` through authentication failures, an unreachable InfluxDB, failing
+//! webhook and pipeline deliveries — and none of their values appears in what it wrote.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{free_port, Fathom};
+use common::{free_port, Fathom, Guarded};
 use fathom_monitor::profile::{FeatureProfile, NumericProfile, Profile};
 use serde_json::json;
 
@@ -15,6 +15,7 @@ const TOKEN: &str = "tok-sekrit-5f1c2a";
 const INFLUX_PASSWORD: &str = "pw-sekrit-77b0e4";
 const WEBHOOK_KEY: &str = "wh-sekrit-c93d11";
 const KFP_TOKEN: &str = "kfp-sekrit-0a4e9b";
+const REDIS_PASSWORD: &str = "redis-acl-sekrit-3b8f";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_value_is_ever_logged() {
@@ -22,6 +23,27 @@ async fn no_secret_value_is_ever_logged() {
     let d = dir.path().display();
     std::fs::write(dir.path().join("webhook.key"), WEBHOOK_KEY).unwrap();
     std::fs::write(dir.path().join("kfp.token"), KFP_TOKEN).unwrap();
+    std::fs::write(dir.path().join("redis.password"), REDIS_PASSWORD).unwrap();
+    // a Redis whose only user is the ACL user `fathom`
+    let redis_port = free_port();
+    let redis = std::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &redis_port.to_string(), "--save", "", "--appendonly", "no"])
+        .args([
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "fathom",
+            "on",
+            &format!(">{REDIS_PASSWORD}"),
+            "~*",
+            "&*",
+            "+@all",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let _redis = Guarded(redis);
     let profile = Profile {
         format: fathom_monitor::profile::FORMAT.into(),
         model: "m".into(),
@@ -43,6 +65,7 @@ async fn no_secret_value_is_ever_logged() {
             r#"
 project: secrets
 stores:
+  online: {{ redis: {{ url: "redis://127.0.0.1:{redis_port}", username: fathom, password: "file:{d}/redis.password" }} }}
   offline: {{ parquet: {{ path: {d}/offline }} }}
   dead_letters: {{ path: {d}/dlq }}
   influxdb: {{ url: "http://127.0.0.1:{nothing}", database: db, user: fathom, password: "env:FATHOM_TEST_INFLUX_PASSWORD", spill_dir: {d}/spill }}
@@ -95,7 +118,7 @@ models:
     fathom.stop();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("authorized"), "the debug log covers authentication: {text}");
-    for secret in [TOKEN, INFLUX_PASSWORD, WEBHOOK_KEY, KFP_TOKEN] {
+    for secret in [TOKEN, INFLUX_PASSWORD, WEBHOOK_KEY, KFP_TOKEN, REDIS_PASSWORD] {
         assert!(!text.contains(secret), "{secret} leaked into the log");
     }
 }

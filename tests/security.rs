@@ -1,7 +1,9 @@
 //! Transport security: the API over HTTPS (rustls) when `server.tls` is set — a client trusting
 //! the certificate gets answers, one that does not is refused, plain HTTP gets nothing — and the
 //! online store behind Redis `requirepass` (its password only in the environment, never logged)
-//! and behind Redis TLS (`rediss://`, trusting a private CA from `stores.online.redis.ca`), and
+//! and behind Redis TLS (`rediss://`, trusting a private CA from `stores.online.redis.ca`), as a
+//! Redis 6+ ACL user over TLS to one server and to a three-node cluster (a wrong password or an
+//! untrusted certificate: alive, not ready, the reason in `/readyz`, started once Redis accepts), and
 //! Kafka sources behind SASL: SCRAM-SHA-512 over TLS (`SASL_SSL`), SCRAM-SHA-256 without
 //! (`SASL_PLAINTEXT`).
 
@@ -133,29 +135,61 @@ async fn the_online_store_authenticates_to_redis_with_a_password_from_the_enviro
     assert_eq!(keys.len(), 1, "{keys:?}");
     fathom.stop();
 
-    // a wrong password: the process does not become ready, and says why without the URL
+    // a wrong password: the process stays up and not ready, says why without the URL, and starts
+    // once Redis accepts the password (here: the server's password changed to it)
     let wrong = format!("redis://:not-{REDIS_PASSWORD}@127.0.0.1:{redis_port}");
     let env = [("FATHOM_TEST_REDIS_URL", wrong.as_str()), ("FATHOM_LOG", "debug")];
     let log = dir.path().join("wrong.log");
     let mut refused = Fathom::start_with(&["serve", "-c", &config], port, &log, &env);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while refused.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        let ready = fathom_monitor::https::default_client()
-            .get(refused.url("/readyz"))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0);
-        assert_ne!(ready, 200, "ready with a wrong Redis password");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    drop(refused);
+    let why = not_ready_because(&mut refused, "Password authentication failed").await;
+    assert!(why.starts_with("connecting to Redis"), "{why}");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg(format!("not-{REDIS_PASSWORD}"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    refused.wait_ready().await;
+    let body = push_and_read(&refused, "c8", 4.0).await;
+    assert_eq!(body["features"][0]["value"], 4.0, "{body}");
+    refused.stop();
     for log in [fathom.log.clone(), log] {
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(!text.contains(REDIS_PASSWORD), "the Redis password is in {}: {text}", log.display());
     }
     let text = std::fs::read_to_string(dir.path().join("wrong.log")).unwrap();
     assert!(text.contains("connecting to Redis") && text.contains("Password authentication failed"), "{text}");
+}
+
+/// Waits until `fathom`'s `/readyz` says the online store does not answer for a reason
+/// containing `needle`, checking the process stays alive (`/healthz` 200) meanwhile; answers
+/// the reason.
+async fn not_ready_because(fathom: &mut Fathom, needle: &str) -> String {
+    let http = fathom_monitor::https::default_client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            fathom.child.try_wait().unwrap().is_none(),
+            "exited: {}",
+            std::fs::read_to_string(&fathom.log).unwrap()
+        );
+        if let Ok(r) = http.get(fathom.url("/readyz")).send().await {
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(status, 503, "{body}");
+            let why = body["online_store"].as_str().unwrap_or_default().to_string();
+            if why.contains(needle) {
+                let alive = http.get(fathom.url("/healthz")).send().await.unwrap().status();
+                assert_eq!(alive, 200, "alive while it waits");
+                let lookup = http.get(fathom.url("/v1/features/cards/c1")).send().await.unwrap();
+                assert_eq!(lookup.status(), 503, "no lookups before the store answers");
+                return why;
+            }
+        }
+        assert!(Instant::now() < deadline, "no reason {needle:?}: {}", std::fs::read_to_string(&fathom.log).unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,13 +226,128 @@ async fn the_online_store_reaches_redis_over_tls_trusting_the_configured_ca() {
     let keys: Vec<String> = redis::cmd("KEYS").arg("*c9*").query_async(&mut con).await.unwrap();
     assert_eq!(keys.len(), 1, "{keys:?}");
 
-    // without the CA the server's certificate is not trusted: the process refuses to start
+    // without the CA the server's certificate is not trusted: the process waits, not ready, and
+    // says why; SIGTERM ends the wait
     let config =
         project(dir.path(), port, &format!(r#"{{ redis: {{ url: "rediss://127.0.0.1:{redis_port}" }} }}"#), "");
-    let out = Command::new(env!("CARGO_BIN_EXE_fathom")).args(["serve", "-c", &config]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("connecting to Redis"), "{stderr}");
-    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+    let mut waiting = Fathom::start(&["serve", "-c", &config], port, &dir.path().join("untrusted.log"));
+    let why = not_ready_because(&mut waiting, "certificate").await;
+    assert!(why.starts_with("connecting to Redis"), "{why}");
+    waiting.stop();
+}
+
+const ACL_PASSWORD: &str = "acl-sekrit-9c3e";
+
+/// A Redis server speaking TLS only, with the `default` user off and one ACL user `fathom`
+/// (password [`ACL_PASSWORD`]); a cluster node when `cluster` (its bus over TLS too).
+fn acl_tls_redis(dir: &Path, ca: &str, cert: &str, key: &str, cluster: bool) -> (u16, Guarded) {
+    // a cluster node's bus listens on port + 10000
+    let bus_free = |p: u16| p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok();
+    let port = std::iter::repeat_with(free_port).find(|&p| !cluster || bus_free(p)).unwrap();
+    let node_dir = dir.join(format!("redis-{port}"));
+    std::fs::create_dir_all(&node_dir).unwrap();
+    let mut command = Command::new("redis-server");
+    command
+        .current_dir(&node_dir)
+        .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &port.to_string()])
+        .args(["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca])
+        .args(["--tls-auth-clients", "no", "--save", "", "--appendonly", "no"])
+        .args(["--user", "default", "off", "--user", "fathom", "on", &format!(">{ACL_PASSWORD}"), "~*", "&*", "+@all"]);
+    if cluster {
+        command.args(["--cluster-enabled", "yes", "--tls-cluster", "yes", "--cluster-config-file", "nodes.conf"]);
+    }
+    let log = node_dir.join("redis.log");
+    let child = command.stdout(std::fs::File::create(&log).unwrap()).spawn().expect("redis-server");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start: {}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (port, Guarded(child))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_online_store_logs_in_as_an_acl_user_over_tls_to_a_server_and_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificate(dir.path());
+    let password_file = dir.path().join("redis-password");
+    std::fs::write(&password_file, format!("{ACL_PASSWORD}\n")).unwrap();
+    let login = format!("ca: {ca}, username: fathom, password: \"file:{}\"", password_file.display());
+
+    // one server
+    let (redis_port, _redis) = acl_tls_redis(dir.path(), &ca, &cert, &key, false);
+    let port = free_port();
+    let online = format!(r#"{{ redis: {{ url: "rediss://127.0.0.1:{redis_port}", {login} }} }}"#);
+    let config = project(dir.path(), port, &online, "");
+    let mut fathom = Fathom::start(&["serve", "-c", &config], port, &dir.path().join("single.log"));
+    fathom.wait_ready().await;
+    let body = push_and_read(&fathom, "a1", 2.0).await;
+    assert_eq!(body["features"][0]["value"], 2.0, "{body}");
+    fathom.stop();
+
+    // a wrong password for the same user: not ready, the reason named, never the password
+    let wrong = format!(
+        r#"{{ redis: {{ url: "rediss://127.0.0.1:{redis_port}", ca: {ca}, username: fathom, password: "env:FATHOM_TEST_WRONG" }} }}"#
+    );
+    let config = project(dir.path(), port, &wrong, "");
+    let env = [("FATHOM_TEST_WRONG", "not-the-password"), ("FATHOM_LOG", "debug")];
+    let mut refused = Fathom::start_with(&["serve", "-c", &config], port, &dir.path().join("refused.log"), &env);
+    let why = not_ready_because(&mut refused, "Password authentication failed").await;
+    assert!(!why.contains("not-the-password"), "{why}");
+    refused.stop();
+    let text = std::fs::read_to_string(dir.path().join("refused.log")).unwrap();
+    assert!(text.contains("Password authentication failed") && !text.contains("not-the-password"), "{text}");
+
+    // a three-node cluster, TLS on the client port and the bus, the same ACL user on each node
+    let nodes: Vec<(u16, Guarded)> = (0..3).map(|_| acl_tls_redis(dir.path(), &ca, &cert, &key, true)).collect();
+    let addresses: Vec<String> = nodes.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect();
+    let created = Command::new("timeout") // it waits for the nodes to meet, without a limit
+        .args([
+            "60",
+            "redis-cli",
+            "--tls",
+            "--cacert",
+            &ca,
+            "--user",
+            "fathom",
+            "--pass",
+            ACL_PASSWORD,
+            "--no-auth-warning",
+        ])
+        .arg("--cluster")
+        .arg("create")
+        .args(&addresses)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = Command::new("redis-cli")
+            .args(["--tls", "--cacert", &ca, "--user", "fathom", "--pass", ACL_PASSWORD, "--no-auth-warning"])
+            .args(["-p", &nodes[0].0.to_string(), "cluster", "info"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", String::from_utf8_lossy(&info.stdout));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let urls: Vec<String> = addresses.iter().map(|a| format!("\"rediss://{a}\"")).collect();
+    let online = format!(r#"{{ redis: {{ cluster: [{}], {login} }} }}"#, urls.join(", "));
+    let config = project(dir.path(), port, &online, "");
+    let mut fathom = Fathom::start(&["serve", "-c", &config], port, &dir.path().join("cluster.log"));
+    fathom.wait_ready().await;
+    for (i, card) in ["k1", "k2", "k3", "k4"].iter().enumerate() {
+        let body = push_and_read(&fathom, card, i as f64 + 0.5).await;
+        assert_eq!(body["features"][0]["value"], i as f64 + 0.5, "{body}");
+    }
+    fathom.stop();
+    for log in ["single.log", "cluster.log"] {
+        let text = std::fs::read_to_string(dir.path().join(log)).unwrap();
+        assert!(!text.contains(ACL_PASSWORD), "the password is in {log}: {text}");
+    }
 }
 
 /// A Kafka-compatible broker of the test's own: tansu with `--authentication` (SCRAM-SHA-256

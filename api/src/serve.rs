@@ -102,6 +102,82 @@ pub async fn serve_roles(project: Arc<Project>, running: Running, api: bool) -> 
 
 pub use fathom_runtime::stop;
 
+/// Until the online store (Redis) accepts a connection: the API's address answers `/healthz` 200,
+/// `/readyz` 503 `{"status": "starting", "online_store": "<why>"}` and every other path 503
+/// (`unavailable`), over HTTPS when `server.tls` is set, while the connection is retried with
+/// back-off (1 s doubling to 30 s) and each failure logged — a wrong password, an untrusted
+/// certificate or an unreachable Redis is reported and waited out, not a crash loop. Without
+/// Redis it returns at once. `Ok(false)`: SIGINT/SIGTERM came first.
+pub async fn until_online_store_answers(project: &Project) -> anyhow::Result<bool> {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse as _;
+    use axum::Json;
+    use fathom_featurestore::online::RedisStore;
+    use serde_json::json;
+
+    let Some(topology) = project.redis()? else { return Ok(true) };
+    let mut error = match RedisStore::connect(&topology).await {
+        Ok(_) => return Ok(true),
+        Err(e) => e,
+    };
+    let why = Arc::new(std::sync::Mutex::new(String::new()));
+    let reason = why.clone();
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(crate::operations::healthz))
+        .route(
+            "/readyz",
+            axum::routing::get({
+                let why = why.clone();
+                move || async move {
+                    let why = why.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "starting", "online_store": why})))
+                }
+            }),
+        )
+        .fallback(move || async move {
+            let why = reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let body = json!({"error": {"code": "unavailable", "message": format!("starting: {why}")}});
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        });
+    let listener = tokio::net::TcpListener::bind(project.server.listen)
+        .await
+        .with_context(|| format!("binding {}", project.server.listen))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stopped = async {
+        let _ = stop_rx.await;
+    };
+    let server = match &project.server.tls {
+        None => tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await }),
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, crate::tls::acceptor(tls)?)?;
+            tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await })
+        }
+    };
+    let mut delay = std::time::Duration::from_secs(1);
+    let shutdown = signal();
+    tokio::pin!(shutdown);
+    let answered = loop {
+        let message = format!("connecting to Redis: {:#}", anyhow::Error::from(error));
+        tracing::error!(error = %message, retry_in_s = delay.as_secs(), "the online store does not answer; not ready");
+        *why.lock().unwrap_or_else(|e| e.into_inner()) = message;
+        tokio::select! {
+            () = &mut shutdown => break false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        match RedisStore::connect(&topology).await {
+            Ok(_) => break true,
+            Err(e) => error = e,
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    };
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    if answered {
+        tracing::info!("the online store answers; starting");
+    }
+    Ok(answered)
+}
+
 async fn signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use fathom_featurestore::definition::{FeatureSetPlan, Problem, TablePlan};
 use fathom_featurestore::duration::Span;
 use fathom_featurestore::offline::ParquetConfig;
-use fathom_featurestore::online::RedisTopology;
+use fathom_featurestore::online::{RedisAuth, RedisTopology};
 use fathom_featurestore::table::Join;
 use fathom_featurestore::vector::Catalog;
 use fathom_ingest::config::{Format, KafkaConfig, SourceConfig};
@@ -120,6 +120,14 @@ pub struct RedisConfig {
     /// CA (default: the system's roots).
     #[serde(default)]
     pub ca: Option<std::path::PathBuf>,
+    /// Redis 6+ ACL user to log in as (`AUTH <username> <password>`), for the server or every
+    /// cluster node. Default: the one in the URL, else `default`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Its password, `env:NAME` or `file:/path` (a literal works but belongs in neither the file
+    /// nor the logs). Default: the one in the URL.
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 /// `stores.offline`.
@@ -318,10 +326,18 @@ impl Project {
             ),
             None => None,
         };
+        let password = match &redis.password {
+            Some(secret) => Some(
+                fathom_ingest::config::resolve_secret(secret)
+                    .map_err(|e| anyhow::anyhow!("stores.online.redis.password: {e}"))?,
+            ),
+            None => None,
+        };
+        let auth = RedisAuth { username: redis.username.clone(), password };
         Ok(Some(match (&redis.url, &redis.cluster) {
-            (Some(url), _) => RedisTopology::Single { url: resolve(url)?, ca },
+            (Some(url), _) => RedisTopology::Single { url: resolve(url)?, ca, auth },
             (None, Some(nodes)) => {
-                RedisTopology::Cluster { nodes: nodes.iter().map(resolve).collect::<anyhow::Result<_>>()?, ca }
+                RedisTopology::Cluster { nodes: nodes.iter().map(resolve).collect::<anyhow::Result<_>>()?, ca, auth }
             }
             (None, None) => unreachable!("checked at load"),
         }))

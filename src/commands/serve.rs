@@ -17,6 +17,9 @@ use fathom_runtime::{pipeline, Roles};
 pub(crate) async fn run(config: Option<&PathBuf>, roles: &str) -> anyhow::Result<()> {
     let roles = Roles::parse(roles).map_err(|e| anyhow::anyhow!("--roles: {e}"))?;
     let project = super::load(config)?;
+    if !serve::until_online_store_answers(&project).await? {
+        return Ok(());
+    }
     let workers = tokio::runtime::Builder::new_multi_thread().thread_name("fathom-pipeline").enable_all().build()?;
     let served = async {
         let mut running = workers.spawn(pipeline::start_with(project.clone(), roles)).await??;

@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 
 use super::Guarded;
 
-/// PEM files: a CA, a server certificate for 127.0.0.1 and a client certificate (CN
+/// PEM files: a CA, a server certificate for 127.0.0.1 (also good as a client certificate:
+/// Redis cluster nodes present theirs on the cluster bus) and a client certificate (CN
 /// `fathom-client`), both signed by it, and their keys.
 pub struct Certificates {
     pub ca: String,
@@ -61,7 +62,7 @@ pub fn certificates(dir: &Path) -> Certificates {
     let (cert, key) = signed(
         "cert",
         "/CN=127.0.0.1",
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
     );
     let (client_cert, client_key) =
         signed("client", "/CN=fathom-client", "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n");

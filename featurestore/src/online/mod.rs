@@ -17,7 +17,7 @@ mod redis;
 use serde::{Deserialize, Serialize};
 
 pub use self::embedded::{EmbeddedStore, SnapshotError};
-pub use self::redis::{RedisStore, RedisTopology};
+pub use self::redis::{RedisAuth, RedisStore, RedisTopology};
 
 use crate::definition::FeatureSetPlan;
 use crate::engine::EntityState;

@@ -14,7 +14,7 @@ const CHUNK: usize = 2_000;
 /// Single-key commands in flight at once on a cluster.
 const IN_FLIGHT: usize = 256;
 
-/// How the Redis deployment is shaped, and whom to trust over TLS.
+/// How the Redis deployment is shaped, whom to trust over TLS and whom to log in as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisTopology {
     /// One server (`redis://` or `rediss://`).
@@ -23,6 +23,8 @@ pub enum RedisTopology {
         url: String,
         /// PEM certificate(s) of the CA to trust for `rediss://` (else the system's roots).
         ca: Option<Vec<u8>>,
+        /// Credentials besides (and overriding) those in the URL.
+        auth: RedisAuth,
     },
     /// Redis Cluster seed nodes.
     Cluster {
@@ -30,7 +32,26 @@ pub enum RedisTopology {
         nodes: Vec<String>,
         /// PEM certificate(s) of the CA to trust for `rediss://` (else the system's roots).
         ca: Option<Vec<u8>>,
+        /// Credentials for every node.
+        auth: RedisAuth,
     },
+}
+
+/// Who to log in as: `AUTH <username> <password>` for a Redis 6+ ACL user, `AUTH <password>` (the
+/// `default` user) with a password alone.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RedisAuth {
+    /// ACL user name.
+    pub username: Option<String>,
+    /// Its password.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let password = self.password.as_ref().map(|_| "<redacted>");
+        f.debug_struct("RedisAuth").field("username", &self.username).field("password", &password).finish()
+    }
 }
 
 fn certificates(ca: &Option<Vec<u8>>) -> redis::TlsCertificates {
@@ -54,19 +75,35 @@ impl RedisStore {
     /// Connects.
     pub async fn connect(topology: &RedisTopology) -> Result<RedisStore, OnlineError> {
         match topology {
-            RedisTopology::Single { url, ca } => {
+            RedisTopology::Single { url, ca, auth } => {
+                let mut info =
+                    redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(err("parsing the URL"))?;
+                let mut settings = info.redis_settings().clone();
+                if let Some(username) = &auth.username {
+                    settings = settings.set_username(username);
+                }
+                if let Some(password) = &auth.password {
+                    settings = settings.set_password(password);
+                }
+                info = info.set_redis_settings(settings);
                 let client = match ca {
-                    None => redis::Client::open(url.as_str()),
-                    Some(_) => redis::Client::build_with_tls(url.as_str(), certificates(ca)),
+                    None => redis::Client::open(info),
+                    Some(_) => redis::Client::build_with_tls(info, certificates(ca)),
                 }
                 .map_err(err("parsing the URL"))?;
                 let manager = client.get_connection_manager().await.map_err(err("connecting"))?;
                 Ok(RedisStore::Single(manager))
             }
-            RedisTopology::Cluster { nodes, ca } => {
+            RedisTopology::Cluster { nodes, ca, auth } => {
                 let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.clone());
                 if ca.is_some() {
                     builder = builder.certs(certificates(ca));
+                }
+                if let Some(username) = &auth.username {
+                    builder = builder.username(username);
+                }
+                if let Some(password) = &auth.password {
+                    builder = builder.password(password);
                 }
                 let client = builder.build().map_err(err("parsing cluster URLs"))?;
                 let connection = client.get_async_connection().await.map_err(err("connecting to the cluster"))?;
