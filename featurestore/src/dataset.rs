@@ -106,8 +106,8 @@ pub struct Request<'a> {
     /// (feature set, source, transform) of the conditions that read joined columns, evaluated
     /// after the joins as the pipeline does.
     pub after_joins: &'a [(String, usize, Transform)],
-    /// Root of the offline store.
-    pub offline_root: &'a Path,
+    /// The offline store (a directory or a bucket prefix).
+    pub offline: &'a crate::storage::Storage,
     /// Entity rows: `.parquet`, or CSV with a header.
     pub input: &'a Path,
     /// The input's timestamp column.
@@ -521,29 +521,34 @@ fn times(array: &ArrayRef, assume_utc: bool) -> Result<Vec<Option<i64>>, (usize,
     })
 }
 
-/// The Parquet files of one source in the offline store, in path order.
-pub fn source_files(root: &Path, source: &str) -> Result<Vec<PathBuf>, DatasetError> {
-    let dir = root.join(source);
-    let mut files = Vec::new();
-    let Ok(dates) = std::fs::read_dir(&dir) else { return Ok(files) };
-    for date in dates {
-        let date = date.map_err(io(&dir))?.path();
-        let Ok(parts) = std::fs::read_dir(&date) else { continue };
-        for part in parts {
-            let path = part.map_err(io(&date))?.path();
-            if path.extension().is_some_and(|e| e == "parquet") {
-                files.push(path);
-            }
-        }
+/// The Parquet files of one source in the offline store, relative to its root, in path order.
+pub fn source_files(offline: &crate::storage::Storage, source: &str) -> Result<Vec<String>, DatasetError> {
+    offline
+        .list(&format!("{source}/"), ".parquet")
+        .map_err(|e| DatasetError::Read { path: offline.show(source), message: anyhow_chain(&e) })
+}
+
+/// An error and its causes, `: `-separated.
+fn anyhow_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
     }
-    files.sort();
-    Ok(files)
+    text
 }
 
 /// Reads named columns of an offline file (absent ones are `None`).
-fn read_columns(path: &Path, names: &[&str]) -> Result<Vec<Vec<Option<ArrayRef>>>, DatasetError> {
-    let file = File::open(path).map_err(io(path))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| read_err(path, e))?;
+pub fn read_columns(
+    offline: &crate::storage::Storage,
+    file: &str,
+    names: &[&str],
+) -> Result<Vec<Vec<Option<ArrayRef>>>, DatasetError> {
+    let shown = offline.show(file);
+    let path = Path::new(&shown);
+    let bytes = offline.get(file).map_err(|e| DatasetError::Read { path: shown.clone(), message: anyhow_chain(&e) })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| read_err(path, e))?;
     let schema = builder.schema().clone();
     let wanted: Vec<usize> = names.iter().filter_map(|n| schema.index_of(n).ok()).collect();
     let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
@@ -728,7 +733,7 @@ fn spill_source_events(
     progress: &dyn Progress,
 ) -> Result<u64, DatasetError> {
     let (_, source_key, _) = request.sources.iter().find(|(n, _, _)| n == source).expect("plan source");
-    let files = source_files(request.offline_root, source)?;
+    let files = source_files(request.offline, source)?;
     progress.phase(&format!("reading {source} events"), Some(files.len() as u64));
     // per plan: its key column, which columns are numbers, whether it needs `_raw` (the largest
     // column: read only when a field is not a number column)
@@ -755,7 +760,7 @@ fn spill_source_events(
     let at = |name: &str| names.iter().position(|n| *n == name);
     let mut read = 0;
     for file in files {
-        for batch in read_columns(&file, &names)? {
+        for batch in read_columns(request.offline, &file, &names)? {
             let column = |name: &str| at(name).and_then(|i| batch[i].clone());
             let n = column("_offset").map_or(0, |a| a.len());
             let (partitions, offsets, times, late, raw) = (
@@ -807,14 +812,14 @@ fn spill_changes(
     spills: &mut [Spill],
     progress: &dyn Progress,
 ) -> Result<u64, DatasetError> {
-    let files = source_files(request.offline_root, table)?;
+    let files = source_files(request.offline, table)?;
     progress.phase(&format!("reading {table} changes"), Some(files.len() as u64));
     // `_lsn` stands in for `_position` in files written before it (PostgreSQL's LSN, as the
     // online table reads rows stored then)
     let names = ["_partition", "_offset", "_event_time", "_position", "_op", "_after", key_column, "_lsn"];
     let mut read = 0;
     for file in files {
-        for batch in read_columns(&file, &names)? {
+        for batch in read_columns(request.offline, &file, &names)? {
             let n = batch[1].as_ref().map_or(0, |a| a.len());
             let (partitions, offsets, times, mut positions, ops, afters, keys) = (
                 int32s(&batch[0], n),
@@ -896,13 +901,13 @@ fn spill_joined_events(
     let shards = spills.len();
     let scratch = |name: String| request.scratch.join(format!("j-{h}-{name}"));
     // the source's events, full fields from `_raw`, minus those refused as late
-    let files = source_files(request.offline_root, &plan.source)?;
+    let files = source_files(request.offline, &plan.source)?;
     progress.phase(&format!("reading {} events", plan.source), Some(files.len() as u64));
     let mut staged: Vec<PathBuf> = Vec::new();
     let mut out = Spill::create(scratch("0".into()))?;
     let mut read = 0;
     for file in files {
-        for batch in read_columns(&file, &["_partition", "_offset", "_event_time", "_late", "_raw"])? {
+        for batch in read_columns(request.offline, &file, &["_partition", "_offset", "_event_time", "_late", "_raw"])? {
             let n = batch[1].as_ref().map_or(0, |a| a.len());
             let (partitions, offsets, times, late, raw) = (
                 int32s(&batch[0], n),

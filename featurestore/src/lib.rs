@@ -18,5 +18,6 @@ pub mod offline;
 pub mod on_demand;
 pub mod online;
 pub mod processor;
+pub mod storage;
 pub mod table;
 pub mod vector;

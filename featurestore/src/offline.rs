@@ -5,8 +5,9 @@
 //! `_ingest_time` (Timestamp µs, UTC), the key column (Utf8), one typed column per field the
 //! feature sets read (Float64 for numeric aggregations, Utf8 otherwise: strings as is, other JSON
 //! values as JSON text), `_late` (the feature sets that refused the event as late, comma-separated;
-//! null for most) and `_raw` (the original record). A file is written to a `.tmp` name,
-//! fsync'd and renamed, so readers never see a partial file; after a crash a record may appear in
+//! null for most) and `_raw` (the original record). A file becomes visible only once
+//! complete ([`Storage::put`]: locally a `.tmp` name, fsync'd and renamed; on object storage one
+//! PUT), so readers never see a partial file; after a crash a record may appear in
 //! two files, and readers de-duplicate by (`_partition`, `_offset`).
 //!
 //! A CDC source's directory holds its change log instead: one row per change with the same
@@ -19,7 +20,6 @@
 //! no row). A column the connector sent as unavailable holds the value it kept.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -36,13 +36,27 @@ use parquet::file::properties::WriterProperties;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::storage::{Storage, StorageError};
+
 /// The `stores.offline.parquet` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetConfig {
-    /// Root directory. Default: `./data/offline`.
+    /// Root directory, or a bucket prefix: `s3://bucket/prefix`, `gs://…`, `az://…`
+    /// ([`Storage::open`]). Default: `./data/offline`.
     #[serde(default = "default_path")]
     pub path: PathBuf,
+    /// Object storage settings (object_store's keys: `endpoint`, `region`, `allow_http`,
+    /// `access_key_id`, `secret_access_key`, …), values `env:NAME` or `file:/path` for secrets.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl ParquetConfig {
+    /// The store this section names.
+    pub fn storage(&self) -> Result<Storage, StorageError> {
+        Storage::open(&self.path, &self.options)
+    }
 }
 
 fn default_path() -> PathBuf {
@@ -51,18 +65,18 @@ fn default_path() -> PathBuf {
 
 impl Default for ParquetConfig {
     fn default() -> Self {
-        ParquetConfig { path: default_path() }
+        ParquetConfig { path: default_path(), options: BTreeMap::new() }
     }
 }
 
 /// Failures writing Parquet.
 #[derive(Debug, thiserror::Error)]
 pub enum OfflineError {
-    /// Filesystem failure.
+    /// Filesystem failure (removing a crashed run's leftovers).
     #[error("writing {path}")]
     Io {
         /// The file or directory.
-        path: PathBuf,
+        path: String,
         /// The cause.
         #[source]
         source: std::io::Error,
@@ -71,11 +85,14 @@ pub enum OfflineError {
     #[error("encoding {path}")]
     Parquet {
         /// The file.
-        path: PathBuf,
+        path: String,
         /// The cause.
         #[source]
         source: parquet::errors::ParquetError,
     },
+    /// The file could not be stored (a disk, a bucket).
+    #[error("writing {0}")]
+    Storage(#[source] StorageError),
 }
 
 /// Arrow type of a stored field.
@@ -296,7 +313,7 @@ impl Pending {
 
 /// Buffers events and writes them as Parquet files on [`OfflineWriter::commit`].
 pub struct OfflineWriter {
-    root: PathBuf,
+    storage: Storage,
     schemas: Vec<SourceSchema>,
     /// Rows per (source, UTC day number).
     pending: BTreeMap<(usize, i64), Pending>,
@@ -308,19 +325,22 @@ pub struct OfflineWriter {
 
 /// A finished batch waiting for its file.
 struct Unwritten {
-    dir: PathBuf,
-    name: String,
+    /// The file, relative to the root.
+    relative: String,
     batch: RecordBatch,
 }
 
 impl OfflineWriter {
-    /// A writer under `root` for the given sources (indexed like the project's sources).
-    /// Leftover `.tmp` files of a crashed run are removed: their rows will be replayed.
-    pub fn new(root: &Path, schemas: Vec<SourceSchema>) -> Result<OfflineWriter, OfflineError> {
-        for schema in &schemas {
-            remove_tmp_files(&root.join(&schema.name))?;
+    /// A writer under `storage` for the given sources (indexed like the project's sources).
+    /// Leftover `.tmp` files of a crashed run in a local directory are removed: their rows will
+    /// be replayed (object storage never shows a partial object).
+    pub fn new(storage: Storage, schemas: Vec<SourceSchema>) -> Result<OfflineWriter, OfflineError> {
+        if let Storage::Local(root) = &storage {
+            for schema in &schemas {
+                remove_tmp_files(&root.join(&schema.name))?;
+            }
         }
-        Ok(OfflineWriter { root: root.to_path_buf(), schemas, pending: BTreeMap::new(), unwritten: Vec::new(), seq: 0 })
+        Ok(OfflineWriter { storage, schemas, pending: BTreeMap::new(), unwritten: Vec::new(), seq: 0 })
     }
 
     /// Buffers events (their source must be one of the writer's, with an events layout);
@@ -368,7 +388,7 @@ impl OfflineWriter {
     /// Writes every buffered row to new files, durably; returns the files written. On an error
     /// (disk full, directory not writable) the rows not yet in a file stay buffered and the next
     /// call writes them: retrying loses and repeats nothing.
-    pub fn commit(&mut self) -> Result<Vec<PathBuf>, OfflineError> {
+    pub fn commit(&mut self) -> Result<Vec<String>, OfflineError> {
         let mut sealed = self.seal()?;
         let written = sealed.write();
         self.unseal(sealed);
@@ -382,15 +402,20 @@ impl OfflineWriter {
         while let Some(((source, day), pending)) = self.pending.pop_first() {
             let schema = &self.schemas[source];
             let date = DateTime::from_timestamp_millis(day * 86_400_000).unwrap_or_default().format("%Y-%m-%d");
-            let dir = self.root.join(&schema.name).join(format!("date={date}"));
             self.seq += 1;
-            let name = format!("part-{}-{}-{}.parquet", pending.first_ms, std::process::id(), self.seq);
+            let relative = format!(
+                "{}/date={date}/part-{}-{}-{}.parquet",
+                schema.name,
+                pending.first_ms,
+                std::process::id(),
+                self.seq
+            );
             let batch = pending
                 .finish(schema.arrow_schema())
-                .map_err(|e| OfflineError::Parquet { path: dir.join(&name), source: e.into() })?;
-            self.unwritten.push(Unwritten { dir, name, batch });
+                .map_err(|e| OfflineError::Parquet { path: self.storage.show(&relative), source: e.into() })?;
+            self.unwritten.push(Unwritten { relative, batch });
         }
-        Ok(Sealed { files: std::mem::take(&mut self.unwritten) })
+        Ok(Sealed { storage: self.storage.clone(), files: std::mem::take(&mut self.unwritten) })
     }
 
     /// Takes back what [`Sealed::write`] did not write: the next seal hands it out first.
@@ -403,6 +428,7 @@ impl OfflineWriter {
 
 /// Sealed batches of an [`OfflineWriter`], each waiting for its file.
 pub struct Sealed {
+    storage: Storage,
     files: Vec<Unwritten>,
 }
 
@@ -414,11 +440,12 @@ impl Sealed {
 
     /// Writes each batch to its file, durably and in order; returns the files written. On an
     /// error the batches from the failing one on stay here, for [`OfflineWriter::unseal`].
-    pub fn write(&mut self) -> Result<Vec<PathBuf>, OfflineError> {
+    pub fn write(&mut self) -> Result<Vec<String>, OfflineError> {
         let mut written = Vec::new();
         while let Some(next) = self.files.first() {
-            let path = next.dir.join(&next.name);
-            write_file(&next.dir, &path, &next.batch)?;
+            let path = self.storage.show(&next.relative);
+            let bytes = encode(&next.batch).map_err(|source| OfflineError::Parquet { path: path.clone(), source })?;
+            self.storage.put(&next.relative, bytes).map_err(OfflineError::Storage)?;
             self.files.remove(0);
             written.push(path);
         }
@@ -426,32 +453,15 @@ impl Sealed {
     }
 }
 
-fn write_file(dir: &Path, path: &Path, batch: &RecordBatch) -> Result<(), OfflineError> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| OfflineError::Io { path: p, source }
-    };
-    let pq = |source| OfflineError::Parquet { path: path.to_path_buf(), source };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = path.with_extension("parquet.tmp");
+/// A batch as a Parquet file's bytes (zstd level 3).
+fn encode(batch: &RecordBatch) -> Result<Vec<u8>, parquet::errors::ParquetError> {
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
         .set_created_by(format!("fathom {}", env!("CARGO_PKG_VERSION")))
         .build();
-    let written = File::create(&tmp).map_err(io(&tmp)).and_then(|file| {
-        let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(pq)?;
-        writer.write(batch).map_err(pq)?;
-        let file = writer.into_inner().map_err(pq)?;
-        file.sync_all().map_err(io(&tmp))
-    });
-    if let Err(e) = written {
-        // a half-written file would only take space the retry needs
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
-    Ok(())
+    let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props))?;
+    writer.write(batch)?;
+    writer.into_inner()
 }
 
 fn remove_tmp_files(dir: &Path) -> Result<(), OfflineError> {
@@ -465,7 +475,8 @@ fn remove_tmp_files(dir: &Path) -> Result<(), OfflineError> {
         for file in files.flatten() {
             let path = file.path();
             if path.extension().is_some_and(|e| e == "tmp") {
-                std::fs::remove_file(&path).map_err(|source| OfflineError::Io { path, source })?;
+                std::fs::remove_file(&path)
+                    .map_err(|source| OfflineError::Io { path: path.display().to_string(), source })?;
             }
         }
     }
@@ -479,6 +490,7 @@ mod tests {
     use fathom_ingest::record::Coordinates;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use serde_json::json;
+    use std::fs::File;
 
     use super::*;
 
@@ -500,7 +512,7 @@ mod tests {
             key: "card".into(),
             layout: Layout::Events(vec![("amount".into(), ColumnType::Float)]),
         };
-        OfflineWriter::new(root, vec![schema]).unwrap()
+        OfflineWriter::new(Storage::local(root), vec![schema]).unwrap()
     }
 
     /// The `_offset` column of a Parquet file, in file order.
@@ -523,7 +535,7 @@ mod tests {
             key: "card".into(),
             layout: Layout::Events(vec![("amount".into(), ColumnType::Float), ("merchant".into(), ColumnType::Text)]),
         };
-        let mut writer = OfflineWriter::new(dir.path(), vec![schema]).unwrap();
+        let mut writer = OfflineWriter::new(Storage::local(dir.path()), vec![schema]).unwrap();
         let day1 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
         writer.append(
             &[
@@ -537,8 +549,8 @@ mod tests {
         let files = writer.commit().unwrap();
         assert_eq!(writer.buffered(), 0);
         assert_eq!(files.len(), 2);
-        assert!(files[0].to_string_lossy().contains("/tx/date=2025-12-31/"), "{files:?}");
-        assert!(files[1].to_string_lossy().contains("/tx/date=2026-01-01/"), "{files:?}");
+        assert!(files[0].contains("/tx/date=2025-12-31/"), "{files:?}");
+        assert!(files[1].contains("/tx/date=2026-01-01/"), "{files:?}");
 
         let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&files[1]).unwrap()).unwrap();
         let metadata = reader.metadata().clone();
@@ -606,7 +618,7 @@ mod tests {
 
         let files = writer.commit().unwrap();
         assert_eq!(writer.buffered(), 0);
-        let mut offsets: Vec<i64> = files.iter().flat_map(|file| offsets(file)).collect();
+        let mut offsets: Vec<i64> = files.iter().flat_map(|file| offsets(Path::new(file))).collect();
         offsets.sort();
         assert_eq!(offsets, [1, 2, 3], "each row once");
         let leftovers: Vec<_> = std::fs::read_dir(&date).unwrap().flatten().map(|e| e.file_name()).collect();
@@ -633,7 +645,7 @@ mod tests {
         std::fs::remove_file(dir.path().join("tx")).unwrap();
         let files = writer.commit().unwrap();
         assert_eq!(writer.buffered(), 0);
-        let offsets: Vec<Vec<i64>> = files.iter().map(|file| offsets(file)).collect();
+        let offsets: Vec<Vec<i64>> = files.iter().map(|file| offsets(Path::new(file))).collect();
         assert_eq!(offsets, [vec![1, 2], vec![3]], "the sealed rows first, each row once");
     }
 
@@ -641,7 +653,7 @@ mod tests {
     fn change_log_keeps_before_after_and_commit_time() {
         let dir = tempfile::tempdir().unwrap();
         let schema = SourceSchema { name: "customers".into(), key: "id".into(), layout: Layout::ChangeLog };
-        let mut writer = OfflineWriter::new(dir.path(), vec![schema]).unwrap();
+        let mut writer = OfflineWriter::new(Storage::local(dir.path()), vec![schema]).unwrap();
         let row = |segment: &str| Some(json!({"id": 7, "segment": segment}).as_object().unwrap().clone());
         let commit_us = 1_767_225_600_123_456; // 2026-01-01T00:00:00.123456Z
         let change = |op, before, after, lsn| Change {
@@ -669,7 +681,7 @@ mod tests {
             LoggedChange { source: 0, at: at(6), key: "7", change: &delete, after: None },
         ]);
         let files = writer.commit().unwrap();
-        assert!(files[0].to_string_lossy().contains("/customers/date=2026-01-01/"), "{files:?}");
+        assert!(files[0].contains("/customers/date=2026-01-01/"), "{files:?}");
         let batch = ParquetRecordBatchReaderBuilder::try_new(File::open(&files[0]).unwrap())
             .unwrap()
             .build()
@@ -718,7 +730,7 @@ mod tests {
         std::fs::write(date.join("part-1.parquet.tmp"), b"partial").unwrap();
         std::fs::write(date.join("part-0.parquet"), b"kept").unwrap();
         let schema = SourceSchema { name: "tx".into(), key: "k".into(), layout: Layout::Events(vec![]) };
-        OfflineWriter::new(dir.path(), vec![schema]).unwrap();
+        OfflineWriter::new(Storage::local(dir.path()), vec![schema]).unwrap();
         assert!(!date.join("part-1.parquet.tmp").exists());
         assert!(date.join("part-0.parquet").exists());
     }

@@ -74,7 +74,7 @@ pub(crate) fn dataset(options: &DatasetOptions) -> anyhow::Result<()> {
                 ("merchant_id".into(), ColumnType::Text),
             ]),
         };
-        let mut writer = OfflineWriter::new(&offline, vec![schema])?;
+        let mut writer = OfflineWriter::new(fathom_featurestore::storage::Storage::local(&offline), vec![schema])?;
         let mut rng = SmallRng::seed_from_u64(3);
         let started = Instant::now();
         let chunk = 500_000;

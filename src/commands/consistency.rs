@@ -127,7 +127,7 @@ pub(crate) async fn consistency(
 
 /// Distinct keys per key field, from the offline store (first `sample` of each in file order).
 fn sample_keys(project: &Project, vector: &Vector, sample: usize) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
-    let offline = project.stores.offline.parquet.path.clone(); // as the pipeline writes it
+    let offline = project.stores.offline.parquet.storage()?; // as the pipeline writes it
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for name in &vector.names {
         let (set, _) = name.split_once('.').expect("resolved names");
@@ -157,8 +157,8 @@ fn sample_keys(project: &Project, vector: &Vector, sample: usize) -> anyhow::Res
         };
         if let Some(table) = from_log {
             for file in dataset::source_files(&offline, &table)? {
-                for batch in read_parquet(&file)? {
-                    let Some(after) = batch.column_by_name("_after") else { continue };
+                for batch in dataset::read_columns(&offline, &file, &["_after"])? {
+                    let Some(after) = &batch[0] else { continue };
                     for row in after.as_string::<i32>().iter().flatten() {
                         let value: Value = serde_json::from_str(row).unwrap_or_default();
                         let key = match &value[field.as_str()] {
@@ -175,8 +175,8 @@ fn sample_keys(project: &Project, vector: &Vector, sample: usize) -> anyhow::Res
             continue;
         }
         for file in dataset::source_files(&offline, &source)? {
-            for batch in read_parquet(&file)? {
-                if let Some(array) = batch.column_by_name(&column) {
+            for batch in dataset::read_columns(&offline, &file, &[column.as_str()])? {
+                if let Some(array) = &batch[0] {
                     for key in array.as_string::<i32>().iter().flatten() {
                         if seen.len() < sample && seen.insert(key.to_string()) {
                             keys.push(key.to_string());

@@ -124,14 +124,14 @@ pub(crate) fn dataset(project: &Project, options: &DatasetOptions) -> anyhow::Re
     let vector = resolve(project, &options.features)?;
     let scratch = options.output.with_extension("fathom-scratch");
     let sources = sources(project);
-    let offline = project.stores.offline.parquet.path.clone(); // as the pipeline writes it
+    let offline = project.stores.offline.parquet.storage()?; // as the pipeline writes it
     let request = dataset::Request {
         catalog: project.catalog(),
         vector: &vector,
         sources: &sources,
         transforms: &project.transforms,
         after_joins: &project.after_joins,
-        offline_root: &offline,
+        offline: &offline,
         input: &options.input,
         timestamp: &options.timestamp,
         assume_utc: options.assume_utc,

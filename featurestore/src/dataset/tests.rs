@@ -15,6 +15,7 @@ use serde_json::json;
 use super::*;
 use crate::definition::FeatureSetConfig;
 use crate::offline::{ColumnType, Layout, LoggedChange, OfflineWriter, SourceSchema};
+use crate::storage::Storage;
 
 struct Silent;
 
@@ -101,7 +102,7 @@ fn write_events(root: &Path, events: &[RawEvent]) {
         key: "card".into(),
         layout: Layout::Events(vec![("amount".into(), ColumnType::Float), ("merchant".into(), ColumnType::Text)]),
     };
-    let mut writer = OfflineWriter::new(root, vec![schema]).unwrap();
+    let mut writer = OfflineWriter::new(Storage::local(root), vec![schema]).unwrap();
     for chunk in events.chunks(17) {
         let decoded: Vec<Event> = chunk
             .iter()
@@ -167,7 +168,7 @@ fn run(
         sources: &sources,
         transforms: &[],
         after_joins: &[],
-        offline_root: &root.join("offline"),
+        offline: &Storage::local(root.join("offline")),
         input: &root.join("input.parquet"),
         timestamp: "ts",
         assume_utc: false,
@@ -256,7 +257,7 @@ proptest! {
 fn log_customer_changes(root: &Path, changes: &[Change]) {
     let schema = SourceSchema { name: "customers".into(), key: "customer_id".into(), layout: Layout::ChangeLog };
     let mut writer = OfflineWriter::new(
-        root,
+        Storage::local(root),
         vec![SourceSchema { name: "tx".into(), key: "card".into(), layout: Layout::Events(vec![]) }, schema],
     )
     .unwrap();
@@ -396,7 +397,7 @@ fn timestamps_without_a_zone_and_missing_columns_are_named() {
         sources: &sources,
         transforms: &[],
         after_joins: &[],
-        offline_root: &dir.path().join("offline"),
+        offline: &Storage::local(dir.path().join("offline")),
         input: &dir.path().join("rows.csv"),
         timestamp: "ts",
         assume_utc: false,
@@ -430,7 +431,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("offline");
         let schema = SourceSchema { name: "accounts".into(), key: "id".into(), layout: Layout::ChangeLog };
-        let mut writer = OfflineWriter::new(&root, vec![schema]).unwrap();
+        let mut writer = OfflineWriter::new(Storage::local(&root), vec![schema]).unwrap();
         // (key, commit ms, row after or None)
         let mut history: Vec<(String, i64, Option<Value>)> = Vec::new();
         let changes: Vec<Change> = ops
@@ -483,7 +484,7 @@ proptest! {
         let output = dir.path().join("out.parquet");
         let request = Request {
             catalog, vector: &vector, sources: &sources, transforms: &[],
-        after_joins: &[], offline_root: &root, input: &dir.path().join("input.parquet"),
+        after_joins: &[], offline: &Storage::local(&root), input: &dir.path().join("input.parquet"),
             timestamp: "ts", assume_utc: false, output: &output, statuses: true, shards: 3, scratch: &dir.path().join("scratch"),
         };
         build(&request, &Silent).unwrap();

@@ -167,6 +167,8 @@ impl Pipeline {
             telemetry::online_keys(keys);
         }
         self.write_stats(&lags, keys).await;
+        // the stores took the checkpoint: ready again even if no record arrives to be flushed
+        self.health.recovered();
         Ok(())
     }
 }

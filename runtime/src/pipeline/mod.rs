@@ -118,8 +118,8 @@ pub async fn start(project: Arc<Project>) -> anyhow::Result<Running> {
 /// [`start`] for some roles only: the Kafka consumer with `ingest`, the monitor with `monitor`.
 pub async fn start_with(project: Arc<Project>, roles: Roles) -> anyhow::Result<Running> {
     let store = connect_online(&project).await?;
-    let offline = OfflineWriter::new(&project.stores.offline.parquet.path, schemas(&project))
-        .context("opening the offline store")?;
+    let storage = project.stores.offline.parquet.storage().context("stores.offline.parquet")?;
+    let offline = OfflineWriter::new(storage, schemas(&project)).context("opening the offline store")?;
     let (dead, consumer) = dead_letters_and_consumer(&project, roles).await?;
     let processor = Processor::new(
         &project.name,

@@ -1,0 +1,207 @@
+//! The offline store in a bucket (`stores.offline.parquet.path: s3://…`), against a real
+//! S3-compatible server started by the test on 127.0.0.1 (s3s-fs, installed by the test
+//! command): `fathom serve` writes its Parquet files as objects, pyarrow reads them straight
+//! from the bucket (its own S3 client), the server going away mid-stream and coming back loses and
+//! repeats nothing, and `fathom dataset` computes a training set from the bucket.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, Fathom, Guarded};
+use serde_json::{json, Value};
+
+const ACCESS_KEY: &str = "fathom-test";
+const SECRET_KEY: &str = "s3-sekrit-6d2a";
+
+/// s3s-fs serving `root` (a directory per bucket) on `port`.
+fn s3_server(root: &Path, port: u16) -> Guarded {
+    let binary = std::env::var("FATHOM_TEST_S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
+    let child = Command::new(&binary)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{binary}: {e} (scripts/test installs it)"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "s3s-fs did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Guarded(child)
+}
+
+/// What pyarrow's S3 filesystem reads from `s3://fathom/offline/tx`: rows, distinct
+/// (`_ingest_time`, `_raw`) pairs and the sum of `amount`.
+fn read_with_pyarrow(port: u16) -> Value {
+    let script = r#"
+import sys, json
+import pyarrow.dataset as ds, pyarrow.fs as fs
+port, key, secret = sys.argv[1:4]
+s3 = fs.S3FileSystem(access_key=key, secret_key=secret, endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1")
+# the files by listing (s3s-fs answers HEAD of a "directory" key with 500 where S3 says 404,
+# which pyarrow's dataset discovery does first)
+listed = s3.get_file_info(fs.FileSelector("fathom/offline/tx", recursive=True, allow_not_found=True))
+files = sorted(f.path for f in listed if f.path.endswith(".parquet"))
+if not files:
+    print(json.dumps({"rows": 0, "distinct": 0, "sum": 0, "dates": []}))
+    sys.exit(0)
+table = ds.dataset(files, filesystem=s3, format="parquet", partitioning="hive",
+                   partition_base_dir="fathom/offline/tx").to_table()
+raw = table.column("_raw").to_pylist()
+print(json.dumps({"rows": table.num_rows, "distinct": len(set(raw)), "sum": sum(table.column("amount").to_pylist()),
+                  "dates": sorted(set(str(d) for d in table.column("date").to_pylist()))}))
+"#;
+    common::python_json(script, &[&port.to_string(), ACCESS_KEY, SECRET_KEY], "")
+}
+
+async fn push(fathom: &Fathom, from: i64, to: i64, now: i64) {
+    let events: Vec<Value> =
+        (from..to).map(|i| json!({"card_id": format!("c{}", i % 3), "ts": now - 60_000 + i, "amount": i})).collect();
+    let r = fathom_monitor::https::default_client()
+        .post(fathom.url("/v1/push/tx"))
+        .json(&events)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offline_store_lives_in_a_bucket_through_an_outage_and_feeds_training_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let buckets = root.join("buckets");
+    std::fs::create_dir_all(buckets.join("fathom")).unwrap();
+    let s3_port = free_port();
+    let mut s3 = Some(s3_server(&buckets, s3_port));
+    let port = free_port();
+    let yaml = format!(
+        r#"
+project: {project}
+stores:
+  offline:
+    parquet:
+      path: s3://fathom/offline
+      options:
+        endpoint: "http://127.0.0.1:{s3_port}"
+        allow_http: "true"
+        region: us-east-1
+        access_key_id: {ACCESS_KEY}
+        secret_access_key: "env:FATHOM_TEST_S3_SECRET"
+  dead_letters: {{ path: {d}/dlq }}
+processing: {{ checkpoint_interval: 200ms }}
+sources:
+  tx: {{ key: card_id, timestamp: ts }}
+entities:
+  card: {{ key: card_id }}
+feature_sets:
+  cards:
+    entity: card
+    source: tx
+    aggregations: [{{ column: amount, functions: [sum, count], windows: [1d], period: 1m }}]
+feature_vectors:
+  training: {{ features: [cards.amount_sum_1d, cards.amount_count_1d] }}
+server: {{ listen: "127.0.0.1:{port}" }}
+"#,
+        project = common::unique("bucket"),
+        d = root.display(),
+    );
+    std::fs::write(root.join("fathom.yaml"), &yaml).unwrap();
+    let config = root.join("fathom.yaml").display().to_string();
+    let env = [("FATHOM_TEST_S3_SECRET", SECRET_KEY), ("FATHOM_LOG", "warn,fathom=info")];
+    let mut fathom = Fathom::start_with(&["serve", "-c", &config], port, &root.join("fathom.log"), &env);
+    fathom.wait_ready().await;
+    let now = chrono::Utc::now().timestamp_millis();
+
+    // 100 events become objects in the bucket
+    push(&fathom, 0, 100, now).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_with_pyarrow(s3_port)["rows"] != 100 {
+        assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(&fathom.log).unwrap());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // the server goes away: 50 more events are taken, readiness says why; back, they arrive once
+    drop(s3.take());
+    let pushing = {
+        let url = fathom.url("/v1/push/tx");
+        let events: Vec<Value> = (100..150)
+            .map(|i| json!({"card_id": format!("c{}", i % 3), "ts": now - 60_000 + i, "amount": i}))
+            .collect();
+        tokio::spawn(async move {
+            fathom_monitor::https::default_client().post(url).json(&events).send().await.map(|r| r.status().as_u16())
+        })
+    };
+    let http = fathom_monitor::https::default_client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let degraded = loop {
+        let body: Value = http.get(fathom.url("/readyz")).send().await.unwrap().json().await.unwrap();
+        if body["status"] == "degraded" {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "never degraded: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let problem = degraded["pipeline"].as_str().unwrap_or_default();
+    assert!(problem.contains("writing the offline store") && problem.contains("s3://fathom/offline/tx/"), "{degraded}");
+    let _s3 = s3_server(&buckets, s3_port);
+    assert_eq!(pushing.await.unwrap().unwrap(), 200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let read = loop {
+        let read = read_with_pyarrow(s3_port);
+        if read["rows"] == 150 {
+            break read;
+        }
+        assert!(read["rows"].as_u64().unwrap() < 150, "doubled: {read}");
+        assert!(Instant::now() < deadline, "{read}: {}", std::fs::read_to_string(&fathom.log).unwrap());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(read["distinct"], 150, "each event once: {read}");
+    assert_eq!(read["sum"].as_f64(), Some((0..150).sum::<i64>() as f64), "{read}");
+    fathom.wait_ready().await;
+    fathom.stop();
+    // nothing under a temporary or partial name in the bucket
+    let mut stack = vec![buckets.join("fathom")];
+    while let Some(next) = stack.pop() {
+        for entry in std::fs::read_dir(&next).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                assert!(name.ends_with(".parquet") || name.starts_with('.'), "{}", path.display());
+            }
+        }
+    }
+
+    // a training set from the bucket: each card's sum and count as of a minute after the events
+    let at = chrono::DateTime::from_timestamp_millis(now + 60_000).unwrap().to_rfc3339();
+    std::fs::write(root.join("rows.csv"), format!("card_id,t\nc0,{at}\nc1,{at}\nc2,{at}\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
+        .args(["dataset", "-c", &config, "--input", "rows.csv", "--timestamp", "t", "--vector", "training"])
+        .args(["--output", "train.parquet"])
+        .current_dir(root)
+        .env("FATHOM_TEST_S3_SECRET", SECRET_KEY)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let script = r#"
+import json, pyarrow.parquet as pq
+t = pq.read_table("train.parquet").to_pydict()
+print(json.dumps({c: [t["cards__amount_sum_1d"][i], t["cards__amount_count_1d"][i]] for i, c in enumerate(t["card_id"])}))
+"#;
+    let out = Command::new(common::python()).args(["-c", script]).current_dir(root).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let training: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for card in 0..3i64 {
+        let amounts: Vec<i64> = (0..150).filter(|i| i % 3 == card).collect();
+        let expected = json!([amounts.iter().sum::<i64>() as f64, amounts.len()]);
+        assert_eq!(training[format!("c{card}")], expected, "{training}");
+    }
+}
