@@ -2,7 +2,8 @@
 //! S3-compatible server started by the test on 127.0.0.1 (s3s-fs, installed by the test
 //! command): `fathom serve` writes its Parquet files as objects, pyarrow reads them straight
 //! from the bucket (its own S3 client), the server going away mid-stream and coming back loses and
-//! repeats nothing, and `fathom dataset` computes a training set from the bucket.
+//! repeats nothing, a stop while it is away ends in `processing.stop_timeout` with the rows in
+//! the spill directory, and `fathom dataset` computes a training set from the bucket.
 
 mod common;
 
@@ -94,8 +95,9 @@ stores:
         region: us-east-1
         access_key_id: {ACCESS_KEY}
         secret_access_key: "env:FATHOM_TEST_S3_SECRET"
+      spill_dir: {d}/spill
   dead_letters: {{ path: {d}/dlq }}
-processing: {{ checkpoint_interval: 200ms }}
+processing: {{ checkpoint_interval: 200ms, stop_timeout: 3s }}
 sources:
   tx: {{ key: card_id, timestamp: ts }}
 entities:
@@ -166,6 +168,46 @@ server: {{ listen: "127.0.0.1:{port}" }}
     assert_eq!(read["sum"].as_f64(), Some((0..150).sum::<i64>() as f64), "{read}");
     fathom.wait_ready().await;
     fathom.stop();
+
+    // a stop while the store is away ends within processing.stop_timeout, the rows in the spill
+    // directory and the error saying so
+    let mut fathom = Fathom::start_with(&["serve", "-c", &config], port, &root.join("stopping.log"), &env);
+    fathom.wait_ready().await;
+    drop(_s3);
+    push(&fathom, 150, 170, now).await;
+    let stopping = Instant::now();
+    Command::new("kill").args(["-TERM", &fathom.child.id().to_string()]).status().unwrap();
+    let status = loop {
+        if let Some(status) = fathom.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(stopping.elapsed() < Duration::from_secs(60), "no exit 60 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = std::fs::read_to_string(&fathom.log).unwrap();
+    assert!(
+        !status.success() && stopping.elapsed() < Duration::from_secs(30),
+        "{status} {:?}: {log}",
+        stopping.elapsed()
+    );
+    assert!(
+        log.contains("did not take the last 20 rows within 3000 ms")
+            && log.contains(&format!("{}/spill", root.display())),
+        "{log}"
+    );
+    let script = r#"
+import sys, json, pyarrow.dataset as ds
+t = ds.dataset(sys.argv[1] + "/tx", format="parquet", partitioning="hive").to_table()
+print(json.dumps({"rows": t.num_rows, "sum": sum(t.column("amount").to_pylist())}))
+"#;
+    let spilled = common::python_json(script, &[&root.join("spill").display().to_string()], "");
+    assert_eq!(
+        (spilled["rows"].as_u64(), spilled["sum"].as_f64()),
+        (Some(20), Some((150..170).sum::<i64>() as f64)),
+        "{spilled}"
+    );
+    let _s3 = s3_server(&buckets, s3_port);
+
     // nothing under a temporary or partial name in the bucket
     let mut stack = vec![buckets.join("fathom")];
     while let Some(next) = stack.pop() {

@@ -50,6 +50,10 @@ pub struct ParquetConfig {
     /// `access_key_id`, `secret_access_key`, …), values `env:NAME` or `file:/path` for secrets.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Local directory for the rows a stop could not make durable in the store (same layout).
+    /// Default: `data/offline-spill`.
+    #[serde(default = "default_spill")]
+    pub spill_dir: PathBuf,
 }
 
 impl ParquetConfig {
@@ -59,13 +63,17 @@ impl ParquetConfig {
     }
 }
 
+fn default_spill() -> PathBuf {
+    PathBuf::from("data/offline-spill")
+}
+
 fn default_path() -> PathBuf {
     PathBuf::from("data/offline")
 }
 
 impl Default for ParquetConfig {
     fn default() -> Self {
-        ParquetConfig { path: default_path(), options: BTreeMap::new() }
+        ParquetConfig { path: default_path(), options: BTreeMap::new(), spill_dir: default_spill() }
     }
 }
 
@@ -416,6 +424,19 @@ impl OfflineWriter {
             self.unwritten.push(Unwritten { relative, batch });
         }
         Ok(Sealed { storage: self.storage.clone(), files: std::mem::take(&mut self.unwritten) })
+    }
+
+    /// Writes every row not yet in the store to the local directory `dir` instead (same layout
+    /// and file names), as a stop does when the store does not answer; returns the files written
+    /// and their rows. The rows are then no longer buffered.
+    pub fn spill(&mut self, dir: &Path) -> Result<(Vec<String>, usize), OfflineError> {
+        let mut sealed = self.seal()?;
+        let rows = sealed.rows();
+        sealed.storage = Storage::local(dir);
+        let written = sealed.write();
+        sealed.storage = self.storage.clone();
+        self.unseal(sealed);
+        written.map(|files| (files, rows))
     }
 
     /// Takes back what [`Sealed::write`] did not write: the next seal hands it out first.

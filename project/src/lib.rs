@@ -236,6 +236,8 @@ pub struct Processing {
     pub max_buffered_rows: usize,
     /// Cache size.
     pub max_cached_entities: usize,
+    /// Longest a stop waits for the offline store, ms.
+    pub stop_timeout_ms: i64,
 }
 
 /// Why a project could not be loaded.

@@ -39,6 +39,11 @@ struct ProcessingConfig {
     /// Entity states cached in memory before clean ones are dropped. Default: 1000000.
     #[serde(default)]
     max_cached_entities: Option<usize>,
+    /// Longest a stop (SIGTERM) waits for the offline store to take the last checkpoint before
+    /// spilling its rows to `stores.offline.parquet.spill_dir` and exiting with an error.
+    /// Default: `30s`.
+    #[serde(default)]
+    stop_timeout: Option<String>,
 }
 
 const SECTIONS: [&str; 10] = [
@@ -460,5 +465,6 @@ fn processing(root: &serde_yaml_ng::Mapping, problems: &mut Vec<Problem>) -> Pro
         checkpoint_ms: span_or(&raw.checkpoint_interval, 10_000, "processing.checkpoint_interval", problems),
         max_buffered_rows: raw.max_buffered_rows.unwrap_or(500_000).max(1),
         max_cached_entities: raw.max_cached_entities.unwrap_or(1_000_000),
+        stop_timeout_ms: span_or(&raw.stop_timeout, 30_000, "processing.stop_timeout", problems),
     }
 }

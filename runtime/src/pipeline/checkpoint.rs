@@ -118,7 +118,16 @@ impl Pipeline {
             Box::pin(self.checkpoint_written(written)).await?;
         }
         let rows = self.offline.buffered();
-        let files = until_ok!(self.health, "writing the offline store", self.offline.commit());
+        let files = loop {
+            match self.offline.commit() {
+                Ok(files) => break files,
+                Err(e) => self.health.degraded("writing the offline store", &e.into()),
+            }
+            if self.stop_by.is_some_and(|by| Instant::now() >= by) {
+                return Err(self.spill());
+            }
+            tokio::time::sleep(crate::RETRY).await;
+        };
         telemetry::offline_committed(rows, files.len());
         until_ok!(self.health, "saving the embedded store snapshot", {
             let snapshot = self.snapshot();
@@ -128,6 +137,28 @@ impl Pipeline {
         self.finish_checkpoint(offsets).await?;
         self.last_checkpoint = Instant::now();
         Ok(())
+    }
+
+    /// A stop that ran out of time: the rows the offline store did not take go to the spill
+    /// directory; the error says how many, where, and that their offsets stay uncommitted.
+    fn spill(&mut self) -> anyhow::Error {
+        let parquet = &self.project.stores.offline.parquet;
+        let (dir, store) = (parquet.spill_dir.display(), parquet.path.display());
+        let limit = self.project.processing.stop_timeout_ms;
+        match self.offline.spill(&parquet.spill_dir) {
+            Ok((files, rows)) => anyhow::anyhow!(
+                "stopping: the offline store {store} did not take the last {rows} rows within {limit} ms; they \
+                 are in {} file(s) under {dir} (the same layout: copy them into the store), and the Kafka \
+                 offsets they cover were not committed",
+                files.len()
+            ),
+            Err(e) => anyhow::anyhow!(
+                "stopping: the offline store {store} did not take the last {} rows within {limit} ms, and \
+                 spilling them to {dir} failed too ({e:#}): they are lost unless their source replays them \
+                 (Kafka offsets were not committed)",
+                self.offline.buffered()
+            ),
+        }
     }
 
     /// Saves the embedded store's snapshot when that is the online store (blocking; a no-op

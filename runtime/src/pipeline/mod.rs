@@ -160,6 +160,7 @@ pub async fn start_with(project: Arc<Project>, roles: Roles) -> anyhow::Result<R
         processed: Offsets::new(),
         handled: BTreeMap::new(),
         last_checkpoint: Instant::now(),
+        stop_by: None,
         writing: None,
         health: health.clone(),
         stats: IngestStats {
@@ -253,6 +254,8 @@ struct Pipeline {
     processor: Processor,
     tables: TableProcessor,
     offline: OfflineWriter,
+    /// When stopping: the time the last checkpoint is given up at.
+    stop_by: Option<Instant>,
     dead: DeadLetters,
     committer: Option<Committer>,
     /// Next offsets of records processed since the last checkpoint.
@@ -340,7 +343,9 @@ impl Stage for Pipeline {
         self.checkpoint_step().await
     }
 
+    /// The last checkpoint, given up after `processing.stop_timeout` with the rows spilled.
     async fn finish(&mut self) -> anyhow::Result<()> {
+        self.stop_by = Some(Instant::now() + Duration::from_millis(self.project.processing.stop_timeout_ms as u64));
         self.checkpoint().await
     }
 }
