@@ -3,7 +3,8 @@
 //! command): `fathom serve` writes its Parquet files as objects, pyarrow reads them straight
 //! from the bucket (its own S3 client), the server going away mid-stream and coming back loses and
 //! repeats nothing, a stop while it is away ends in `processing.stop_timeout` with the rows in
-//! the spill directory, and `fathom dataset` computes a training set from the bucket.
+//! the spill directory, `fathom dataset` computes a training set from the bucket (its entity rows
+//! an object too), and `fathom drift` compares two objects with credentials from the environment.
 
 mod common;
 
@@ -224,15 +225,45 @@ print(json.dumps({"rows": t.num_rows, "sum": sum(t.column("amount").to_pylist())
 
     // a training set from the bucket: each card's sum and count as of a minute after the events
     let at = chrono::DateTime::from_timestamp_millis(now + 60_000).unwrap().to_rfc3339();
-    std::fs::write(root.join("rows.csv"), format!("card_id,t\nc0,{at}\nc1,{at}\nc2,{at}\n")).unwrap();
+    // the entity rows are an object too (s3s-fs keeps objects as files: one written here is one it serves)
+    std::fs::create_dir_all(buckets.join("fathom/inputs")).unwrap();
+    std::fs::write(buckets.join("fathom/inputs/rows.csv"), format!("card_id,t\nc0,{at}\nc1,{at}\nc2,{at}\n")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
-        .args(["dataset", "-c", &config, "--input", "rows.csv", "--timestamp", "t", "--vector", "training"])
+        .args(["dataset", "-c", &config, "--input", "s3://fathom/inputs/rows.csv", "--timestamp", "t"])
+        .args(["--vector", "training"])
         .args(["--output", "train.parquet"])
         .current_dir(root)
         .env("FATHOM_TEST_S3_SECRET", SECRET_KEY)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // `fathom drift` of two objects, credentials from the environment as AWS SDKs read them
+    let parts: Vec<String> = std::fs::read_dir(buckets.join("fathom/offline/tx"))
+        .unwrap()
+        .flatten()
+        .flat_map(|date| std::fs::read_dir(date.path()).unwrap().flatten())
+        .map(|part| part.path().strip_prefix(buckets.join("fathom")).unwrap().display().to_string())
+        .filter(|key| key.ends_with(".parquet"))
+        .collect();
+    let object = format!("s3://fathom/{}", parts[0]);
+    let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
+        .args(["drift", "--reference", &object, "--current", &object, "--columns", "amount"])
+        .args(["--json", "drift.json", "--html", "drift.html"])
+        .current_dir(root)
+        .env("AWS_ENDPOINT", format!("http://127.0.0.1:{s3_port}"))
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&std::fs::read(root.join("drift.json")).unwrap()).unwrap();
+    assert_eq!(report["features"][0]["name"], "amount", "{report}");
+    let (score, counts) = (&report["features"][0]["score"], &report["features"][0]["counts"]);
+    assert!(score == 0.0 && counts[0] == counts[1] && counts[0].as_u64() > Some(0), "identical: {report}");
+    assert_eq!(report["files"], json!([object, object]), "the locations as given: {report}");
+
     let script = r#"
 import json, pyarrow.parquet as pq
 t = pq.read_table("train.parquet").to_pydict()

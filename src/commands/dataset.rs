@@ -125,6 +125,7 @@ pub(crate) fn dataset(project: &Project, options: &DatasetOptions) -> anyhow::Re
     let scratch = options.output.with_extension("fathom-scratch");
     let sources = sources(project);
     let offline = project.stores.offline.parquet.storage()?; // as the pipeline writes it
+    let input = super::Input::fetch(&options.input, &project.stores.offline.parquet.options)?;
     let request = dataset::Request {
         catalog: project.catalog(),
         vector: &vector,
@@ -132,7 +133,7 @@ pub(crate) fn dataset(project: &Project, options: &DatasetOptions) -> anyhow::Re
         transforms: &project.transforms,
         after_joins: &project.after_joins,
         offline: &offline,
-        input: &options.input,
+        input: &input.path,
         timestamp: &options.timestamp,
         assume_utc: options.assume_utc,
         output: &options.output,

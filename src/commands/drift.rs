@@ -21,10 +21,15 @@ pub(crate) fn run(
     if !(0.0..=1.0).contains(&possible) || !(0.0..=1.0).contains(&detected) || possible > detected {
         anyhow::bail!("thresholds must satisfy 0 ≤ --possible ≤ --detected ≤ 1");
     }
-    let profile = profile.map(fathom_monitor::profile::Profile::load).transpose()?;
+    let none = Default::default();
+    let profile = profile.map(|p| super::Input::fetch(p, &none)).transpose()?;
+    let profile = profile.map(|p| fathom_monitor::profile::Profile::load(&p.path)).transpose()?;
+    let locations = [reference.display().to_string(), current.display().to_string()];
+    let (reference, current) = (super::Input::fetch(reference, &none)?, super::Input::fetch(current, &none)?);
     let columns = (!options.columns.is_empty()).then_some(options.columns);
     let started = std::time::Instant::now();
-    let result = report::run(reference, current, profile.as_ref(), columns, options.thresholds)?;
+    let mut result = report::run(&reference.path, &current.path, profile.as_ref(), columns, options.thresholds)?;
+    result.files = locations; // as given, not the downloads
     let elapsed = started.elapsed();
     std::fs::write(options.json, serde_json::to_vec_pretty(&result)?)
         .with_context(|| format!("writing {}", options.json.display()))?;

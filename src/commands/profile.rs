@@ -17,7 +17,8 @@ pub(crate) fn run(
     if let Some(column) = options.prediction {
         features.push(column.to_string());
     }
-    let mut profile = fathom_monitor::profile::build(model, &features, training_set, options.top_k)?;
+    let training_set = super::Input::fetch(training_set, &project.stores.offline.parquet.options)?;
+    let mut profile = fathom_monitor::profile::build(model, &features, &training_set.path, options.top_k)?;
     if let Some(column) = options.prediction {
         let entry = profile.features.remove(column).expect("profiled above");
         profile.features.insert("prediction".into(), entry);

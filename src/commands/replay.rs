@@ -24,6 +24,8 @@ pub(crate) async fn run(
         let known: Vec<_> = project.sources.iter().map(|(n, _)| n.as_str()).collect();
         format!("no source named {source:?} (declared: {})", known.join(", "))
     })?;
+    let input = super::Input::fetch(file, &project.stores.offline.parquet.options)?;
+    let file = input.path.as_path();
     let total = fathom_ingest::replay::count(file)?;
     let running = pipeline::start(project.clone()).await?;
     let bar = ProgressBar::new(total).with_style(
