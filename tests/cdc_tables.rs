@@ -97,8 +97,7 @@ async fn debezium_changes_maintain_the_current_row_per_key() {
     let row = |id: i64| {
         let url = fathom.url(&format!("/v1/features/customers/{id}"));
         async move {
-            let body: Value =
-                fathom_monitor::https::default_client().get(url).send().await.unwrap().json().await.unwrap();
+            let body: Value = common::get_json(url).await;
             body["features"]
                 .as_array()
                 .unwrap()
@@ -122,14 +121,7 @@ async fn debezium_changes_maintain_the_current_row_per_key() {
     assert_eq!(two["segment"]["value"], Value::Null);
     assert_eq!(row(3).await["country"]["value"], json!("DE"), "snapshot read");
     assert!(row(9).await.is_empty(), "truncate skipped, nothing invented");
-    let order: Value = fathom_monitor::https::default_client()
-        .get(fathom.url("/v1/features/orders/5:acme"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let order: Value = common::get_json(fathom.url("/v1/features/orders/5:acme")).await;
     assert!(
         order["features"].as_array().unwrap().iter().any(|f| f["name"] == "total" && f["value"] == 12.5),
         "{order}"
@@ -327,8 +319,7 @@ server: {{ listen: "127.0.0.1:{port}" }}
     let features = |set: &str, key: String| {
         let url = fathom.url(&format!("/v1/features/{set}/{key}"));
         async move {
-            let body: Value =
-                fathom_monitor::https::default_client().get(url).send().await.unwrap().json().await.unwrap();
+            let body: Value = common::get_json(url).await;
             body["features"]
                 .as_array()
                 .unwrap()

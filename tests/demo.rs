@@ -111,7 +111,7 @@ async fn the_demo_serves_what_it_printed() {
     };
     assert!(printed.contains(&format!("serving on http://127.0.0.1:{port}")), "{printed}");
     let url = format!("http://127.0.0.1:{port}/v1/features/card_activity/card-0042");
-    let body: Value = fathom_monitor::https::default_client().get(&url).send().await.unwrap().json().await.unwrap();
+    let body: Value = common::get_json(&url).await;
     let feature = |name: &str| body["features"].as_array().unwrap().iter().find(|f| f["name"] == name).unwrap().clone();
     // the day's maximum does not move between the print and the lookup
     let max = feature("amount_max_24h");

@@ -42,14 +42,7 @@ async fn features_survive_a_restart_through_the_snapshot() {
 
     let mut second = Fathom::start(&args, port, &dir.path().join("second.log"));
     second.wait_ready().await;
-    let body: Value = fathom_monitor::https::default_client()
-        .get(second.url("/v1/features/cards/c1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = common::get_json(second.url("/v1/features/cards/c1")).await;
     let features = body["features"].as_array().unwrap();
     let get = |name: &str| features.iter().find(|f| f["name"] == name).unwrap().clone();
     assert_eq!(

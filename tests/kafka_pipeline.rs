@@ -300,14 +300,7 @@ async fn kafka_to_redis_applies_every_event_once_and_dead_letters_the_rest() {
     }
 
     // the read path serves the same values
-    let body: Value = fathom_monitor::https::default_client()
-        .get(fathom.url(&format!("/v1/features/cards/{}", keys[0])))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = common::get_json(fathom.url(&format!("/v1/features/cards/{}", keys[0]))).await;
     let count = body["features"].as_array().unwrap().iter().find(|f| f["name"] == "amount_count_1h").unwrap();
     assert_eq!(count["status"], "PRESENT");
     let want = values(&run.plan, expected.get(&keys[0]), chrono::Utc::now().timestamp_millis());
@@ -324,7 +317,7 @@ async fn kafka_to_redis_applies_every_event_once_and_dead_letters_the_rest() {
     for key in keys.iter().take(40) {
         let before = chrono::Utc::now().timestamp_millis();
         let url = fathom.url(&format!("/v1/features/cards/{key}"));
-        let body: Value = fathom_monitor::https::default_client().get(url).send().await.unwrap().json().await.unwrap();
+        let body: Value = common::get_json(url).await;
         let after = chrono::Utc::now().timestamp_millis();
         let served: BTreeMap<String, Value> = body["features"]
             .as_array()
@@ -681,14 +674,7 @@ async fn a_broker_outage_of_30_s_loses_and_duplicates_nothing() {
     assert_online_matches_reference(&project, &plan, &produced).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let body: Value = fathom_monitor::https::default_client()
-            .get(fathom.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value = common::get_json(fathom.url("/readyz")).await;
         if body == json!({"status": "ready"}) {
             break;
         }

@@ -359,8 +359,7 @@ models:
     let standby_args = ["serve", "-c", standby_config.to_str().unwrap()];
     let mut standby = Fathom::start(&standby_args, standby_port, &dir.path().join("fathom-2.log"));
     standby.wait_ready().await;
-    let ready: Value =
-        fathom_monitor::https::default_client().get(standby.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let ready: Value = common::get_json(standby.url("/readyz")).await;
     let warning = ready["warnings"]["monitor"].as_str().unwrap_or_default();
     assert!(warning.starts_with("monitor: standby: ") && warning.ends_with(" is the active monitor"), "{ready}");
 
@@ -395,8 +394,7 @@ models:
     let took_over = || {
         let readyz = readyz.clone();
         async move {
-            let ready: Value =
-                fathom_monitor::https::default_client().get(readyz).send().await.unwrap().json().await.unwrap();
+            let ready: Value = common::get_json(readyz).await;
             ready.get("warnings").is_none_or(|w| w.get("monitor").is_none())
         }
     };

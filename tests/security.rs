@@ -513,14 +513,7 @@ async fn consumes_through_sasl(tls: bool, mechanism: &str) {
     fathom.wait_ready().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let body: serde_json::Value = fathom_monitor::https::default_client()
-            .get(fathom.url("/v1/features/cards/c1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: serde_json::Value = common::get_json(fathom.url("/v1/features/cards/c1")).await;
         // c1 holds the odd amounts 1 + 3 + … + 19
         if body["features"][0]["value"] == 100.0 {
             break;
@@ -552,14 +545,7 @@ async fn consumes_through_sasl(tls: bool, mechanism: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(complaint.contains("SASL authentication error"), "{complaint}");
-    let body: serde_json::Value = fathom_monitor::https::default_client()
-        .get(refused.url("/v1/features/cards/c1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: serde_json::Value = common::get_json(refused.url("/v1/features/cards/c1")).await;
     assert_eq!(body["features"][0]["status"], "NOT_FOUND", "consumed with a wrong password: {body}");
     drop(refused);
     for log in [fathom.log.clone(), log] {

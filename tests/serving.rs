@@ -213,16 +213,7 @@ models:
     let (status, body) = post("/v1/models/slow/predict", slow("slow-1")).await;
     assert_eq!((status, &body["error"]["code"]), (504, &json!("model_timeout")), "{body}");
     assert!(started.elapsed() < Duration::from_secs(4), "the timeout cut the call short");
-    let readiness = || async {
-        fathom_monitor::https::default_client()
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    };
+    let readiness = || async { common::get_json(format!("{base}/readyz")).await };
     let ready = readiness().await;
     assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["warnings"]["model:slow"], "the model did not answer within 300 ms", "{ready}");

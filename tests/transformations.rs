@@ -448,14 +448,7 @@ async fn expression_errors_are_dead_letters_through_http_push_and_kafka() {
     let summary: Value = r.json().await.unwrap();
     assert_eq!(summary["errors"][0]["reason"], "key_too_long", "{summary}");
     assert!(summary["errors"][0]["message"].as_str().unwrap().contains("\"card_merchant\" is 603 bytes"), "{summary}");
-    let features: Value = fathom_monitor::https::default_client()
-        .get(fathom.url("/v1/features/cards/p1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let features: Value = common::get_json(fathom.url("/v1/features/cards/p1")).await;
     let value = |name: &str| {
         features["features"].as_array().unwrap().iter().find(|f| f["name"] == name).unwrap()["value"].clone()
     };
@@ -518,14 +511,7 @@ async fn expression_errors_are_dead_letters_through_http_push_and_kafka() {
     let expected =
         [("expression_error", "many"), ("expression_error", "x"), ("expression_error", "x"), ("key_too_long", "-")];
     assert_eq!(refused, expected.map(|(r, q)| (r.to_string(), q.to_string())));
-    let features: Value = fathom_monitor::https::default_client()
-        .get(fathom.url("/v1/features/cards/k1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let features: Value = common::get_json(fathom.url("/v1/features/cards/k1")).await;
     let count = features["features"].as_array().unwrap().iter().find(|f| f["name"] == "declined_count_1d").unwrap();
     assert_eq!(count["value"], json!(8), "{features}");
     fathom.stop();

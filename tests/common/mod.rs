@@ -161,6 +161,12 @@ impl Drop for Guarded {
     }
 }
 
+/// GET `url` and its JSON body (any status).
+pub async fn get_json(url: impl reqwest::IntoUrl) -> serde_json::Value {
+    let response = fathom_monitor::https::default_client().get(url).send().await.unwrap();
+    response.json().await.unwrap()
+}
+
 /// Runs `fathom args…` in `dir` to completion: (success, stdout and stderr).
 pub fn fathom_cli(dir: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
