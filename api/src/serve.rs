@@ -90,14 +90,24 @@ pub async fn serve_roles(project: Arc<Project>, running: Running, api: bool) -> 
     let mut app_state = state(project.clone(), &running)?;
     app_state.api = api;
     let app = crate::app(app_state);
-    match &project.server.tls {
-        None => axum::serve(listener, app).with_graceful_shutdown(signal()).await.context("serving HTTP")?,
+    serve_app(listener, project.server.tls.as_ref(), app, signal()).await?;
+    stop(running).await
+}
+
+/// Serves `app` on `listener`, over HTTPS when `tls` is set, until `shutdown` completes.
+async fn serve_app(
+    listener: tokio::net::TcpListener,
+    tls: Option<&fathom_project::tls::TlsConfig>,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP"),
         Some(tls) => {
             let listener = crate::tls::TlsListener::new(listener, crate::tls::acceptor(tls)?)?;
-            axum::serve(listener, app).with_graceful_shutdown(signal()).await.context("serving HTTPS")?
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTPS")
         }
     }
-    stop(running).await
 }
 
 pub use fathom_runtime::stop;
@@ -143,16 +153,11 @@ pub async fn until_online_store_answers(project: &Project) -> anyhow::Result<boo
         .await
         .with_context(|| format!("binding {}", project.server.listen))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let stopped = async {
+    let stopped = async move {
         let _ = stop_rx.await;
     };
-    let server = match &project.server.tls {
-        None => tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await }),
-        Some(tls) => {
-            let listener = crate::tls::TlsListener::new(listener, crate::tls::acceptor(tls)?)?;
-            tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await })
-        }
-    };
+    let tls = project.server.tls.clone();
+    let server = tokio::spawn(async move { serve_app(listener, tls.as_ref(), app, stopped).await });
     let mut delay = std::time::Duration::from_secs(1);
     let shutdown = signal();
     tokio::pin!(shutdown);
@@ -171,7 +176,7 @@ pub async fn until_online_store_answers(project: &Project) -> anyhow::Result<boo
         delay = (delay * 2).min(std::time::Duration::from_secs(30));
     };
     let _ = stop_tx.send(());
-    let _ = server.await;
+    server.await.context("the starting server's task")??;
     if answered {
         tracing::info!("the online store answers; starting");
     }

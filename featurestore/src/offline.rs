@@ -98,8 +98,8 @@ pub enum OfflineError {
         #[source]
         source: parquet::errors::ParquetError,
     },
-    /// The file could not be stored (a disk, a bucket).
-    #[error("writing {0}")]
+    /// The file could not be stored (a disk, a bucket); the cause names it.
+    #[error("writing to the offline store")]
     Storage(#[source] StorageError),
 }
 
