@@ -96,7 +96,7 @@ fn the_compose_stack_matches_the_binary() {
     let deploy = root().join("deploy");
     let compose = &documents(&deploy.join("docker-compose.yml"))[0];
     let services = compose["services"].as_mapping().unwrap();
-    for name in ["kafka", "redis", "influxdb", "grafana", "fathom", "demo-producer"] {
+    for name in ["kafka", "redis", "minio", "minio-init", "influxdb", "grafana", "fathom", "demo-producer"] {
         assert!(services.contains_key(name), "service {name}");
     }
     let fathom_service = &compose["services"]["fathom"];
@@ -145,6 +145,22 @@ fn the_compose_stack_matches_the_binary() {
     let port = project.server.listen.port().to_string();
     let ports: Vec<&str> = fathom_service["ports"].as_sequence().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
     assert!(ports.iter().any(|p| p.ends_with(&format!(":{port}"))), "{ports:?} vs listen {port}");
+    // the offline store is the bucket MinIO serves: made by minio-init before Fathom starts,
+    // reached with MinIO's own credentials
+    let bucket = project.stores.offline.parquet.path.to_string_lossy().to_string();
+    let bucket = bucket.strip_prefix("s3://").expect("the stack's offline store is in S3").split('/').next().unwrap();
+    let (minio, init) = (&compose["services"]["minio"], &compose["services"]["minio-init"]);
+    let init_script = init["entrypoint"][2].as_str().unwrap();
+    assert!(init_script.ends_with(&format!("mc mb --ignore-existing stack/{bucket}")), "{init_script}");
+    assert_eq!(
+        fathom_service["depends_on"]["minio-init"]["condition"].as_str(),
+        Some("service_completed_successfully")
+    );
+    assert_eq!(init["depends_on"]["minio"]["condition"].as_str(), Some("service_healthy"));
+    assert_eq!(environment["AWS_ENDPOINT"].as_str(), Some("http://minio:9000"));
+    assert_eq!(environment["AWS_ACCESS_KEY_ID"], minio["environment"]["MINIO_ROOT_USER"]);
+    assert_eq!(environment["AWS_SECRET_ACCESS_KEY"], minio["environment"]["MINIO_ROOT_PASSWORD"]);
+    assert_eq!(init["environment"]["FATHOM_S3_SECRET"], minio["environment"]["MINIO_ROOT_PASSWORD"]);
     // the producer is a fathom command too, and writes the topics the config reads
     let producer = &compose["services"]["demo-producer"];
     let args: Vec<String> =

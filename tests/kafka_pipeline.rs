@@ -27,7 +27,7 @@ fn project_yaml_at(redis: &str, kafka: &str, project: &str, topic: &str, port: u
 project: {project}
 stores:
   online: {{ redis: {{ url: "{redis}" }} }}
-  offline: {{ parquet: {{ path: "{dir}/offline" }} }}
+  offline: {{ parquet: {{ path: "{dir}/offline", spill_dir: "{dir}/offline-spill" }} }}
   kafka: {{ bootstrap_servers: "{kafka}", group_id: "{project}", options: {{ session.timeout.ms: "6000", heartbeat.interval.ms: "1000" }} }}
 sources:
   tx: {{ kafka: {{ topic: "{topic}" }}, key: card_id, timestamp: ts, max_record_bytes: 512 }}
@@ -686,14 +686,34 @@ async fn a_broker_outage_of_30_s_loses_and_duplicates_nothing() {
 }
 
 /// Fault injection: the offline store's directory cannot be written (replaced by a file, as
-/// root ignores permissions). Fathom stays up, `/readyz` turns 503 naming the path, consuming
-/// stops (records wait in the broker: backpressure, not loss), and once the directory is back
-/// every event is applied and written offline exactly once.
+/// root ignores permissions). With the spill directory's room (the default), the stream keeps
+/// flowing: every record is applied and served, the rows wait in the spill directory, `/readyz`
+/// stays 200 with a warning naming the path, and the group's committed offsets stay where they
+/// were; once the directory is back the spilled files move into it and the offsets advance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unwritable_offline_store_holds_the_stream_back_and_loses_nothing() {
-    let topic = unique("tx-offline-fault");
+async fn an_unwritable_offline_store_spills_while_the_stream_flows_and_loses_nothing() {
+    offline_fault(true).await;
+}
+
+/// [`an_unwritable_offline_store_spills_while_the_stream_flows_and_loses_nothing`] with the
+/// spill's bound reached (`max_spill_mb: 0`): `/readyz` turns 503 naming the path and consuming
+/// stops (records wait in the broker: backpressure, not loss).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_offline_store_past_the_spill_bound_holds_the_stream_back_and_loses_nothing() {
+    offline_fault(false).await;
+}
+
+/// Either way Fathom stays up and, once the directory is back, every event is applied and
+/// written offline exactly once.
+async fn offline_fault(spill: bool) {
+    let topic = unique(if spill { "tx-offline-spill" } else { "tx-offline-fault" });
     create_topics(&[&topic], 4).await;
     let run = run_for(&topic, "offline-fault");
+    let config = run.dir.path().join("fathom.yaml");
+    if !spill {
+        let yaml = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, yaml.replace("/offline-spill\" }", "/offline-spill\", max_spill_mb: 0 }")).unwrap();
+    }
     let produced: Vec<Produced> = stream(9_000, 200, 0, 13).into_iter().filter(|p| p.good.is_some()).collect();
     let records: Vec<_> = produced.iter().map(|p| (p.key.clone(), p.payload.clone())).collect();
     let (first, rest) = records.split_at(3_000);
@@ -713,24 +733,47 @@ async fn an_unwritable_offline_store_holds_the_stream_back_and_loses_nothing() {
     std::fs::write(&offline, b"not a directory").unwrap();
 
     produce(&topic, second).await;
+    let total = records.len() as i64;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let problem = loop {
-        let ready = fathom_monitor::https::default_client().get(fathom.url("/readyz")).send().await.unwrap();
-        if ready.status() == 503 {
-            let body: Value = ready.json().await.unwrap();
-            break body["pipeline"].as_str().unwrap_or_default().to_string();
-        }
-        assert!(std::time::Instant::now() < deadline, "readiness never reported the offline store");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(problem.starts_with("writing the offline store: writing "), "{problem}");
-    assert!(problem.contains("offline/tx/date=") && problem.contains("Not a directory"), "{problem}");
-    // backpressure: what arrives now waits in the broker
-    let held = applied(&run.project, &topic, 4).await;
-    produce(&topic, third).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(applied(&run.project, &topic, 4).await, held, "consuming waits for the offline store");
-    assert!(held < records.len() as i64);
+    if spill {
+        let warning = loop {
+            let body = common::get_json(fathom.url("/readyz")).await;
+            if let Some(warning) = body["warnings"]["offline_store"].as_str() {
+                assert_eq!(body["status"], "ready", "{body}");
+                break warning.to_string();
+            }
+            assert!(std::time::Instant::now() < deadline, "readiness never warned of the offline store: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(warning.contains("offline/tx/date=") && warning.contains("Not a directory"), "{warning}");
+        assert!(warning.contains(&format!("wait in {}/offline-spill", run.dir.path().display())), "{warning}");
+        let held = committed(&run.project, &topic, 4);
+        produce(&topic, third).await;
+        wait_applied(&run.project, &topic, "every record applied during the fault", |n| n == total).await;
+        tokio::time::sleep(Duration::from_secs(3)).await; // three checkpoint intervals
+        assert_eq!(committed(&run.project, &topic, 4), held, "the offsets wait for the offline store");
+        assert!(held < total, "{held}");
+        let spilled = parquet_rows(&run.dir.path().join("offline-spill/tx"));
+        assert!(spilled as i64 >= total - held, "{spilled} rows spilled, {held} offsets committed");
+    } else {
+        let problem = loop {
+            let ready = fathom_monitor::https::default_client().get(fathom.url("/readyz")).send().await.unwrap();
+            if ready.status() == 503 {
+                let body: Value = ready.json().await.unwrap();
+                break body["pipeline"].as_str().unwrap_or_default().to_string();
+            }
+            assert!(std::time::Instant::now() < deadline, "readiness never reported the offline store");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(problem.starts_with("writing the offline store: writing "), "{problem}");
+        assert!(problem.contains("offline/tx/date=") && problem.contains("Not a directory"), "{problem}");
+        // backpressure: what arrives now waits in the broker
+        let held = applied(&run.project, &topic, 4).await;
+        produce(&topic, third).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(applied(&run.project, &topic, 4).await, held, "consuming waits for the offline store");
+        assert!(held < total);
+    }
     assert_eq!(
         fathom_monitor::https::default_client().get(fathom.url("/healthz")).send().await.unwrap().status(),
         200,
@@ -740,16 +783,37 @@ async fn an_unwritable_offline_store_holds_the_stream_back_and_loses_nothing() {
 
     std::fs::remove_file(&offline).unwrap();
     std::fs::rename(&away, &offline).unwrap();
-    let total = records.len() as i64;
     wait_applied(&run.project, &topic, "every record applied after the fault", |n| n == total).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while fathom_monitor::https::default_client().get(fathom.url("/readyz")).send().await.unwrap().status() != 200 {
+    while common::get_json(fathom.url("/readyz")).await != json!({"status": "ready"}) {
         assert!(std::time::Instant::now() < deadline, "readiness did not recover");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if spill {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while committed(&run.project, &topic, 4) != total {
+            assert!(std::time::Instant::now() < deadline, "the offsets were not committed after the fault");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(parquet_rows(&run.dir.path().join("offline-spill/tx")), 0, "the spill directory is empty");
     }
     assert_online_matches_reference(&run.project, &run.plan, &produced).await;
     fathom.stop();
     assert_eq!(parquet_rows(&offline), produced.len(), "each event once offline");
+}
+
+/// The offsets the consumer group `group` committed on `topic`'s partitions, summed (the
+/// records they cover).
+fn committed(group: &str, topic: &str, partitions: i32) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", common::kafka()).set("group.id", group).create().unwrap();
+    let mut wanted = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        wanted.add_partition(topic, p);
+    }
+    let found = consumer.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
+    found.elements().iter().map(|e| e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0)).sum()
 }
 
 /// (partition, offset) of every row in a source's offline directory.

@@ -50,10 +50,17 @@ pub struct ParquetConfig {
     /// `access_key_id`, `secret_access_key`, …), values `env:NAME` or `file:/path` for secrets.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
-    /// Local directory for the rows a stop could not make durable in the store (same layout).
-    /// Default: `data/offline-spill`.
+    /// Local directory for the rows the store does not take ([`Spill`]): while it is away the
+    /// stream keeps flowing and each checkpoint's rows wait here (same layout and file names),
+    /// moved into the store by the next write that succeeds — also by the next start, for
+    /// what a stop left. Default: `data/offline-spill`.
     #[serde(default = "default_spill")]
     pub spill_dir: PathBuf,
+    /// Most the spill directory holds, in MiB (1 MiB = 2^20 bytes). Beyond it the stream waits
+    /// for the store instead (backpressure: records wait in the broker); 0 never spills while
+    /// running. Default: 10240 (10 GiB).
+    #[serde(default = "default_max_spill_mb")]
+    pub max_spill_mb: u64,
 }
 
 impl ParquetConfig {
@@ -67,13 +74,22 @@ fn default_spill() -> PathBuf {
     PathBuf::from("data/offline-spill")
 }
 
+fn default_max_spill_mb() -> u64 {
+    10_240
+}
+
 fn default_path() -> PathBuf {
     PathBuf::from("data/offline")
 }
 
 impl Default for ParquetConfig {
     fn default() -> Self {
-        ParquetConfig { path: default_path(), options: BTreeMap::new(), spill_dir: default_spill() }
+        ParquetConfig {
+            path: default_path(),
+            options: BTreeMap::new(),
+            spill_dir: default_spill(),
+            max_spill_mb: default_max_spill_mb(),
+        }
     }
 }
 
@@ -426,17 +442,13 @@ impl OfflineWriter {
         Ok(Sealed { storage: self.storage.clone(), files: std::mem::take(&mut self.unwritten) })
     }
 
-    /// Writes every row not yet in the store to the local directory `dir` instead (same layout
-    /// and file names), as a stop does when the store does not answer; returns the files written
-    /// and their rows. The rows are then no longer buffered.
-    pub fn spill(&mut self, dir: &Path) -> Result<(Vec<String>, usize), OfflineError> {
+    /// Moves every row not yet in the store to `spill` instead, as a stop does when the store
+    /// does not answer; returns the rows spilled. The rows are then no longer buffered.
+    pub fn spill(&mut self, spill: &mut Spill) -> Result<usize, OfflineError> {
         let mut sealed = self.seal()?;
-        let rows = sealed.rows();
-        sealed.storage = Storage::local(dir);
-        let written = sealed.write();
-        sealed.storage = self.storage.clone();
+        let spilled = spill.take(&mut sealed);
         self.unseal(sealed);
-        written.map(|files| (files, rows))
+        spilled
     }
 
     /// Takes back what [`Sealed::write`] did not write: the next seal hands it out first.
@@ -459,18 +471,147 @@ impl Sealed {
         self.files.iter().map(|u| u.batch.num_rows()).sum()
     }
 
+    /// Files (batches) not yet written.
+    pub fn files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// The store the batches are for.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
     /// Writes each batch to its file, durably and in order; returns the files written. On an
     /// error the batches from the failing one on stay here, for [`OfflineWriter::unseal`].
     pub fn write(&mut self) -> Result<Vec<String>, OfflineError> {
-        let mut written = Vec::new();
+        let (storage, mut written) = (self.storage.clone(), Vec::new());
+        self.write_to(&storage, &mut written)?;
+        Ok(written.into_iter().map(|(relative, _)| storage.show(&relative)).collect())
+    }
+
+    /// [`Sealed::write`] to `storage`, each file written added to `written` (relative, with
+    /// its size in bytes) as it is.
+    fn write_to(&mut self, storage: &Storage, written: &mut Vec<(String, u64)>) -> Result<(), OfflineError> {
         while let Some(next) = self.files.first() {
-            let path = self.storage.show(&next.relative);
-            let bytes = encode(&next.batch).map_err(|source| OfflineError::Parquet { path: path.clone(), source })?;
-            self.storage.put(&next.relative, bytes).map_err(OfflineError::Storage)?;
-            self.files.remove(0);
-            written.push(path);
+            let bytes = encode(&next.batch)
+                .map_err(|source| OfflineError::Parquet { path: storage.show(&next.relative), source })?;
+            let size = bytes.len() as u64;
+            storage.put(&next.relative, bytes).map_err(OfflineError::Storage)?;
+            written.push((self.files.remove(0).relative, size));
         }
-        Ok(written)
+        Ok(())
+    }
+}
+
+/// Rows the offline store did not take, as Parquet files in a local directory under the
+/// store's own layout and file names, waiting to be moved into the store: a checkpoint whose
+/// write fails puts its rows here ([`Spill::take`]) so the stream keeps flowing, and every later
+/// write first moves these files into the store ([`Spill::upload`], oldest first). Files a
+/// stopped process left are found again at the next start ([`Spill::open`]). The directory's
+/// size is bounded ([`Spill::full`]); its callers wait for the store beyond it.
+///
+/// A file reaches the store under its spilled name, so a crash between uploading and removing
+/// it repeats the same object, never a second copy.
+pub struct Spill {
+    dir: PathBuf,
+    /// Waiting files, oldest first.
+    files: Vec<Waiting>,
+    max_bytes: u64,
+}
+
+/// A spilled file.
+struct Waiting {
+    /// Relative to the spill directory and to the store's root alike.
+    relative: String,
+    bytes: u64,
+    rows: u64,
+}
+
+impl Spill {
+    /// The spill directory `dir` (created when first needed), holding at most `max_bytes`
+    /// before [`Spill::full`]; the Parquet files an earlier process left there wait for the
+    /// next upload (their row counts read from their footers), and its `.tmp` leftovers are
+    /// removed.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Spill, OfflineError> {
+        let local = Storage::local(dir);
+        let mut spill = Spill { dir: dir.to_path_buf(), files: Vec::new(), max_bytes };
+        for relative in local.list("", ".parquet.tmp").map_err(OfflineError::Storage)? {
+            let path = dir.join(&relative);
+            std::fs::remove_file(&path)
+                .map_err(|source| OfflineError::Io { path: path.display().to_string(), source })?;
+        }
+        for relative in local.list("", ".parquet").map_err(OfflineError::Storage)? {
+            let path = dir.join(&relative);
+            let parquet = |source| OfflineError::Parquet { path: path.display().to_string(), source };
+            let file = std::fs::File::open(&path).map_err(|e| parquet(e.into()))?;
+            let bytes = file.metadata().map_err(|e| parquet(e.into()))?.len();
+            let reader = parquet::file::reader::SerializedFileReader::new(file).map_err(parquet)?;
+            let rows = parquet::file::reader::FileReader::metadata(&reader).file_metadata().num_rows() as u64;
+            spill.files.push(Waiting { relative, bytes, rows });
+        }
+        Ok(spill)
+    }
+
+    /// No file waits.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Files waiting.
+    pub fn files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Rows waiting.
+    pub fn rows(&self) -> u64 {
+        self.files.iter().map(|w| w.rows).sum()
+    }
+
+    /// Bytes waiting.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|w| w.bytes).sum()
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// At or over its bound: nothing more should be spilled while running.
+    pub fn full(&self) -> bool {
+        self.bytes() >= self.max_bytes
+    }
+
+    /// Writes every batch of `sealed` here instead of to its store (regardless of the bound:
+    /// the caller checks [`Spill::full`] first when it can wait instead); returns the rows
+    /// spilled. On an error the batches not written stay in `sealed`.
+    pub fn take(&mut self, sealed: &mut Sealed) -> Result<usize, OfflineError> {
+        let before = sealed.rows();
+        let rows: Vec<u64> = sealed.files.iter().map(|u| u.batch.num_rows() as u64).collect();
+        let mut written = Vec::new();
+        // the files written before a failure wait here too
+        let result = sealed.write_to(&Storage::local(&self.dir), &mut written);
+        self.files.extend(written.into_iter().zip(rows).map(|((relative, bytes), rows)| Waiting {
+            relative,
+            bytes,
+            rows,
+        }));
+        result.map(|()| before - sealed.rows())
+    }
+
+    /// Moves each waiting file into `store`, oldest first (read, stored under the same relative
+    /// name, then removed here). On an error the files from the failing one on stay here for
+    /// the next call.
+    pub fn upload(&mut self, store: &Storage) -> Result<(), OfflineError> {
+        while let Some(next) = self.files.first() {
+            let local = self.dir.join(&next.relative);
+            let io = |source| OfflineError::Io { path: local.display().to_string(), source };
+            let bytes = std::fs::read(&local).map_err(io)?;
+            store.put(&next.relative, bytes).map_err(OfflineError::Storage)?;
+            std::fs::remove_file(&local).map_err(io)?;
+            self.files.remove(0);
+        }
+        Ok(())
     }
 }
 
@@ -741,6 +882,58 @@ mod tests {
         assert_eq!(after.as_string::<i32>().value(0), r#"{"id":7,"segment":"gold"}"#);
         assert_eq!(before.as_string::<i32>().value(1), r#"{"id":7,"segment":"gold"}"#);
         assert_eq!(column("id").as_string::<i32>().value(1), "7");
+    }
+
+    /// The running pipeline's outage path: a write the store refuses spills its rows to a local
+    /// directory under the store's own names; an upload while the store is still away keeps
+    /// them; a new process finds them (row counts from the footers, `.tmp` leftovers removed);
+    /// once the store takes writes the upload moves each file there once and empties the
+    /// directory. A bound of 0 bytes is full from the start.
+    #[test]
+    fn spilled_rows_wait_on_disk_and_reach_the_store_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, spill_dir) = (dir.path().join("store"), dir.path().join("spill"));
+        let mut writer = amount_writer(&root);
+        let day1 = 1_767_225_600_000; // 2026-01-01
+        writer.append(&[event(1, day1 + 5, json!({"amount": 1.0})), event(2, day1 + 6, json!({"amount": 2.0}))], &[]);
+        writer.append(&[event(3, day1 + 86_400_000, json!({"amount": 3.0}))], &[]);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("tx"), b"").unwrap(); // the store refuses every write
+        let mut sealed = writer.seal().unwrap();
+        assert!(sealed.write().is_err());
+
+        let mut spill = Spill::open(&spill_dir, 1 << 20).unwrap();
+        assert!(spill.is_empty() && !spill.full());
+        assert_eq!(spill.take(&mut sealed).unwrap(), 3);
+        assert_eq!((sealed.rows(), spill.rows(), spill.files()), (0, 3, 2));
+        let spilled = Storage::local(&spill_dir).list("tx", ".parquet").unwrap();
+        assert_eq!(spilled.len(), 2);
+        assert!(spilled[0].starts_with("tx/date=2026-01-01/part-"), "the store's layout: {spilled:?}");
+        assert_eq!(offsets(&spill_dir.join(&spilled[0])), [1, 2]);
+        assert_eq!(
+            spill.bytes(),
+            spilled.iter().map(|f| std::fs::metadata(spill_dir.join(f)).unwrap().len()).sum::<u64>()
+        );
+
+        let store = Storage::local(&root);
+        assert!(spill.upload(&store).is_err(), "the store is still away");
+        assert_eq!(spill.rows(), 3, "nothing lost");
+        drop(spill);
+        std::fs::write(spill_dir.join("tx/date=2026-01-01/part-9-9-9.parquet.tmp"), b"partial").unwrap();
+        let mut spill = Spill::open(&spill_dir, 1 << 20).unwrap();
+        assert_eq!((spill.rows(), spill.files()), (3, 2), "found by the next process");
+        assert!(!spill_dir.join("tx/date=2026-01-01/part-9-9-9.parquet.tmp").exists());
+
+        std::fs::remove_file(root.join("tx")).unwrap();
+        spill.upload(&store).unwrap();
+        assert!(spill.is_empty() && spill.bytes() == 0);
+        assert_eq!(store.list("tx", ".parquet").unwrap(), spilled, "the same names in the store");
+        let mut stored: Vec<i64> = spilled.iter().flat_map(|f| offsets(&root.join(f))).collect();
+        stored.sort();
+        assert_eq!(stored, [1, 2, 3], "each row once");
+        assert!(Storage::local(&spill_dir).list("", ".parquet").unwrap().is_empty(), "the spill directory is empty");
+
+        assert!(Spill::open(&spill_dir, 0).unwrap().full(), "a bound of 0 never spills");
     }
 
     #[test]

@@ -107,21 +107,24 @@ impl Storage {
         let config = |e: object_store::Error| StorageError::Config(format!("{text}: {e}"));
         let store: Box<dyn ObjectStore> = match scheme {
             "s3" | "s3a" => {
-                let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str());
+                let mut builder =
+                    object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str()).with_retry(retry());
                 for (key, value) in resolved {
                     builder = builder.with_config(key.parse().map_err(config)?, value);
                 }
                 Box::new(builder.build().map_err(config)?)
             }
             "gs" => {
-                let mut builder = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url.as_str());
+                let mut builder =
+                    object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url.as_str()).with_retry(retry());
                 for (key, value) in resolved {
                     builder = builder.with_config(key.parse().map_err(config)?, value);
                 }
                 Box::new(builder.build().map_err(config)?)
             }
             "az" | "abfs" | "abfss" => {
-                let mut builder = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url.as_str());
+                let mut builder =
+                    object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url.as_str()).with_retry(retry());
                 for (key, value) in resolved {
                     builder = builder.with_config(key.parse().map_err(config)?, value);
                 }
@@ -213,6 +216,19 @@ impl Storage {
         };
         found.sort();
         Ok(found)
+    }
+}
+
+/// A request's own retries (on connection errors, 5xx and throttling; backoff from 100 ms
+/// doubling, with jitter): few and short, because a failed write is retried by the next
+/// checkpoint anyway — with its rows spilled meanwhile — and a stop must end in bounded time.
+/// object_store's default (10 retries within 3 minutes) would hold a checkpoint for minutes
+/// before its rows could spill.
+fn retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(10),
+        ..Default::default()
     }
 }
 

@@ -125,6 +125,18 @@ pub const METRICS: &[Metric] = &[
     metric("fathom_offline_rows_total", Kind::Counter, &[], "Rows committed to the offline store (Parquet)."),
     metric("fathom_offline_files_total", Kind::Counter, &[], "Parquet files committed to the offline store."),
     metric(
+        "fathom_offline_spill_rows",
+        Kind::Gauge,
+        &[],
+        "Rows the offline store did not take, waiting in stores.offline.parquet.spill_dir.",
+    ),
+    metric(
+        "fathom_offline_spill_bytes",
+        Kind::Gauge,
+        &[],
+        "Bytes of Parquet waiting in stores.offline.parquet.spill_dir (bounded by max_spill_mb).",
+    ),
+    metric(
         "fathom_consumer_lag",
         Kind::Gauge,
         &["topic", "partition"],
@@ -242,6 +254,12 @@ pub(crate) fn freshness(source: &str, ages_ms: impl Iterator<Item = u64>) {
 pub(crate) fn offline_committed(rows: usize, files: usize) {
     metrics::counter!("fathom_offline_rows_total").increment(rows as u64);
     metrics::counter!("fathom_offline_files_total").increment(files as u64);
+}
+
+/// What waits in the offline store's spill directory.
+pub(crate) fn offline_spill(rows: u64, bytes: u64) {
+    metrics::gauge!("fathom_offline_spill_rows").set(rows as f64);
+    metrics::gauge!("fathom_offline_spill_bytes").set(bytes as f64);
 }
 
 /// A partition's lag at a checkpoint.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use fathom_featurestore::offline::OfflineWriter;
+use fathom_featurestore::offline::{OfflineWriter, Spill};
 use fathom_featurestore::online::{EmbeddedStore, OnlineStore, RedisStore};
 use fathom_featurestore::processor::Processor;
 use fathom_featurestore::table::{Join, RowChange, TableProcessor};
@@ -120,6 +120,9 @@ pub async fn start_with(project: Arc<Project>, roles: Roles) -> anyhow::Result<R
     let store = connect_online(&project).await?;
     let storage = project.stores.offline.parquet.storage().context("stores.offline.parquet")?;
     let offline = OfflineWriter::new(storage, schemas(&project)).context("opening the offline store")?;
+    let parquet = &project.stores.offline.parquet;
+    let spill = Spill::open(&parquet.spill_dir, parquet.max_spill_mb.saturating_mul(1 << 20))
+        .context("stores.offline.parquet.spill_dir")?;
     let (dead, consumer) = dead_letters_and_consumer(&project, roles).await?;
     let processor = Processor::new(
         &project.name,
@@ -155,6 +158,7 @@ pub async fn start_with(project: Arc<Project>, roles: Roles) -> anyhow::Result<R
         processor,
         tables,
         offline,
+        spill: Some(spill),
         dead,
         committer,
         processed: Offsets::new(),
@@ -173,6 +177,7 @@ pub async fn start_with(project: Arc<Project>, roles: Roles) -> anyhow::Result<R
             None => None,
         },
     };
+    pipeline.spill_waiting(None);
     let task = tokio::spawn(pipeline.run(kafka_rx, push_rx, shutdown_rx));
     health.ready.store(true, Ordering::Relaxed);
     let monitor = if roles.monitor {
@@ -254,6 +259,9 @@ struct Pipeline {
     processor: Processor,
     tables: TableProcessor,
     offline: OfflineWriter,
+    /// Rows the offline store did not take, waiting on local disk (`None` only while the
+    /// checkpoint's writer thread holds it).
+    spill: Option<Spill>,
     /// When stopping: the time the last checkpoint is given up at.
     stop_by: Option<Instant>,
     dead: DeadLetters,
