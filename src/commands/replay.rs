@@ -25,8 +25,8 @@ pub(crate) async fn run(
         format!("no source named {source:?} (declared: {})", known.join(", "))
     })?;
     let input = super::Input::fetch(file, &project.stores.offline.parquet.options)?;
-    let file = input.path.as_path();
-    let total = fathom_ingest::replay::count(file)?;
+    let local = input.path.as_path();
+    let total = fathom_ingest::replay::count(local)?;
     let running = pipeline::start(project.clone()).await?;
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template(
@@ -36,7 +36,7 @@ pub(crate) async fn run(
     );
     let started = Instant::now();
     let mut summary = PushSummary::default();
-    let mut records = fathom_ingest::replay::records(file, index)?;
+    let mut records = fathom_ingest::replay::records(local, index)?;
     loop {
         let chunk: Vec<_> = records.by_ref().take(project.processing.batch_size).collect::<Result<_, _>>()?;
         if chunk.is_empty() {
