@@ -84,29 +84,16 @@ async fn push(fathom: &Fathom, from: i64, to: i64, now: i64) {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_offline_store_lives_in_a_bucket_through_an_outage_and_feeds_training_sets() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let buckets = root.join("buckets");
-    std::fs::create_dir_all(buckets.join("fathom")).unwrap();
-    let s3_port = free_port();
-    let mut s3 = Some(s3_server(&buckets, s3_port));
-    let port = free_port();
+/// The tests' project — pushed card transactions summed per card and day, its offline store at
+/// `path` with `options` (YAML flow mapping entries), the API on `port` — written to
+/// `<root>/fathom.yaml`; returns that path.
+fn write_project(root: &Path, path: &str, options: &str, port: u16) -> String {
     let yaml = format!(
         r#"
 project: {project}
 stores:
   offline:
-    parquet:
-      path: s3://fathom/offline
-      options:
-        endpoint: "http://127.0.0.1:{s3_port}"
-        allow_http: "true"
-        region: us-east-1
-        access_key_id: {ACCESS_KEY}
-        secret_access_key: "env:FATHOM_TEST_S3_SECRET"
-      spill_dir: {d}/spill
+    parquet: {{ path: "{path}", options: {{ {options} }}, spill_dir: {d}/spill }}
   dead_letters: {{ path: {d}/dlq }}
 processing: {{ checkpoint_interval: 200ms, stop_timeout: 3s }}
 sources:
@@ -125,8 +112,24 @@ server: {{ listen: "127.0.0.1:{port}" }}
         project = common::unique("bucket"),
         d = root.display(),
     );
-    std::fs::write(root.join("fathom.yaml"), &yaml).unwrap();
-    let config = root.join("fathom.yaml").display().to_string();
+    let config = root.join("fathom.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    config.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offline_store_lives_in_a_bucket_through_an_outage_and_feeds_training_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let buckets = root.join("buckets");
+    std::fs::create_dir_all(buckets.join("fathom")).unwrap();
+    let s3_port = free_port();
+    let mut s3 = Some(s3_server(&buckets, s3_port));
+    let port = free_port();
+    let options = format!(
+        r#"endpoint: "http://127.0.0.1:{s3_port}", allow_http: "true", region: us-east-1, access_key_id: {ACCESS_KEY}, secret_access_key: "env:FATHOM_TEST_S3_SECRET""#
+    );
+    let config = write_project(root, "s3://fathom/offline", &options, port);
     let env = [("FATHOM_TEST_S3_SECRET", SECRET_KEY), ("FATHOM_LOG", "warn,fathom=info")];
     let mut fathom = Fathom::start_with(&["serve", "-c", &config], port, &root.join("fathom.log"), &env);
     fathom.wait_ready().await;
@@ -351,93 +354,46 @@ print("{}")
     assert_eq!((&read["rows"], read["sum"].as_f64()), (&json!(230), Some((0..230).sum::<i64>() as f64)), "{read}");
 }
 
-/// A cloud's storage emulator on 127.0.0.1 with the bucket (container) `fathom`, and how Fathom
-/// and pyarrow reach it. (Google Cloud Storage has none that works here: object_store writes
-/// through GCS's XML API, which fake-gcs-server does not implement — fsouza/fake-gcs-server#331.)
-struct Emulator {
-    _server: Guarded,
-    /// `stores.offline.parquet.options`, as YAML flow mapping entries.
-    options: String,
-    /// Environment for `fathom`.
-    env: Vec<(&'static str, String)>,
-    /// A Python expression for the pyarrow filesystem of the same storage (`fs` is pyarrow.fs).
-    pyarrow: String,
-}
-
-fn wait_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Azurite, Microsoft's Azure Storage emulator (npm; `scripts/test` installs it), reached with
-/// object_store's `use_emulator` (account `devstoreaccount1`, its published key).
-fn azurite(root: &Path) -> Emulator {
+/// The offline store in Azure Blob Storage, against Azurite (Microsoft's emulator, from npm;
+/// `scripts/test` installs it) reached with object_store's `use_emulator` (account
+/// `devstoreaccount1`, its published key): 90 pushed events become blobs pyarrow's Azure
+/// filesystem reads back, and `fathom dataset` computes a training set from them. (Google Cloud
+/// Storage has no emulator that works here: object_store writes through GCS's XML API, which
+/// fake-gcs-server does not implement — fsouza/fake-gcs-server#331.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offline_store_lives_in_azure_blob_storage() {
     const KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("azurite")).unwrap();
     let binary =
         std::env::var("FATHOM_TEST_AZURITE").expect("FATHOM_TEST_AZURITE: azurite-blob (scripts/test installs it)");
-    let port = free_port();
+    let azurite_port = free_port();
     let child = Command::new(&binary)
-        .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--silent", "--skipApiVersionCheck"])
+        .args(["--blobHost", "127.0.0.1", "--blobPort", &azurite_port.to_string(), "--silent", "--skipApiVersionCheck"])
         .arg("--location")
-        .arg(root)
+        .arg(root.join("azurite"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("{binary}: {e}"));
-    let server = Guarded(child);
-    wait_port(port, "azurite");
-    let pyarrow = format!(
-        "fs.AzureFileSystem(account_name='devstoreaccount1', account_key='{KEY}', \
-         blob_storage_authority='127.0.0.1:{port}', blob_storage_scheme='http', \
-         dfs_storage_authority='127.0.0.1:{port}', dfs_storage_scheme='http')"
-    );
-    common::python_json(&format!("import pyarrow.fs as fs\n{pyarrow}.create_dir('fathom')\nprint('{{}}')"), &[], "");
-    Emulator {
-        _server: server,
-        options: r#"use_emulator: "true""#.into(),
-        env: vec![("AZURITE_BLOB_STORAGE_URL", format!("http://127.0.0.1:{port}"))],
-        pyarrow,
+    let _azurite = Guarded(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", azurite_port)).is_err() {
+        assert!(Instant::now() < deadline, "azurite did not start");
+        std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// `fathom serve` with its offline store at `<scheme>://fathom/offline` writes 90 pushed events
-/// as objects pyarrow reads back from the emulator, and `fathom dataset` computes a training set
-/// from them.
-async fn offline_store_in(scheme: &str, emulator: Emulator, root: &Path) {
-    let port = free_port();
-    let yaml = format!(
-        r#"
-project: {project}
-stores:
-  offline:
-    parquet: {{ path: "{scheme}://fathom/offline", options: {{ {options} }}, spill_dir: {d}/spill }}
-  dead_letters: {{ path: {d}/dlq }}
-processing: {{ checkpoint_interval: 200ms }}
-sources:
-  tx: {{ key: card_id, timestamp: ts }}
-entities:
-  card: {{ key: card_id }}
-feature_sets:
-  cards:
-    entity: card
-    source: tx
-    aggregations: [{{ column: amount, functions: [sum, count], windows: [1d], period: 1m }}]
-feature_vectors:
-  training: {{ features: [cards.amount_sum_1d, cards.amount_count_1d] }}
-server: {{ listen: "127.0.0.1:{port}" }}
-"#,
-        project = common::unique(scheme),
-        options = emulator.options,
-        d = root.display(),
+    let authority = format!("127.0.0.1:{azurite_port}");
+    let azure = format!(
+        "fs.AzureFileSystem(account_name='devstoreaccount1', account_key='{KEY}', blob_storage_authority='{authority}', \
+         blob_storage_scheme='http', dfs_storage_authority='{authority}', dfs_storage_scheme='http')"
     );
-    let config = root.join("fathom.yaml");
-    std::fs::write(&config, &yaml).unwrap();
-    let config = config.display().to_string();
-    let mut env: Vec<(&str, &str)> = emulator.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    env.push(("FATHOM_LOG", "warn,fathom=info"));
+    common::python_json(&format!("import pyarrow.fs as fs\n{azure}.create_dir('fathom')\nprint('{{}}')"), &[], "");
+
+    let port = free_port();
+    let config = write_project(root, "az://fathom/offline", r#"use_emulator: "true""#, port);
+    let url = format!("http://{authority}");
+    let env = [("AZURITE_BLOB_STORAGE_URL", url.as_str()), ("FATHOM_LOG", "warn,fathom=info")];
     let mut fathom = Fathom::start_with(&["serve", "-c", &config], port, &root.join("fathom.log"), &env);
     fathom.wait_ready().await;
     let now = chrono::Utc::now().timestamp_millis();
@@ -445,13 +401,12 @@ server: {{ listen: "127.0.0.1:{port}" }}
     let script = format!(
         r#"
 import json, pyarrow.fs as fs, pyarrow.dataset as ds
-store = {}
+store = {azure}
 files = sorted(f.path for f in store.get_file_info(fs.FileSelector("fathom/offline/tx", recursive=True, allow_not_found=True))
                if f.path.endswith(".parquet"))
 t = ds.dataset(files, filesystem=store, format="parquet", partitioning="hive", partition_base_dir="fathom/offline/tx").to_table() if files else None
 print(json.dumps({{"rows": t.num_rows if t else 0, "sum": sum(t.column("amount").to_pylist()) if t else 0}}))
-"#,
-        emulator.pyarrow
+"#
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -471,7 +426,7 @@ print(json.dumps({{"rows": t.num_rows if t else 0, "sum": sum(t.column("amount")
         .args(["dataset", "-c", &config, "--input", "rows.csv", "--timestamp", "t", "--vector", "training"])
         .args(["--output", "train.parquet"])
         .current_dir(root)
-        .envs(env.iter().copied())
+        .envs(env)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -487,12 +442,4 @@ print(json.dumps({c: t["cards__amount_sum_1d"][i] for i, c in enumerate(t["card_
         let sum: i64 = (0..90).filter(|i| i % 3 == card).sum();
         assert_eq!(training[format!("c{card}")], json!(sum as f64), "{training}");
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_offline_store_lives_in_azure_blob_storage() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("azurite")).unwrap();
-    let emulator = azurite(&dir.path().join("azurite"));
-    offline_store_in("az", emulator, dir.path()).await;
 }
