@@ -92,6 +92,7 @@ fn write_project(root: &Path, path: &str, options: &str, port: u16) -> String {
         r#"
 project: {project}
 stores:
+  online: {{ embedded: {{ snapshot: "{d}/online.snapshot" }} }}
   offline:
     parquet: {{ path: "{path}", options: {{ {options} }}, spill_dir: {d}/spill }}
   dead_letters: {{ path: {d}/dlq }}
@@ -260,7 +261,24 @@ print(json.dumps({"rows": t.num_rows, "sum": sum(t.column("amount").to_pylist())
     };
     assert_eq!((&read["distinct"], read["sum"].as_f64()), (&json!(220), Some((0..220).sum::<i64>() as f64)), "{read}");
     assert_eq!(common::python_json(script, &[&spill.display().to_string()], "")["rows"], 0, "the spill is empty");
+    // the stop saved the embedded store's snapshot all the same: the 20 pushed events (which no
+    // source replays) are online as they are offline
+    let features = common::get_json(fathom.url("/v1/features/cards/c2")).await;
+    let count = features["features"].as_array().unwrap().iter().find(|f| f["name"] == "amount_count_1d").unwrap();
+    assert_eq!(count["value"], json!((0..220).filter(|i| i % 3 == 2).count()), "{features}");
     fathom.stop();
+    let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
+        .args(["consistency", "-c", &config, "--vector", "training", "--sample", "3"])
+        .current_dir(root)
+        .env("FATHOM_TEST_S3_SECRET", SECRET_KEY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("cards.amount_sum_1d: 3 compared, 0 mismatches"),
+        "online = offline, read from the bucket: {stdout}"
+    );
 
     // nothing under a temporary or partial name in the bucket
     let mut stack = vec![buckets.join("fathom")];

@@ -178,7 +178,14 @@ impl Pipeline {
                 Err(e) => self.health.degraded("writing the offline store", &e),
             }
             if self.stop_by.is_some_and(|by| Instant::now() >= by) {
-                return Err(self.spill());
+                let error = self.spill();
+                // the online state is kept all the same: pushed records are not sent again, and
+                // an entity skips what it applied when its source replays it
+                let snapshot = tokio::task::spawn_blocking(self.snapshot()).await.map_err(anyhow::Error::from);
+                return Err(match snapshot.and_then(|saved| saved) {
+                    Ok(()) => error,
+                    Err(e) => error.context(format!("saving the embedded store snapshot failed too ({e:#})")),
+                });
             }
             tokio::time::sleep(crate::RETRY).await;
         }
