@@ -71,6 +71,47 @@ print(json.dumps({"rows": table.num_rows, "distinct": len(set(raw)), "sum": sum(
     common::python_json(script, &[&port.to_string(), ACCESS_KEY, SECRET_KEY], "")
 }
 
+/// Runs `fathom args…` in `root` with `env` to completion, asserting it succeeds; returns its
+/// stdout.
+fn cli(root: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
+        .args(args)
+        .current_dir(root)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "fathom {args:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// Card `card`'s `amount_count_1d` as the lookup API serves it.
+async fn served_count(fathom: &Fathom, card: &str) -> Value {
+    let features = common::get_json(fathom.url(&format!("/v1/features/cards/{card}"))).await;
+    let count = features["features"].as_array().unwrap().iter().find(|f| f["name"] == "amount_count_1d");
+    count.unwrap_or_else(|| panic!("{features}"))["value"].clone()
+}
+
+/// Each card's `[amount_sum_1d, amount_count_1d]` in `<root>/train.parquet`, read by pyarrow.
+fn training_set(root: &Path) -> Value {
+    let script = r#"
+import sys, json, pyarrow.parquet as pq
+t = pq.read_table(sys.argv[1]).to_pydict()
+print(json.dumps({c: [t["cards__amount_sum_1d"][i], t["cards__amount_count_1d"][i]] for i, c in enumerate(t["card_id"])}))
+"#;
+    common::python_json(script, &[&root.join("train.parquet").display().to_string()], "")
+}
+
+/// What a training set over cards c0, c1, c2 holds when they saw the amounts `0..n` (card
+/// `i % 3`): the sum and count of each card's amounts.
+fn expected_training_set(n: i64) -> Value {
+    let cards = (0..3i64).map(|card| {
+        let amounts: Vec<i64> = (0..n).filter(|i| i % 3 == card).collect();
+        (format!("c{card}"), json!([amounts.iter().sum::<i64>() as f64, amounts.len()]))
+    });
+    Value::Object(cards.collect())
+}
+
 async fn push(fathom: &Fathom, from: i64, to: i64, now: i64) {
     let events: Vec<Value> =
         (from..to).map(|i| json!({"card_id": format!("c{}", i % 3), "ts": now - 60_000 + i, "amount": i})).collect();
@@ -168,9 +209,7 @@ async fn the_offline_store_lives_in_a_bucket_through_an_outage_and_feeds_trainin
     tokio::time::timeout(Duration::from_secs(20), push(&fathom, 150, 200, now))
         .await
         .expect("the stream keeps flowing while the bucket is away");
-    let features = common::get_json(fathom.url("/v1/features/cards/c0")).await;
-    let count = features["features"].as_array().unwrap().iter().find(|f| f["name"] == "amount_count_1d").unwrap();
-    assert_eq!(count["value"], json!((0..200).filter(|i| i % 3 == 0).count()), "served fresh: {features}");
+    assert_eq!(served_count(&fathom, "c0").await, json!((0..200).filter(|i| i % 3 == 0).count()), "served fresh");
     let script = r#"
 import sys, json, os, pyarrow.dataset as ds
 d = sys.argv[1] + "/tx"
@@ -263,18 +302,9 @@ print(json.dumps({"rows": t.num_rows, "sum": sum(t.column("amount").to_pylist())
     assert_eq!(common::python_json(script, &[&spill.display().to_string()], "")["rows"], 0, "the spill is empty");
     // the stop saved the embedded store's snapshot all the same: the 20 pushed events (which no
     // source replays) are online as they are offline
-    let features = common::get_json(fathom.url("/v1/features/cards/c2")).await;
-    let count = features["features"].as_array().unwrap().iter().find(|f| f["name"] == "amount_count_1d").unwrap();
-    assert_eq!(count["value"], json!((0..220).filter(|i| i % 3 == 2).count()), "{features}");
+    assert_eq!(served_count(&fathom, "c2").await, json!((0..220).filter(|i| i % 3 == 2).count()));
     fathom.stop();
-    let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
-        .args(["consistency", "-c", &config, "--vector", "training", "--sample", "3"])
-        .current_dir(root)
-        .env("FATHOM_TEST_S3_SECRET", SECRET_KEY)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = cli(root, &["consistency", "-c", &config, "--vector", "training", "--sample", "3"], &env);
     assert!(
         stdout.contains("cards.amount_sum_1d: 3 compared, 0 mismatches"),
         "online = offline, read from the bucket: {stdout}"
@@ -299,15 +329,8 @@ print(json.dumps({"rows": t.num_rows, "sum": sum(t.column("amount").to_pylist())
     // the entity rows are an object too (s3s-fs keeps objects as files: one written here is one it serves)
     std::fs::create_dir_all(buckets.join("fathom/inputs")).unwrap();
     std::fs::write(buckets.join("fathom/inputs/rows.csv"), format!("card_id,t\nc0,{at}\nc1,{at}\nc2,{at}\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
-        .args(["dataset", "-c", &config, "--input", "s3://fathom/inputs/rows.csv", "--timestamp", "t"])
-        .args(["--vector", "training"])
-        .args(["--output", "train.parquet"])
-        .current_dir(root)
-        .env("FATHOM_TEST_S3_SECRET", SECRET_KEY)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let args = ["dataset", "-c", &config, "--input", "s3://fathom/inputs/rows.csv", "--timestamp", "t"];
+    cli(root, &[&args[..], &["--vector", "training", "--output", "train.parquet"]].concat(), &env);
     // `fathom drift` of two objects, credentials from the environment as AWS SDKs read them
     let parts: Vec<String> = std::fs::read_dir(buckets.join("fathom/offline/tx"))
         .unwrap()
@@ -317,37 +340,23 @@ print(json.dumps({"rows": t.num_rows, "sum": sum(t.column("amount").to_pylist())
         .filter(|key| key.ends_with(".parquet"))
         .collect();
     let object = format!("s3://fathom/{}", parts[0]);
-    let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
-        .args(["drift", "--reference", &object, "--current", &object, "--columns", "amount"])
-        .args(["--json", "drift.json", "--html", "drift.html"])
-        .current_dir(root)
-        .env("AWS_ENDPOINT", format!("http://127.0.0.1:{s3_port}"))
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let endpoint = format!("http://127.0.0.1:{s3_port}");
+    let aws = [
+        ("AWS_ENDPOINT", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+    ];
+    let args = ["drift", "--reference", &object, "--current", &object, "--columns", "amount"];
+    cli(root, &[&args[..], &["--json", "drift.json", "--html", "drift.html"]].concat(), &aws);
     let report: Value = serde_json::from_slice(&std::fs::read(root.join("drift.json")).unwrap()).unwrap();
     assert_eq!(report["features"][0]["name"], "amount", "{report}");
     let (score, counts) = (&report["features"][0]["score"], &report["features"][0]["counts"]);
     assert!(score == 0.0 && counts[0] == counts[1] && counts[0].as_u64() > Some(0), "identical: {report}");
     assert_eq!(report["files"], json!([object, object]), "the locations as given: {report}");
 
-    let script = r#"
-import json, pyarrow.parquet as pq
-t = pq.read_table("train.parquet").to_pydict()
-print(json.dumps({c: [t["cards__amount_sum_1d"][i], t["cards__amount_count_1d"][i]] for i, c in enumerate(t["card_id"])}))
-"#;
-    let out = Command::new(common::python()).args(["-c", script]).current_dir(root).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let training: Value = serde_json::from_slice(&out.stdout).unwrap();
-    for card in 0..3i64 {
-        let amounts: Vec<i64> = (0..220).filter(|i| i % 3 == card).collect();
-        let expected = json!([amounts.iter().sum::<i64>() as f64, amounts.len()]);
-        assert_eq!(training[format!("c{card}")], expected, "{training}");
-    }
+    assert_eq!(training_set(root), expected_training_set(220));
 
     // `fathom replay` of a Parquet object in the bucket: its rows join the others there
     let script = r#"
@@ -359,14 +368,7 @@ print("{}")
 "#;
     let object = buckets.join("fathom/inputs/more.parquet");
     common::python_json(script, &[&object.display().to_string(), &now.to_string()], "");
-    let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
-        .args(["replay", "s3://fathom/inputs/more.parquet", "--source", "tx", "-c", &config])
-        .current_dir(root)
-        .env("FATHOM_TEST_S3_SECRET", SECRET_KEY)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = cli(root, &["replay", "s3://fathom/inputs/more.parquet", "--source", "tx", "-c", &config], &env);
     assert!(stdout.contains("replayed 10 records from s3://fathom/inputs/more.parquet"), "{stdout}");
     let read = read_with_pyarrow(s3_port);
     assert_eq!((&read["rows"], read["sum"].as_f64()), (&json!(230), Some((0..230).sum::<i64>() as f64)), "{read}");
@@ -440,24 +442,7 @@ print(json.dumps({{"rows": t.num_rows if t else 0, "sum": sum(t.column("amount")
 
     let at = chrono::DateTime::from_timestamp_millis(now + 60_000).unwrap().to_rfc3339();
     std::fs::write(root.join("rows.csv"), format!("card_id,t\nc0,{at}\nc1,{at}\nc2,{at}\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fathom"))
-        .args(["dataset", "-c", &config, "--input", "rows.csv", "--timestamp", "t", "--vector", "training"])
-        .args(["--output", "train.parquet"])
-        .current_dir(root)
-        .envs(env)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let script = r#"
-import json, pyarrow.parquet as pq
-t = pq.read_table("train.parquet").to_pydict()
-print(json.dumps({c: t["cards__amount_sum_1d"][i] for i, c in enumerate(t["card_id"])}))
-"#;
-    let out = Command::new(common::python()).args(["-c", script]).current_dir(root).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let training: Value = serde_json::from_slice(&out.stdout).unwrap();
-    for card in 0..3i64 {
-        let sum: i64 = (0..90).filter(|i| i % 3 == card).sum();
-        assert_eq!(training[format!("c{card}")], json!(sum as f64), "{training}");
-    }
+    let args = ["dataset", "-c", &config, "--input", "rows.csv", "--timestamp", "t", "--vector", "training"];
+    cli(root, &[&args[..], &["--output", "train.parquet"]].concat(), &env);
+    assert_eq!(training_set(root), expected_training_set(90));
 }

@@ -361,7 +361,7 @@ impl OfflineWriter {
     pub fn new(storage: Storage, schemas: Vec<SourceSchema>) -> Result<OfflineWriter, OfflineError> {
         if let Storage::Local(root) = &storage {
             for schema in &schemas {
-                remove_tmp_files(&root.join(&schema.name))?;
+                remove_partial_files(root, &schema.name)?;
             }
         }
         Ok(OfflineWriter { storage, schemas, pending: BTreeMap::new(), unwritten: Vec::new(), seq: 0 })
@@ -533,14 +533,9 @@ impl Spill {
     /// next upload (their row counts read from their footers), and its `.tmp` leftovers are
     /// removed.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Spill, OfflineError> {
-        let local = Storage::local(dir);
         let mut spill = Spill { dir: dir.to_path_buf(), files: Vec::new(), max_bytes };
-        for relative in local.list("", ".parquet.tmp").map_err(OfflineError::Storage)? {
-            let path = dir.join(&relative);
-            std::fs::remove_file(&path)
-                .map_err(|source| OfflineError::Io { path: path.display().to_string(), source })?;
-        }
-        for relative in local.list("", ".parquet").map_err(OfflineError::Storage)? {
+        remove_partial_files(dir, "")?;
+        for relative in Storage::local(dir).list("", ".parquet").map_err(OfflineError::Storage)? {
             let path = dir.join(&relative);
             let parquet = |source| OfflineError::Parquet { path: path.display().to_string(), source };
             let file = std::fs::File::open(&path).map_err(|e| parquet(e.into()))?;
@@ -626,21 +621,12 @@ fn encode(batch: &RecordBatch) -> Result<Vec<u8>, parquet::errors::ParquetError>
     writer.into_inner()
 }
 
-fn remove_tmp_files(dir: &Path) -> Result<(), OfflineError> {
-    let Ok(dates) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    for date in dates.flatten() {
-        let Ok(files) = std::fs::read_dir(date.path()) else {
-            continue;
-        };
-        for file in files.flatten() {
-            let path = file.path();
-            if path.extension().is_some_and(|e| e == "tmp") {
-                std::fs::remove_file(&path)
-                    .map_err(|source| OfflineError::Io { path: path.display().to_string(), source })?;
-            }
-        }
+/// Removes the `.parquet.tmp` files a crashed process left under `root`/`dir` (a file being
+/// written when it stopped: [`Storage::put`]).
+fn remove_partial_files(root: &Path, dir: &str) -> Result<(), OfflineError> {
+    for relative in Storage::local(root).list(dir, ".parquet.tmp").map_err(OfflineError::Storage)? {
+        let path = root.join(&relative);
+        std::fs::remove_file(&path).map_err(|source| OfflineError::Io { path: path.display().to_string(), source })?;
     }
     Ok(())
 }
