@@ -753,8 +753,11 @@ async fn offline_fault(spill: bool) {
         tokio::time::sleep(Duration::from_secs(3)).await; // three checkpoint intervals
         assert_eq!(committed(&run.project, &topic, 4), held, "the offsets wait for the offline store");
         assert!(held < total, "{held}");
+        // each row is in exactly one place: written before the fault (committed or not yet) or spilled
         let spilled = parquet_rows(&run.dir.path().join("offline-spill/tx"));
-        assert!(spilled as i64 >= total - held, "{spilled} rows spilled, {held} offsets committed");
+        let written = parquet_rows(&away);
+        assert_eq!(spilled + written, produced.len(), "{spilled} rows spilled, {written} written before the fault");
+        assert!(held <= written as i64, "{held} offsets committed, only {written} rows written offline");
     } else {
         let problem = loop {
             let ready = fathom_monitor::https::default_client().get(fathom.url("/readyz")).send().await.unwrap();

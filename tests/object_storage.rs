@@ -20,6 +20,42 @@ use serde_json::{json, Value};
 const ACCESS_KEY: &str = "fathom-test";
 const SECRET_KEY: &str = "s3-sekrit-6d2a";
 
+/// The port Azurite announces ("… successfully listens on http://127.0.0.1:PORT"), read from
+/// its stdout; panics with everything it printed if it exits or stays silent past `wait`.
+fn azurite_listening_port(child: &mut std::process::Child, wait: Duration) -> u16 {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    for pipe in [
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    drop(tx);
+    let deadline = Instant::now() + wait;
+    let mut printed = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(port) = line.split("listens on http://127.0.0.1:").nth(1) {
+                    return port.trim().parse().unwrap_or_else(|_| panic!("azurite announced {line:?}"));
+                }
+                printed.push(line);
+            }
+            Err(_) => panic!("azurite did not start within {wait:?} ({:?}); it printed: {printed:?}", child.try_wait()),
+        }
+    }
+}
+
 /// s3s-fs serving `root` (a directory per bucket) on `port`.
 fn s3_server(root: &Path, port: u16) -> Guarded {
     let binary = std::env::var("FATHOM_TEST_S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
@@ -388,21 +424,18 @@ async fn the_offline_store_lives_in_azure_blob_storage() {
     std::fs::create_dir_all(root.join("azurite")).unwrap();
     let binary =
         std::env::var("FATHOM_TEST_AZURITE").expect("FATHOM_TEST_AZURITE: azurite-blob (scripts/test installs it)");
-    let azurite_port = free_port();
-    let child = Command::new(&binary)
-        .args(["--blobHost", "127.0.0.1", "--blobPort", &azurite_port.to_string(), "--silent", "--skipApiVersionCheck"])
+    // Port 0: Azurite binds a free port itself and announces it, so no other test can take it
+    // between our choice and its bind. Its output is kept for the failure message.
+    let mut child = Command::new(&binary)
+        .args(["--blobHost", "127.0.0.1", "--blobPort", "0", "--silent", "--skipApiVersionCheck"])
         .arg("--location")
         .arg(root.join("azurite"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{binary}: {e}"));
+    let azurite_port = azurite_listening_port(&mut child, Duration::from_secs(60));
     let _azurite = Guarded(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", azurite_port)).is_err() {
-        assert!(Instant::now() < deadline, "azurite did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let authority = format!("127.0.0.1:{azurite_port}");
     let azure = format!(
         "fs.AzureFileSystem(account_name='devstoreaccount1', account_key='{KEY}', blob_storage_authority='{authority}', \
