@@ -905,6 +905,50 @@ async fn a_consumer_group_of_processes_survives_a_member_killed_and_one_added() 
         assert!(std::time::Instant::now() < deadline, "the group did not finish: {logs}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // every member's lookups (served from its near cache where it wrote the entity from records
+    // read since the last rebalance, else from Redis) give every card's 1-hour count and sum of
+    // the reference — a card whose partition moved to another member must not be served as this
+    // one last wrote it
+    let (expected, _) = reference(&plan, &produced);
+    let at = chrono::Utc::now().timestamp_millis();
+    // (the sum to 1e-12: the served one may round differently in its last digit)
+    let one_hour = |values: &[(String, Value)]| -> (Value, f64) {
+        let get = |n: &str| values.iter().find(|(name, _)| name == n).unwrap().1.clone();
+        (get("amount_count_1h"), get("amount_sum_1h").as_f64().unwrap())
+    };
+    let mut near = (0.0, 0.0);
+    for (name, m) in [("a", &a), ("c", &c), ("d", &d)] {
+        for (card, state) in &expected {
+            let body: Value = common::get_json(m.url(&format!("/v1/features/cards/{card}"))).await;
+            let served: Vec<(String, Value)> = body["features"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| (v["name"].as_str().unwrap().to_string(), v["value"].clone()))
+                .collect();
+            let ((count, sum), (want_count, want_sum)) = (one_hour(&served), one_hour(&values(&plan, Some(state), at)));
+            assert_eq!(count, want_count, "member {name}, {card}: count");
+            assert!(
+                (sum - want_sum).abs() <= 1e-12 * want_sum.abs().max(1.0),
+                "member {name}, {card}: {sum} vs {want_sum}"
+            );
+        }
+        let metrics = fathom_monitor::https::default_client().get(m.url("/metrics")).send().await.unwrap();
+        let metrics = metrics.text().await.unwrap();
+        let counted = |metric: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(metric))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let (hits, misses) =
+            (counted("fathom_online_near_cache_hits_total"), counted("fathom_online_near_cache_misses_total"));
+        // (the pipeline's own loads of entities it does not hold count too)
+        assert!(hits + misses >= expected.len() as f64, "member {name}: one key per lookup at least\n{metrics}");
+        near = (near.0 + hits, near.1 + misses);
+    }
+    assert!(near.0 > 0.0 && near.1 > 0.0, "lookups from the near cache and from Redis both: {near:?}");
     for m in [&mut a, &mut c, &mut d] {
         m.stop();
     }

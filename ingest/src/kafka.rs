@@ -2,7 +2,7 @@
 //! records out, offsets committed only when the caller says the work they cover is durable.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -112,6 +112,8 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, SourceError> {
 /// probe can say why (a refused SASL login looks like a silent broker otherwise).
 pub struct RebalanceWatch {
     changed: Arc<AtomicBool>,
+    /// Rebalances so far; counted after `changed` is set.
+    count: Arc<AtomicU64>,
     last_error: Arc<Mutex<Option<ClientError>>>,
 }
 
@@ -156,6 +158,7 @@ impl ConsumerContext for RebalanceWatch {
         };
         tracing::info!(what, "consumer group rebalance");
         self.changed.store(true, Ordering::Release);
+        self.count.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -231,6 +234,7 @@ pub struct KafkaSource {
 pub struct Committer {
     consumer: Arc<Inner>,
     rebalanced: Arc<AtomicBool>,
+    rebalances: Arc<AtomicU64>,
     /// The subscribed topics, for [`Committer::probe`].
     topics: Arc<[String]>,
     /// The client's last error (librdkafka's own words), for [`Committer::probe`].
@@ -271,17 +275,19 @@ impl KafkaSource {
         topics: &[(String, usize)],
     ) -> Result<(KafkaSource, Committer), SourceError> {
         let client = consumer_config(config, group)?;
-        let rebalanced = Arc::new(AtomicBool::new(false));
+        let (rebalanced, rebalances) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
         let last_error = Arc::new(Mutex::new(None));
+        let watch =
+            RebalanceWatch { changed: rebalanced.clone(), count: rebalances.clone(), last_error: last_error.clone() };
         let consumer: Inner = client
-            .create_with_context(RebalanceWatch { changed: rebalanced.clone(), last_error: last_error.clone() })
+            .create_with_context(watch)
             .map_err(|source| SourceError::Kafka { what: "creating the consumer", source })?;
         let names: Vec<&str> = topics.iter().map(|(t, _)| t.as_str()).collect();
         consumer.subscribe(&names).map_err(|source| SourceError::Kafka { what: "subscribing", source })?;
         let consumer = Arc::new(consumer);
         let source = KafkaSource { consumer: consumer.clone(), topics: topics.iter().cloned().collect() };
         let topics = names.iter().map(|t| t.to_string()).collect();
-        Ok((source, Committer { consumer, rebalanced, topics, last_error }))
+        Ok((source, Committer { consumer, rebalanced, rebalances, topics, last_error }))
     }
 
     /// Up to `max` records: waits for the first one, then takes what arrives within `linger`.
@@ -330,6 +336,12 @@ impl Committer {
     /// Whether the partition assignment changed since the last call.
     pub fn take_rebalanced(&self) -> bool {
         self.rebalanced.swap(false, Ordering::AcqRel)
+    }
+
+    /// How many times the assignment changed so far (after each rebalance callback, once
+    /// [`Committer::take_rebalanced`] would see it).
+    pub fn rebalances(&self) -> Arc<AtomicU64> {
+        self.rebalances.clone()
     }
 
     /// Commits `next` offsets. Call only once the work covering the records below them is

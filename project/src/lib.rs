@@ -128,6 +128,15 @@ pub struct RedisConfig {
     /// nor the logs). Default: the one in the URL.
     #[serde(default)]
     pub password: Option<String>,
+    /// Keep the entity states this process writes in memory too, so its lookups of them need
+    /// no Redis round trip (`docs/online-store.md`, "Near cache"). Costs about the encoded size
+    /// of every entity written (bounded by `processing.max_cached_entities`). Default: true.
+    #[serde(default = "yes")]
+    pub near_cache: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `stores.offline`.

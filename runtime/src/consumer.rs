@@ -10,6 +10,15 @@ use tokio::sync::mpsc;
 
 use crate::health::Health;
 
+/// A batch as the consumer read it.
+pub(crate) struct Fetched {
+    /// Its records.
+    pub(crate) records: Vec<Record>,
+    /// The group's rebalance count before the batch was read: a rebalance after this may have
+    /// taken its partitions away.
+    pub(crate) rebalances: u64,
+}
+
 /// Reads batches (up to `processing.batch_size`, `processing.linger`) in a task of their own,
 /// retrying errors every second; the monitor's consumer reads the same way. Another task asks
 /// the broker every 2 s whether it answers and reports `kafka` in `health`'s warnings while it
@@ -18,7 +27,7 @@ pub(crate) fn spawn_consumer(
     (source, committer): (KafkaSource, Committer),
     project: &Project,
     health: Arc<Health>,
-) -> (mpsc::Receiver<Vec<Record>>, Committer) {
+) -> (mpsc::Receiver<Fetched>, Committer) {
     // one batch waits while one is processed: a deeper queue would only age the records in it
     // (librdkafka holds the rest, and the next batch takes everything it holds)
     let (tx, rx) = mpsc::channel(1);
@@ -26,6 +35,7 @@ pub(crate) fn spawn_consumer(
     let linger = Duration::from_millis(project.processing.linger_ms as u64);
     let watched = tx.clone();
     let probe = committer.clone();
+    let rebalances = committer.rebalances();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(2));
         loop {
@@ -49,10 +59,11 @@ pub(crate) fn spawn_consumer(
     });
     tokio::spawn(async move {
         loop {
+            let before = rebalances.load(std::sync::atomic::Ordering::Acquire);
             match source.batch(max, linger).await {
                 Ok(batch) if batch.is_empty() => {}
-                Ok(batch) => {
-                    if tx.send(batch).await.is_err() {
+                Ok(records) => {
+                    if tx.send(Fetched { records, rebalances: before }).await.is_err() {
                         return;
                     }
                 }

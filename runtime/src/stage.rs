@@ -10,6 +10,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use fathom_ingest::record::Record;
+
+use crate::consumer::Fetched;
 use tokio::sync::{mpsc, watch};
 
 /// How often a quiet loop wakes up (idle windows, lease renewal, due checkpoints).
@@ -24,6 +26,9 @@ pub(crate) trait Stage {
     type Result: Send;
     /// What ends the loop early.
     type Error;
+
+    /// Before [`Stage::process_batch`]: the group's rebalance count before its batch was read.
+    fn fetched(&mut self, _rebalances: u64) {}
 
     /// Applies one batch from the Kafka consumer.
     fn process_batch(&mut self, records: Vec<Record>) -> impl Future<Output = Result<(), Self::Error>> + Send;
@@ -53,7 +58,7 @@ pub(crate) trait Stage {
 /// The inputs of one loop.
 pub(crate) struct Inputs<'a, S: Stage> {
     /// Batches from the Kafka consumer, when the stage consumes Kafka.
-    pub(crate) kafka: Option<mpsc::Receiver<Vec<Record>>>,
+    pub(crate) kafka: Option<mpsc::Receiver<Fetched>>,
     /// Push requests.
     pub(crate) push: &'a mut mpsc::Receiver<S::Push>,
     /// Results of the stage's own work, when it starts any.
@@ -71,7 +76,10 @@ pub(crate) async fn run<S: Stage>(stage: &mut S, inputs: Inputs<'_, S>) -> Resul
             biased;
             _ = shutdown.changed() => break,
             Some(result) = async { results.as_mut()?.recv().await } => stage.handle_result(result),
-            Some(batch) = async { kafka.as_mut()?.recv().await } => stage.process_batch(batch).await?,
+            Some(batch) = async { kafka.as_mut()?.recv().await } => {
+                stage.fetched(batch.rebalances);
+                stage.process_batch(batch.records).await?
+            }
             Some(request) = push.recv() => stage.handle_push(request).await?,
             _ = tick.tick() => stage.handle_tick().await?,
         }

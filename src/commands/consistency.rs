@@ -40,7 +40,9 @@ pub(crate) async fn consistency(
 ) -> anyhow::Result<BTreeMap<String, FeatureReport>> {
     let vector = resolve(&project, features)?;
     let store = match project.redis()? {
-        Some(topology) => OnlineStore::Redis(RedisStore::connect(&topology).await.context("connecting to Redis")?),
+        Some(topology) => {
+            OnlineStore::Redis(RedisStore::connect(&topology).await.context("connecting to Redis")?, None)
+        }
         None => match project.stores.online.embedded.as_ref().and_then(|e| e.snapshot.as_deref()) {
             Some(path) => OnlineStore::Embedded(Arc::new(EmbeddedStore::with_snapshot(path)?)),
             None => anyhow::bail!(

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use fathom_api::serve;
-use fathom_featurestore::online::OnlineStore;
+use fathom_featurestore::online::{OnlineStore, RedisStore};
 use fathom_runtime::{pipeline, Roles};
 
 /// Runs the roles `--roles` names with the project (the embedded demo without one).
@@ -23,8 +24,11 @@ pub(crate) async fn run(config: Option<&PathBuf>, roles: &str) -> anyhow::Result
     let workers = tokio::runtime::Builder::new_multi_thread().thread_name("fathom-pipeline").enable_all().build()?;
     let served = async {
         let mut running = workers.spawn(pipeline::start_with(project.clone(), roles)).await??;
-        if let OnlineStore::Redis(_) = running.store {
-            running.store = pipeline::connect_online(&project).await?;
+        if let OnlineStore::Redis(_, near) = &running.store {
+            // a connection of its own, the pipeline's near cache
+            let topology = project.redis()?.expect("a Redis online store");
+            let redis = RedisStore::connect(&topology).await.context("connecting to Redis")?;
+            running.store = OnlineStore::Redis(redis, near.clone());
         }
         serve::serve_roles(project, running, roles.api).await
     }

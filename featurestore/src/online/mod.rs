@@ -12,11 +12,13 @@
 //! every entity either before or after a record, never half-way; replays are skipped per entity.
 
 mod embedded;
+mod near;
 mod redis;
 
 use serde::{Deserialize, Serialize};
 
 pub use self::embedded::{EmbeddedStore, SnapshotError};
+pub use self::near::NearCache;
 pub use self::redis::{RedisAuth, RedisStore, RedisTopology};
 
 use crate::definition::FeatureSetPlan;
@@ -52,16 +54,33 @@ pub struct Write {
 pub enum OnlineStore {
     /// In-process map; state lives as long as the process.
     Embedded(std::sync::Arc<EmbeddedStore>),
-    /// Redis single node or cluster.
-    Redis(RedisStore),
+    /// Redis single node or cluster, with the [`NearCache`] of what this process wrote (shared
+    /// by the pipeline's and the API's connections) unless turned off.
+    Redis(RedisStore, Option<std::sync::Arc<NearCache>>),
 }
 
 impl OnlineStore {
-    /// Encoded states of `keys`, `None` where absent or expired; one round trip.
+    /// Encoded states of `keys`, `None` where absent or expired; at most one round trip (none
+    /// when the near cache holds them all).
     pub async fn load(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, OnlineError> {
         match self {
             OnlineStore::Embedded(store) => Ok(store.load(keys)),
-            OnlineStore::Redis(store) => store.load(keys).await,
+            OnlineStore::Redis(store, None) => store.load(keys).await,
+            OnlineStore::Redis(store, Some(near)) => {
+                let mut found = near.load(keys);
+                let missing: Vec<String> =
+                    keys.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(k, _)| k.clone()).collect();
+                metrics::counter!("fathom_online_near_cache_hits_total").increment((keys.len() - missing.len()) as u64);
+                if missing.is_empty() {
+                    return Ok(found);
+                }
+                metrics::counter!("fathom_online_near_cache_misses_total").increment(missing.len() as u64);
+                let mut loaded = store.load(&missing).await?.into_iter();
+                for slot in found.iter_mut().filter(|f| f.is_none()) {
+                    *slot = loaded.next().expect("one per missing key");
+                }
+                Ok(found)
+            }
         }
     }
 
@@ -72,7 +91,24 @@ impl OnlineStore {
                 store.write(writes);
                 Ok(())
             }
-            OnlineStore::Redis(store) => store.write(writes, offsets).await,
+            OnlineStore::Redis(store, near) => {
+                let written = store.write(writes, offsets).await;
+                if let Some(near) = near {
+                    match &written {
+                        Ok(()) => near.wrote(writes),
+                        Err(_) => near.failed(writes),
+                    }
+                }
+                written
+            }
+        }
+    }
+
+    /// The near cache, when this is Redis with one.
+    pub fn near_cache(&self) -> Option<&std::sync::Arc<NearCache>> {
+        match self {
+            OnlineStore::Redis(_, near) => near.as_ref(),
+            OnlineStore::Embedded(_) => None,
         }
     }
 
@@ -80,7 +116,7 @@ impl OnlineStore {
     pub async fn key_count(&self) -> Result<Option<u64>, OnlineError> {
         match self {
             OnlineStore::Embedded(store) => Ok(Some(store.len() as u64)),
-            OnlineStore::Redis(store) => store.key_count().await,
+            OnlineStore::Redis(store, _) => store.key_count().await,
         }
     }
 
@@ -89,7 +125,7 @@ impl OnlineStore {
     pub async fn lease(&self, key: &str, holder: &str, ttl_ms: u64) -> Result<Option<String>, OnlineError> {
         match self {
             OnlineStore::Embedded(_) => Ok(None),
-            OnlineStore::Redis(store) => store.lease(key, holder, ttl_ms).await,
+            OnlineStore::Redis(store, _) => store.lease(key, holder, ttl_ms).await,
         }
     }
 
@@ -97,7 +133,7 @@ impl OnlineStore {
     pub async fn release(&self, key: &str, holder: &str) -> Result<(), OnlineError> {
         match self {
             OnlineStore::Embedded(_) => Ok(()),
-            OnlineStore::Redis(store) => store.release(key, holder).await,
+            OnlineStore::Redis(store, _) => store.release(key, holder).await,
         }
     }
 
@@ -116,7 +152,7 @@ impl OnlineStore {
                 store.write(std::slice::from_ref(write));
                 Ok(None)
             }
-            OnlineStore::Redis(store) => store.write_fenced(lease, holder, ttl_ms, write).await,
+            OnlineStore::Redis(store, _) => store.write_fenced(lease, holder, ttl_ms, write).await,
         }
     }
 
@@ -124,7 +160,7 @@ impl OnlineStore {
     pub async fn ping(&self) -> Result<(), OnlineError> {
         match self {
             OnlineStore::Embedded(_) => Ok(()),
-            OnlineStore::Redis(store) => store.ping().await,
+            OnlineStore::Redis(store, _) => store.ping().await,
         }
     }
 }

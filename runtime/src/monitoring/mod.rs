@@ -258,7 +258,7 @@ async fn activate(
     holder: &str,
     health: &Arc<Health>,
     clock: &Arc<dyn Clock>,
-) -> anyhow::Result<(Monitor, Option<mpsc::Receiver<Vec<Record>>>, mpsc::Receiver<DeliveryResult>)> {
+) -> anyhow::Result<(Monitor, Option<mpsc::Receiver<crate::consumer::Fetched>>, mpsc::Receiver<DeliveryResult>)> {
     let loaded = store.load(&[checkpoint_key(&project.name)]).await.context("reading the monitor checkpoint")?;
     let mut checkpoint: Checkpoint = match loaded.into_iter().next().flatten() {
         Some(bytes) => postcard::from_bytes(&bytes).context("the monitor checkpoint is unreadable")?,
@@ -353,7 +353,7 @@ impl Monitor {
     /// another process holds the lease.
     async fn run(
         mut self,
-        kafka: Option<mpsc::Receiver<Vec<Record>>>,
+        kafka: Option<mpsc::Receiver<crate::consumer::Fetched>>,
         push: &mut mpsc::Receiver<MonitorPush>,
         results: mpsc::Receiver<DeliveryResult>,
         shutdown: &mut watch::Receiver<bool>,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use fathom_featurestore::offline::{OfflineWriter, Spill};
-use fathom_featurestore::online::{EmbeddedStore, OnlineStore, RedisStore};
+use fathom_featurestore::online::{EmbeddedStore, NearCache, OnlineStore, RedisStore};
 use fathom_featurestore::processor::Processor;
 use fathom_featurestore::table::{Join, RowChange, TableProcessor};
 use fathom_ingest::deadletter::{DeadLetter, DeadLetters};
@@ -147,6 +147,9 @@ pub async fn start_with(project: Arc<Project>, roles: Roles) -> anyhow::Result<R
     let (kafka_rx, committer) = match consumer {
         Some(consumer) => {
             let (rx, committer) = spawn_consumer(consumer, &project, health.clone());
+            if let Some(near) = store.near_cache() {
+                near.follow(committer.rebalances());
+            }
             (Some(rx), Some(committer))
         }
         None => (None, None),
@@ -192,7 +195,12 @@ pub async fn start_with(project: Arc<Project>, roles: Roles) -> anyhow::Result<R
 /// snapshot).
 pub async fn connect_online(project: &Project) -> anyhow::Result<OnlineStore> {
     Ok(match project.redis()? {
-        Some(topology) => OnlineStore::Redis(RedisStore::connect(&topology).await.context("connecting to Redis")?),
+        Some(topology) => {
+            let redis = RedisStore::connect(&topology).await.context("connecting to Redis")?;
+            let near = project.stores.online.redis.as_ref().is_some_and(|r| r.near_cache);
+            let near = near.then(|| Arc::new(NearCache::new(project.processing.max_cached_entities)));
+            OnlineStore::Redis(redis, near)
+        }
         None => match project.stores.online.embedded.as_ref().and_then(|e| e.snapshot.as_deref()) {
             Some(path) => OnlineStore::Embedded(Arc::new(EmbeddedStore::with_snapshot(path)?)),
             None => OnlineStore::Embedded(Arc::new(EmbeddedStore::new())),
@@ -294,7 +302,7 @@ enum Cdc {
 impl Pipeline {
     async fn run(
         mut self,
-        kafka: Option<mpsc::Receiver<Vec<Record>>>,
+        kafka: Option<mpsc::Receiver<crate::consumer::Fetched>>,
         mut push: mpsc::Receiver<Push>,
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
@@ -308,12 +316,24 @@ impl Stage for Pipeline {
     type Result = Infallible;
     type Error = anyhow::Error;
 
+    fn fetched(&mut self, rebalances: u64) {
+        // its records may be from partitions a rebalance since took away: what it writes is
+        // served only while no rebalance followed the read
+        if let Some(near) = self.processor.store().near_cache() {
+            near.begin_batch(rebalances);
+        }
+    }
+
     async fn process_batch(&mut self, batch: Vec<Record>) -> anyhow::Result<()> {
+        let near = self.processor.store().near_cache().cloned();
         if self.committer.as_ref().is_some_and(Committer::take_rebalanced) {
             // every batch ends flushed, so the cache is clean: drop it rather than
             // serve entities another member may have changed
             self.processor.forget();
             self.tables.forget();
+            if let Some(near) = &near {
+                near.clear();
+            }
         }
         let span = tracing::debug_span!("batch", records = batch.len(), from = "kafka");
         self.handle(batch).instrument(span).await;
@@ -321,6 +341,9 @@ impl Stage for Pipeline {
     }
 
     async fn handle_push(&mut self, request: Push) -> anyhow::Result<()> {
+        if let Some(near) = self.processor.store().near_cache() {
+            near.begin_batch(near.generation());
+        }
         let span = tracing::debug_span!("batch", records = request.records.len(), from = "push");
         let summary = self.handle(request.records).instrument(span).await;
         if summary.dead_lettered > 0 {

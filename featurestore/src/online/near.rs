@@ -1,0 +1,182 @@
+//! A near cache: the entity states this process wrote to Redis, kept in memory so a lookup in the
+//! same process reads them without a Redis round trip (what Hazelcast and Ignite call a near
+//! cache; Redis's own client-side caching does the same with server-pushed invalidations).
+//!
+//! It holds exactly the bytes of the last successful write of each key, with the write's expiry,
+//! so a lookup served from it sees what Redis holds. It is only right while this process is the
+//! one writing those keys — the pipeline's own assumption for its write-back cache — so an
+//! entry is served only if no consumer group rebalance has happened since the records that
+//! wrote it were read: after a rebalance another member may write the same entities, and a lookup reads
+//! Redis until this process writes the key again. A failed write drops its keys (part of it may
+//! have reached Redis). Bounded: past `max` keys it is emptied, like the pipeline's cache.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use rustc_hash::FxHashMap;
+
+use super::Write;
+
+/// The state of one key as last written.
+struct Entry {
+    state: Vec<u8>,
+    /// Wall-clock ms since the epoch.
+    expiry: Option<i64>,
+    /// The rebalance count when the records that wrote it were read.
+    generation: u64,
+}
+
+/// States this process wrote, by store key.
+pub struct NearCache {
+    // A std lock, not a tokio one: nothing awaits while it is held.
+    map: RwLock<FxHashMap<String, Entry>>,
+    /// Rebalances of the consumer group so far (the Kafka consumer counts them); none without one.
+    rebalances: OnceLock<Arc<AtomicU64>>,
+    /// The rebalance count when the records of the pipeline's current batch were read.
+    batch: AtomicU64,
+    max: usize,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl NearCache {
+    /// An empty cache that empties itself past `max` keys.
+    pub fn new(max: usize) -> NearCache {
+        NearCache { map: RwLock::default(), rebalances: OnceLock::new(), batch: AtomicU64::new(0), max }
+    }
+
+    /// Follows a consumer group's rebalance count (incremented after each rebalance callback).
+    /// Only the first call takes effect.
+    pub fn follow(&self, rebalances: Arc<AtomicU64>) {
+        let _ = self.rebalances.set(rebalances);
+    }
+
+    /// The rebalance count now.
+    pub fn generation(&self) -> u64 {
+        self.rebalances.get().map_or(0, |r| r.load(Ordering::Acquire))
+    }
+
+    /// Marks the start of a batch whose records were read when the rebalance count was
+    /// `rebalances`: what it writes is served only if no rebalance happened since (records read
+    /// before a rebalance may be from partitions it took away; another member now writes those
+    /// entities).
+    pub fn begin_batch(&self, rebalances: u64) {
+        self.batch.store(rebalances, Ordering::Release);
+    }
+
+    /// Per key, the state last written if it may be served (`None`: read Redis).
+    pub fn load(&self, keys: &[String]) -> Vec<Option<Vec<u8>>> {
+        let (now, generation) = (now_ms(), self.generation());
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        keys.iter()
+            .map(|k| {
+                let e = map.get(k)?;
+                (e.generation == generation && e.expiry.is_none_or(|x| x > now)).then(|| e.state.clone())
+            })
+            .collect()
+    }
+
+    /// Keeps what a successful write wrote.
+    pub fn wrote(&self, writes: &[Write]) {
+        let (now, generation) = (now_ms(), self.batch.load(Ordering::Acquire));
+        // copies made and old states freed outside the lock
+        let entries: Vec<(String, Entry)> = writes
+            .iter()
+            .map(|w| {
+                let expiry = w.ttl_ms.map(|ms| now.saturating_add(ms.max(0)));
+                (w.key.clone(), Entry { state: w.state.clone(), expiry, generation })
+            })
+            .collect();
+        let mut replaced = Vec::with_capacity(entries.len());
+        let emptied = {
+            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            if map.len() + entries.len() > self.max {
+                Some(std::mem::take(&mut *map))
+            } else {
+                replaced.extend(entries.into_iter().filter_map(|(k, e)| map.insert(k, e)));
+                None
+            }
+        };
+        drop((replaced, emptied));
+    }
+
+    /// Drops what a failed write may have changed.
+    pub fn failed(&self, writes: &[Write]) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        for w in writes {
+            map.remove(&w.key);
+        }
+    }
+
+    /// Drops everything (after a rebalance: nothing in it would be served again).
+    pub fn clear(&self) {
+        let old = std::mem::take(&mut *self.map.write().unwrap_or_else(|e| e.into_inner()));
+        drop(old);
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(key: &str, state: &[u8], ttl_ms: Option<i64>) -> Write {
+        Write { key: key.into(), state: state.to_vec(), ttl_ms }
+    }
+
+    fn keys(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn serves_the_last_write_until_it_expires() {
+        let near = NearCache::new(10);
+        near.wrote(&[write("a", b"1", None), write("b", b"2", Some(60_000)), write("gone", b"3", Some(-1))]);
+        near.wrote(&[write("a", b"4", None)]);
+        assert_eq!(near.load(&keys(&["a", "b", "gone", "x"])), [Some(b"4".to_vec()), Some(b"2".to_vec()), None, None]);
+    }
+
+    #[test]
+    fn a_rebalance_stops_serving_what_was_written_before_it() {
+        let near = NearCache::new(10);
+        let rebalances = Arc::new(AtomicU64::new(0));
+        near.follow(rebalances.clone());
+        near.begin_batch(near.generation());
+        near.wrote(&[write("a", b"1", None)]);
+        assert_eq!(near.load(&keys(&["a"])), [Some(b"1".to_vec())]);
+        // a batch read before the rebalance and written after it: not served either
+        near.begin_batch(near.generation());
+        rebalances.fetch_add(1, Ordering::AcqRel);
+        near.wrote(&[write("b", b"2", None)]);
+        assert_eq!(near.load(&keys(&["a", "b"])), [None, None]);
+        // the next batch's writes are
+        near.begin_batch(near.generation());
+        near.wrote(&[write("a", b"3", None)]);
+        assert_eq!(near.load(&keys(&["a", "b"])), [Some(b"3".to_vec()), None]);
+    }
+
+    #[test]
+    fn a_failed_write_drops_its_keys_and_the_bound_empties_it() {
+        let near = NearCache::new(3);
+        near.wrote(&[write("a", b"1", None), write("b", b"2", None)]);
+        near.failed(&[write("a", b"9", None)]);
+        assert_eq!(near.load(&keys(&["a", "b"])), [None, Some(b"2".to_vec())]);
+        near.wrote(&[write("c", b"3", None), write("d", b"4", None)]);
+        assert_eq!(near.len(), 3, "up to its bound");
+        near.wrote(&[write("e", b"5", None)]);
+        assert!(near.is_empty(), "past its bound it holds nothing");
+        near.wrote(&[write("e", b"5", None)]);
+        assert_eq!(near.load(&keys(&["b", "e"])), [None, Some(b"5".to_vec())]);
+    }
+}
