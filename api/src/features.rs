@@ -78,6 +78,7 @@ pub(crate) async fn features(
     } else {
         return Err(ApiError::NotFound("unknown_feature_set", format!("no feature set or CDC table named {set:?}")));
     };
+    fathom_runtime::telemetry::near_cache(&state.store);
     Ok(Json(EntityFeatures { feature_set: set, key, read_time: rfc3339(now), features }))
 }
 
@@ -205,6 +206,7 @@ pub(crate) async fn lookup_rows(
         .read(&state.store, &vector, &rows, &requests, now)
         .await
         .map_err(|e| ApiError::Unavailable(format!("{:#}", anyhow::Error::from(e))))?;
+    fathom_runtime::telemetry::near_cache(&state.store);
     Ok(Lookup { vector, rows, values, now })
 }
 

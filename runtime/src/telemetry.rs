@@ -144,6 +144,18 @@ pub const METRICS: &[Metric] = &[
     ),
     metric("fathom_online_keys", Kind::Gauge, &[], "Keys in the online store at the last checkpoint."),
     metric(
+        "fathom_online_near_cache_hits_total",
+        Kind::Counter,
+        &[],
+        "Online-store keys read from the near cache (written by this process) instead of Redis.",
+    ),
+    metric(
+        "fathom_online_near_cache_misses_total",
+        Kind::Counter,
+        &[],
+        "Online-store keys the near cache did not hold, read from Redis.",
+    ),
+    metric(
         "fathom_kafka_prefetched_messages",
         Kind::Gauge,
         &[],
@@ -271,6 +283,16 @@ pub(crate) fn consumer_lag(topic: &str, partition: i32, lag: i64) {
 /// Keys in the online store at a checkpoint.
 pub(crate) fn online_keys(keys: u64) {
     metrics::gauge!("fathom_online_keys").set(keys as f64);
+}
+
+/// Counts the near cache's hits and misses since the last call (any reader's: lookups, the
+/// pipeline's own loads, enrichment).
+pub fn near_cache(store: &fathom_featurestore::online::OnlineStore) {
+    if let Some(near) = store.near_cache() {
+        let (hits, misses) = near.take_counts();
+        metrics::counter!("fathom_online_near_cache_hits_total").increment(hits);
+        metrics::counter!("fathom_online_near_cache_misses_total").increment(misses);
+    }
 }
 
 /// A model endpoint answered.

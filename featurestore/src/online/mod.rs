@@ -70,11 +70,9 @@ impl OnlineStore {
                 let mut found = near.load(keys);
                 let missing: Vec<String> =
                     keys.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(k, _)| k.clone()).collect();
-                metrics::counter!("fathom_online_near_cache_hits_total").increment((keys.len() - missing.len()) as u64);
                 if missing.is_empty() {
                     return Ok(found);
                 }
-                metrics::counter!("fathom_online_near_cache_misses_total").increment(missing.len() as u64);
                 let mut loaded = store.load(&missing).await?.into_iter();
                 for slot in found.iter_mut().filter(|f| f.is_none()) {
                     *slot = loaded.next().expect("one per missing key");

@@ -35,6 +35,9 @@ pub struct NearCache {
     /// The rebalance count when the records of the pipeline's current batch were read.
     batch: AtomicU64,
     max: usize,
+    /// Keys served from it and keys it sent to Redis, since the last [`NearCache::take_counts`].
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 fn now_ms() -> i64 {
@@ -44,7 +47,14 @@ fn now_ms() -> i64 {
 impl NearCache {
     /// An empty cache that empties itself past `max` keys.
     pub fn new(max: usize) -> NearCache {
-        NearCache { map: RwLock::default(), rebalances: OnceLock::new(), batch: AtomicU64::new(0), max }
+        NearCache {
+            map: RwLock::default(),
+            rebalances: OnceLock::new(),
+            batch: AtomicU64::new(0),
+            max,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
     }
 
     /// Follows a consumer group's rebalance count (incremented after each rebalance callback).
@@ -66,16 +76,28 @@ impl NearCache {
         self.batch.store(rebalances, Ordering::Release);
     }
 
-    /// Per key, the state last written if it may be served (`None`: read Redis).
+    /// Per key, the state last written if it may be served (`None`: read Redis); counted as
+    /// hits and misses.
     pub fn load(&self, keys: &[String]) -> Vec<Option<Vec<u8>>> {
         let (now, generation) = (now_ms(), self.generation());
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        keys.iter()
-            .map(|k| {
-                let e = map.get(k)?;
-                (e.generation == generation && e.expiry.is_none_or(|x| x > now)).then(|| e.state.clone())
-            })
-            .collect()
+        let found: Vec<Option<Vec<u8>>> = {
+            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+            keys.iter()
+                .map(|k| {
+                    let e = map.get(k)?;
+                    (e.generation == generation && e.expiry.is_none_or(|x| x > now)).then(|| e.state.clone())
+                })
+                .collect()
+        };
+        let hits = found.iter().filter(|f| f.is_some()).count() as u64;
+        self.hits.fetch_add(hits, Ordering::Relaxed);
+        self.misses.fetch_add(keys.len() as u64 - hits, Ordering::Relaxed);
+        found
+    }
+
+    /// Keys served from it and keys sent to Redis since the last call: (hits, misses).
+    pub fn take_counts(&self) -> (u64, u64) {
+        (self.hits.swap(0, Ordering::Relaxed), self.misses.swap(0, Ordering::Relaxed))
     }
 
     /// Keeps what a successful write wrote.
@@ -145,6 +167,8 @@ mod tests {
         near.wrote(&[write("a", b"1", None), write("b", b"2", Some(60_000)), write("gone", b"3", Some(-1))]);
         near.wrote(&[write("a", b"4", None)]);
         assert_eq!(near.load(&keys(&["a", "b", "gone", "x"])), [Some(b"4".to_vec()), Some(b"2".to_vec()), None, None]);
+        assert_eq!(near.take_counts(), (2, 2));
+        assert_eq!(near.take_counts(), (0, 0), "taken");
     }
 
     #[test]

@@ -121,6 +121,7 @@ impl Monitor {
             tokio::time::sleep(RETRY).await;
         };
         self.health.recovered();
+        crate::telemetry::near_cache(&self.store);
         let (committed, aborted) = (self.committed, &self.aborted);
         for (key, bytes) in missing.into_iter().zip(loaded) {
             let entry = bytes

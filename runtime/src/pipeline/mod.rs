@@ -40,6 +40,7 @@ use crate::consumer::spawn_consumer;
 use crate::health::{Health, Roles};
 use crate::points::Points;
 use crate::stage::{self, Inputs, NoResults, Stage};
+use crate::telemetry;
 
 /// Records pushed over HTTP (or by replay), answered once applied and flushed online.
 pub struct Push {
@@ -337,6 +338,7 @@ impl Stage for Pipeline {
         }
         let span = tracing::debug_span!("batch", records = batch.len(), from = "kafka");
         self.handle(batch).instrument(span).await;
+        telemetry::near_cache(self.processor.store());
         Ok(())
     }
 
