@@ -264,9 +264,17 @@ print(json.dumps({"rows": t.num_rows, "sum": sum(t.column("amount").to_pylist())
         assert!(Instant::now() < deadline, "{spilled}: {}", std::fs::read_to_string(&fathom.log).unwrap());
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let metrics =
-        fathom_monitor::https::default_client().get(fathom.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("fathom_offline_spill_rows 100"), "{metrics}");
+    // the gauge follows the spill file (set once the file is on disk): wait for it too
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = fathom_monitor::https::default_client().get(fathom.url("/metrics")).send().await.unwrap();
+        let metrics = metrics.text().await.unwrap();
+        if metrics.contains("fathom_offline_spill_rows 100") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _s3 = s3_server(&buckets, s3_port);
     let deadline = Instant::now() + Duration::from_secs(60);
     let read = loop {
