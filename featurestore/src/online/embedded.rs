@@ -100,13 +100,33 @@ impl EmbeddedStore {
             .collect()
     }
 
+    /// Stores each write's state with its expiry. Copies are made, and the states they replace
+    /// freed, outside the lock: lookups wait only for the inserts.
     pub(super) fn write(&self, writes: &[Write]) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         let now = now_ms();
-        for w in writes {
-            let expiry = w.ttl_ms.map(|ms| now.saturating_add(ms.max(0)));
-            map.insert(w.key.clone(), (w.state.clone(), expiry));
+        let entries: Vec<(String, Entry)> = writes
+            .iter()
+            .map(|w| (w.key.clone(), (w.state.clone(), w.ttl_ms.map(|ms| now.saturating_add(ms.max(0))))))
+            .collect();
+        let mut replaced = Vec::with_capacity(entries.len());
+        {
+            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            replaced.extend(entries.into_iter().filter_map(|(k, e)| map.insert(k, e)));
         }
+        drop(replaced);
+    }
+
+    pub(super) fn remove(&self, keys: impl Iterator<Item = impl AsRef<str>>) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            map.remove(key.as_ref());
+        }
+    }
+
+    /// Drops every key; the old map is freed after the lock is released.
+    pub(super) fn clear(&self) {
+        let old = std::mem::take(&mut *self.map.write().unwrap_or_else(|e| e.into_inner()));
+        drop(old);
     }
 
     /// Number of keys held (expired ones included until overwritten).

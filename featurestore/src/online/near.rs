@@ -11,25 +11,20 @@
 //! have reached Redis). Bounded: past `max` keys it is emptied, like the pipeline's cache.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 
-use rustc_hash::FxHashMap;
+use super::{EmbeddedStore, Write};
 
-use super::Write;
-
-/// The state of one key as last written.
-struct Entry {
-    state: Vec<u8>,
-    /// Wall-clock ms since the epoch.
-    expiry: Option<i64>,
-    /// The rebalance count when the records that wrote it were read.
-    generation: u64,
-}
+/// No generation: set while the cache is being emptied for a new one.
+const EMPTYING: u64 = u64::MAX;
 
 /// States this process wrote, by store key.
 pub struct NearCache {
-    // A std lock, not a tokio one: nothing awaits while it is held.
-    map: RwLock<FxHashMap<String, Entry>>,
+    /// The states with their expiry; all written by batches read at `held`'s rebalance count.
+    store: EmbeddedStore,
+    /// The rebalance count when the records that wrote everything in `store` were read: what it
+    /// holds is served only while the count is still this.
+    held: AtomicU64,
     /// Rebalances of the consumer group so far (the Kafka consumer counts them); none without one.
     rebalances: OnceLock<Arc<AtomicU64>>,
     /// The rebalance count when the records of the pipeline's current batch were read.
@@ -40,15 +35,12 @@ pub struct NearCache {
     misses: AtomicU64,
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 impl NearCache {
     /// An empty cache that empties itself past `max` keys.
     pub fn new(max: usize) -> NearCache {
         NearCache {
-            map: RwLock::default(),
+            store: EmbeddedStore::new(),
+            held: AtomicU64::new(0),
             rebalances: OnceLock::new(),
             batch: AtomicU64::new(0),
             max,
@@ -79,15 +71,9 @@ impl NearCache {
     /// Per key, the state last written if it may be served (`None`: read Redis); counted as
     /// hits and misses.
     pub fn load(&self, keys: &[String]) -> Vec<Option<Vec<u8>>> {
-        let (now, generation) = (now_ms(), self.generation());
-        let found: Vec<Option<Vec<u8>>> = {
-            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-            keys.iter()
-                .map(|k| {
-                    let e = map.get(k)?;
-                    (e.generation == generation && e.expiry.is_none_or(|x| x > now)).then(|| e.state.clone())
-                })
-                .collect()
+        let found = match self.held.load(Ordering::Acquire) == self.generation() {
+            true => self.store.load(keys),
+            false => vec![None; keys.len()],
         };
         let hits = found.iter().filter(|f| f.is_some()).count() as u64;
         self.hits.fetch_add(hits, Ordering::Relaxed);
@@ -100,47 +86,40 @@ impl NearCache {
         (self.hits.swap(0, Ordering::Relaxed), self.misses.swap(0, Ordering::Relaxed))
     }
 
-    /// Keeps what a successful write wrote.
+    /// Keeps what a successful write wrote, unless the batch's records were read before a
+    /// rebalance (then its keys are dropped: another member may write them now). Called by the
+    /// pipeline only, one batch at a time.
     pub fn wrote(&self, writes: &[Write]) {
-        let (now, generation) = (now_ms(), self.batch.load(Ordering::Acquire));
-        // copies made and old states freed outside the lock
-        let entries: Vec<(String, Entry)> = writes
-            .iter()
-            .map(|w| {
-                let expiry = w.ttl_ms.map(|ms| now.saturating_add(ms.max(0)));
-                (w.key.clone(), Entry { state: w.state.clone(), expiry, generation })
-            })
-            .collect();
-        let mut replaced = Vec::with_capacity(entries.len());
-        let emptied = {
-            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-            if map.len() + entries.len() > self.max {
-                Some(std::mem::take(&mut *map))
-            } else {
-                replaced.extend(entries.into_iter().filter_map(|(k, e)| map.insert(k, e)));
-                None
-            }
-        };
-        drop((replaced, emptied));
+        let (batch, now) = (self.batch.load(Ordering::Acquire), self.generation());
+        if batch != now {
+            return self.failed(writes);
+        }
+        if self.held.load(Ordering::Acquire) != now {
+            // nothing held may be served any more; a reader that sees `now` sees it emptied
+            self.held.store(EMPTYING, Ordering::Release);
+            self.store.clear();
+            self.held.store(now, Ordering::Release);
+        }
+        if self.store.len() + writes.len() > self.max {
+            self.store.clear();
+        } else {
+            self.store.write(writes);
+        }
     }
 
     /// Drops what a failed write may have changed.
     pub fn failed(&self, writes: &[Write]) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        for w in writes {
-            map.remove(&w.key);
-        }
+        self.store.remove(writes.iter().map(|w| &w.key));
     }
 
     /// Drops everything (after a rebalance: nothing in it would be served again).
     pub fn clear(&self) {
-        let old = std::mem::take(&mut *self.map.write().unwrap_or_else(|e| e.into_inner()));
-        drop(old);
+        self.store.clear();
     }
 
     /// Keys held.
     pub fn len(&self) -> usize {
-        self.map.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.store.len()
     }
 
     /// Whether it holds nothing.
