@@ -12,7 +12,7 @@
 //!   and the message; the other rows of the batch are evaluated as usual.
 
 mod rows;
-pub use rows::{evaluate_object, json, sql_type, Failure, RowFilter, Transform, SQL_TYPES};
+pub use rows::{evaluate_object, holds, json, sql_type, Evaluation, Failure, RowFilter, Transform, SQL_TYPES};
 
 use std::collections::HashMap;
 use std::sync::Arc;

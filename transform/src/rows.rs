@@ -142,35 +142,30 @@ impl Transform {
         self.selects.is_empty() && self.conditions.is_empty()
     }
 
-    /// Transforms records in place: each select's value and each condition's result become a
-    /// field of the record (replacing a field of its name). Returns the records that
-    /// could not be transformed, by index; their fields are left as they were.
-    pub fn apply(&self, rows: &mut [&mut Map<String, Value>]) -> Vec<(usize, Failure)> {
-        if rows.is_empty() || self.is_empty() {
-            return Vec::new();
-        }
+    /// Evaluates the selects and conditions over `rows` without changing them: the declared
+    /// and selected columns as one batch, each condition's result, and the records that could
+    /// not be transformed (by index, sorted, one failure each).
+    pub fn evaluate(&self, rows: &[&mut Map<String, Value>]) -> Evaluation {
         let (batch, mut failed) = self.decode(rows);
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        let mut selected: Vec<ArrayRef> = Vec::with_capacity(self.selects.len());
         for (name, expr) in &self.selects {
             let evaluated = expr.evaluate(&batch);
             failed.extend(evaluated.failed.into_iter().map(|(i, message)| {
                 (i, Failure::Expression { name: format!("select.{name}"), sql: expr.sql().to_string(), message })
             }));
-            selected.push(evaluated.values);
+            columns.push(evaluated.values);
         }
-        columns.extend(selected.iter().cloned());
-        let stage_two = RecordBatch::try_new_with_options(
+        let columns = RecordBatch::try_new_with_options(
             Arc::new(self.selected_schema()),
             columns,
             &RecordBatchOptions::new().with_row_count(Some(rows.len())),
         )
         .expect("columns match the selected schema");
-        let results: Vec<ArrayRef> = self
+        let conditions: Vec<ArrayRef> = self
             .conditions
             .iter()
             .map(|c| {
-                let evaluated = c.expr.evaluate(&stage_two);
+                let evaluated = c.expr.evaluate(&columns);
                 failed.extend(evaluated.failed.into_iter().map(|(i, message)| {
                     (i, Failure::Expression { name: c.name.clone(), sql: c.expr.sql().to_string(), message })
                 }));
@@ -179,19 +174,30 @@ impl Transform {
             .collect();
         failed.sort_by_key(|(i, _)| *i);
         failed.dedup_by_key(|(i, _)| *i);
+        Evaluation { columns, conditions, failed }
+    }
+
+    /// Transforms records in place: each select's value and each condition's result become a
+    /// field of the record (replacing a field of its name). Returns the records that
+    /// could not be transformed, by index; their fields are left as they were.
+    pub fn apply(&self, rows: &mut [&mut Map<String, Value>]) -> Vec<(usize, Failure)> {
+        if rows.is_empty() || self.is_empty() {
+            return Vec::new();
+        }
+        let Evaluation { columns, conditions, failed } = self.evaluate(rows);
+        let selected = &columns.columns()[self.input.fields().len()..];
         let mut next_failed = failed.iter().map(|(i, _)| *i).peekable();
         for (i, row) in rows.iter_mut().enumerate() {
             if next_failed.next_if_eq(&i).is_some() {
                 continue;
             }
-            for (((name, _), values), _) in self.selects.iter().zip(&selected).zip(&self.written).filter(|(_, w)| **w) {
+            for (((name, _), values), _) in self.selects.iter().zip(selected).zip(&self.written).filter(|(_, w)| **w) {
                 row.insert(name.clone(), json(values, i));
             }
-            for (c, values) in self.conditions.iter().zip(&results) {
-                let holds = values.as_boolean_opt().is_some_and(|b| b.is_valid(i) && b.value(i));
+            for (c, values) in self.conditions.iter().zip(&conditions) {
                 let value = match &c.keep {
-                    None => Value::Bool(holds),
-                    Some(column) if holds => row.get(column).cloned().unwrap_or(Value::Null),
+                    None => Value::Bool(holds(values, i)),
+                    Some(column) if holds(values, i) => row.get(column).cloned().unwrap_or(Value::Null),
                     Some(_) => Value::Null,
                 };
                 row.insert(c.field.clone(), value);
@@ -327,6 +333,22 @@ impl RowFilter {
         evaluated.failed.is_empty()
             && evaluated.values.as_boolean_opt().is_some_and(|b| b.len() == 1 && b.is_valid(0) && b.value(0))
     }
+}
+
+/// What [`Transform::evaluate`] computed over a batch of records.
+#[derive(Debug)]
+pub struct Evaluation {
+    /// The declared columns, then the selected ones ([`Transform::selected_schema`]).
+    pub columns: RecordBatch,
+    /// Each condition's result (boolean; `NULL` where it did not evaluate), in the order added.
+    pub conditions: Vec<ArrayRef>,
+    /// The records that could not be transformed, by index, sorted, one failure each.
+    pub failed: Vec<(usize, Failure)>,
+}
+
+/// Whether a condition's result `values` holds at row `i` (`NULL` does not).
+pub fn holds(values: &ArrayRef, i: usize) -> bool {
+    values.as_boolean_opt().is_some_and(|b| b.is_valid(i) && b.value(i))
 }
 
 /// Row `i` of `values` as JSON: numbers, booleans and text as themselves; any other type
