@@ -62,7 +62,16 @@ pub(crate) async fn freshness(options: &FreshnessOptions) -> anyhow::Result<()> 
     let port = free_port()?;
     // the project a new user writes: no processing section, every default
     let (redis, brokers) = (&options.redis, &options.brokers);
-    let project = Project { run: &run, redis, brokers, dir: &dir, port, topic: &tx, features: super::soak::FEATURES };
+    let project = Project {
+        run: &run,
+        redis,
+        near_cache: true,
+        brokers,
+        dir: &dir,
+        port,
+        topic: &tx,
+        features: super::soak::FEATURES,
+    };
     let yaml = project.yaml("", "");
     let http = fathom_monitor::https::default_client();
     let server = Server::start(options.serve_with.as_deref(), &dir, &yaml, port, &http).await?;

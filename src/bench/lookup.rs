@@ -112,7 +112,8 @@ pub(crate) async fn lookup(options: &LookupOptions) -> anyhow::Result<()> {
     create_topics(&client, &[(&tx, partitions)]).await?;
     let port = free_port()?;
     let (redis, brokers) = (&options.redis, &options.brokers);
-    let yaml = Project { run: &run, redis, brokers, dir: &dir, port, topic: &tx, features: FEATURES }.yaml("", "");
+    let yaml = Project { run: &run, redis, near_cache: true, brokers, dir: &dir, port, topic: &tx, features: FEATURES }
+        .yaml("", "");
     let http = fathom_monitor::https::default_client();
     let server = Server::start(options.serve_with.as_deref(), &dir, &yaml, port, &http).await?;
     println!(

@@ -28,6 +28,8 @@ pub(super) fn free_port() -> anyhow::Result<u16> {
 pub(super) struct Project<'a> {
     pub(super) run: &'a str,
     pub(super) redis: &'a str,
+    /// `stores.online.redis.near_cache` (on by default in Fathom).
+    pub(super) near_cache: bool,
     pub(super) brokers: &'a str,
     pub(super) dir: &'a Path,
     pub(super) port: u16,
@@ -38,13 +40,15 @@ pub(super) struct Project<'a> {
 impl Project<'_> {
     /// The project file, with `stores_extra` first under `stores:` and `extra` at the end.
     pub(super) fn yaml(&self, stores_extra: &str, extra: &str) -> String {
-        let Project { run, redis, brokers, dir, port, topic, features } = self;
+        let Project { run, redis, near_cache, brokers, dir, port, topic, features } = self;
         format!(
-            "project: {run}\nstores:\n{stores_extra}  online: {{ redis: {{ url: \"{redis}\" }} }}\n  offline: {{ parquet: {{ path: {d}/offline }} }}\n\
+            "project: {run}\nstores:\n{stores_extra}  online: {{ redis: {{ url: \"{redis}\"{near} }} }}\n  offline: {{ parquet: {{ path: {d}/offline }} }}\n\
              \x20 dead_letters: {{ path: {d}/dlq }}\n  kafka: {{ bootstrap_servers: \"{brokers}\", group_id: {run} }}\n\
              server: {{ listen: \"127.0.0.1:{port}\" }}\nsources:\n  tx: {{ kafka: {{ topic: {topic} }}, key: card_id, timestamp: ts }}\n\
              entities:\n  card: {{ key: card_id }}\nfeature_sets:\n  cards:\n{features}{extra}",
             d = dir.display(),
+            // written only when off: older builds (`--serve-with`) do not know the key
+            near = if *near_cache { "" } else { ", near_cache: false" },
             features = features.lines().map(|l| format!("    {l}\n")).collect::<String>(),
         )
     }

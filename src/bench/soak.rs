@@ -51,6 +51,10 @@ pub(crate) struct SoakOptions {
     /// The `fathom` binary to serve with (another build, for an A/B run); this one by default.
     #[arg(long)]
     pub serve_with: Option<std::path::PathBuf>,
+    /// Serve with `stores.online.redis.near_cache: false` (an A/B of the near cache with one
+    /// build).
+    #[arg(long)]
+    pub no_near_cache: bool,
     /// InfluxDB 1.x URL for the monitoring results (database `fathom_soak`, created if absent);
     /// without it they go to a file in the run's directory.
     #[arg(long)]
@@ -147,6 +151,7 @@ pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
     let project = super::server::Project {
         run: &run,
         redis: &options.redis,
+        near_cache: !options.no_near_cache,
         brokers: &options.brokers,
         dir: &dir,
         port,
