@@ -386,6 +386,9 @@ pub struct FeatureSetPlan {
     pub filtered: Vec<FilteredColumn>,
     /// Features computed at read time from the aggregations.
     pub derived: Derived,
+    /// [`crate::online::plan_fingerprint`] of the compiled plan: every encode and decode of a
+    /// state checks it, and computing it formats the plan.
+    pub(crate) fingerprint: u64,
 }
 
 /// A feature set's derived features: SQL expressions over its aggregated features' values as of
@@ -522,6 +525,12 @@ impl TablePlan {
 }
 
 impl FeatureSetPlan {
+    /// The fingerprint of what shapes its states ([`crate::online::plan_fingerprint`]),
+    /// computed once when the plan was compiled.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
     /// Columns that must hold numbers (or null) in every event (a filtered aggregation's
     /// column, not the field the transform writes).
     pub fn numeric_columns(&self) -> Vec<String> {
@@ -598,6 +607,7 @@ impl FeatureSetConfig {
             condition: self.where_.as_ref().map(|sql| (condition_field(name), sql.clone())),
             filtered: Vec::new(),
             derived: Derived::default(),
+            fingerprint: 0,
         };
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         for (i, feature) in self.features.iter().enumerate() {
@@ -650,6 +660,7 @@ impl FeatureSetConfig {
                 history_ms,
             });
         }
+        plan.fingerprint = crate::online::plan_fingerprint(&plan);
         (problems.len() == before).then_some(plan)
     }
 

@@ -215,7 +215,7 @@ pub fn plan_fingerprint(plan: &FeatureSetPlan) -> u64 {
 
 /// Encodes a state for storage.
 pub fn encode(plan: &FeatureSetPlan, state: &EntityState) -> Vec<u8> {
-    let stored = StoredRef { version: FORMAT_VERSION, plan: plan_fingerprint(plan), state };
+    let stored = StoredRef { version: FORMAT_VERSION, plan: plan.fingerprint(), state };
     postcard::to_allocvec(&stored).expect("state encodes")
 }
 
@@ -231,7 +231,7 @@ pub fn decode(plan: &FeatureSetPlan, bytes: &[u8]) -> Option<EntityState> {
         1 => v1::decode(bytes)?,
         _ => return None,
     };
-    let fits = fingerprint == plan_fingerprint(plan)
+    let fits = fingerprint == plan.fingerprint()
         && state.rings.len() == plan.specs.len()
         && state.latest.len() == plan.latest.len();
     fits.then_some(state)
