@@ -111,21 +111,6 @@ impl NearCache {
     pub fn failed(&self, writes: &[Write]) {
         self.store.remove(writes.iter().map(|w| &w.key));
     }
-
-    /// Drops everything (after a rebalance: nothing in it would be served again).
-    pub fn clear(&self) {
-        self.store.clear();
-    }
-
-    /// Keys held.
-    pub fn len(&self) -> usize {
-        self.store.len()
-    }
-
-    /// Whether it holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -176,9 +161,9 @@ mod tests {
         near.failed(&[write("a", b"9", None)]);
         assert_eq!(near.load(&keys(&["a", "b"])), [None, Some(b"2".to_vec())]);
         near.wrote(&[write("c", b"3", None), write("d", b"4", None)]);
-        assert_eq!(near.len(), 3, "up to its bound");
+        assert_eq!(near.store.len(), 3, "up to its bound");
         near.wrote(&[write("e", b"5", None)]);
-        assert!(near.is_empty(), "past its bound it holds nothing");
+        assert!(near.store.is_empty(), "past its bound it holds nothing");
         near.wrote(&[write("e", b"5", None)]);
         assert_eq!(near.load(&keys(&["b", "e"])), [None, Some(b"5".to_vec())]);
     }

@@ -326,15 +326,12 @@ impl Stage for Pipeline {
     }
 
     async fn process_batch(&mut self, batch: Vec<Record>) -> anyhow::Result<()> {
-        let near = self.processor.store().near_cache().cloned();
         if self.committer.as_ref().is_some_and(Committer::take_rebalanced) {
             // every batch ends flushed, so the cache is clean: drop it rather than
-            // serve entities another member may have changed
+            // serve entities another member may have changed (the near cache stops serving by
+            // itself: it follows the rebalance count)
             self.processor.forget();
             self.tables.forget();
-            if let Some(near) = &near {
-                near.clear();
-            }
         }
         let span = tracing::debug_span!("batch", records = batch.len(), from = "kafka");
         self.handle(batch).instrument(span).await;
