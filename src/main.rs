@@ -14,6 +14,11 @@ use crate::commands::demo;
 use crate::commands::drift::DriftOptions;
 use crate::commands::profile::ProfileOptions;
 
+/// jemalloc: less time in the allocator under many threads than glibc's malloc (BENCHMARKS.md).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Fathom: streaming feature store and model monitoring in one binary.
 #[derive(Parser)]
 #[command(version, about)]

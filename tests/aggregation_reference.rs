@@ -1,12 +1,15 @@
 //! Sketch-based aggregations against the libraries users check them with: percentiles against
 //! numpy's exact quantiles within the documented relative accuracy, top_k against pandas'
-//! `value_counts` — over many buckets, so the sketches' merges are exercised too.
+//! `value_counts`, distinct_count against Apache DataSketches' own library — over many buckets,
+//! so the sketches' merges are exercised too.
 
 mod common;
 
 use common::{python_json, Xorshift};
 use fathom_featurestore::definition::{FeatureSetConfig, FeatureSetPlan};
-use fathom_featurestore::engine::{apply, read, AggValue, EntityState, FREQUENT_EXACT, QUANTILE_ACCURACY};
+use fathom_featurestore::engine::{
+    apply, read, AggValue, Distinct, EntityState, DISTINCT_LG_K, FREQUENT_EXACT, QUANTILE_ACCURACY,
+};
 use serde_json::{json, Value};
 
 const HOUR: i64 = 3_600_000;
@@ -131,5 +134,61 @@ fn top_k_matches_pandas_value_counts_exactly_and_beyond_the_exact_range() {
         let want: Vec<Value> = want.as_array().unwrap().clone();
         assert_eq!(got[0].to_json(), Value::Array(want.clone()), "{categories} categories, {n} values: top_5");
         assert_eq!(got[1].to_json(), Value::Array(want[..1].to_vec()), "{categories} categories: top_1");
+    }
+}
+
+/// distinct_count against Apache DataSketches' Python library (its C++ HLL): a day's window,
+/// merged from 24 hourly buckets, reports the estimate of DataSketches' union of HLL sketches
+/// (lg_k 14, HLL_8) of the same strings — ASCII, accented, CJK and emoji, so the hash must be of
+/// the UTF-8 bytes as DataSketches hashes them; a merged sketch's estimate is the composite
+/// estimator, a function of the registers alone — and a sketch as Fathom stores it reads there
+/// as the sketch DataSketches builds from the same strings. Small sets count exactly.
+#[test]
+fn distinct_count_matches_apache_datasketches_and_its_stored_sketches_read_there() {
+    let plan = plan("distinct_count");
+    let mut rng = Xorshift(0x5eed_d15c);
+    for n in [1u64, 3, 40, 700, 5_000, 60_000] {
+        let names: Vec<String> = (0..2 * n)
+            .map(|_| {
+                let k = rng.below(n);
+                match k % 3 {
+                    0 => format!("merchant-{k}"),
+                    1 => format!("café-{k}"),
+                    _ => format!("商户-{k}-🛒"),
+                }
+            })
+            .collect();
+        let values: Vec<Value> = names.iter().map(|s| json!(s)).collect();
+        let AggValue::Int(got) = day(&plan, &values, &mut rng)[0] else { panic!("an integer") };
+        let mut stored = Distinct::new();
+        names.iter().for_each(|s| stored.insert(s));
+        let hex: String = stored.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let want = python_json(
+            "import json, sys, datasketches as ds\n\
+             names, lg_k, ours = json.load(sys.stdin)\n\
+             def sketch(values): s = ds.hll_sketch(lg_k, ds.tgt_hll_type.HLL_8); [s.update(v) for v in values]; return s\n\
+             u = ds.hll_union(lg_k)\n\
+             u.update(sketch(names[::2]))\n\
+             u.update(sketch(names[1::2]))\n\
+             o = ds.hll_sketch.deserialize(bytes.fromhex(ours))\n\
+             print(json.dumps([u.get_estimate(), o.get_estimate(), sketch(names).get_estimate(), len(set(names))]))",
+            &[],
+            &json!([names, DISTINCT_LG_K, hex]).to_string(),
+        );
+        let (reference, read_back, theirs, exact) = (
+            want[0].as_f64().unwrap(),
+            want[1].as_f64().unwrap(),
+            want[2].as_f64().unwrap(),
+            want[3].as_u64().unwrap(),
+        );
+        assert!(
+            (got as f64 - reference).abs() <= 0.5 + 1e-9 * reference,
+            "{n}: Fathom {got}, DataSketches {reference}"
+        );
+        assert!((read_back - theirs).abs() <= 1e-9 * theirs, "{n}: our sketch reads as {read_back}, theirs {theirs}");
+        assert_eq!(stored.estimate(), got, "{n}: one sketch of every value and the merged window agree");
+        if exact <= 1_000 {
+            assert_eq!(got, exact, "{n}: a small set counts exactly");
+        }
     }
 }

@@ -365,7 +365,7 @@ async fn kafka_to_redis_applies_every_event_once_and_dead_letters_the_rest() {
         "{metrics}"
     );
     assert!(metrics.contains("fathom_records_in_total{source=\"tx\"}"), "{metrics}");
-    // the memory gauges read glibc's counters (their first reading, at start-up, may be the one
+    // the memory gauges read jemalloc's counters (their first reading, at start-up, may be the one
     // scraped here: a heap of ~100 KiB)
     let gauge = |name: &str| -> f64 {
         let line = metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));

@@ -177,12 +177,12 @@ pub const METRICS: &[Metric] = &[
         "Prediction records dropped because the publishing queue was full.",
     ),
     metric("fathom_process_resident_bytes", Kind::Gauge, &[], "The process's resident memory (RSS), bytes."),
-    metric("fathom_memory_heap_bytes", Kind::Gauge, &[], "Live heap allocations (glibc), bytes."),
+    metric("fathom_memory_heap_bytes", Kind::Gauge, &[], "Live heap allocations (jemalloc's stats.allocated, C libraries included), bytes."),
     metric(
         "fathom_memory_allocator_resident_bytes",
         Kind::Gauge,
         &[],
-        "Memory the allocator holds: the live heap plus freed memory not given back, bytes.",
+        "Memory the allocator holds (jemalloc's stats.resident): the live heap, its metadata and freed pages not given back, bytes.",
     ),
 ];
 

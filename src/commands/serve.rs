@@ -55,19 +55,13 @@ pub(crate) fn memory_gauges() {
     }
 }
 
-/// Live heap and what the allocator holds, in bytes: glibc's `mallinfo2`, summed over its arenas
-/// (C libraries such as librdkafka included). In use: `uordblks` in the arenas plus `hblkhd` in
-/// mmapped chunks; held: the arenas' `arena` bytes plus the mmapped ones.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)] // an FFI call into glibc; no safe crate exposes its counters
+/// Live heap and what the allocator holds, in bytes, from jemalloc's counters (C libraries such
+/// as librdkafka included: they allocate through it too): `stats.allocated` and `stats.resident`
+/// (pages mapped for the heap and its metadata, freed pages not yet returned included). None when
+/// the counters cannot be read.
+#[cfg(target_os = "linux")]
 fn heap_stats() -> Option<(u64, u64)> {
-    // SAFETY: mallinfo2 takes no arguments and only reads the allocator's counters, under its
-    // arena locks
-    let info = unsafe { libc::mallinfo2() };
-    Some(((info.uordblks + info.hblkhd) as u64, (info.arena + info.hblkhd) as u64))
-}
-
-#[cfg(all(target_os = "linux", not(target_env = "gnu")))]
-fn heap_stats() -> Option<(u64, u64)> {
-    None
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?; // the counters are cached until the epoch advances
+    Some((stats::allocated::read().ok()? as u64, stats::resident::read().ok()? as u64))
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use smallvec::SmallVec;
 
-pub use bucket::{Bucket, Distinct, Frequent, Kept, Quantiles, FREQUENT_EXACT, QUANTILE_ACCURACY};
+pub use bucket::{Bucket, Distinct, Frequent, Kept, Quantiles, DISTINCT_LG_K, FREQUENT_EXACT, QUANTILE_ACCURACY};
 
 use crate::definition::{BucketSpec, FeatureSetPlan, Function};
 
@@ -270,7 +270,7 @@ fn finish(function: Function, b: &Bucket, at_ms: i64) -> AggValue {
         Function::Last => numeric(b.last.1),
         Function::Variance => b.variance().map_or(AggValue::Null, AggValue::Float),
         Function::Stddev => b.variance().map_or(AggValue::Null, |v| AggValue::Float(v.sqrt())),
-        Function::DistinctCount => AggValue::Int(b.distinct.as_ref().map_or(0, |d| d.estimate() as u64)),
+        Function::DistinctCount => AggValue::Int(b.distinct.as_ref().map_or(0, |d| d.estimate())),
         // `last` holds the newest numeric value's time; an event stamped after the read time
         // (a clock ahead of ours) counts as just now
         Function::TimeSinceLast if b.n == 0 => AggValue::Null,

@@ -173,9 +173,11 @@ pub fn offsets_key(group: &str, topic: &str, partition: i32) -> String {
     format!("fathom:offsets:{{{group}}}:{topic}:{partition}")
 }
 
-/// Version 2 (Fathom 0.x, December 2026) added per-bucket state for percentiles, last_k,
-/// first_k and top_k ([`crate::engine::Kept`]); version 1 states are read by [`v1`].
-const FORMAT_VERSION: u8 = 2;
+/// Version 3 (December 2026) stores distinct-count sketches in Apache DataSketches' HLL format
+/// ([`crate::engine::Distinct`]); version 2 added per-bucket state for percentiles, last_k,
+/// first_k and top_k ([`crate::engine::Kept`]); version 1 states are read by [`v1`]. States of
+/// versions 1 and 2 with distinct-count sketches are not read (see [`decode`]).
+const FORMAT_VERSION: u8 = 3;
 
 #[derive(Deserialize)]
 struct Stored {
@@ -219,12 +221,21 @@ pub fn encode(plan: &FeatureSetPlan, state: &EntityState) -> Vec<u8> {
     postcard::to_allocvec(&stored).expect("state encodes")
 }
 
-/// Decodes a stored state of this format or format 1; `None` when it was written by another
-/// format or plan (the caller starts fresh and logs it).
+/// Decodes a stored state of this format, format 2 or format 1; `None` when it was written by
+/// another format or plan (the caller starts fresh and logs it).
+///
+/// Formats 1 and 2 stored distinct-count sketches as cardinality-estimator's serde tuple, which
+/// cannot be turned into DataSketches' sketch (other hashes, other registers), and whose
+/// deserializer frees memory with the wrong size (cloudflare/cardinality-estimator#12): a plan
+/// with a distinct_count does not read them.
 pub fn decode(plan: &FeatureSetPlan, bytes: &[u8]) -> Option<EntityState> {
     let (version, _) = postcard::take_from_bytes::<u8>(bytes).ok()?;
+    if version < FORMAT_VERSION && plan.specs.iter().any(|s| s.distinct) {
+        return None;
+    }
     let (fingerprint, state) = match version {
-        FORMAT_VERSION => {
+        // format 2 differs only in the distinct sketch, absent here
+        2 | FORMAT_VERSION => {
             let stored: Stored = postcard::from_bytes(bytes).ok()?;
             (stored.plan, stored.state)
         }
@@ -243,7 +254,7 @@ mod v1 {
 
     use serde::Deserialize;
 
-    use crate::engine::{Bucket, Distinct, EntityState};
+    use crate::engine::{Bucket, EntityState};
 
     /// Format 1's ring shape; its `Debug` text is what format 1 fingerprinted.
     #[derive(Debug)]
@@ -281,13 +292,18 @@ mod v1 {
         max: f64,
         first: (i64, f64),
         last: (i64, f64),
-        distinct: Option<Box<Distinct>>,
+        /// cardinality-estimator's serde tuple (data, array), kept as plain data: read only to
+        /// refuse the state when present
+        distinct: Option<(usize, Option<Vec<u32>>)>,
     }
 
     /// The plan fingerprint and state of a format-1 encoding.
     pub(super) fn decode(bytes: &[u8]) -> Option<(u64, EntityState)> {
         let stored: Stored = postcard::from_bytes(bytes).ok()?;
         let s = stored.state;
+        if s.rings.iter().flatten().any(|b| b.distinct.is_some()) {
+            return None;
+        }
         let rings = s
             .rings
             .into_iter()
@@ -303,7 +319,7 @@ mod v1 {
                         max: b.max,
                         first: b.first,
                         last: b.last,
-                        distinct: b.distinct,
+                        distinct: None,
                         kept: None,
                     })
                     .collect()
@@ -325,10 +341,24 @@ mod tests {
     const FORMAT_1: &str = "01a3eae7c0bcb7ccd2fd01020480b78b1c0101000000000000294000000000000000000000000000002940000000000000294080a0d5edee66000000000000294080a0d5edee6600000000000029400082b78b1c010100000000000008c0000000000000000000000000000008c000000000000008c090d9dcedee6600000000000008c090d9dcedee6600000000000008c00084b78b1c0101000000000020444000000000000000000000000000204440000000000020444090c1e4edee66000000000020444090c1e4edee660000000000204440009eb78b1c01010000000000001c4000000000000000000000000000001c400000000000001c40c08ec3eeee660000000000001c40c08ec3eeee660000000000001c400002c0c5e702030000000000000000000000000000000000000000000000f07f000000000000f0fffeffffffffffffffff01000000000000f87fffffffffffffffffff01000000000000f87f01889afafa8fc1fefa7c00c2c5e702010000000000000000000000000000000000000000000000f07f000000000000f0fffeffffffffffffffff01000000000000f87fffffffffffffffffff01000000000000f87f0184fcecb117000101c08ec3eeee6604226d3322c08ec3eeee66010006";
 
     fn plan(functions: &str) -> FeatureSetPlan {
-        let yaml = format!("entity: card\nsource: tx\nfeatures: [merchant]\naggregations:\n  - {{ column: amount, functions: [{functions}], windows: [10m, 1h], period: 1m }}\n  - {{ column: merchant, functions: [distinct_count], windows: [1h], period: 10m }}\n");
+        plan_of(functions, true)
+    }
+
+    /// The plan of the fixtures: `functions` of amount, and with `distinct` a distinct_count of
+    /// merchant.
+    fn plan_of(functions: &str, distinct: bool) -> FeatureSetPlan {
+        let merchant = match distinct {
+            true => "  - { column: merchant, functions: [distinct_count], windows: [1h], period: 10m }\n",
+            false => "",
+        };
+        let yaml = format!("entity: card\nsource: tx\nfeatures: [merchant]\naggregations:\n  - {{ column: amount, functions: [{functions}], windows: [10m, 1h], period: 1m }}\n{merchant}");
         let config: FeatureSetConfig = serde_yaml_ng::from_str(&yaml).unwrap();
         let mut problems = Vec::new();
         config.compile("fs", "id", "fs", &mut problems).unwrap()
+    }
+
+    fn unhex(hex: &str) -> Vec<u8> {
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
     }
 
     fn fed(plan: &FeatureSetPlan) -> EntityState {
@@ -345,28 +375,52 @@ mod tests {
         state
     }
 
-    #[test]
-    fn states_written_by_format_1_are_read_and_rewritten_as_format_2() {
-        let plan = plan("count, sum, mean, max, stddev");
-        let bytes: Vec<u8> =
-            (0..FORMAT_1.len()).step_by(2).map(|i| u8::from_str_radix(&FORMAT_1[i..i + 2], 16).unwrap()).collect();
-        assert_eq!(bytes[0], 1, "the fixture is format 1");
-        let old = super::decode(&plan, &bytes).expect("a format-1 state is read");
-        let fresh = fed(&plan);
+    /// Reads `fixture`, written by an older format for `plan`, checks it against feeding the same
+    /// events now, and that it is written back in the current format.
+    fn reads_like_a_fresh_state(plan: &FeatureSetPlan, fixture: &[u8]) {
+        let old = super::decode(plan, fixture).expect("an older state is read");
+        let fresh = fed(plan);
         // (compared encoded: an empty bucket's first/last are NaN, never equal to themselves)
-        assert_eq!(
-            super::encode(&plan, &old),
-            super::encode(&plan, &fresh),
-            "the state of feeding the same events now"
-        );
+        assert_eq!(super::encode(plan, &old), super::encode(plan, &fresh), "the state of feeding the same events now");
         let at = 1_767_225_600_000 + 1_000_000;
-        assert_eq!(read(&plan, &old, at), read(&plan, &fresh, at));
-        // written back in the current format, which reads back the same
-        let again = super::encode(&plan, &old);
+        assert_eq!(read(plan, &old, at), read(plan, &fresh, at));
+        let again = super::encode(plan, &old);
         assert_eq!(again[0], super::FORMAT_VERSION);
-        assert_eq!(super::decode(&plan, &again).map(|s| super::encode(&plan, &s)), Some(again));
+        assert_eq!(super::decode(plan, &again).map(|s| super::encode(plan, &s)), Some(again));
+    }
+
+    #[test]
+    fn states_written_by_formats_1_and_2_are_read_and_rewritten_in_the_current_format() {
+        // format 1 without a distinct ring, in format 1's layout (the v1 module)
+        let plan = plan_of("count, sum, mean, max, stddev", false);
+        let format_1 = unhex(include_str!("fixtures/format-1-without-distinct.hex"));
+        assert_eq!(format_1[0], 1, "the fixture is format 1");
+        reads_like_a_fresh_state(&plan, &format_1);
         // a plan that now keeps more per bucket does not reuse it
-        assert_eq!(super::decode(&self::plan("count, sum, mean, max, stddev, p50"), &bytes), None);
+        assert_eq!(super::decode(&plan_of("count, sum, mean, max, stddev, p50", false), &format_1), None);
+        // format 2 with percentiles, last_k and top_k, as commit da3f390 wrote it
+        let plan = plan_of("count, sum, mean, max, stddev, p50, last_3, top_2", false);
+        let format_2 = unhex(include_str!("fixtures/format-2-without-distinct.hex"));
+        assert_eq!(format_2[0], 2, "the fixture is format 2");
+        reads_like_a_fresh_state(&plan, &format_2);
+    }
+
+    /// Formats 1 and 2 held cardinality-estimator sketches: a plan with a distinct_count starts
+    /// fresh rather than run that crate's deserializer or guess a conversion.
+    #[test]
+    fn older_states_with_distinct_count_sketches_are_not_reused() {
+        let plan = plan("count, sum, mean, max, stddev");
+        let format_1 = unhex(FORMAT_1);
+        assert_eq!(format_1[0], 1, "the fixture is format 1");
+        assert_eq!(super::decode(&plan, &format_1), None);
+        // nor by a plan without one that happens to share the fingerprint's other parts
+        assert_eq!(super::decode(&plan_of("count, sum, mean, max, stddev", false), &format_1), None);
+        // the current format round-trips the same plan
+        let fresh = fed(&plan);
+        let bytes = super::encode(&plan, &fresh);
+        let back = super::decode(&plan, &bytes).expect("the current format is read");
+        let at = 1_767_225_600_000 + 1_000_000;
+        assert_eq!(read(&plan, &back, at), read(&plan, &fresh, at));
     }
 
     #[test]

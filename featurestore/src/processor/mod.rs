@@ -150,7 +150,7 @@ impl Processor {
             let state = match bytes.as_deref().map(|b| online::decode(plan, b)) {
                 Some(Some(state)) => state,
                 Some(None) => {
-                    tracing::warn!(feature_set = %plan.name, key = %key, "stored state was written by another definition; starting fresh");
+                    tracing::warn!(feature_set = %plan.name, key = %key, "stored state was written by another definition, or by an older format that cannot be converted (docs/online-store.md); starting fresh");
                     EntityState::new(plan)
                 }
                 None => EntityState::new(plan),
