@@ -37,6 +37,9 @@ pub(crate) enum Scenario {
     /// Transactions joined with a CDC table as of their time (preloaded, not timed), aggregated
     /// per card and per joined country.
     Join,
+    /// The events scenario's transactions with a currency and a status, through `bench
+    /// engine`'s transformations: 3 selects, a filtered count and 2 derived features.
+    Transform,
 }
 
 type Records = Vec<(String, String)>;
@@ -147,6 +150,7 @@ async fn run_until_applied(
 /// start until every record is applied in Redis.
 pub(crate) async fn e2e(options: &E2eOptions) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::consumer::Consumer;
 
     let run = format!("bench-{}", chrono::Utc::now().timestamp_millis());
     let (tx, table) = (format!("{run}-tx"), format!("{run}-accounts"));
@@ -191,6 +195,40 @@ pub(crate) async fn e2e(options: &E2eOptions) -> anyhow::Result<()> {
             let yaml = format!("{header}sources:\n{tx_source}feature_sets:\n{cards}");
             let secs = run_until_applied(&yaml, options, &run, &tx, options.events).await?;
             report("broker → decode → 15 features → Redis", "events", options, secs);
+        }
+        Scenario::Transform => {
+            const CURRENCIES: [&str; 2] = ["EUR", "USD"];
+            const STATUSES: [&str; 4] = ["ok", "ok", "ok", "declined"];
+            let stream = events(options.events, options.keys);
+            let records: Records = stream
+                .iter()
+                .enumerate()
+                .map(|(i, (key, ts, amount))| {
+                    let card = format!("card-{key:06}");
+                    let (currency, status) = (CURRENCIES[i % 2], STATUSES[i % 4]);
+                    let payload = format!(
+                        r#"{{"card_id":"{card}","ts":{ts},"amount":{amount},"currency":"{currency}","status":"{status}"}}"#
+                    );
+                    (card, payload)
+                })
+                .collect();
+            let secs = produce(&client, &tx, &records).await?;
+            println!("produced {} events to {tx} ({} partitions) in {secs:.2}s", options.events, options.partitions);
+            let source = format!(
+                "  tx:\n    kafka: {{ topic: \"{tx}\" }}\n    key: card_id\n    timestamp: ts\n    columns: {{ amount: double, currency: string, status: string }}\n    select:\n      amount_eur: \"CASE WHEN currency = 'USD' THEN amount * 0.92 ELSE amount END\"\n      is_big: \"amount > 400\"\n      status_upper: \"upper(status)\"\n"
+            );
+            let cards = format!(
+                "  cards:\n    entity: card\n    source: tx\n{}",
+                super::engine::TRANSFORMED.lines().skip(2).map(|l| format!("    {l}\n")).collect::<String>()
+            );
+            let yaml = format!("{header}sources:\n{source}feature_sets:\n{cards}");
+            let secs = run_until_applied(&yaml, options, &run, &tx, options.events).await?;
+            report(
+                "broker → decode → 3 selects + a filtered count → 17 aggregated features → Redis",
+                "events",
+                options,
+                secs,
+            );
         }
         Scenario::Cdc => {
             let records = changes(options.events, options.keys, start_ms);
@@ -244,6 +282,13 @@ pub(crate) async fn e2e(options: &E2eOptions) -> anyhow::Result<()> {
                 secs,
             );
         }
+    }
+    // a record refused is dead-lettered and still counts as applied: a run that refused any
+    // measured something else
+    let consumer: rdkafka::consumer::BaseConsumer = client.create()?;
+    for dlq in &dlqs {
+        let (low, high) = consumer.fetch_watermarks(dlq, 0, std::time::Duration::from_secs(10))?;
+        anyhow::ensure!(high == low, "{} records were dead-lettered to {dlq}: the run is not comparable", high - low);
     }
     Ok(())
 }

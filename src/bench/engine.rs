@@ -132,7 +132,7 @@ const BATCH: usize = 1_000;
 /// The same stream with transformations: 3 row expressions and 1 filter evaluated per batch of
 /// 1,000 records (as the pipeline does, by `fathom_transform`), the engine fed the selected and
 /// filtered columns, and 2 derived features read back with the rest.
-const TRANSFORMED: &str = "entity: card\nsource: tx\naggregations:\n  - { column: amount_eur, functions: [count, sum, mean, max, stddev], windows: [10m, 1h, 24h], period: 1m }\n  - { column: amount, name: declined, where: \"status = 'declined'\", functions: [count], windows: [10m, 1h], period: 1m }\nderived:\n  declined_share_1h: declined_count_1h / amount_eur_count_1h\n  max_vs_mean_24h: amount_eur_max_24h - amount_eur_mean_24h\n";
+pub(crate) const TRANSFORMED: &str = "entity: card\nsource: tx\naggregations:\n  - { column: amount_eur, functions: [count, sum, mean, max, stddev], windows: [10m, 1h, 24h], period: 1m }\n  - { column: amount, name: declined, where: \"status = 'declined'\", functions: [count], windows: [10m, 1h], period: 1m }\nderived:\n  declined_share_1h: declined_count_1h / amount_eur_count_1h\n  max_vs_mean_24h: amount_eur_max_24h - amount_eur_mean_24h\n";
 
 fn transformed(options: &Options, stream: &[(u32, i64, f64)], names: &[String]) -> anyhow::Result<()> {
     use arrow_schema::{DataType, Field, Schema};
