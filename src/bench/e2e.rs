@@ -171,10 +171,7 @@ pub(crate) async fn e2e(options: &E2eOptions) -> anyhow::Result<()> {
         brokers = options.brokers,
         dir = tempfile_dir()?.display(),
     );
-    let cards = format!(
-        "  cards:\n    entity: card\n    source: tx\n{}",
-        FEATURES.lines().skip(2).map(|l| format!("    {l}\n")).collect::<String>()
-    );
+    let cards = card_features(FEATURES);
     let tx_source = format!("  tx: {{ kafka: {{ topic: \"{tx}\" }}, key: card_id, timestamp: ts }}\n");
     let table_source = format!("  accounts: {{ kafka: {{ topic: \"{table}\" }}, format: debezium, key: id }}\n");
     let start_ms = chrono::Utc::now().timestamp_millis() - 7_200_000;
@@ -196,15 +193,13 @@ pub(crate) async fn e2e(options: &E2eOptions) -> anyhow::Result<()> {
             report("broker → decode → 15 features → Redis", "events", options, secs);
         }
         Scenario::Transform => {
-            const CURRENCIES: [&str; 2] = ["EUR", "USD"];
-            const STATUSES: [&str; 4] = ["ok", "ok", "ok", "declined"];
             let stream = events(options.events, options.keys);
             let records: Records = stream
                 .iter()
                 .enumerate()
                 .map(|(i, (key, ts, amount))| {
                     let card = format!("card-{key:06}");
-                    let (currency, status) = (CURRENCIES[i % 2], STATUSES[i % 4]);
+                    let (currency, status) = super::engine::currency_and_status(i);
                     let payload = format!(
                         r#"{{"card_id":"{card}","ts":{ts},"amount":{amount},"currency":"{currency}","status":"{status}"}}"#
                     );
@@ -213,13 +208,12 @@ pub(crate) async fn e2e(options: &E2eOptions) -> anyhow::Result<()> {
                 .collect();
             let secs = produce(&client, &tx, &records).await?;
             println!("produced {} events to {tx} ({} partitions) in {secs:.2}s", options.events, options.partitions);
+            let selects: String =
+                super::engine::SELECTS.iter().map(|(name, sql)| format!("      {name}: \"{sql}\"\n")).collect();
             let source = format!(
-                "  tx:\n    kafka: {{ topic: \"{tx}\" }}\n    key: card_id\n    timestamp: ts\n    columns: {{ amount: double, currency: string, status: string }}\n    select:\n      amount_eur: \"CASE WHEN currency = 'USD' THEN amount * 0.92 ELSE amount END\"\n      is_big: \"amount > 400\"\n      status_upper: \"upper(status)\"\n"
+                "  tx:\n    kafka: {{ topic: \"{tx}\" }}\n    key: card_id\n    timestamp: ts\n    columns: {{ amount: double, currency: string, status: string }}\n    select:\n{selects}"
             );
-            let cards = format!(
-                "  cards:\n    entity: card\n    source: tx\n{}",
-                super::engine::TRANSFORMED.lines().skip(2).map(|l| format!("    {l}\n")).collect::<String>()
-            );
+            let cards = card_features(super::engine::TRANSFORMED);
             let yaml = format!("{header}sources:\n{source}feature_sets:\n{cards}");
             let secs = run_until_applied(&yaml, options, &run, &tx, options.events).await?;
             report(
@@ -312,6 +306,13 @@ fn dead_letters(client: &rdkafka::ClientConfig, topic: &str) -> anyhow::Result<u
             None => anyhow::bail!("reading {topic}: no record and no end within 10 s"),
         }
     }
+}
+
+/// The feature set `cards` of `definition` (`entity: card`, `source: tx`, then the rest), as
+/// an entry of a project's `feature_sets`.
+fn card_features(definition: &str) -> String {
+    let rest: String = definition.lines().skip(2).map(|l| format!("    {l}\n")).collect();
+    format!("  cards:\n    entity: card\n    source: tx\n{rest}")
 }
 
 fn report(what: &str, unit: &str, options: &E2eOptions, secs: f64) {

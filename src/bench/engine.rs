@@ -134,6 +134,19 @@ const BATCH: usize = 1_000;
 /// filtered columns, and 2 derived features read back with the rest.
 pub(crate) const TRANSFORMED: &str = "entity: card\nsource: tx\naggregations:\n  - { column: amount_eur, functions: [count, sum, mean, max, stddev], windows: [10m, 1h, 24h], period: 1m }\n  - { column: amount, name: declined, where: \"status = 'declined'\", functions: [count], windows: [10m, 1h], period: 1m }\nderived:\n  declined_share_1h: declined_count_1h / amount_eur_count_1h\n  max_vs_mean_24h: amount_eur_max_24h - amount_eur_mean_24h\n";
 
+/// The source's selects of the transformed runs (`bench e2e --scenario transform` too).
+pub(crate) const SELECTS: [(&str, &str); 3] = [
+    ("amount_eur", "CASE WHEN currency = 'USD' THEN amount * 0.92 ELSE amount END"),
+    ("is_big", "amount > 400"),
+    ("status_upper", "upper(status)"),
+];
+
+/// Record `i`'s currency and status in the transformed runs: every other one in USD, one in
+/// 4 declined.
+pub(crate) fn currency_and_status(i: usize) -> (&'static str, &'static str) {
+    (["EUR", "USD"][i % 2], ["ok", "ok", "ok", "declined"][i % 4])
+}
+
 fn transformed(options: &Options, stream: &[(u32, i64, f64)], names: &[String]) -> anyhow::Result<()> {
     use arrow_schema::{DataType, Field, Schema};
     use fathom_featurestore::definition::filtered_field;
@@ -146,16 +159,14 @@ fn transformed(options: &Options, stream: &[(u32, i64, f64)], names: &[String]) 
         Field::new("currency", DataType::Utf8, true),
         Field::new("status", DataType::Utf8, true),
     ]));
-    transform.select("amount_eur", "CASE WHEN currency = 'USD' THEN amount * 0.92 ELSE amount END")?;
-    transform.select("is_big", "amount > 400")?;
-    transform.select("status_upper", "upper(status)")?;
+    for (name, sql) in SELECTS {
+        transform.select(name, sql)?;
+    }
     transform.condition("bench", &filtered_field("bench", 1), "status = 'declined'", Some("amount"))?;
     // as the project does: only what the feature set reads is written back into the records
     transform.write_only(|name| plan.columns.iter().any(|c| c == name));
     // a batch's records are built just before its transform, outside the clock: in the
     // pipeline a batch is decoded just before it is transformed, so its records are in cache
-    let currencies = ["EUR", "USD"].map(Value::from);
-    let statuses = ["ok", "ok", "ok", "declined"].map(Value::from);
     // each with its key, as a decoded `Event` has it
     let records = |from: usize, to: usize| -> Vec<(String, i64, serde_json::Map<String, Value>)> {
         (from..to)
@@ -163,8 +174,9 @@ fn transformed(options: &Options, stream: &[(u32, i64, f64)], names: &[String]) 
                 let (key, ts, amount) = stream[i];
                 let mut fields = serde_json::Map::new();
                 fields.insert("amount".into(), Value::from(amount));
-                fields.insert("currency".into(), currencies[i % 2].clone());
-                fields.insert("status".into(), statuses[i % 4].clone());
+                let (currency, status) = currency_and_status(i);
+                fields.insert("currency".into(), Value::from(currency));
+                fields.insert("status".into(), Value::from(status));
                 (names[key as usize].clone(), ts, fields)
             })
             .collect()
