@@ -73,8 +73,9 @@ pub enum DeadLetters {
     Kafka {
         /// Producer.
         producer: FutureProducer,
-        /// Sends not yet confirmed, with their topic.
-        pending: Vec<(String, DeliveryFuture)>,
+        /// Letters the broker has not acknowledged yet, each with its delivery once sent; one the
+        /// broker refused waits without a delivery until the next flush sends it again.
+        pending: Vec<(DeadLetter, Option<DeliveryFuture>)>,
     },
 }
 
@@ -99,9 +100,9 @@ impl DeadLetters {
     }
 
     fn queue(&mut self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
-        let topic = format!("{}.dlq", letter.topic);
         match self {
             DeadLetters::Files { dir, open } => {
+                let topic = dlq_topic(letter);
                 let path = dir.join(&topic);
                 let io = |source| DeadLetterError::File { path: path.clone(), source };
                 if !open.contains_key(&topic) {
@@ -115,23 +116,9 @@ impl DeadLetters {
                 writer.write_all(&line).map_err(io)
             }
             DeadLetters::Kafka { producer, pending } => {
-                let partition = letter.partition.map(|p| p.to_string()).unwrap_or_default();
-                let offset = letter.offset.to_string();
-                let headers = OwnedHeaders::new()
-                    .insert(Header { key: "fathom.reason", value: Some(letter.reason.as_str()) })
-                    .insert(Header { key: "fathom.message", value: Some(&letter.message) })
-                    .insert(Header { key: "fathom.source", value: Some(&letter.source) })
-                    .insert(Header { key: "fathom.topic", value: Some(&letter.topic) })
-                    .insert(Header { key: "fathom.partition", value: Some(&partition) })
-                    .insert(Header { key: "fathom.offset", value: Some(&offset) });
-                let record = FutureRecord::<(), [u8]>::to(&topic).payload(&letter.payload).headers(headers);
-                match producer.send_result(record) {
-                    Ok(delivery) => {
-                        pending.push((topic, delivery));
-                        Ok(())
-                    }
-                    Err((source, _)) => Err(DeadLetterError::Kafka { topic, source }),
-                }
+                let delivery = produce(producer, letter)?;
+                pending.push((letter.clone(), Some(delivery)));
+                Ok(())
             }
         }
     }
@@ -148,14 +135,29 @@ impl DeadLetters {
                 Ok(())
             }
             DeadLetters::Kafka { producer, pending } => {
-                for (topic, delivery) in pending.drain(..) {
-                    match delivery.await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err((source, _))) => return Err(DeadLetterError::Kafka { topic, source }),
-                        Err(_) => {
-                            return Err(DeadLetterError::Kafka { topic, source: rdkafka::error::KafkaError::Canceled })
+                for (letter, delivery) in pending.iter_mut().filter(|(_, delivery)| delivery.is_none()) {
+                    *delivery = Some(produce(producer, letter)?);
+                }
+                // every delivery awaited, not only up to the first refusal: the refused ones stay
+                // for the next flush, the acknowledged ones leave (a cancelled flush loses none)
+                let mut refused = None;
+                let mut i = 0;
+                while i < pending.len() {
+                    let delivery = pending[i].1.as_mut().expect("every pending letter was sent above");
+                    let source = match delivery.await {
+                        Ok(Ok(_)) => {
+                            pending.swap_remove(i);
+                            continue;
                         }
-                    }
+                        Ok(Err((source, _))) => source,
+                        Err(_) => rdkafka::error::KafkaError::Canceled,
+                    };
+                    pending[i].1 = None;
+                    refused.get_or_insert(DeadLetterError::Kafka { topic: dlq_topic(&pending[i].0), source });
+                    i += 1;
+                }
+                if let Some(refused) = refused {
+                    return Err(refused);
                 }
                 use rdkafka::producer::Producer as _;
                 producer
@@ -163,6 +165,31 @@ impl DeadLetters {
                     .map_err(|source| DeadLetterError::Kafka { topic: "*".into(), source })
             }
         }
+    }
+}
+
+/// `<topic>.dlq`: where the records of `letter`'s topic that were refused go.
+fn dlq_topic(letter: &DeadLetter) -> String {
+    format!("{}.dlq", letter.topic)
+}
+
+/// Sends `letter` to its dead-letter topic: the original bytes as the value, the rest as
+/// `fathom.*` headers. Fails at once when the producer's queue is full.
+fn produce(producer: &FutureProducer, letter: &DeadLetter) -> Result<DeliveryFuture, DeadLetterError> {
+    let topic = dlq_topic(letter);
+    let partition = letter.partition.map(|p| p.to_string()).unwrap_or_default();
+    let offset = letter.offset.to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "fathom.reason", value: Some(letter.reason.as_str()) })
+        .insert(Header { key: "fathom.message", value: Some(&letter.message) })
+        .insert(Header { key: "fathom.source", value: Some(&letter.source) })
+        .insert(Header { key: "fathom.topic", value: Some(&letter.topic) })
+        .insert(Header { key: "fathom.partition", value: Some(&partition) })
+        .insert(Header { key: "fathom.offset", value: Some(&offset) });
+    let record = FutureRecord::<(), [u8]>::to(&topic).payload(&letter.payload).headers(headers);
+    match producer.send_result(record) {
+        Ok(delivery) => Ok(delivery),
+        Err((source, _)) => Err(DeadLetterError::Kafka { topic: dlq_topic(letter), source }),
     }
 }
 
@@ -182,4 +209,79 @@ fn file_line(letter: &DeadLetter) -> serde_json::Value {
         Err(_) => line["payload_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&letter.payload)),
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+    use super::*;
+    use crate::config::KafkaConfig;
+
+    /// The offsets (`fathom.offset` header) of every record on partition 0 of `topic`, read to
+    /// its end.
+    fn offsets_on(bootstrap: &str, topic: &str) -> Vec<i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "reader")
+            .set("enable.partition.eof", "true")
+            .create()
+            .unwrap();
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+        consumer.assign(&assignment).unwrap();
+        let mut offsets = Vec::new();
+        loop {
+            match consumer.poll(Duration::from_secs(10)).expect("the topic read to its end within 10 s") {
+                Err(rdkafka::error::KafkaError::PartitionEOF(_)) => return offsets,
+                Err(e) => panic!("reading {topic}: {e}"),
+                Ok(m) => {
+                    let headers = m.headers().unwrap();
+                    let header = headers.iter().find(|h| h.key == "fathom.offset").unwrap();
+                    offsets.push(std::str::from_utf8(header.value.unwrap()).unwrap().parse().unwrap());
+                }
+            }
+        }
+    }
+
+    /// A dead letter the broker refuses (here `MESSAGE_TOO_LARGE`, as a topic with a smaller
+    /// `max.message.bytes` answers) fails the flush that waits for it — so the source's offsets
+    /// are not committed — and stays queued: the next flush sends it again, and every letter
+    /// reaches the topic. The broker is librdkafka's mock cluster, the one way to make a broker
+    /// refuse a produce request on demand; the producer is the one Fathom builds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_letter_the_broker_refuses_is_sent_again_not_dropped() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("tx.dlq", 1, 1).unwrap();
+        let config =
+            KafkaConfig { bootstrap_servers: cluster.bootstrap_servers(), group_id: None, options: BTreeMap::new() };
+        let mut dead = DeadLetters::kafka(crate::kafka::producer(&config).unwrap());
+        let letter = |offset: i64| DeadLetter {
+            source: "tx".into(),
+            topic: "tx".into(),
+            partition: Some(0),
+            offset,
+            reason: Reason::MalformedJson,
+            message: format!("record {offset}"),
+            payload: b"{not json".to_vec(),
+        };
+        // the first produce request is refused; the mock answers every later one normally
+        cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE]);
+        for offset in 0..3 {
+            dead.send(&letter(offset)).unwrap();
+        }
+        let refused = dead.flush().await.expect_err("a flush that waited for a refused letter fails");
+        assert!(format!("{refused:?}").contains("MessageSizeTooLarge"), "{refused:?}");
+        dead.send(&letter(3)).unwrap();
+        dead.flush().await.unwrap();
+        let mut delivered = offsets_on(&config.bootstrap_servers, "tx.dlq");
+        delivered.sort_unstable();
+        assert_eq!(delivered, vec![0, 1, 2, 3], "every dead letter on tx.dlq once");
+    }
 }
