@@ -75,13 +75,13 @@ pub(crate) struct LookupOptions {
 }
 
 /// One load-generator run's figures.
-struct Figures {
-    requests_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    p999_ms: f64,
+pub(super) struct Figures {
+    pub requests_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
     /// Requests not answered 200, and failed ones (a deadline's aborted requests excluded).
-    failed: u64,
+    pub failed: u64,
 }
 
 /// One run: which bodies, and closed (connections) or open (rate) loop.
@@ -209,7 +209,7 @@ pub(crate) async fn lookup(options: &LookupOptions) -> anyhow::Result<()> {
 }
 
 /// Runs a command to its end on a blocking thread (the producer goes on meanwhile).
-async fn output(mut command: Command) -> std::io::Result<Output> {
+pub(super) async fn output(mut command: Command) -> std::io::Result<Output> {
     tokio::task::spawn_blocking(move || command.output()).await?
 }
 
@@ -278,7 +278,7 @@ async fn oha(options: &LookupOptions, run: &Run, url: &str) -> anyhow::Result<Fi
 }
 
 /// The figures of an oha JSON summary (latencies in seconds there).
-fn figures(report: &serde_json::Value) -> anyhow::Result<Figures> {
+pub(super) fn figures(report: &serde_json::Value) -> anyhow::Result<Figures> {
     let number = |pointer: &str| report.pointer(pointer).and_then(|v| v.as_f64());
     let seconds = |p: &str| number(&format!("/latencyPercentiles/{p}")).with_context(|| format!("no {p} in {report}"));
     let statuses = report["statusCodeDistribution"].as_object().cloned().unwrap_or_default();

@@ -36,6 +36,14 @@ pub(crate) struct SoakOptions {
     /// Lookups per second.
     #[arg(long, default_value_t = 500)]
     pub lookups_per_sec: u64,
+    /// Send the lookups with the load generator [oha](https://github.com/hatoo/oha) (this
+    /// binary) instead of the bench's own client: a process of its own, open loop at
+    /// `--lookups-per-sec` with its correction for coordinated omission, random cards, from the
+    /// end of the warm-up to the end of the run; the figures are oha's. The bench's own client
+    /// shares a runtime with the producer and sends each 10 ms's lookups at once, and its
+    /// latencies include both.
+    #[arg(long)]
+    pub oha: Option<std::path::PathBuf>,
     /// Prediction records per second (half of them get a label).
     #[arg(long, default_value_t = 200)]
     pub predictions_per_sec: u64,
@@ -202,11 +210,13 @@ pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
     let latencies = Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let interval_latencies = Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let failed = Arc::new(AtomicU64::new(0));
+    let own_lookups = if options.oha.is_some() { 0 } else { options.lookups_per_sec };
+    let oha = oha_lookups(options, &base, keys);
     let lookups = {
         let (http, base) = (http.clone(), base.clone());
         let (all, recent, failed) = (latencies.clone(), interval_latencies.clone(), failed.clone());
         let mut rng = SmallRng::seed_from_u64(11);
-        paced(options.lookups_per_sec, end, move |_| {
+        paced(own_lookups, end, move |_| {
             let url = format!("{base}/v1/features/cards/card-{:06}", rng.random_range(0..keys));
             let (http, all, recent, failed) = (http.clone(), all.clone(), recent.clone(), failed.clone());
             tokio::spawn(async move {
@@ -288,7 +298,7 @@ pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
         }
         samples
     };
-    let ((), (), (), samples) = tokio::join!(events, monitored, lookups, reporter);
+    let ((), (), (), samples, oha) = tokio::join!(events, monitored, lookups, reporter, oha);
     producer.flush(Duration::from_secs(30))?;
     let total = produced.load(Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -299,16 +309,26 @@ pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
     let h = latencies.lock().unwrap().clone();
     let warm: Vec<&Sample> = samples.iter().filter(|s| s.secs >= options.warmup as f64).collect();
     let sustained = samples.iter().map(|s| s.applied).sum::<u64>() as f64 / samples.len().max(1) as f64;
-    println!(
-        "\nsustained: {sustained:.0} events/s applied ({caught_up} of {total} produced applied at the end), \
-         {:.0} lookups/s ({} failed), lookup latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-        h.len() as f64 / options.seconds as f64,
-        failed.load(Ordering::Relaxed),
-        h.value_at_quantile(0.5) as f64 / 1e3,
-        h.value_at_quantile(0.99) as f64 / 1e3,
-        h.value_at_quantile(0.999) as f64 / 1e3,
-        h.max() as f64 / 1e3,
-    );
+    let own = match own_lookups {
+        0 => String::new(),
+        _ => format!(
+            ", {:.0} lookups/s ({} failed), lookup latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            h.len() as f64 / options.seconds as f64,
+            failed.load(Ordering::Relaxed),
+            h.value_at_quantile(0.5) as f64 / 1e3,
+            h.value_at_quantile(0.99) as f64 / 1e3,
+            h.value_at_quantile(0.999) as f64 / 1e3,
+            h.max() as f64 / 1e3,
+        ),
+    };
+    println!("\nsustained: {sustained:.0} events/s applied ({caught_up} of {total} produced applied at the end){own}");
+    if let Some(oha) = oha? {
+        println!(
+            "lookups by oha (open loop, latency-corrected, after the warm-up): {:.0} lookups/s ({} failed), \
+             p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+            oha.requests_per_sec, oha.failed, oha.p50_ms, oha.p99_ms, oha.p999_ms
+        );
+    }
     for (what, kib) in [("RSS", (|s: &Sample| s.rss_kib) as fn(&Sample) -> u64), ("heap", |s: &Sample| s.heap_kib)] {
         let (first, last) = (warm.first().map_or(0, |s| kib(s)), warm.last().map_or(0, |s| kib(s)));
         let slope = slope_mib_per_min(&warm.iter().map(|s| (s.secs, kib(s))).collect::<Vec<_>>());
@@ -330,6 +350,26 @@ pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
     server.stop()?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// With `--oha`: after the warm-up, oha sends `--lookups-per-sec` GETs of random cards
+/// (`card-000000`…`card-099999`) until the run's end; its figures. `None` without `--oha`.
+async fn oha_lookups(options: &SoakOptions, base: &str, keys: usize) -> anyhow::Result<Option<super::lookup::Figures>> {
+    let Some(oha) = &options.oha else { return Ok(None) };
+    anyhow::ensure!(keys == 100_000, "--oha draws its cards from card-000000..card-099999: use --keys 100000");
+    tokio::time::sleep(Duration::from_secs(options.warmup)).await;
+    let mut command = std::process::Command::new(oha);
+    command
+        .args(["--no-tui", "--output-format", "json", "--latency-correction", "-c", "16", "-q"])
+        .arg(options.lookups_per_sec.to_string())
+        .arg("-z")
+        .arg(format!("{}s", options.seconds.saturating_sub(options.warmup).max(1)))
+        .arg("--rand-regex-url")
+        .arg(format!("{base}/v1/features/cards/card-0[0-9]{{5}}"));
+    let output = super::lookup::output(command).await.with_context(|| format!("running {}", oha.display()))?;
+    anyhow::ensure!(output.status.success(), "oha failed: {}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("oha's JSON summary")?;
+    super::lookup::figures(&report).map(Some)
 }
 
 /// Runs an InfluxQL statement in the soak's database (InfluxDB 1.x `/query`).
