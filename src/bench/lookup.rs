@@ -209,7 +209,7 @@ pub(crate) async fn lookup(options: &LookupOptions) -> anyhow::Result<()> {
 }
 
 /// Runs a command to its end on a blocking thread (the producer goes on meanwhile).
-pub(super) async fn output(mut command: Command) -> std::io::Result<Output> {
+async fn output(mut command: Command) -> std::io::Result<Output> {
     tokio::task::spawn_blocking(move || command.output()).await?
 }
 
@@ -271,6 +271,11 @@ async fn oha(options: &LookupOptions, run: &Run, url: &str) -> anyhow::Result<Fi
         command.arg("-q").arg(rate.to_string()).arg("--latency-correction");
     }
     command.arg(url);
+    run_oha(command).await
+}
+
+/// Runs an oha `command` (with `--output-format json`) to its end and reads its summary.
+pub(super) async fn run_oha(command: Command) -> anyhow::Result<Figures> {
     let output = output(command).await.context("running oha")?;
     anyhow::ensure!(output.status.success(), "oha failed: {}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("oha's JSON summary")?;
@@ -278,7 +283,7 @@ async fn oha(options: &LookupOptions, run: &Run, url: &str) -> anyhow::Result<Fi
 }
 
 /// The figures of an oha JSON summary (latencies in seconds there).
-pub(super) fn figures(report: &serde_json::Value) -> anyhow::Result<Figures> {
+fn figures(report: &serde_json::Value) -> anyhow::Result<Figures> {
     let number = |pointer: &str| report.pointer(pointer).and_then(|v| v.as_f64());
     let seconds = |p: &str| number(&format!("/latencyPercentiles/{p}")).with_context(|| format!("no {p} in {report}"));
     let statuses = report["statusCodeDistribution"].as_object().cloned().unwrap_or_default();

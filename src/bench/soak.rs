@@ -115,6 +115,10 @@ pub(super) fn transactions(
 pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
     use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
+    anyhow::ensure!(
+        options.oha.is_none() || options.keys == 100_000,
+        "--oha draws its cards from card-000000..card-099999: use --keys 100000"
+    );
     let run = format!("soak-{}", chrono::Utc::now().timestamp_millis());
     let dir = std::env::temp_dir().join(&run);
     std::fs::create_dir_all(&dir)?;
@@ -211,7 +215,7 @@ pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
     let interval_latencies = Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let failed = Arc::new(AtomicU64::new(0));
     let own_lookups = if options.oha.is_some() { 0 } else { options.lookups_per_sec };
-    let oha = oha_lookups(options, &base, keys);
+    let oha = oha_lookups(options, &base);
     let lookups = {
         let (http, base) = (http.clone(), base.clone());
         let (all, recent, failed) = (latencies.clone(), interval_latencies.clone(), failed.clone());
@@ -354,9 +358,8 @@ pub(crate) async fn soak(options: &SoakOptions) -> anyhow::Result<()> {
 
 /// With `--oha`: after the warm-up, oha sends `--lookups-per-sec` GETs of random cards
 /// (`card-000000`…`card-099999`) until the run's end; its figures. `None` without `--oha`.
-async fn oha_lookups(options: &SoakOptions, base: &str, keys: usize) -> anyhow::Result<Option<super::lookup::Figures>> {
+async fn oha_lookups(options: &SoakOptions, base: &str) -> anyhow::Result<Option<super::lookup::Figures>> {
     let Some(oha) = &options.oha else { return Ok(None) };
-    anyhow::ensure!(keys == 100_000, "--oha draws its cards from card-000000..card-099999: use --keys 100000");
     tokio::time::sleep(Duration::from_secs(options.warmup)).await;
     let mut command = std::process::Command::new(oha);
     command
@@ -366,10 +369,7 @@ async fn oha_lookups(options: &SoakOptions, base: &str, keys: usize) -> anyhow::
         .arg(format!("{}s", options.seconds.saturating_sub(options.warmup).max(1)))
         .arg("--rand-regex-url")
         .arg(format!("{base}/v1/features/cards/card-0[0-9]{{5}}"));
-    let output = super::lookup::output(command).await.with_context(|| format!("running {}", oha.display()))?;
-    anyhow::ensure!(output.status.success(), "oha failed: {}", String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("oha's JSON summary")?;
-    super::lookup::figures(&report).map(Some)
+    super::lookup::run_oha(command).await.map(Some)
 }
 
 /// Runs an InfluxQL statement in the soak's database (InfluxDB 1.x `/query`).
